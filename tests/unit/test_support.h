@@ -1,0 +1,53 @@
+// Shared helpers for the unit tests: where the shared data lives, reading raw files.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace mixq::test {
+
+// ../shared/data beside the checkout, or $MIXQ_SHARED_DATA. Empty when neither exists.
+inline std::filesystem::path shared_data_dir() {
+  if (const char* env = std::getenv("MIXQ_SHARED_DATA")) return env;
+  std::filesystem::path p = MIXQ_DEFAULT_SHARED_DATA;
+  if (std::filesystem::exists(p)) return std::filesystem::canonical(p);
+  return {};
+}
+
+inline std::filesystem::path source_dir() { return MIXQ_SOURCE_DIR; }
+
+// Skips the current test with a clear message when the shared data (or one file in it) is absent.
+#define MIXQ_REQUIRE_SHARED(rel)                                                              \
+  do {                                                                                        \
+    if (::mixq::test::shared_data_dir().empty() ||                                            \
+        !std::filesystem::exists(::mixq::test::shared_data_dir() / (rel)))                    \
+      GTEST_SKIP() << "shared data not found (" << (rel)                                      \
+                   << "): put ../shared/data beside the checkout or set MIXQ_SHARED_DATA";    \
+  } while (0)
+
+template <typename T>
+std::vector<T> read_raw(const std::filesystem::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot open " + p.string());
+  f.seekg(0, std::ios::end);
+  const auto size = static_cast<size_t>(f.tellg());
+  f.seekg(0);
+  std::vector<T> v(size / sizeof(T));
+  f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
+  return v;
+}
+
+inline std::filesystem::path temp_dir() {
+  auto p = std::filesystem::temp_directory_path() / ("mixq-test-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(p);
+  return p;
+}
+
+}  // namespace mixq::test
