@@ -1,0 +1,12 @@
+// The CLI is thin: each command parses its options and calls the library.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace mixq::cli {
+
+// Each register_* adds a subcommand to the app; its callback runs the command and throws on error.
+void register_inspect(CLI::App& app);
+void register_convert(CLI::App& app);
+
+}  // namespace mixq::cli

@@ -1,0 +1,197 @@
+// GGUF (v2 and v3) reading and writing.
+//
+// Layout (little-endian): magic "GGUF", u32 version, u64 tensor count, u64 key-value count, the
+// key-value pairs, the tensor infos (name, dims, type id, offset), padding to general.alignment,
+// then the tensor data, each tensor starting at an aligned offset from the start of the data.
+//
+// The reader validates everything before anything points into the file (see gguf_reader.cpp for
+// the rules) and keeps tensor data as views into a memory mapping. The writer streams: the header
+// is computed from the declared tensors, then tensors are written one at a time into a temporary
+// file that is renamed into place only when the last one is written.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mixq/formats/type_table.h"
+#include "mixq/io/mapped_file.h"
+
+namespace mixq {
+
+class GgufError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class GgufValueType : uint32_t {
+  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
+  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+};
+const char* gguf_value_type_name(GgufValueType t);
+
+// One metadata value. Scalars keep their exact GGUF type so a file read and written back is
+// identical; arrays hold elements of one type (arrays of arrays are allowed by the format).
+class GgufValue {
+ public:
+  GgufValue() = default;
+  static GgufValue u8(uint8_t v) { return integer(GgufValueType::UINT8, v); }
+  static GgufValue i8(int8_t v) { return integer(GgufValueType::INT8, v); }
+  static GgufValue u16(uint16_t v) { return integer(GgufValueType::UINT16, v); }
+  static GgufValue i16(int16_t v) { return integer(GgufValueType::INT16, v); }
+  static GgufValue u32(uint32_t v) { return integer(GgufValueType::UINT32, v); }
+  static GgufValue i32(int32_t v) { return integer(GgufValueType::INT32, v); }
+  static GgufValue u64(uint64_t v);
+  static GgufValue i64(int64_t v) { return integer(GgufValueType::INT64, v); }
+  static GgufValue f32(float v);
+  static GgufValue f64(double v);
+  static GgufValue boolean(bool v);
+  static GgufValue string(std::string v);
+  static GgufValue array(GgufValueType elem_type, std::vector<GgufValue> elems);
+  static GgufValue string_array(const std::vector<std::string>& v);
+
+  GgufValueType type() const { return type_; }
+  GgufValueType elem_type() const { return elem_type_; }
+  bool is_integer() const;
+  bool is_float() const { return type_ == GgufValueType::FLOAT32 || type_ == GgufValueType::FLOAT64; }
+
+  // Accessors throw GgufError when the value is not of a compatible kind.
+  int64_t as_int() const;       // any integer type (UINT64 values above INT64_MAX throw)
+  uint64_t as_uint() const;     // any non-negative integer
+  double as_float() const;      // any integer or float
+  bool as_bool() const;
+  const std::string& as_string() const;
+  const std::vector<GgufValue>& as_array() const;
+
+  // Human-readable rendering; arrays longer than max_elems are elided.
+  std::string to_string(size_t max_elems = 8) const;
+  bool operator==(const GgufValue& other) const;
+
+ private:
+  static GgufValue integer(GgufValueType t, int64_t v);
+  GgufValueType type_ = GgufValueType::UINT8;
+  GgufValueType elem_type_ = GgufValueType::UINT8;
+  uint64_t bits_ = 0;  // integers (two's complement), bool, and float/double bit patterns
+  std::string str_;
+  std::vector<GgufValue> arr_;
+};
+
+struct GgufKeyValue {
+  std::string key;
+  GgufValue value;
+};
+
+struct GgufTensor {
+  std::string name;
+  std::vector<int64_t> shape;     // ne[0] first: shape[0] is the row length
+  const TypeTraits* type = nullptr;
+  uint64_t offset = 0;            // from the start of the data section
+  uint64_t nbytes = 0;
+  const uint8_t* data = nullptr;  // into the mapping (null for a header-only parse)
+
+  int64_t n_elements() const;
+  int64_t row_length() const { return shape.empty() ? 1 : shape[0]; }
+  int64_t n_rows() const { return n_elements() / row_length(); }
+  std::span<const uint8_t> bytes() const { return {data, static_cast<size_t>(nbytes)}; }
+};
+
+inline constexpr uint32_t kGgufDefaultAlignment = 32;
+inline constexpr int kGgufMaxDims = 4;
+// Metadata key listing the mixq extension types a file uses (absent when it uses none).
+inline constexpr const char* kExtensionTypesKey = "mixq.extension_types";
+
+class GgufFile {
+ public:
+  // Maps and parses a file. Throws GgufError with the file name, what is wrong, where, and what
+  // to do about it.
+  static GgufFile open(const std::filesystem::path& path);
+  // Parses bytes the caller keeps alive (used by the fuzzer and tests). `label` names the source
+  // in error messages.
+  static GgufFile parse(std::span<const uint8_t> bytes, std::string label);
+
+  uint32_t version() const { return version_; }
+  uint32_t alignment() const { return alignment_; }
+  uint64_t data_offset() const { return data_offset_; }
+  uint64_t file_size() const { return file_size_; }
+  const std::string& label() const { return label_; }
+
+  const std::vector<GgufKeyValue>& metadata() const { return kv_; }
+  const GgufValue* find(std::string_view key) const;
+  const std::vector<GgufTensor>& tensors() const { return tensors_; }
+  const GgufTensor* find_tensor(std::string_view name) const;
+  // Names of mixq extension types used by the tensors (empty for a file llama.cpp can load).
+  std::vector<std::string> extension_types_used() const;
+
+ private:
+  std::shared_ptr<MappedFile> mapping_;  // shared so copies of a GgufFile stay valid
+  std::string label_;
+  uint32_t version_ = 0;
+  uint32_t alignment_ = kGgufDefaultAlignment;
+  uint64_t data_offset_ = 0;
+  uint64_t file_size_ = 0;
+  std::vector<GgufKeyValue> kv_;
+  std::vector<GgufTensor> tensors_;
+  friend class GgufParser;
+};
+
+// Streaming GGUF v3 writer.
+//   GgufWriter w(path);  w.set(...);  w.add_tensor(...) for each;  w.write_tensor_data(...) in the
+//   same order;  w.finish();
+// Nothing appears at `path` until finish() succeeds; a writer destroyed before that (an
+// exception, an error) removes its temporary file.
+class GgufWriter {
+ public:
+  explicit GgufWriter(std::filesystem::path path, uint32_t alignment = kGgufDefaultAlignment);
+  ~GgufWriter();
+  GgufWriter(const GgufWriter&) = delete;
+  GgufWriter& operator=(const GgufWriter&) = delete;
+
+  // Sets (or replaces) a metadata key; keys keep their first-set order. Setting
+  // general.alignment changes the alignment (only before tensors are declared).
+  void set(std::string key, GgufValue value);
+  void remove(std::string_view key);
+  // Copies every key of a file, in its order.
+  void copy_metadata(const GgufFile& src);
+  // Declares the next tensor. shape[0] is the row length; it must fill whole blocks of `type`.
+  void add_tensor(std::string name, std::vector<int64_t> shape, TypeId type);
+  // Writes the data of the next declared tensor; the first call writes the header.
+  void write_tensor_data(std::span<const uint8_t> data);
+  // Flushes, syncs and renames the temporary file into place.
+  void finish();
+
+  const std::filesystem::path& path() const { return path_; }
+  // Total size the finished file will have.
+  uint64_t planned_file_size() const;
+
+ private:
+  void write_header();
+  void record_extension_type(const std::string& name);
+  void write_bytes(const void* p, size_t n);
+  void pad_to(uint64_t position);
+  void fail(const std::string& what);
+
+  std::filesystem::path path_, tmp_path_;
+  uint32_t alignment_;
+  std::vector<GgufKeyValue> kv_;
+  struct Pending {
+    std::string name;
+    std::vector<int64_t> shape;
+    const TypeTraits* type;
+    uint64_t offset, nbytes;
+  };
+  std::vector<Pending> tensors_;
+  uint64_t data_size_ = 0;
+  size_t next_tensor_ = 0;
+  std::FILE* file_ = nullptr;
+  uint64_t position_ = 0;
+  uint64_t data_start_ = 0;
+  bool header_written_ = false, finished_ = false;
+};
+
+}  // namespace mixq

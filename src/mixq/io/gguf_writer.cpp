@@ -1,0 +1,244 @@
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "mixq/io/gguf.h"
+
+namespace mixq {
+
+namespace {
+
+constexpr uint32_t kWriteVersion = 3;
+
+uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+uint64_t encoded_size(const GgufValue& v) {
+  switch (v.type()) {
+    case GgufValueType::UINT8: case GgufValueType::INT8: case GgufValueType::BOOL: return 1;
+    case GgufValueType::UINT16: case GgufValueType::INT16: return 2;
+    case GgufValueType::UINT32: case GgufValueType::INT32: case GgufValueType::FLOAT32: return 4;
+    case GgufValueType::UINT64: case GgufValueType::INT64: case GgufValueType::FLOAT64: return 8;
+    case GgufValueType::STRING: return 8 + v.as_string().size();
+    case GgufValueType::ARRAY: {
+      uint64_t n = 12;
+      for (const auto& e : v.as_array()) n += encoded_size(e);
+      return n;
+    }
+  }
+  return 0;
+}
+
+// Serializes into a byte buffer; the header is small (metadata and tensor infos), the tensor
+// data never passes through here.
+class Encoder {
+ public:
+  std::vector<uint8_t> out;
+  template <typename T>
+  void scalar(T v) {
+    const auto* p = reinterpret_cast<const uint8_t*>(&v);
+    out.insert(out.end(), p, p + sizeof(T));
+  }
+  void string(const std::string& s) {
+    scalar<uint64_t>(s.size());
+    out.insert(out.end(), s.begin(), s.end());
+  }
+  void value(const GgufValue& v) {
+    switch (v.type()) {
+      case GgufValueType::UINT8: scalar<uint8_t>(static_cast<uint8_t>(v.as_uint())); break;
+      case GgufValueType::INT8: scalar<int8_t>(static_cast<int8_t>(v.as_int())); break;
+      case GgufValueType::UINT16: scalar<uint16_t>(static_cast<uint16_t>(v.as_uint())); break;
+      case GgufValueType::INT16: scalar<int16_t>(static_cast<int16_t>(v.as_int())); break;
+      case GgufValueType::UINT32: scalar<uint32_t>(static_cast<uint32_t>(v.as_uint())); break;
+      case GgufValueType::INT32: scalar<int32_t>(static_cast<int32_t>(v.as_int())); break;
+      case GgufValueType::FLOAT32: scalar<float>(static_cast<float>(v.as_float())); break;
+      case GgufValueType::BOOL: scalar<uint8_t>(v.as_bool() ? 1 : 0); break;
+      case GgufValueType::STRING: string(v.as_string()); break;
+      case GgufValueType::UINT64: scalar<uint64_t>(v.as_uint()); break;
+      case GgufValueType::INT64: scalar<int64_t>(v.as_int()); break;
+      case GgufValueType::FLOAT64: scalar<double>(v.as_float()); break;
+      case GgufValueType::ARRAY:
+        scalar<uint32_t>(static_cast<uint32_t>(v.elem_type()));
+        scalar<uint64_t>(v.as_array().size());
+        for (const auto& e : v.as_array()) value(e);
+        break;
+    }
+  }
+};
+
+}  // namespace
+
+GgufWriter::GgufWriter(std::filesystem::path path, uint32_t alignment)
+    : path_(std::move(path)), alignment_(alignment) {
+  if (alignment_ == 0 || (alignment_ & (alignment_ - 1)) != 0) {
+    throw GgufError(fmt::format("alignment {} is not a power of two", alignment_));
+  }
+  // The temporary file sits beside the target so the final rename is atomic (same file system).
+  tmp_path_ = path_;
+  tmp_path_ += fmt::format(".mixq-tmp-{}", ::getpid());
+  if (alignment_ != kGgufDefaultAlignment) set("general.alignment", GgufValue::u32(alignment_));
+}
+
+GgufWriter::~GgufWriter() {
+  if (file_) std::fclose(file_);
+  if (!finished_) {
+    std::error_code ec;
+    std::filesystem::remove(tmp_path_, ec);
+  }
+}
+
+void GgufWriter::set(std::string key, GgufValue value) {
+  if (header_written_) throw GgufError("metadata cannot change after tensor data has been written");
+  if (key == "general.alignment") {
+    // Tensor offsets depend on it, so it must be settled before any tensor is declared.
+    if (value.type() != GgufValueType::UINT32 || value.as_uint() == 0 ||
+        (value.as_uint() & (value.as_uint() - 1)) != 0) {
+      throw GgufError("general.alignment must be a u32 power of two");
+    }
+    if (!tensors_.empty() && value.as_uint() != alignment_) {
+      throw GgufError("general.alignment cannot change after tensors are declared");
+    }
+    alignment_ = static_cast<uint32_t>(value.as_uint());
+  }
+  for (auto& kv : kv_) {
+    if (kv.key == key) {
+      kv.value = std::move(value);
+      return;
+    }
+  }
+  kv_.push_back({std::move(key), std::move(value)});
+}
+
+void GgufWriter::remove(std::string_view key) {
+  std::erase_if(kv_, [&](const GgufKeyValue& kv) { return kv.key == key; });
+}
+
+void GgufWriter::copy_metadata(const GgufFile& src) {
+  for (const auto& kv : src.metadata()) {
+    // Recomputed from the tensors this writer declares.
+    if (kv.key != kExtensionTypesKey) set(kv.key, kv.value);
+  }
+}
+
+void GgufWriter::add_tensor(std::string name, std::vector<int64_t> shape, TypeId type) {
+  if (header_written_) throw GgufError("tensors must be declared before tensor data is written");
+  if (shape.empty() || shape.size() > kGgufMaxDims) {
+    throw GgufError(fmt::format("tensor '{}' has {} dimensions (GGUF allows 1 to {})", name, shape.size(), kGgufMaxDims));
+  }
+  for (const auto& t : tensors_) {
+    if (t.name == name) throw GgufError(fmt::format("duplicate tensor name '{}'", name));
+  }
+  const TypeTraits& tt = type_traits(type);
+  if (!tt.fits_row(shape[0])) {
+    throw GgufError(fmt::format("tensor '{}': rows of {} values do not fill whole {} blocks of {}", name, shape[0],
+                                tt.name, tt.block_size));
+  }
+  int64_t rows = 1;
+  for (size_t d = 1; d < shape.size(); ++d) rows *= shape[d];
+  const uint64_t nbytes = static_cast<uint64_t>(rows) * tt.row_bytes(shape[0]);
+  tensors_.push_back({std::move(name), std::move(shape), &tt, data_size_, nbytes});
+  data_size_ = align_up(data_size_ + nbytes, alignment_);
+  if (tt.is_extension()) record_extension_type(tt.name);
+}
+
+void GgufWriter::record_extension_type(const std::string& name) {
+  // A reader must be able to tell, from metadata alone, that GGML tools cannot load this file.
+  std::vector<GgufValue> names;
+  if (const auto it = std::find_if(kv_.begin(), kv_.end(), [](auto& kv) { return kv.key == kExtensionTypesKey; });
+      it != kv_.end() && it->value.type() == GgufValueType::ARRAY) {
+    names = it->value.as_array();
+  }
+  for (const auto& n : names) {
+    if (n.type() == GgufValueType::STRING && n.as_string() == name) return;
+  }
+  names.push_back(GgufValue::string(name));
+  set(kExtensionTypesKey, GgufValue::array(GgufValueType::STRING, std::move(names)));
+}
+
+uint64_t GgufWriter::planned_file_size() const {
+  uint64_t header = 4 + 4 + 8 + 8;
+  for (const auto& kv : kv_) header += 8 + kv.key.size() + 4 + encoded_size(kv.value);
+  for (const auto& t : tensors_) header += 8 + t.name.size() + 4 + 8 * t.shape.size() + 4 + 8;
+  if (tensors_.empty()) return header;
+  // The last tensor is not padded after its data.
+  const auto& last = tensors_.back();
+  return align_up(header, alignment_) + last.offset + last.nbytes;
+}
+
+void GgufWriter::fail(const std::string& what) {
+  const int err = errno;
+  throw GgufError(fmt::format("cannot write '{}': {}: {}{}", path_.string(), what, std::strerror(err),
+                              err == ENOSPC ? " (the disk is full: free space or choose another output path)" : ""));
+}
+
+void GgufWriter::write_bytes(const void* p, size_t n) {
+  if (n && std::fwrite(p, 1, n, file_) != n) fail("write failed");
+  position_ += n;
+}
+
+void GgufWriter::pad_to(uint64_t position) {
+  static const uint8_t zeros[256] = {};
+  while (position_ < position) write_bytes(zeros, static_cast<size_t>(std::min<uint64_t>(256, position - position_)));
+}
+
+void GgufWriter::write_header() {
+  file_ = std::fopen(tmp_path_.c_str(), "wb");
+  if (!file_) fail("cannot create the temporary file " + tmp_path_.string());
+  Encoder e;
+  e.scalar<uint32_t>(0x46554747);
+  e.scalar<uint32_t>(kWriteVersion);
+  e.scalar<uint64_t>(tensors_.size());
+  e.scalar<uint64_t>(kv_.size());
+  for (const auto& kv : kv_) {
+    e.string(kv.key);
+    e.scalar<uint32_t>(static_cast<uint32_t>(kv.value.type()));
+    e.value(kv.value);
+  }
+  for (const auto& t : tensors_) {
+    e.string(t.name);
+    e.scalar<uint32_t>(static_cast<uint32_t>(t.shape.size()));
+    for (int64_t d : t.shape) e.scalar<uint64_t>(static_cast<uint64_t>(d));
+    e.scalar<uint32_t>(static_cast<uint32_t>(t.type->id));
+    e.scalar<uint64_t>(t.offset);
+  }
+  write_bytes(e.out.data(), e.out.size());
+  pad_to(align_up(position_, alignment_));
+  header_written_ = true;
+  data_start_ = position_;
+}
+
+void GgufWriter::write_tensor_data(std::span<const uint8_t> data) {
+  if (!header_written_) write_header();
+  if (next_tensor_ >= tensors_.size()) throw GgufError("more tensor data written than tensors declared");
+  const Pending& t = tensors_[next_tensor_];
+  if (data.size() != t.nbytes) {
+    throw GgufError(fmt::format("tensor '{}': {} bytes given, {} expected", t.name, data.size(), t.nbytes));
+  }
+  pad_to(data_start_ + t.offset);
+  write_bytes(data.data(), data.size());
+  ++next_tensor_;
+}
+
+void GgufWriter::finish() {
+  if (!header_written_) write_header();
+  if (next_tensor_ != tensors_.size()) {
+    throw GgufError(fmt::format("{} of {} tensors were written", next_tensor_, tensors_.size()));
+  }
+  if (std::fflush(file_) != 0) fail("flush failed");
+  if (::fsync(::fileno(file_)) != 0) fail("sync failed");
+  const int rc = std::fclose(file_);
+  file_ = nullptr;
+  if (rc != 0) fail("close failed");
+  std::error_code ec;
+  std::filesystem::rename(tmp_path_, path_, ec);
+  if (ec) {
+    throw GgufError(fmt::format("cannot move the finished file into place at '{}': {}", path_.string(), ec.message()));
+  }
+  finished_ = true;
+}
+
+}  // namespace mixq
