@@ -164,9 +164,7 @@ uint64_t GgufWriter::planned_file_size() const {
   for (const auto& kv : kv_) header += 8 + kv.key.size() + 4 + encoded_size(kv.value);
   for (const auto& t : tensors_) header += 8 + t.name.size() + 4 + 8 * t.shape.size() + 4 + 8;
   if (tensors_.empty()) return header;
-  // The last tensor is not padded after its data.
-  const auto& last = tensors_.back();
-  return align_up(header, alignment_) + last.offset + last.nbytes;
+  return align_up(header, alignment_) + data_size_;
 }
 
 void GgufWriter::fail(const std::string& what) {
@@ -206,7 +204,8 @@ void GgufWriter::write_header() {
     e.scalar<uint64_t>(t.offset);
   }
   write_bytes(e.out.data(), e.out.size());
-  pad_to(align_up(position_, alignment_));
+  // GGML pads the header only when tensor data follows (vocab-only files end right after it).
+  if (!tensors_.empty()) pad_to(align_up(position_, alignment_));
   header_written_ = true;
   data_start_ = position_;
 }
@@ -220,6 +219,7 @@ void GgufWriter::write_tensor_data(std::span<const uint8_t> data) {
   }
   pad_to(data_start_ + t.offset);
   write_bytes(data.data(), data.size());
+  pad_to(align_up(position_, alignment_));  // GGML pads after every tensor, the last one too
   ++next_tensor_;
 }
 
