@@ -22,7 +22,7 @@ void register_inspect(CLI::App& app) {
   cmd->callback([opts] {
     const GgufFile f = GgufFile::open(opts->file);
     if (opts->json) {
-      fmt::print("{}\n", inspect_json(f).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+      fmt::print("{}\n", inspect_json(f).dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace));
     } else {
       fmt::print("{}", inspect_text(f, {opts->max_elems, !opts->no_metadata, !opts->no_tensors}));
     }

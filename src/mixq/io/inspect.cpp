@@ -15,14 +15,14 @@ std::string shape_string(const GgufTensor& t) {
   return s;
 }
 
-nlohmann::json value_json(const GgufValue& v) {
+nlohmann::ordered_json value_json(const GgufValue& v) {
   switch (v.type()) {
     case GgufValueType::STRING: return v.as_string();
     case GgufValueType::BOOL: return v.as_bool();
     case GgufValueType::FLOAT32: case GgufValueType::FLOAT64: return v.as_float();
     case GgufValueType::UINT64: return v.as_uint();
     case GgufValueType::ARRAY: {
-      auto arr = nlohmann::json::array();
+      auto arr = nlohmann::ordered_json::array();
       for (const auto& e : v.as_array()) arr.push_back(value_json(e));
       return arr;
     }
@@ -81,15 +81,15 @@ std::string inspect_text(const GgufFile& f, const InspectOptions& opts) {
   return out;
 }
 
-nlohmann::json inspect_json(const GgufFile& f) {
-  nlohmann::json j;
+nlohmann::ordered_json inspect_json(const GgufFile& f) {
+  nlohmann::ordered_json j;
   j["file"] = f.label();
   j["version"] = f.version();
   j["file_size"] = f.file_size();
   j["alignment"] = f.alignment();
   j["data_offset"] = f.data_offset();
-  auto meta = nlohmann::json::object();
-  auto meta_types = nlohmann::json::object();
+  auto meta = nlohmann::ordered_json::object();
+  auto meta_types = nlohmann::ordered_json::object();
   for (const auto& kv : f.metadata()) {
     meta[kv.key] = value_json(kv.value);
     std::string type = gguf_value_type_name(kv.value.type());
@@ -98,7 +98,7 @@ nlohmann::json inspect_json(const GgufFile& f) {
   }
   j["metadata"] = meta;
   j["metadata_types"] = meta_types;
-  auto tensors = nlohmann::json::array();
+  auto tensors = nlohmann::ordered_json::array();
   int64_t params = 0;
   uint64_t bytes = 0;
   for (const auto& t : f.tensors()) {

@@ -16,6 +16,6 @@ struct InspectOptions {
 };
 
 std::string inspect_text(const GgufFile& f, const InspectOptions& opts = {});
-nlohmann::json inspect_json(const GgufFile& f);
+nlohmann::ordered_json inspect_json(const GgufFile& f);
 
 }  // namespace mixq

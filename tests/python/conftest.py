@@ -1,0 +1,36 @@
+"""Locations shared by the interop tests: the built mixq binaries and ../shared/data."""
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BUILD = pathlib.Path(os.environ.get("MIXQ_BUILD_DIR", REPO / "build"))
+MIXQ = BUILD / "mixq"
+TYPE_ZOO = BUILD / "tests" / "mixq_type_zoo"
+
+
+def shared_data() -> pathlib.Path | None:
+    env = os.environ.get("MIXQ_SHARED_DATA")
+    path = pathlib.Path(env) if env else REPO.parent / "shared" / "data"
+    return path if path.exists() else None
+
+
+def require_shared(rel: str) -> pathlib.Path:
+    base = shared_data()
+    if base is None or not (base / rel).exists():
+        pytest.skip(f"shared data not found ({rel}): put ../shared/data beside the checkout or set MIXQ_SHARED_DATA")
+    return base / rel
+
+
+def run(*args: str) -> str:
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    assert proc.returncode == 0, f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def built_binaries():
+    if not MIXQ.exists():
+        pytest.fail(f"{MIXQ} is missing: build first (scripts/test.sh does)")
