@@ -8,5 +8,6 @@ namespace mixq::cli {
 // Each register_* adds a subcommand to the app; its callback runs the command and throws on error.
 void register_inspect(CLI::App& app);
 void register_convert(CLI::App& app);
+void register_quantize(CLI::App& app);
 
 }  // namespace mixq::cli

@@ -4,16 +4,22 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mixq/quantize/quantize_model.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"mixq: mixed-precision quantization toolkit (GGUF, GGML types, NF4, INT8, 2/3-bit)"};
   app.require_subcommand(1);
   mixq::cli::register_inspect(app);
   mixq::cli::register_convert(app);
+  mixq::cli::register_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
+  } catch (const mixq::QuantizeCancelled& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "mixq: {}\n", e.what());
+    return 130;
   } catch (const std::exception& e) {
     std::fflush(stdout);
     fmt::print(stderr, "mixq: error: {}\n", e.what());

@@ -1,0 +1,173 @@
+#include <csignal>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "mixq/policy/presets.h"
+#include "mixq/quantize/quantize_model.h"
+#include "progress.h"
+
+namespace mixq::cli {
+
+namespace {
+
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_interrupt(int) { g_interrupted = true; }
+
+struct QuantizeArgs {
+  std::string input, output, type, threads_pos;
+  std::vector<std::string> tensor_types, layers;
+  std::string tensor_type_file, config, output_tensor_type, token_embedding_type, imatrix, report_json, compat;
+  bool pure = false, leave_output = false, allow_requantize = false, dry_run = false;
+  int threads = 0;
+};
+
+std::vector<std::string> read_rule_file(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw PolicyError(fmt::format("cannot read --tensor-type-file '{}'", path));
+  std::vector<std::string> rules;
+  std::string line;
+  while (std::getline(f, line)) {
+    const auto start = line.find_first_not_of(" \t\r");
+    if (start == std::string::npos || line[start] == '#') continue;
+    const auto end = line.find_last_not_of(" \t\r");
+    rules.push_back(line.substr(start, end - start + 1));
+  }
+  return rules;
+}
+
+QuantizeOptions build_options(const QuantizeArgs& a) {
+  QuantizeOptions o;
+  PolicyOptions& p = o.policy;
+  if (!a.config.empty()) {
+    std::ifstream f(a.config);
+    if (!f) throw PolicyError(fmt::format("cannot read --config '{}'", a.config));
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(f);
+    } catch (const nlohmann::json::parse_error& e) {
+      throw PolicyError(fmt::format("--config '{}' is not valid JSON: {}", a.config, e.what()));
+    }
+    apply_policy_config(j, p, a.config);
+  }
+  std::string type = a.type;
+  if (type.empty()) type = !p.preset.empty() ? p.preset : "";
+  if (type.empty() && a.config.empty()) {
+    throw PolicyError("give a DEFAULT_TYPE (a type such as q4_k or nf4, or a preset such as Q4_K_M)");
+  }
+  if (!type.empty()) {
+    if (auto preset = find_preset(type)) {
+      p.preset = preset->name;
+      p.default_type = preset->default_type;
+      p.preset_rules = preset->rules;
+    } else {
+      p.default_type = parse_type_name(type);
+      p.preset.clear();
+    }
+  } else if (!p.preset.empty()) {
+    auto preset = find_preset(p.preset);
+    p.preset_rules = preset->rules;
+  }
+  o.type_label = type.empty() ? type_traits(p.default_type).name : type;
+  for (const auto& r : a.tensor_types) p.tensor_type_rules.push_back(parse_tensor_type_rule(r));
+  if (!a.tensor_type_file.empty()) {
+    for (const auto& r : read_rule_file(a.tensor_type_file)) p.tensor_type_rules.push_back(parse_tensor_type_rule(r));
+  }
+  for (const auto& r : a.layers) p.layer_rules.push_back(parse_layer_rule(r));
+  if (!a.output_tensor_type.empty()) p.output_tensor_type = parse_type_name(a.output_tensor_type);
+  if (!a.token_embedding_type.empty()) p.token_embedding_type = parse_type_name(a.token_embedding_type);
+  p.pure = a.pure;
+  p.leave_output_tensor = a.leave_output;
+  p.allow_requantize = a.allow_requantize;
+  if (!a.compat.empty()) {
+    if (a.compat != "llama.cpp" && a.compat != "llamacpp" && a.compat != "ggml") {
+      throw PolicyError(fmt::format("--compat '{}': the only target is llama.cpp", a.compat));
+    }
+    p.compat_llamacpp = true;
+  }
+  o.threads = a.threads;
+  if (!a.threads_pos.empty()) {
+    try {
+      o.threads = std::stoi(a.threads_pos);
+    } catch (const std::exception&) {
+      throw PolicyError(fmt::format("THREADS '{}' is not a number", a.threads_pos));
+    }
+  }
+  return o;
+}
+
+}  // namespace
+
+void register_quantize(CLI::App& app) {
+  auto* cmd = app.add_subcommand("quantize",
+                                 "Quantize a model with a per-tensor precision policy (a drop-in for llama-quantize)");
+  auto a = std::make_shared<QuantizeArgs>();
+  cmd->add_option("INPUT", a->input, "Input model (GGUF)")->required();
+  cmd->add_option("OUTPUT", a->output, "Output GGUF (written to a temporary file, renamed when complete)")->required();
+  cmd->add_option("DEFAULT_TYPE", a->type,
+                  "Type (q4_k, q8_0, nf4, i8_row, lb3, ...) or preset (Q4_K_M, Q3_K_S, boundary[:TYPE], "
+                  "ssm-conservative, ...), case-insensitive; llama-quantize's names mean its mixes");
+  cmd->add_option("THREADS", a->threads_pos, "Threads (as llama-quantize's trailing argument)");
+  cmd->add_option("--tensor-type", a->tensor_types,
+                  "REGEX=TYPE: tensors whose name the regex finds get TYPE (first match wins; repeatable)");
+  cmd->add_option("--tensor-type-file", a->tensor_type_file, "File of REGEX=TYPE lines ('#' comments)");
+  cmd->add_option("--layers", a->layers,
+                  "SPEC[/COMPONENT]=TYPE: layer-position rule; SPEC first:N, last:N, A-B, N, every:N; COMPONENT "
+                  "attn, ffn, attn_v, ffn_down, embed, output, norm, ssm, time_mix, channel_mix, ... (repeatable)");
+  cmd->add_option("--config", a->config, "Policy JSON: default, preset, rules {PATTERN: TYPE}, <N>bit_layers, layers");
+  cmd->add_option("--output-tensor-type", a->output_tensor_type, "Type of output.weight");
+  cmd->add_option("--token-embedding-type", a->token_embedding_type, "Type of token_embd.weight");
+  cmd->add_flag("--pure", a->pure, "No preset mixing: every quantizable tensor gets DEFAULT_TYPE (rules still apply)");
+  cmd->add_flag("--leave-output-tensor", a->leave_output, "Keep output.weight as stored");
+  cmd->add_flag("--allow-requantize", a->allow_requantize, "Accept already-quantized input (quality loss adds up)");
+  cmd->add_option("--imatrix", a->imatrix, "Importance matrix (llama-imatrix GGUF or legacy .dat)");
+  cmd->add_flag("--dry-run", a->dry_run, "Print the per-tensor plan, size and bits per weight; write nothing");
+  cmd->add_option("--report-json", a->report_json, "Write the per-tensor report as JSON to this file");
+  cmd->add_option("--compat", a->compat, "llama.cpp: refuse types llama.cpp cannot load");
+  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  cmd->callback([a] {
+    QuantizeOptions opts = build_options(*a);
+    const GgufFile in = GgufFile::open(a->input);
+    ImportanceMatrix im;
+    if (!a->imatrix.empty()) {
+      im = load_imatrix(a->imatrix);
+      opts.imatrix = &im;
+      opts.policy.has_imatrix = true;
+    }
+    QuantizeReport rep;
+    if (a->dry_run) {
+      rep = plan_model(in, opts);
+    } else {
+      if (std::filesystem::exists(a->output) && std::filesystem::equivalent(a->input, a->output)) {
+        throw PolicyError("OUTPUT is the same file as INPUT: choose another output path");
+      }
+      Progress bar("quantize");
+      opts.on_progress = [&](const QuantizeProgress& p) {
+        bar.update(p.index, p.total, p.plan->tensor.name, p.seconds);
+      };
+      g_interrupted = false;
+      opts.cancel = &g_interrupted;
+      auto old_int = std::signal(SIGINT, on_interrupt);
+      auto old_term = std::signal(SIGTERM, on_interrupt);
+      try {
+        rep = quantize_model(in, a->output, opts);
+      } catch (...) {
+        bar.finish();
+        std::signal(SIGINT, old_int);
+        std::signal(SIGTERM, old_term);
+        throw;
+      }
+      bar.finish();
+      std::signal(SIGINT, old_int);
+      std::signal(SIGTERM, old_term);
+    }
+    fmt::print("{}", rep.to_text());
+    if (!a->report_json.empty()) {
+      std::ofstream(a->report_json) << rep.to_json().dump(2) << "\n";
+    }
+    if (!a->dry_run) fmt::print("wrote {}\n", a->output);
+  });
+}
+
+}  // namespace mixq::cli

@@ -1,0 +1,290 @@
+#include "mixq/quantize/quantize_model.h"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "mixq/policy/presets.h"
+#include "mixq/util/thread_pool.h"
+
+namespace mixq {
+
+namespace {
+
+constexpr int64_t kChunkValues = 1 << 16;  // values per parallel work item
+
+int64_t meta_int(const GgufFile& f, const std::string& key, int64_t fallback) {
+  const GgufValue* v = f.find(key);
+  if (!v) return fallback;
+  if (v->is_integer()) return v->as_int();
+  // Some models store per-layer head counts as arrays; the policy needs one figure.
+  if (v->type() == GgufValueType::ARRAY && !v->as_array().empty() && v->as_array()[0].is_integer()) {
+    return v->as_array()[0].as_int();
+  }
+  return fallback;
+}
+
+// llama.cpp's general.file_type for a model that is mostly `t` (LLAMA_FTYPE_MOSTLY_*).
+std::optional<uint32_t> llama_ftype_for(TypeId t) {
+  switch (t) {
+    case TypeId::F32: return 0;
+    case TypeId::F16: return 1;
+    case TypeId::Q4_0: return 2;
+    case TypeId::Q4_1: return 3;
+    case TypeId::Q8_0: return 7;
+    case TypeId::Q5_0: return 8;
+    case TypeId::Q5_1: return 9;
+    case TypeId::Q2_K: return 10;
+    case TypeId::Q3_K: return 12;
+    case TypeId::Q4_K: return 15;
+    case TypeId::Q5_K: return 17;
+    case TypeId::Q6_K: return 18;
+    case TypeId::IQ4_NL: return 25;
+    case TypeId::IQ4_XS: return 30;
+    case TypeId::BF16: return 32;
+    default: return std::nullopt;
+  }
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return s;
+}
+
+nlohmann::ordered_json policy_json(const QuantizeOptions& opts) {
+  const PolicyOptions& p = opts.policy;
+  nlohmann::ordered_json j;
+  j["requested"] = opts.type_label;
+  j["default_type"] = type_traits(p.default_type).name;
+  if (!p.preset.empty()) j["preset"] = p.preset;
+  auto rules = nlohmann::ordered_json::array();
+  for (const auto* list : {&p.tensor_type_rules, &p.config_rules, &p.layer_rules}) {
+    for (const auto& r : *list) rules.push_back({{"rule", r.origin}, {"type", type_traits(r.type).name}});
+  }
+  j["rules"] = rules;
+  if (p.output_tensor_type) j["output_tensor_type"] = type_traits(*p.output_tensor_type).name;
+  if (p.token_embedding_type) j["token_embedding_type"] = type_traits(*p.token_embedding_type).name;
+  j["pure"] = p.pure;
+  j["leave_output_tensor"] = p.leave_output_tensor;
+  j["imatrix"] = opts.imatrix ? opts.imatrix->source : "";
+  return j;
+}
+
+QuantizeReport make_report(const GgufFile& in, const QuantizeOptions& opts) {
+  const auto tensors = tensor_descs(in);
+  QuantizeReport rep;
+  rep.plans = plan_types(tensors, model_info_from_gguf(in, tensors), opts.policy);
+  rep.threads = resolve_threads(opts.threads);
+  for (size_t i = 0; i < rep.plans.size(); ++i) {
+    const auto& t = in.tensors()[i];
+    rep.parameters += t.n_elements();
+    rep.input_tensor_bytes += t.nbytes;
+    rep.output_tensor_bytes += rep.plans[i].bytes;
+  }
+  for (const auto* list : {&opts.policy.tensor_type_rules, &opts.policy.config_rules, &opts.policy.layer_rules}) {
+    for (const auto& r : *list) {
+      if (r.hits == 0) rep.warnings.push_back(fmt::format("rule '{}' matched no tensor", r.origin));
+    }
+  }
+  if (opts.imatrix) {
+    int missing = 0;
+    for (const auto& p : rep.plans) {
+      if (p.quantize && type_traits(p.type).quantized && !opts.imatrix->find(p.tensor.name)) ++missing;
+    }
+    if (missing) {
+      rep.warnings.push_back(fmt::format("the importance matrix has no entry for {} quantized tensors: they are "
+                                         "quantized without one",
+                                         missing));
+    }
+  }
+  return rep;
+}
+
+void set_output_metadata(GgufWriter& w, const GgufFile& in, const QuantizeOptions& opts) {
+  w.copy_metadata(in);
+  w.set("general.quantization_version", GgufValue::u32(2));
+  std::optional<uint32_t> ftype;
+  if (auto preset = find_preset(opts.policy.preset.empty() ? opts.type_label : opts.policy.preset)) {
+    ftype = preset->llama_ftype;
+  } else {
+    ftype = llama_ftype_for(opts.policy.default_type);
+  }
+  if (ftype) {
+    w.set("general.file_type", GgufValue::u32(*ftype));
+  } else {
+    w.remove("general.file_type");
+  }
+  w.set("mixq.quantize.type", GgufValue::string(opts.type_label));
+  w.set("mixq.quantize.policy", GgufValue::string(policy_json(opts).dump()));
+  if (opts.imatrix) {
+    // The keys llama-quantize writes, so tools that read them see where the imatrix came from.
+    w.set("quantize.imatrix.file", GgufValue::string(opts.imatrix->source));
+    if (!opts.imatrix->datasets.empty()) {
+      w.set("quantize.imatrix.dataset", GgufValue::string(opts.imatrix->datasets.front()));
+    }
+    w.set("quantize.imatrix.entries_count", GgufValue::i32(static_cast<int32_t>(opts.imatrix->weights.size())));
+    w.set("quantize.imatrix.chunks_count", GgufValue::i32(static_cast<int32_t>(opts.imatrix->chunk_count)));
+  }
+}
+
+// The importance weights for rows [r0, r0 + n) of a tensor, or null.
+const float* importance_for(const ImportanceMatrix* im, const GgufTensor& t, int64_t row) {
+  if (!im) return nullptr;
+  const std::vector<float>* w = im->find(t.name);
+  if (!w) return nullptr;
+  const int64_t n = t.row_length();
+  if (static_cast<int64_t>(w->size()) == n) return w->data();
+  // 3-D expert tensors: one slice of n weights per expert (rows of expert e are e*ne1 ... ).
+  if (t.shape.size() == 3 && static_cast<int64_t>(w->size()) == n * t.shape[2]) {
+    return w->data() + (row / t.shape[1]) * n;
+  }
+  throw PolicyError(fmt::format("the importance matrix for '{}' has {} values; the tensor has rows of {}", t.name,
+                                w->size(), n));
+}
+
+}  // namespace
+
+std::vector<TensorDesc> tensor_descs(const GgufFile& f) {
+  std::vector<TensorDesc> out;
+  out.reserve(f.tensors().size());
+  for (const auto& t : f.tensors()) out.push_back({t.name, t.shape, t.type->id});
+  return out;
+}
+
+ModelInfo model_info_from_gguf(const GgufFile& f, const std::vector<TensorDesc>& tensors) {
+  std::string arch;
+  if (const auto* a = f.find("general.architecture"); a && a->type() == GgufValueType::STRING) arch = a->as_string();
+  const int n_layers = static_cast<int>(meta_int(f, arch + ".block_count", 0));
+  const int n_head = static_cast<int>(meta_int(f, arch + ".attention.head_count", 0));
+  const int n_head_kv = static_cast<int>(meta_int(f, arch + ".attention.head_count_kv", n_head));
+  const int n_expert = static_cast<int>(meta_int(f, arch + ".expert_count", 0));
+  return model_info_from_tensors(tensors, arch, n_layers, n_head, n_head_kv, n_expert);
+}
+
+QuantizeReport plan_model(const GgufFile& in, const QuantizeOptions& opts) {
+  QuantizeReport rep = make_report(in, opts);
+  GgufWriter sizing("/nonexistent-dry-run", in.alignment());  // never written: sizes the header
+  set_output_metadata(sizing, in, opts);
+  for (const auto& p : rep.plans) sizing.add_tensor(p.tensor.name, p.tensor.shape, p.type);
+  rep.output_file_bytes = sizing.planned_file_size();
+  return rep;
+}
+
+QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& out, const QuantizeOptions& opts) {
+  const auto start = std::chrono::steady_clock::now();
+  QuantizeReport rep = make_report(in, opts);
+  GgufWriter w(out, in.alignment());
+  set_output_metadata(w, in, opts);
+  for (const auto& p : rep.plans) w.add_tensor(p.tensor.name, p.tensor.shape, p.type);
+
+  ThreadPool pool(opts.threads);
+  std::vector<uint8_t> buffer;
+  for (size_t i = 0; i < rep.plans.size(); ++i) {
+    if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
+    const TensorPlan& p = rep.plans[i];
+    const GgufTensor& t = in.tensors()[i];
+    if (p.type == t.type->id) {
+      w.write_tensor_data(t.bytes());  // kept as stored: copied straight from the mapping
+    } else {
+      const TypeTraits& from = *t.type;
+      const TypeTraits& to = type_traits(p.type);
+      const int64_t n = t.row_length(), rows = t.n_rows();
+      const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkValues / n);
+      const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
+      const size_t in_row = from.row_bytes(n), out_row = to.row_bytes(n);
+      buffer.resize(static_cast<size_t>(rows) * out_row);
+      pool.parallel_for(chunks, [&](int64_t c) {
+        if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
+        const int64_t r0 = c * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
+        for (int64_t r = r0; r < r1; ++r) {
+          const uint8_t* src = t.data + static_cast<size_t>(r) * in_row;
+          const float* x;
+          thread_local std::vector<float> row;  // inputs that are not F32 are widened row by row
+          if (from.id == TypeId::F32) {
+            x = reinterpret_cast<const float*>(src);  // aligned: GGUF data offsets are multiples of 32
+          } else {
+            row.resize(static_cast<size_t>(n));
+            from.dequantize_row(src, row.data(), n);
+            x = row.data();
+          }
+          to.quantize_row(x, buffer.data() + static_cast<size_t>(r) * out_row, n,
+                          importance_for(opts.imatrix, t, r));
+        }
+      });
+      w.write_tensor_data(buffer);
+    }
+    if (opts.on_progress) {
+      opts.on_progress({i + 1, rep.plans.size(), &p,
+                        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
+    }
+  }
+  if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
+  w.finish();
+  rep.output_file_bytes = std::filesystem::file_size(out);
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return rep;
+}
+
+std::string QuantizeReport::to_text() const {
+  size_t w = 6;
+  for (const auto& p : plans) w = std::max(w, p.tensor.name.size());
+  std::string s = fmt::format("{:<{}}  {:<14} {:<7} {:<7} {:>10} {:>7}  {}\n", "tensor", w, "shape", "from", "type",
+                              "bytes", "bpw", "why");
+  for (const auto& p : plans) {
+    int64_t n = 1;
+    for (auto d : p.tensor.shape) n *= d;
+    std::string why = p.reason;
+    if (!p.fallback.empty()) why += fmt::format(" -> fallback: {}", p.fallback);
+    s += fmt::format("{:<{}}  {:<14} {:<7} {:<7} {:>10} {:>7.3f}  {}\n", p.tensor.name, w, shape_string(p.tensor.shape),
+                     type_traits(p.tensor.stored_type).name, type_traits(p.type).name, p.bytes, 8.0 * p.bytes / n, why);
+  }
+  std::map<std::string, std::pair<int, uint64_t>> per_type;
+  int fallbacks = 0;
+  for (const auto& p : plans) {
+    auto& e = per_type[type_traits(p.type).name];
+    ++e.first;
+    e.second += p.bytes;
+    fallbacks += !p.fallback.empty();
+  }
+  s += fmt::format("\n{} tensors, {} parameters: {} -> {} bytes of tensor data ({:.3f} -> {:.3f} bits per weight)\n",
+                   plans.size(), parameters, input_tensor_bytes, output_tensor_bytes, input_bpw(), output_bpw());
+  s += fmt::format("output file: {} bytes", output_file_bytes);
+  if (seconds > 0) s += fmt::format(", {:.2f} s on {} threads", seconds, threads);
+  s += "\n";
+  for (const auto& [name, e] : per_type) s += fmt::format("  {:<8} {:>4} tensors {:>12} bytes\n", name, e.first, e.second);
+  if (fallbacks) s += fmt::format("{} tensors fell back to another type (see 'why')\n", fallbacks);
+  for (const auto& warn : warnings) s += "warning: " + warn + "\n";
+  return s;
+}
+
+nlohmann::ordered_json QuantizeReport::to_json() const {
+  nlohmann::ordered_json j;
+  auto tensors = nlohmann::ordered_json::array();
+  for (const auto& p : plans) {
+    nlohmann::ordered_json t = {{"name", p.tensor.name},
+                                {"shape", p.tensor.shape},
+                                {"stored_type", type_traits(p.tensor.stored_type).name},
+                                {"requested_type", type_traits(p.requested).name},
+                                {"type", type_traits(p.type).name},
+                                {"quantized", p.quantize},
+                                {"bytes", p.bytes},
+                                {"reason", p.reason}};
+    if (!p.fallback.empty()) t["fallback"] = p.fallback;
+    tensors.push_back(t);
+  }
+  j["tensors"] = tensors;
+  j["parameters"] = parameters;
+  j["input_tensor_bytes"] = input_tensor_bytes;
+  j["output_tensor_bytes"] = output_tensor_bytes;
+  j["output_file_bytes"] = output_file_bytes;
+  j["bits_per_weight"] = output_bpw();
+  j["seconds"] = seconds;
+  j["threads"] = threads;
+  j["warnings"] = warnings;
+  return j;
+}
+
+}  // namespace mixq
