@@ -1,7 +1,10 @@
 // Shared helpers for the unit tests: where the shared data lives, reading raw files.
 #pragma once
 
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstdio>
 
 #include <cstdlib>
 #include <filesystem>
@@ -42,6 +45,32 @@ std::vector<T> read_raw(const std::filesystem::path& p) {
   std::vector<T> v(size / sizeof(T));
   f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
   return v;
+}
+
+struct CliResult {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs the built `mixq` with a shell-quoted argument string; `prefix` goes before it (e.g.
+// "ulimit -f 64;").
+inline CliResult run_cli(const std::string& args, const std::string& prefix = "") {
+  const std::string cmd = prefix + " '" + std::string(MIXQ_CLI_PATH) + "' " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) throw std::runtime_error("cannot run " + cmd);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
+}
+
+// Files in a directory (to check that nothing, not even a temporary file, was left behind).
+inline std::vector<std::string> files_in(const std::filesystem::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  return names;
 }
 
 inline std::filesystem::path temp_dir() {

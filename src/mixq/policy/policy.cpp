@@ -57,8 +57,10 @@ bool glob_matches_tensor(const std::string& glob, const std::string& name) {
       glob_match(glob, std::string_view(name).substr(0, name.size() - kSuffix.size()))) {
     return true;
   }
-  const std::string alias = alias_of(name);
-  return !alias.empty() && glob_match(glob, alias);
+  for (const auto& alias : aliases_of(name)) {
+    if (glob_match(glob, alias)) return true;
+  }
+  return false;
 }
 
 // Types llama.cpp falls back to when rows do not fill a block (llama-quant.cpp), then F16.
@@ -89,10 +91,14 @@ TypeId parse_type_name(const std::string& name) {
   std::string n = lower(name);
   if (auto it = kAliases.find(n); it != kAliases.end()) n = it->second;
   const TypeTraits* t = find_type(n);
+  // Q8_1 and Q8_K exist for activations (dot products), not for stored weights.
+  if (t && (t->id == TypeId::Q8_1 || t->id == TypeId::Q8_K)) {
+    throw PolicyError(fmt::format("type '{}' is an activation type, not a weight type", name));
+  }
   if (!t || !t->can_quantize()) {
     std::string known;
     for (const auto& row : all_types()) {
-      if (row.can_quantize()) known += (known.empty() ? "" : ", ") + std::string(row.name);
+      if (row.can_quantize() && row.id != TypeId::Q8_1 && row.id != TypeId::Q8_K) known += (known.empty() ? "" : ", ") + std::string(row.name);
     }
     throw PolicyError(fmt::format("unknown type '{}'{}; types mixq can write: {} (aliases: int8, fp16, fp32)", name,
                                   t ? " (mixq can read it but not write it)" : "", known));
@@ -295,7 +301,7 @@ bool is_quantizable(const TensorDesc& t, const ModelInfo&) {
   if (t.shape.size() < 2) return false;
   if (!t.name.ends_with("weight")) return false;
   static constexpr std::string_view kNever[] = {
-      "pos_embd", "token_types", "ssm_conv1d", "ssm_a", "ssm_d", "time_mix_first", "time_mix_w0", "time_mix_w1",
+      "pos_embd", "token_types", "ssm_conv1d", "shortconv.conv", "time_mix_first", "time_mix_w0", "time_mix_w1",
       "time_mix_w2", "time_mix_decay_w1", "time_mix_decay_w2", "time_mix_lerp_fused", "attn_rel_b", "norm",
   };
   for (auto s : kNever) {
@@ -442,7 +448,13 @@ std::vector<TensorPlan> plan_types(const std::vector<TensorDesc>& tensors, const
         ++rule->hits;
       }
       p.type = p.requested;
-      if (!type_traits(p.type).fits_row(t.shape[0])) p.type = fallback_for(p.requested, t.shape[0], opts.compat_llamacpp, p.fallback);
+      if (!type_traits(p.type).fits_row(t.shape[0])) {
+        p.type = fallback_for(p.requested, t.shape[0], opts.compat_llamacpp, p.fallback);
+      }
+      if (!type_traits(p.type).can_quantize()) {
+        throw PolicyError(fmt::format("tensor '{}': mixq has no quantizer for {} ({})", t.name,
+                                      type_traits(p.type).name, p.reason));
+      }
     }
     int64_t rows = 1;
     for (size_t d = 1; d < t.shape.size(); ++d) rows *= t.shape[d];

@@ -13,32 +13,33 @@ struct ComponentRow {
   const char* name;         // as rules name it
   const char* gguf_marker;  // substring of the GGUF tensor name (after "blk.N.")
   const char* alias;        // Hugging Face-style path after "layers.N."
+  const char* alt_alias;    // a second spelling ("ssm.in_proj" for Mamba's "mixer.in_proj"), or null
   const char* group;        // the group it belongs to
 };
 
 // Order matters where markers overlap: the first row whose marker is found wins.
 constexpr ComponentRow kComponents[] = {
-    {Component::AttnQkv, "attn_qkv", "attn_qkv", "self_attn.qkv_proj", "attn"},
-    {Component::AttnQ, "attn_q", "attn_q.", "self_attn.q_proj", "attn"},
-    {Component::AttnK, "attn_k", "attn_k.", "self_attn.k_proj", "attn"},
-    {Component::AttnV, "attn_v", "attn_v.", "self_attn.v_proj", "attn"},
-    {Component::AttnOut, "attn_output", "attn_output", "self_attn.o_proj", "attn"},
-    {Component::Norm, "norm", "norm", "norm", "norm"},
-    {Component::FfnGate, "ffn_gate", "ffn_gate", "mlp.gate_proj", "ffn"},
-    {Component::FfnUp, "ffn_up", "ffn_up", "mlp.up_proj", "ffn"},
-    {Component::FfnDown, "ffn_down", "ffn_down", "mlp.down_proj", "ffn"},
-    {Component::SsmIn, "ssm_in", "ssm_in", "mixer.in_proj", "ssm"},
-    {Component::SsmConv, "ssm_conv1d", "ssm_conv1d", "mixer.conv1d", "ssm"},
-    {Component::SsmX, "ssm_x", "ssm_x", "mixer.x_proj", "ssm"},
-    {Component::SsmDt, "ssm_dt", "ssm_dt", "mixer.dt_proj", "ssm"},
-    {Component::SsmA, "ssm_a", "ssm_a", "mixer.A_log", "ssm"},
-    {Component::SsmD, "ssm_d", "ssm_d", "mixer.D", "ssm"},
-    {Component::SsmOut, "ssm_out", "ssm_out", "mixer.out_proj", "ssm"},
-    {Component::TimeMix, "time_mix", "time_mix", "attention", "time_mix"},
-    {Component::ChannelMix, "channel_mix", "channel_mix", "feed_forward", "channel_mix"},
+    {Component::AttnQkv, "attn_qkv", "attn_qkv", "self_attn.qkv_proj", nullptr, "attn"},
+    {Component::AttnQ, "attn_q", "attn_q.", "self_attn.q_proj", nullptr, "attn"},
+    {Component::AttnK, "attn_k", "attn_k.", "self_attn.k_proj", nullptr, "attn"},
+    {Component::AttnV, "attn_v", "attn_v.", "self_attn.v_proj", nullptr, "attn"},
+    {Component::AttnOut, "attn_output", "attn_output", "self_attn.o_proj", nullptr, "attn"},
+    {Component::Norm, "norm", "norm", "norm", nullptr, "norm"},
+    {Component::FfnGate, "ffn_gate", "ffn_gate", "mlp.gate_proj", nullptr, "ffn"},
+    {Component::FfnUp, "ffn_up", "ffn_up", "mlp.up_proj", nullptr, "ffn"},
+    {Component::FfnDown, "ffn_down", "ffn_down", "mlp.down_proj", nullptr, "ffn"},
+    {Component::SsmIn, "ssm_in", "ssm_in", "mixer.in_proj", "ssm.in_proj", "ssm"},
+    {Component::SsmConv, "ssm_conv1d", "ssm_conv1d", "mixer.conv1d", "ssm.conv1d", "ssm"},
+    {Component::SsmX, "ssm_x", "ssm_x", "mixer.x_proj", "ssm.x_proj", "ssm"},
+    {Component::SsmDt, "ssm_dt", "ssm_dt", "mixer.dt_proj", "ssm.dt_proj", "ssm"},
+    {Component::SsmA, "ssm_a", "ssm_a", "mixer.A_log", "ssm.A_log", "ssm"},
+    {Component::SsmD, "ssm_d", "ssm_d", "mixer.D", "ssm.D", "ssm"},
+    {Component::SsmOut, "ssm_out", "ssm_out", "mixer.out_proj", "ssm.out_proj", "ssm"},
+    {Component::TimeMix, "time_mix", "time_mix", "attention", nullptr, "time_mix"},
+    {Component::ChannelMix, "channel_mix", "channel_mix", "feed_forward", nullptr, "channel_mix"},
     // rwkv.cpp names, kept as they are by `mixq convert`
-    {Component::TimeMix, "time_mix", ".att.", "attention", "time_mix"},
-    {Component::ChannelMix, "channel_mix", ".ffn.", "feed_forward", "channel_mix"},
+    {Component::TimeMix, "time_mix", ".att.", "attention", nullptr, "time_mix"},
+    {Component::ChannelMix, "channel_mix", ".ffn.", "feed_forward", nullptr, "channel_mix"},
 };
 
 bool starts_with_layer_prefix(std::string_view name, std::string_view prefix, int& layer, size_t& rest) {
@@ -116,14 +117,18 @@ TensorRole classify_tensor(std::string_view name, bool has_output) {
   return role;
 }
 
-std::string alias_of(std::string_view name) {
+std::vector<std::string> aliases_of(std::string_view name) {
   const auto layer = layer_of(name);
   const TensorRole role = classify_tensor(name, true);
-  if (role.component == Component::Embed) return "embed_tokens";
-  if (role.component == Component::Output) return "lm_head";
+  if (role.component == Component::Embed) return {"embed_tokens", "embeddings"};
+  if (role.component == Component::Output) return {"lm_head"};
   if (!layer || role.component == Component::Other) return {};
   for (const auto& row : kComponents) {
-    if (row.component == role.component) return "layers." + std::to_string(*layer) + "." + row.alias;
+    if (row.component != role.component) continue;
+    const std::string prefix = "layers." + std::to_string(*layer) + ".";
+    std::vector<std::string> out = {prefix + row.alias};
+    if (row.alt_alias) out.push_back(prefix + row.alt_alias);
+    return out;
   }
   return {};
 }

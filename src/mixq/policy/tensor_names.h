@@ -38,8 +38,9 @@ TensorRole classify_tensor(std::string_view name, bool has_output);
 // The layer index in a name ("blk.12.attn_q.weight" -> 12), if any.
 std::optional<int> layer_of(std::string_view name);
 
-// A framework-style alias for the name, so precision maps written against Hugging Face names
-// ("layers.3.mixer.in_proj", "layers.*.self_attn.q_proj") match GGUF names. Empty when unknown.
-std::string alias_of(std::string_view name);
+// Framework-style aliases of the name, so precision maps written against Hugging Face names
+// ("layers.3.self_attn.q_proj", "layers.*.mixer.in_proj", "layers.*.ssm.in_proj") match GGUF
+// names. Empty when the tensor is not a known component.
+std::vector<std::string> aliases_of(std::string_view name);
 
 }  // namespace mixq
