@@ -1,0 +1,60 @@
+// Q5_K: 8 sub-blocks of 32 with 6-bit scales and minimums, 5-bit codes stored as a low nibble plus
+// one high bit in qh (bit 2k for the earlier, 2k+1 for the later sub-block of pair k).
+#include <cstring>
+
+#include "mixq/formats/half.h"
+#include "mixq/formats/kquants/affine_search.h"
+#include "mixq/formats/kquants/kquants.h"
+
+namespace mixq::kq {
+
+void quantize_row_q5_k(const float* x, void* dst, int64_t n, const float* importance) {
+  constexpr AffineShape kShape{32, 31, 63};
+  auto* out = static_cast<unsigned char*>(dst);
+  for (int64_t i = 0; i < n / kSuperBlock; ++i) {
+    AffineSuperBlock q;
+    quantize_affine_super_block(x + i * kSuperBlock, importance ? importance + i * kSuperBlock : nullptr, kShape,
+                                q);
+    BlockQ5K b;
+    b.d = q.d;
+    b.dmin = q.dmin;
+    pack_scale_min_k4(q.sc, q.m, b.scales);
+    std::memset(b.qh, 0, sizeof(b.qh));
+    for (int pair = 0; pair < 4; ++pair) {
+      const uint8_t* lo = q.codes + pair * 64;
+      const uint8_t* hi = lo + 32;
+      for (int l = 0; l < 32; ++l) {
+        b.qs[pair * 32 + l] = static_cast<uint8_t>((lo[l] & 0xF) | ((hi[l] & 0xF) << 4));
+        b.qh[l] |= static_cast<uint8_t>(((lo[l] >> 4) << (2 * pair)) | ((hi[l] >> 4) << (2 * pair + 1)));
+      }
+    }
+    std::memcpy(out + i * sizeof(BlockQ5K), &b, sizeof(b));
+  }
+}
+
+void dequantize_row_q5_k(const void* src, float* y, int64_t n) {
+  const auto* in = static_cast<const unsigned char*>(src);
+  for (int64_t i = 0; i < n / kSuperBlock; ++i) {
+    BlockQ5K b;
+    std::memcpy(&b, in + i * sizeof(BlockQ5K), sizeof(b));
+    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+    for (int pair = 0; pair < 4; ++pair) {
+      uint8_t sc, m;
+      unpack_scale_min_k4(2 * pair, b.scales, sc, m);
+      const float d1 = d * sc, m1 = dmin * m;
+      unpack_scale_min_k4(2 * pair + 1, b.scales, sc, m);
+      const float d2 = d * sc, m2 = dmin * m;
+      const uint8_t* ql = b.qs + pair * 32;
+      const int lo_bit = 2 * pair, hi_bit = 2 * pair + 1;
+      for (int l = 0; l < 32; ++l) {
+        y[l] = d1 * static_cast<float>((ql[l] & 0xF) | (((b.qh[l] >> lo_bit) & 1) << 4)) - m1;
+      }
+      for (int l = 0; l < 32; ++l) {
+        y[32 + l] = d2 * static_cast<float>((ql[l] >> 4) | (((b.qh[l] >> hi_bit) & 1) << 4)) - m2;
+      }
+      y += 64;
+    }
+  }
+}
+
+}  // namespace mixq::kq
