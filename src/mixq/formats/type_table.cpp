@@ -7,7 +7,10 @@
 #include <fmt/format.h>
 
 #include "mixq/formats/float.h"
+#include "mixq/formats/iq4.h"
 #include "mixq/formats/kquants/kquants.h"
+#include "mixq/formats/legacy.h"
+#include "mixq/formats/ternary.h"
 
 namespace mixq {
 namespace {
@@ -18,26 +21,26 @@ namespace {
 constexpr TypeTraits kTypeTable[] = {
     {TypeId::F32, "f32", "float", 1, 4, 0, false, fl::quantize_row_f32, fl::dequantize_row_f32, "32-bit IEEE float"},
     {TypeId::F16, "f16", "float", 1, 2, 0, false, fl::quantize_row_f16, fl::dequantize_row_f16, "16-bit IEEE half"},
-    {TypeId::Q4_0, "q4_0", "legacy", 32, 18, 0, true, nullptr, nullptr, "4-bit, f16 scale per 32"},
-    {TypeId::Q4_1, "q4_1", "legacy", 32, 20, 0, true, nullptr, nullptr, "4-bit, f16 scale and min per 32"},
-    {TypeId::Q5_0, "q5_0", "legacy", 32, 22, 0, true, nullptr, nullptr, "5-bit, f16 scale per 32"},
-    {TypeId::Q5_1, "q5_1", "legacy", 32, 24, 0, true, nullptr, nullptr, "5-bit, f16 scale and min per 32"},
-    {TypeId::Q8_0, "q8_0", "legacy", 32, 34, 0, true, nullptr, nullptr, "8-bit, f16 scale per 32"},
-    {TypeId::Q8_1, "q8_1", "legacy", 32, 36, 0, true, nullptr, nullptr, "8-bit, f16 scale and sum per 32 (activations)"},
-    {TypeId::Q2_K, "q2_K", "kquants", 256, 84, 0, true, nullptr, nullptr, "2-bit k-quant, 4-bit scales/mins per 16"},
+    {TypeId::Q4_0, "q4_0", "legacy", 32, 18, 0, true, legacy::quantize_row_q4_0, legacy::dequantize_row_q4_0, "4-bit, f16 scale per 32"},
+    {TypeId::Q4_1, "q4_1", "legacy", 32, 20, 0, true, legacy::quantize_row_q4_1, legacy::dequantize_row_q4_1, "4-bit, f16 scale and min per 32"},
+    {TypeId::Q5_0, "q5_0", "legacy", 32, 22, 0, true, legacy::quantize_row_q5_0, legacy::dequantize_row_q5_0, "5-bit, f16 scale per 32"},
+    {TypeId::Q5_1, "q5_1", "legacy", 32, 24, 0, true, legacy::quantize_row_q5_1, legacy::dequantize_row_q5_1, "5-bit, f16 scale and min per 32"},
+    {TypeId::Q8_0, "q8_0", "legacy", 32, 34, 0, true, legacy::quantize_row_q8_0, legacy::dequantize_row_q8_0, "8-bit, f16 scale per 32"},
+    {TypeId::Q8_1, "q8_1", "legacy", 32, 36, 0, true, legacy::quantize_row_q8_1, legacy::dequantize_row_q8_1, "8-bit, f16 scale and sum per 32 (activations)"},
+    {TypeId::Q2_K, "q2_K", "kquants", 256, 84, 0, true, kq::quantize_row_q2_k, kq::dequantize_row_q2_k, "2-bit k-quant, 4-bit scales/mins per 16"},
     {TypeId::Q3_K, "q3_K", "kquants", 256, 110, 0, true, nullptr, nullptr, "3-bit k-quant, 6-bit scales per 16"},
-    {TypeId::Q4_K, "q4_K", "kquants", 256, 144, 0, true, nullptr, nullptr, "4-bit k-quant, 6-bit scales/mins per 32"},
-    {TypeId::Q5_K, "q5_K", "kquants", 256, 176, 0, true, nullptr, nullptr, "5-bit k-quant, 6-bit scales/mins per 32"},
+    {TypeId::Q4_K, "q4_K", "kquants", 256, 144, 0, true, kq::quantize_row_q4_k, kq::dequantize_row_q4_k, "4-bit k-quant, 6-bit scales/mins per 32"},
+    {TypeId::Q5_K, "q5_K", "kquants", 256, 176, 0, true, kq::quantize_row_q5_k, kq::dequantize_row_q5_k, "5-bit k-quant, 6-bit scales/mins per 32"},
     {TypeId::Q6_K, "q6_K", "kquants", 256, 210, 0, true, nullptr, nullptr, "6-bit k-quant, 8-bit scales per 16"},
     {TypeId::Q8_K, "q8_K", "kquants", 256, 292, 0, true, nullptr, nullptr, "8-bit k-quant (activations), f32 scale"},
     {TypeId::IQ2_XXS, "iq2_xxs", "iq2", 256, 66, 0, true, nullptr, nullptr, "2.06 bpw lattice quant"},
     {TypeId::IQ2_XS, "iq2_xs", "iq2", 256, 74, 0, true, nullptr, nullptr, "2.31 bpw lattice quant"},
     {TypeId::IQ3_XXS, "iq3_xxs", "iq3", 256, 98, 0, true, nullptr, nullptr, "3.06 bpw lattice quant"},
     {TypeId::IQ1_S, "iq1_s", "iq1", 256, 50, 0, true, nullptr, nullptr, "1.56 bpw lattice quant"},
-    {TypeId::IQ4_NL, "iq4_nl", "iq4", 32, 18, 0, true, nullptr, nullptr, "4-bit non-linear, f16 scale per 32"},
+    {TypeId::IQ4_NL, "iq4_nl", "iq4", 32, 18, 0, true, iq4::quantize_row_iq4_nl, iq4::dequantize_row_iq4_nl, "4-bit non-linear, f16 scale per 32"},
     {TypeId::IQ3_S, "iq3_s", "iq3", 256, 110, 0, true, nullptr, nullptr, "3.44 bpw lattice quant"},
     {TypeId::IQ2_S, "iq2_s", "iq2", 256, 82, 0, true, nullptr, nullptr, "2.5 bpw lattice quant"},
-    {TypeId::IQ4_XS, "iq4_xs", "iq4", 256, 136, 0, true, nullptr, nullptr, "4.25 bpw non-linear, 6-bit scales per 32"},
+    {TypeId::IQ4_XS, "iq4_xs", "iq4", 256, 136, 0, true, iq4::quantize_row_iq4_xs, iq4::dequantize_row_iq4_xs, "4.25 bpw non-linear, 6-bit scales per 32"},
     {TypeId::I8, "i8", "float", 1, 1, 0, false, nullptr, fl::dequantize_row_i8, "8-bit integer"},
     {TypeId::I16, "i16", "float", 1, 2, 0, false, nullptr, fl::dequantize_row_i16, "16-bit integer"},
     {TypeId::I32, "i32", "float", 1, 4, 0, false, nullptr, fl::dequantize_row_i32, "32-bit integer"},
@@ -45,8 +48,8 @@ constexpr TypeTraits kTypeTable[] = {
     {TypeId::F64, "f64", "float", 1, 8, 0, false, nullptr, fl::dequantize_row_f64, "64-bit IEEE float"},
     {TypeId::IQ1_M, "iq1_m", "iq1", 256, 56, 0, true, nullptr, nullptr, "1.75 bpw lattice quant"},
     {TypeId::BF16, "bf16", "float", 1, 2, 0, false, fl::quantize_row_bf16, fl::dequantize_row_bf16, "bfloat16"},
-    {TypeId::TQ1_0, "tq1_0", "ternary", 256, 54, 0, true, nullptr, nullptr, "ternary, 1.69 bpw"},
-    {TypeId::TQ2_0, "tq2_0", "ternary", 256, 66, 0, true, nullptr, nullptr, "ternary, 2.06 bpw"},
+    {TypeId::TQ1_0, "tq1_0", "ternary", 256, 54, 0, true, ternary::quantize_row_tq1_0, ternary::dequantize_row_tq1_0, "ternary, 1.69 bpw"},
+    {TypeId::TQ2_0, "tq2_0", "ternary", 256, 66, 0, true, ternary::quantize_row_tq2_0, ternary::dequantize_row_tq2_0, "ternary, 2.06 bpw"},
     {TypeId::MXFP4, "mxfp4", "mxfp4", 32, 17, 0, true, nullptr, nullptr, "4-bit microscaling float (E2M1, E8M0 scale)"},
     // mixq's own formats: ids outside GGML's range, readable only by mixq.
     {TypeId::NF4, "nf4", "nf4", 64, 34, 0, true, nullptr, nullptr, "NormalFloat4, f16 absmax per 64 (bitsandbytes)"},

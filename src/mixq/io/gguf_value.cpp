@@ -141,7 +141,15 @@ const std::vector<GgufValue>& GgufValue::as_array() const {
 std::string GgufValue::to_string(size_t max_elems) const {
   switch (type_) {
     case GgufValueType::STRING: {
-      std::string s = str_.size() > 120 ? str_.substr(0, 117) + "..." : str_;
+      std::string s;
+      for (char c : str_.size() > 120 ? str_.substr(0, 117) : str_) {
+        // Keep one value on one line: escape control characters.
+        if (c == '\n') s += "\\n";
+        else if (c == '\t') s += "\\t";
+        else if (static_cast<unsigned char>(c) < 0x20) s += fmt::format("\\x{:02x}", static_cast<unsigned char>(c));
+        else s += c;
+      }
+      if (str_.size() > 120) s += "...";
       return fmt::format("\"{}\"", s);
     }
     case GgufValueType::BOOL: return bits_ ? "true" : "false";
