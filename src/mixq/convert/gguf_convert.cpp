@@ -50,6 +50,7 @@ ConvertStats convert_gguf(const GgufFile& in, const std::filesystem::path& out, 
       w.write_tensor_data(bytes);
       ++stats.converted;
     }
+    in.drop_pages(t);
   }
   w.finish();
   stats.bytes_written = std::filesystem::file_size(out);

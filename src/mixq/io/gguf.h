@@ -125,6 +125,11 @@ class GgufFile {
   const GgufValue* find(std::string_view key) const;
   const std::vector<GgufTensor>& tensors() const { return tensors_; }
   const GgufTensor* find_tensor(std::string_view name) const;
+  // Releases a tensor's pages from resident memory after a streaming pass has used them
+  // (no effect for parse()d buffers).
+  void drop_pages(const GgufTensor& t) const {
+    if (mapping_) mapping_->drop_pages(t.data, static_cast<size_t>(t.nbytes));
+  }
   // Names of mixq extension types used by the tensors (empty for a file llama.cpp can load).
   std::vector<std::string> extension_types_used() const;
 

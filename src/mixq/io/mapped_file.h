@@ -20,6 +20,10 @@ class MappedFile {
   ~MappedFile();
 
   std::span<const uint8_t> bytes() const { return {data_, size_}; }
+  // Tells the kernel the pages of [p, p + n) are not needed any more: they leave this process's
+  // resident memory and are read again from the file if touched. Streaming passes call it so
+  // their footprint stays one tensor, not the whole model.
+  void drop_pages(const void* p, size_t n) const;
   size_t size() const { return size_; }
 
  private:

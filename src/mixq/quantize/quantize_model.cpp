@@ -216,6 +216,7 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
       });
       w.write_tensor_data(buffer);
     }
+    in.drop_pages(t);
     if (opts.on_progress) {
       opts.on_progress({i + 1, rep.plans.size(), &p,
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
