@@ -7,9 +7,12 @@
 #include <fmt/format.h>
 
 #include "mixq/formats/float.h"
+#include "mixq/formats/int8.h"
 #include "mixq/formats/iq4.h"
 #include "mixq/formats/kquants/kquants.h"
 #include "mixq/formats/legacy.h"
+#include "mixq/formats/lowbit.h"
+#include "mixq/formats/nf4.h"
 #include "mixq/formats/ternary.h"
 
 namespace mixq {
@@ -52,11 +55,11 @@ constexpr TypeTraits kTypeTable[] = {
     {TypeId::TQ2_0, "tq2_0", "ternary", 256, 66, 0, true, ternary::quantize_row_tq2_0, ternary::dequantize_row_tq2_0, "ternary, 2.06 bpw"},
     {TypeId::MXFP4, "mxfp4", "mxfp4", 32, 17, 0, true, nullptr, nullptr, "4-bit microscaling float (E2M1, E8M0 scale)"},
     // mixq's own formats: ids outside GGML's range, readable only by mixq.
-    {TypeId::NF4, "nf4", "nf4", 64, 34, 0, true, nullptr, nullptr, "NormalFloat4, f16 absmax per 64 (bitsandbytes)"},
-    {TypeId::I8_ROW, "i8_row", "int8", 1, 1, 4, true, nullptr, nullptr, "symmetric INT8, f32 scale per row (per channel)"},
-    {TypeId::I8_MM, "i8_mm", "int8", 64, 68, 0, true, nullptr, nullptr, "asymmetric INT8 min/max, f16 scale+min per 64"},
-    {TypeId::LB3, "lb3", "lowbit", 64, 28, 0, true, nullptr, nullptr, "3-bit packed 8 per 3 bytes, f16 scale+zero per 64"},
-    {TypeId::LB2, "lb2", "lowbit", 64, 20, 0, true, nullptr, nullptr, "2-bit packed 4 per byte, f16 scale+zero per 64"},
+    {TypeId::NF4, "nf4", "nf4", 64, 34, 0, true, nf4::quantize_row_nf4, nf4::dequantize_row_nf4, "NormalFloat4, f16 absmax per 64 (bitsandbytes)"},
+    {TypeId::I8_ROW, "i8_row", "int8", 1, 1, 4, true, int8::quantize_row_i8_row, int8::dequantize_row_i8_row, "symmetric INT8, f32 scale per row (per channel)"},
+    {TypeId::I8_MM, "i8_mm", "int8", 64, 68, 0, true, int8::quantize_row_i8_mm, int8::dequantize_row_i8_mm, "asymmetric INT8 min/max, f16 scale+min per 64"},
+    {TypeId::LB3, "lb3", "lowbit", 64, 28, 0, true, lowbit::quantize_row_lb3, lowbit::dequantize_row_lb3, "3-bit packed 8 per 3 bytes, f16 scale+zero per 64"},
+    {TypeId::LB2, "lb2", "lowbit", 64, 20, 0, true, lowbit::quantize_row_lb2, lowbit::dequantize_row_lb2, "2-bit packed 4 per byte, f16 scale+zero per 64"},
 };
 
 bool iequals(std::string_view a, std::string_view b) {
