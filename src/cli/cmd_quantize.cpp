@@ -43,10 +43,10 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
   if (!a.config.empty()) {
     std::ifstream f(a.config);
     if (!f) throw PolicyError(fmt::format("cannot read --config '{}'", a.config));
-    nlohmann::json j;
+    nlohmann::ordered_json j;  // rules keep the file's order: the first match wins
     try {
-      j = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::parse_error& e) {
+      j = nlohmann::ordered_json::parse(f);
+    } catch (const nlohmann::ordered_json::parse_error& e) {
       throw PolicyError(fmt::format("--config '{}' is not valid JSON: {}", a.config, e.what()));
     }
     apply_policy_config(j, p, a.config);

@@ -67,7 +67,7 @@ TEST(Policy, PrecedenceTensorTypeConfigLayersPresetDefault) {
   EXPECT_EQ(type_of(plan_types(t, info(t), o), name), "q6_K");  // preset beats default
   o.layer_rules = {parse_layer_rule("first:1=q5_k")};
   EXPECT_EQ(type_of(plan_types(t, info(t), o), name), "q5_K");  // layers beat preset
-  apply_policy_config(nlohmann::json::parse(R"({"rules": {"blk.*.attn_v.weight": "q8_0"}})"), o, "test.json");
+  apply_policy_config(nlohmann::ordered_json::parse(R"({"rules": {"blk.*.attn_v.weight": "q8_0"}})"), o, "test.json");
   EXPECT_EQ(type_of(plan_types(t, info(t), o), name), "q8_0");  // config beats layers
   o.tensor_type_rules = {parse_tensor_type_rule("attn_v=q2_k")};
   EXPECT_EQ(type_of(plan_types(t, info(t), o), name), "q2_K");  // --tensor-type beats config
@@ -120,7 +120,7 @@ TEST(Policy, ConfigPatternMapsAndPerLayerLists) {
                                {"blk.0.ssm_out.weight", {256, 256}}, {"blk.1.ssm_out.weight", {256, 256}},
                                {"blk.2.ssm_out.weight", {256, 256}}};
   auto o = with_default(TypeId::Q4_K);
-  apply_policy_config(nlohmann::json::parse(R"({
+  apply_policy_config(nlohmann::ordered_json::parse(R"({
       "rules": {"layers.*.ssm.in_proj": "int8"},
       "8bit_layers": [0], "q6_k_layers": [2]})"),
                       o, "p.json");
@@ -251,10 +251,10 @@ TEST(Policy, BadInputGivesClearErrors) {
   EXPECT_NE(message([] { parse_layer_rule("7-3=q8_0"); }).find("empty"), std::string::npos);
   EXPECT_NE(message([] { parse_layer_rule("first:2/mlp=q8_0"); }).find("unknown component"), std::string::npos);
   PolicyOptions o;
-  EXPECT_NE(message([&] { apply_policy_config(nlohmann::json::parse(R"({"rulez": {}})"), o, "p.json"); })
+  EXPECT_NE(message([&] { apply_policy_config(nlohmann::ordered_json::parse(R"({"rulez": {}})"), o, "p.json"); })
                 .find("unknown key 'rulez'"),
             std::string::npos);
-  EXPECT_NE(message([&] { apply_policy_config(nlohmann::json::parse(R"({"4bit_layers": ["a"]})"), o, "p.json"); })
+  EXPECT_NE(message([&] { apply_policy_config(nlohmann::ordered_json::parse(R"({"4bit_layers": ["a"]})"), o, "p.json"); })
                 .find("non-layer value"),
             std::string::npos);
 }

@@ -201,9 +201,9 @@ Rule parse_layer_rule(const std::string& text) {
   return r;
 }
 
-void apply_policy_config(const nlohmann::json& config, PolicyOptions& opts, const std::string& origin) {
+void apply_policy_config(const nlohmann::ordered_json& config, PolicyOptions& opts, const std::string& origin) {
   if (!config.is_object()) throw PolicyError(origin + ": the policy must be a JSON object");
-  auto type_of = [&](const nlohmann::json& v, const std::string& key) {
+  auto type_of = [&](const nlohmann::ordered_json& v, const std::string& key) {
     if (!v.is_string()) throw PolicyError(fmt::format("{}: '{}' must name a type", origin, key));
     try {
       return parse_type_name(v.get<std::string>());
@@ -211,7 +211,7 @@ void apply_policy_config(const nlohmann::json& config, PolicyOptions& opts, cons
       throw PolicyError(fmt::format("{}: '{}': {}", origin, key, e.what()));
     }
   };
-  auto add_glob = [&](const std::string& pattern, const nlohmann::json& type) {
+  auto add_glob = [&](const std::string& pattern, const nlohmann::ordered_json& type) {
     Rule r;
     r.glob = pattern;
     r.type = type_of(type, pattern);
@@ -257,7 +257,7 @@ void apply_policy_config(const nlohmann::json& config, PolicyOptions& opts, cons
       if (auto it = kBits.find(lower(head)); it != kBits.end()) {
         type = it->second;
       } else {
-        type = type_of(nlohmann::json(head), key);
+        type = type_of(nlohmann::ordered_json(head), key);
       }
       if (!value.is_array()) throw PolicyError(fmt::format("{}: '{}' must be a list of layer indices", origin, key));
       for (const auto& layer : value) {

@@ -126,7 +126,7 @@ Rule parse_tensor_type_rule(const std::string& text);
 Rule parse_layer_rule(const std::string& text);
 // A policy file (JSON): {"default": T, "preset": P, "rules": {PATTERN: T} or [{"match", "type"}],
 // "<N>bit_layers" / "<type>_layers": [layer indices], "layers": {SPEC: T}}. Fills opts.
-void apply_policy_config(const nlohmann::json& config, PolicyOptions& opts, const std::string& origin);
+void apply_policy_config(const nlohmann::ordered_json& config, PolicyOptions& opts, const std::string& origin);
 
 // Completes a model description: what metadata did not give (n_layers = 0, ...) is inferred from
 // the tensor names (blk.N.) and shapes.
