@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
     std::vector<const mixq::TypeTraits*> types;
     for (const auto& t : mixq::all_types()) {
       if (t.is_extension() || !t.can_quantize() || !t.can_dequantize() || t.id == mixq::TypeId::F32) continue;
+      // Activation types of the dot products, never stored as weights.
+      if (t.id == mixq::TypeId::Q8_1 || t.id == mixq::TypeId::Q8_K) continue;
       w.add_tensor(std::string("zoo.") + t.name, {kRow, kRows}, t.id);
       types.push_back(&t);
     }
