@@ -31,4 +31,4 @@ for t in 1 2; do
   out=$(stat -c %s "$cache/out.gguf")
   python3 -c "print(f'threads={$t}: {$wall} s wall, {$params/$wall/1e6:.1f}M weights/s, peak RSS {$rss/1024:.0f} MiB, output {$out} bytes')"
 done
-grep -E "^  [a-z0-9_]+ +[0-9]+ tensors" "$cache/report.txt"
+grep -E "^  [a-zA-Z0-9_]+ +[0-9]+ tensors" "$cache/report.txt"
