@@ -246,8 +246,14 @@ class GgufParser {
            pos_ - 8);
     }
     const uint64_t rows = static_cast<uint64_t>(n_elements / t.shape[0]);
+    // Checked before TypeTraits::row_bytes multiplies: a forged row length must not wrap around.
+    const uint64_t blocks = static_cast<uint64_t>(t.shape[0] / t.type->block_size);
+    constexpr uint64_t kMax = std::numeric_limits<uint64_t>::max();
+    if (blocks > (kMax - t.type->row_header_bytes) / t.type->block_bytes) {
+      fail(fmt::format("tensor '{}' row size overflows", t.name), at);
+    }
     const uint64_t row_bytes = t.type->row_bytes(t.shape[0]);
-    if (rows > std::numeric_limits<uint64_t>::max() / row_bytes) {
+    if (rows > kMax / row_bytes) {
       fail(fmt::format("tensor '{}' byte size overflows", t.name), at);
     }
     t.nbytes = rows * row_bytes;
