@@ -124,6 +124,32 @@ TEST_F(Quantize, FullDiskIsAClearErrorAndLeavesNoFile) {
   EXPECT_EQ(test::files_in(dir_).size(), 1u) << r.output;
 }
 
+TEST_F(Quantize, ReadOnlyFileSystemIsAClearError) {
+  // /proc accepts no new files, even from root (who ignores permission bits elsewhere).
+  const auto r = test::run_cli("quantize " + q(model_) + " /proc/mixq-test-output.gguf q8_0");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("cannot write '/proc/mixq-test-output.gguf'"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists("/proc/mixq-test-output.gguf"));
+}
+
+TEST_F(Quantize, TensorOnlyFileWithoutArchitectureKeys) {
+  // Only tensors, no metadata: layer rules infer the layer count from the blk.N names.
+  const fs::path bare = dir_ / "bare.gguf";
+  {
+    const GgufFile src = GgufFile::open(model_);
+    GgufWriter w(bare);
+    for (const auto& t : src.tensors()) w.add_tensor(t.name, t.shape, t.type->id);
+    for (const auto& t : src.tensors()) w.write_tensor_data(t.bytes());
+    w.finish();
+  }
+  const fs::path out = dir_ / "out.gguf";
+  const auto r = test::run_cli("quantize " + q(bare) + " " + q(out) + " q4_0 --layers last:1=q8_0");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const GgufFile f = GgufFile::open(out);
+  EXPECT_EQ(f.find_tensor("blk.3.attn_q.weight")->type->id, TypeId::Q8_0);
+  EXPECT_EQ(f.find_tensor("blk.2.attn_q.weight")->type->id, TypeId::Q4_0);
+}
+
 TEST_F(Quantize, MissingOutputDirectoryIsAClearError) {
   const auto r = test::run_cli("quantize " + q(model_) + " " + q(dir_ / "no" / "such" / "dir" / "o.gguf") + " q8_0");
   EXPECT_EQ(r.exit_code, 1);
