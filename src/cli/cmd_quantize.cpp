@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mixq/convert/convert.h"
 #include "mixq/policy/presets.h"
 #include "mixq/quantize/quantize_model.h"
 #include "progress.h"
@@ -103,7 +104,8 @@ void register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize",
                                  "Quantize a model with a per-tensor precision policy (a drop-in for llama-quantize)");
   auto a = std::make_shared<QuantizeArgs>();
-  cmd->add_option("INPUT", a->input, "Input model (GGUF)")->required();
+  cmd->add_option("INPUT", a->input, "Input model: GGUF, llama2.c checkpoint (tokenizer.bin beside it) or rwkv.cpp file")
+      ->required();
   cmd->add_option("OUTPUT", a->output, "Output GGUF (written to a temporary file, renamed when complete)")->required();
   cmd->add_option("DEFAULT_TYPE", a->type,
                   "Type (q4_k, q8_0, nf4, i8_row, lb3, ...) or preset (Q4_K_M, Q3_K_S, boundary[:TYPE], "
@@ -128,7 +130,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
   cmd->callback([a] {
     QuantizeOptions opts = build_options(*a);
-    const GgufFile in = GgufFile::open(a->input);
+    // llama2.c and rwkv.cpp inputs are converted to a temporary GGUF first.
+    const GgufSource source(a->input, a->output);
+    const GgufFile in = GgufFile::open(source.path());
     ImportanceMatrix im;
     if (!a->imatrix.empty()) {
       im = load_imatrix(a->imatrix);

@@ -1,0 +1,100 @@
+#include "mixq/convert/convert.h"
+
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "mixq/convert/gguf_convert.h"
+#include "mixq/convert/llama2c.h"
+#include "mixq/convert/rwkv_cpp.h"
+
+namespace mixq {
+
+namespace fs = std::filesystem;
+
+ModelFormat detect_model_format(const fs::path& input) {
+  if (fs::is_directory(input)) return ModelFormat::SafetensorsDir;
+  std::ifstream f(input, std::ios::binary);
+  if (!f) throw std::runtime_error(fmt::format("cannot open '{}'", input.string()));
+  char magic[4] = {};
+  f.read(magic, 4);
+  if (std::memcmp(magic, "GGUF", 4) == 0) return ModelFormat::Gguf;
+  uint32_t word;
+  std::memcpy(&word, magic, 4);
+  if (word == kRwkvCppMagic) return ModelFormat::RwkvCpp;
+  return ModelFormat::Llama2c;
+}
+
+const char* model_format_name(ModelFormat f) {
+  switch (f) {
+    case ModelFormat::Gguf: return "GGUF";
+    case ModelFormat::RwkvCpp: return "rwkv.cpp";
+    case ModelFormat::Llama2c: return "llama2.c";
+    case ModelFormat::SafetensorsDir: return "safetensors directory";
+  }
+  return "?";
+}
+
+namespace {
+
+fs::path default_tokenizer(const fs::path& checkpoint) {
+  for (const char* name : {"tokenizer.bin", "tok512.bin"}) {
+    const fs::path p = checkpoint.parent_path() / name;
+    if (fs::exists(p)) return p;
+  }
+  throw std::runtime_error(fmt::format("no tokenizer for the llama2.c checkpoint '{}': pass --tokenizer "
+                                       "tokenizer.bin (none found beside it)",
+                                       checkpoint.string()));
+}
+
+}  // namespace
+
+ConvertResult convert_to_gguf(const ConvertRequest& req) {
+  if (req.outtype && *req.outtype != TypeId::F32 && *req.outtype != TypeId::F16 && *req.outtype != TypeId::BF16) {
+    throw TypeError(fmt::format("convert writes f32, f16 or bf16, not {}; use `mixq quantize` for block types",
+                                type_traits(*req.outtype).name));
+  }
+  ConvertResult r;
+  r.format = detect_model_format(req.input);
+  switch (r.format) {
+    case ModelFormat::Gguf:
+      r.tensors = convert_gguf(GgufFile::open(req.input), req.output, req.outtype).tensors;
+      break;
+    case ModelFormat::RwkvCpp:
+      r.tensors = convert_rwkv_cpp(req.input, req.output, req.outtype);
+      break;
+    case ModelFormat::Llama2c:
+      r.tensors = convert_llama2c(req.input, req.tokenizer.empty() ? default_tokenizer(req.input) : req.tokenizer,
+                                  req.output, req.outtype);
+      break;
+    case ModelFormat::SafetensorsDir:
+      throw std::runtime_error(fmt::format("'{}' is a directory: safetensors model directories are not supported yet "
+                                           "(convert it with llama.cpp's convert_hf_to_gguf.py, then use mixq on the "
+                                           "GGUF)",
+                                           req.input.string()));
+  }
+  r.bytes_written = fs::file_size(req.output);
+  return r;
+}
+
+GgufSource::GgufSource(const fs::path& input, const fs::path& near, const fs::path& tokenizer)
+    : path_(input), format_(detect_model_format(input)) {
+  if (format_ == ModelFormat::Gguf) return;
+  path_ = near;
+  path_ += fmt::format(".mixq-src-{}.gguf", ::getpid());
+  temporary_ = true;
+  convert_to_gguf({input, path_, std::nullopt, tokenizer});
+}
+
+GgufSource::~GgufSource() {
+  if (temporary_) {
+    std::error_code ec;
+    fs::remove(path_, ec);
+  }
+}
+
+}  // namespace mixq

@@ -1,0 +1,133 @@
+#include "mixq/convert/rwkv_cpp.h"
+
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "mixq/io/gguf.h"
+#include "mixq/io/mapped_file.h"
+
+namespace mixq {
+
+namespace {
+
+// rwkv.cpp's type numbers (4-6 were formats ggml dropped).
+std::optional<TypeId> ggml_type_of(int32_t t) {
+  switch (t) {
+    case 0: return TypeId::F32;
+    case 1: return TypeId::F16;
+    case 2: return TypeId::Q4_0;
+    case 3: return TypeId::Q4_1;
+    case 7: return TypeId::Q5_0;
+    case 8: return TypeId::Q5_1;
+    case 9: return TypeId::Q8_0;
+    default: return std::nullopt;
+  }
+}
+
+struct RwkvTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  const TypeTraits* type;
+  const uint8_t* data;
+  size_t nbytes;
+};
+
+}  // namespace
+
+size_t convert_rwkv_cpp(const std::filesystem::path& input, const std::filesystem::path& out,
+                        std::optional<TypeId> outtype) {
+  const MappedFile f(input);
+  const auto b = f.bytes();
+  size_t pos = 0;
+  auto fail = [&](const std::string& what) {
+    throw std::runtime_error(fmt::format("{}: not a valid rwkv.cpp model: {} (at byte {})", input.string(), what, pos));
+  };
+  auto read_i32 = [&]() {
+    if (b.size() - pos < 4) fail("truncated");
+    int32_t v;
+    std::memcpy(&v, b.data() + pos, 4);
+    pos += 4;
+    return v;
+  };
+  if (static_cast<uint32_t>(read_i32()) != kRwkvCppMagic) fail("wrong magic");
+  const int32_t version = read_i32();
+  if (version != 100 && version != 101) fail(fmt::format("unsupported file version {}", version));
+  const int32_t n_vocab = read_i32(), n_embed = read_i32(), n_layer = read_i32();
+  read_i32();  // the file's overall data type: each tensor carries its own
+  if (n_vocab <= 0 || n_embed <= 0 || n_layer <= 0) fail("non-positive hyperparameters");
+
+  std::vector<RwkvTensor> tensors;
+  while (pos < b.size()) {
+    const int32_t n_dims = read_i32(), name_len = read_i32(), type = read_i32();
+    if (n_dims < 1 || n_dims > 4) fail(fmt::format("a tensor with {} dimensions", n_dims));
+    RwkvTensor t;
+    int64_t n = 1;
+    for (int d = 0; d < n_dims; ++d) {
+      const int32_t ne = read_i32();
+      if (ne <= 0 || n > (int64_t{1} << 40) / ne) fail("a dimension out of range");
+      t.shape.push_back(ne);
+      n *= ne;
+    }
+    if (name_len <= 0 || static_cast<size_t>(name_len) > b.size() - pos) fail("a bad tensor name length");
+    t.name.assign(reinterpret_cast<const char*>(b.data() + pos), static_cast<size_t>(name_len));
+    pos += static_cast<size_t>(name_len);
+    const auto ggml = ggml_type_of(type);
+    if (!ggml) fail(fmt::format("tensor '{}' has unsupported type {}", t.name, type));
+    t.type = &type_traits(*ggml);
+    if (!t.type->fits_row(t.shape[0])) fail(fmt::format("tensor '{}' rows do not fill {} blocks", t.name, t.type->name));
+    t.nbytes = t.type->row_bytes(t.shape[0]) * static_cast<size_t>(n / t.shape[0]);
+    if (t.nbytes > b.size() - pos) fail(fmt::format("tensor '{}' data is truncated", t.name));
+    t.data = b.data() + pos;
+    pos += t.nbytes;
+    tensors.push_back(std::move(t));
+  }
+
+  // The architecture from the tensors each generation introduced.
+  auto has = [&](const char* part) {
+    for (const auto& t : tensors) {
+      if (t.name.find(part) != std::string::npos) return true;
+    }
+    return false;
+  };
+  const std::string arch = has("att.w0") ? "rwkv7" : has("time_maa") ? "rwkv6" : has("time_faaaa") ? "rwkv5" : "rwkv4";
+
+  GgufWriter w(out);
+  w.set("general.architecture", GgufValue::string(arch));
+  w.set("general.name", GgufValue::string(input.stem().string()));
+  w.set(arch + ".block_count", GgufValue::u32(static_cast<uint32_t>(n_layer)));
+  w.set(arch + ".embedding_length", GgufValue::u32(static_cast<uint32_t>(n_embed)));
+  w.set(arch + ".vocab_size", GgufValue::u32(static_cast<uint32_t>(n_vocab)));
+  w.set("mixq.source.format", GgufValue::string("rwkv.cpp"));
+  w.set("mixq.source.file_version", GgufValue::u32(static_cast<uint32_t>(version)));
+  // Byte-level vocabulary (256 tokens): token i is the byte i.
+  auto target = [&](const RwkvTensor& t) {
+    if (!outtype || t.shape.size() < 2 || t.type->quantized) return outtype == TypeId::F32 ? TypeId::F32 : t.type->id;
+    return *outtype;
+  };
+  for (const auto& t : tensors) w.add_tensor(t.name, t.shape, target(t));
+  std::vector<float> values;
+  std::vector<uint8_t> bytes;
+  for (const auto& t : tensors) {
+    const TypeId to = target(t);
+    if (to == t.type->id) {
+      w.write_tensor_data({t.data, t.nbytes});
+      continue;
+    }
+    // The file packs tensors without alignment: copy before reading blocks as structs.
+    bytes.assign(t.data, t.data + t.nbytes);
+    const int64_t row = t.shape[0], rows = static_cast<int64_t>(t.nbytes / t.type->row_bytes(row));
+    values.resize(static_cast<size_t>(row * rows));
+    dequantize_rows(t.type->id, bytes.data(), values.data(), rows, row);
+    bytes.resize(type_traits(to).row_bytes(row) * static_cast<size_t>(rows));
+    quantize_rows(to, values.data(), bytes.data(), rows, row);
+    w.write_tensor_data(bytes);
+  }
+  w.finish();
+  return tensors.size();
+}
+
+}  // namespace mixq
