@@ -1,0 +1,119 @@
+"""`mixq convert` on foreign formats, checked with the gguf package and independent parsers."""
+import struct
+
+import gguf
+import numpy as np
+import pytest
+
+from conftest import MIXQ, require_shared, run
+
+import subprocess
+
+
+def fields(reader):
+    return {k: v for k, v in reader.fields.items() if not k.startswith("GGUF.")}
+
+
+def test_llama2c_matches_llama_cpp_converter(tmp_path):
+    ckpt = require_shared("stories260K/stories260K.bin")
+    ref = gguf.GGUFReader(require_shared("stories260K/stories260K-f32.llamacpp.gguf"))
+    out = tmp_path / "s.gguf"
+    run(MIXQ, "convert", ckpt, out)  # tok512.bin beside the checkpoint is found on its own
+    ours = gguf.GGUFReader(out)
+    fa, fb = fields(ref), fields(ours)
+    assert list(fa) == list(fb)
+    for key in fa:
+        assert fa[key].types == fb[key].types, key
+        if key == "llama.context_length":
+            # llama.cpp's converter writes its --ctx default (128); the checkpoint says 512.
+            assert fa[key].contents() == 128 and fb[key].contents() == 512
+        else:
+            assert fa[key].contents() == fb[key].contents(), key
+    assert [(t.name, list(t.shape), t.tensor_type) for t in ref.tensors] == \
+           [(t.name, list(t.shape), t.tensor_type) for t in ours.tensors]
+    for a, b in zip(ref.tensors, ours.tensors):
+        assert np.array_equal(np.asarray(a.data), np.asarray(b.data)), a.name
+
+
+def test_llama2c_f16(tmp_path):
+    ckpt = require_shared("stories260K/stories260K.bin")
+    out = tmp_path / "s16.gguf"
+    run(MIXQ, "convert", ckpt, out, "--outtype", "f16")
+    r = gguf.GGUFReader(out)
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["blk.0.attn_q.weight"] == "F16" and types["blk.0.attn_norm.weight"] == "F32"
+
+
+def parse_rwkv_cpp(path):
+    """rwkv.cpp's legacy layout, parsed independently of mixq: name -> (ne, type, raw bytes)."""
+    b = path.read_bytes()
+    _, _, _, _, _, _ = struct.unpack("<6I", b[:24])
+    sizes = {0: (1, 4), 1: (1, 2), 2: (32, 18), 3: (32, 20), 7: (32, 22), 8: (32, 24), 9: (32, 34)}
+    names = {0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q5_0", 8: "Q5_1", 9: "Q8_0"}
+    out, o = {}, 24
+    while o < len(b):
+        nd, kl, t = struct.unpack("<3i", b[o:o + 12])
+        o += 12
+        dims = struct.unpack(f"<{nd}i", b[o:o + 4 * nd])
+        o += 4 * nd
+        name = b[o:o + kl].decode()
+        o += kl
+        block, nbytes = sizes[t]
+        size = int(np.prod(dims)) // block * nbytes
+        out[name] = (list(dims), names[t], b[o:o + size])
+        o += size
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny-rwkv-4v0-660K-FP32.bin", "tiny-rwkv-5v2-730K-FP32.bin",
+                                  "tiny-rwkv-5v2-730K-FP16.bin", "tiny-rwkv-7v0-834K-FP32.bin",
+                                  "tiny-rwkv-7v0-834K-FP16.bin", "tiny-rwkv-7v0-834K-Q5_1.bin"])
+def test_rwkv_tensors_survive_bit_for_bit(name, tmp_path):
+    src = require_shared(f"rwkv-tiny/{name}")
+    expected = parse_rwkv_cpp(src)
+    out = tmp_path / "r.gguf"
+    run(MIXQ, "convert", src, out)
+    r = gguf.GGUFReader(out)
+    assert r.fields["general.architecture"].contents() == "rwkv" + name.split("-")[2][0]
+    assert len(r.tensors) == len(expected)
+    for t in r.tensors:
+        dims, tname, raw = expected[t.name]
+        assert [int(x) for x in t.shape] == dims, t.name
+        assert t.tensor_type.name == tname, t.name
+        assert np.asarray(t.data).tobytes() == raw, t.name
+
+
+def expect_failure(*args, message):
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert message in proc.stderr, proc.stderr
+
+
+def test_bad_inputs_are_clear_errors(tmp_path):
+    ckpt = require_shared("stories260K/stories260K.bin")
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(ckpt.read_bytes()[:50000])
+    (tmp_path / "tokenizer.bin").write_bytes(require_shared("stories260K/tok512.bin").read_bytes())
+    expect_failure(MIXQ, "convert", cut, tmp_path / "o.gguf", message="truncated")
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"\x01\x02" * 100)
+    expect_failure(MIXQ, "convert", garbage, tmp_path / "o.gguf", message="not a llama2.c checkpoint")
+    lone = tmp_path / "lone" / "model.bin"
+    lone.parent.mkdir()
+    lone.write_bytes(ckpt.read_bytes())
+    expect_failure(MIXQ, "convert", lone, tmp_path / "o.gguf", message="--tokenizer")
+    rwkv = require_shared("rwkv-tiny/tiny-rwkv-7v0-834K-FP16.bin")
+    cut_rwkv = tmp_path / "cut-rwkv.bin"
+    cut_rwkv.write_bytes(rwkv.read_bytes()[:100000])
+    expect_failure(MIXQ, "convert", cut_rwkv, tmp_path / "o.gguf", message="truncated")
+    expect_failure(MIXQ, "convert", tmp_path, tmp_path / "o.gguf", message="safetensors")
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_quantize_takes_llama2c_directly(tmp_path):
+    ckpt = require_shared("stories260K/stories260K.bin")
+    out = tmp_path / "q.gguf"
+    run(MIXQ, "quantize", ckpt, out, "Q4_K_M")
+    r = gguf.GGUFReader(out)
+    assert {t.name: t.tensor_type.name for t in r.tensors}["blk.0.ffn_down.weight"] == "F16"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q.gguf"]  # the temporary conversion is gone
