@@ -106,7 +106,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     cut_rwkv = tmp_path / "cut-rwkv.bin"
     cut_rwkv.write_bytes(rwkv.read_bytes()[:100000])
     expect_failure(MIXQ, "convert", cut_rwkv, tmp_path / "o.gguf", message="truncated")
-    expect_failure(MIXQ, "convert", tmp_path, tmp_path / "o.gguf", message="safetensors")
+    expect_failure(MIXQ, "convert", tmp_path, tmp_path / "o.gguf", message="config.json")
     assert not (tmp_path / "o.gguf").exists()
 
 
@@ -117,3 +117,69 @@ def test_quantize_takes_llama2c_directly(tmp_path):
     r = gguf.GGUFReader(out)
     assert {t.name: t.tensor_type.name for t in r.tensors}["blk.0.ffn_down.weight"] == "F16"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.gguf"]  # the temporary conversion is gone
+
+
+def write_small_llama(path):
+    """A 2-layer GQA llama GGUF with random weights and a tiny BPE vocabulary (gguf package)."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    embd, heads, kv, ff, vocab = 64, 4, 2, 96, 32
+    for setter, v in [(w.add_block_count, 2), (w.add_embedding_length, embd), (w.add_feed_forward_length, ff),
+                      (w.add_head_count, heads), (w.add_head_count_kv, kv), (w.add_context_length, 256),
+                      (w.add_layer_norm_rms_eps, 1e-5), (w.add_rope_freq_base, 10000.0)]:
+        setter(v)
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([f"t{i}" for i in range(vocab)])
+    w.add_token_merges(["t 1", "t 2"])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    rng = np.random.default_rng(3)
+    w.add_tensor("token_embd.weight", rng.normal(size=(vocab, embd)).astype(np.float32))
+    w.add_tensor("output_norm.weight", rng.normal(size=embd).astype(np.float32))
+    for i in range(2):
+        shapes = {"attn_norm": (embd,), "attn_q": (embd, embd), "attn_k": (embd // heads * kv, embd),
+                  "attn_v": (embd // heads * kv, embd), "attn_output": (embd, embd), "ffn_norm": (embd,),
+                  "ffn_gate": (ff, embd), "ffn_up": (ff, embd), "ffn_down": (embd, ff)}
+        for part, shape in shapes.items():
+            w.add_tensor(f"blk.{i}.{part}.weight", rng.normal(size=shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_safetensors_round_trip(shards, tmp_path):
+    import make_safetensors
+    src = tmp_path / "small.gguf"
+    write_small_llama(src)
+    make_safetensors.main(str(src), str(tmp_path / "hf"), shards)
+    out = tmp_path / "back.gguf"
+    run(MIXQ, "convert", tmp_path / "hf", out)
+    a, b = gguf.GGUFReader(src), gguf.GGUFReader(out)
+    ta = {t.name: np.asarray(t.data) for t in a.tensors}
+    tb = {t.name: np.asarray(t.data) for t in b.tensors}
+    assert set(ta) == set(tb)
+    for name in ta:
+        assert np.array_equal(ta[name], tb[name]), name  # the q/k permutation is undone exactly
+    fb = b.fields
+    assert fb["llama.attention.head_count_kv"].contents() == 2
+    assert fb["tokenizer.ggml.tokens"].contents()[:3] == ["t0", "t1", "t2"]
+    assert fb["tokenizer.ggml.merges"].contents() == ["t 1", "t 2"]
+
+
+def test_malformed_safetensors(tmp_path):
+    import make_safetensors
+    src = tmp_path / "small.gguf"
+    write_small_llama(src)
+    hf = tmp_path / "hf"
+    make_safetensors.main(str(src), str(hf))
+    model = hf / "model.safetensors"
+    good = model.read_bytes()
+    model.write_bytes(good[:len(good) // 2])
+    expect_failure(MIXQ, "convert", hf, tmp_path / "o.gguf", message="outside the file")
+    model.write_bytes((10**12).to_bytes(8, "little") + good[8:])
+    expect_failure(MIXQ, "convert", hf, tmp_path / "o.gguf", message="runs past the end")
+    model.write_bytes(good)
+    (hf / "config.json").write_text("{}")
+    expect_failure(MIXQ, "convert", hf, tmp_path / "o.gguf", message="hidden_size")
+    assert not (tmp_path / "o.gguf").exists()

@@ -11,6 +11,7 @@
 #include "mixq/convert/gguf_convert.h"
 #include "mixq/convert/llama2c.h"
 #include "mixq/convert/rwkv_cpp.h"
+#include "mixq/convert/safetensors.h"
 
 namespace mixq {
 
@@ -72,10 +73,8 @@ ConvertResult convert_to_gguf(const ConvertRequest& req) {
                                   req.output, req.outtype);
       break;
     case ModelFormat::SafetensorsDir:
-      throw std::runtime_error(fmt::format("'{}' is a directory: safetensors model directories are not supported yet "
-                                           "(convert it with llama.cpp's convert_hf_to_gguf.py, then use mixq on the "
-                                           "GGUF)",
-                                           req.input.string()));
+      r.tensors = convert_safetensors_dir(req.input, req.output, req.outtype);
+      break;
   }
   r.bytes_written = fs::file_size(req.output);
   return r;

@@ -1,6 +1,7 @@
 // `mixq convert`: any supported model file into GGUF. The input's format is detected:
 //   a file starting with "GGUF"  -> GGUF (type changes only, gguf_convert.h)
 //   a file starting with "ggmf"  -> rwkv.cpp's legacy format (rwkv_cpp.h)
+//   a directory                  -> a Hugging Face safetensors model (safetensors.h)
 //   anything else                -> a llama2.c checkpoint (llama2c.h) + tokenizer.bin
 #pragma once
 
