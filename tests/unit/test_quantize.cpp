@@ -226,5 +226,36 @@ TEST_F(Quantize, ImatrixIsUsedAndRecorded) {
   EXPECT_LT(err_weighted, err_plain * 0.5);
 }
 
+TEST_F(Quantize, LegacyDatImatrixIsRead) {
+  // llama-imatrix's legacy layout: entries of (name, call count, values scaled by the call count),
+  // then the chunk count and the dataset name.
+  std::string bytes;
+  auto put_i32 = [&](int32_t v) { bytes.append(reinterpret_cast<const char*>(&v), 4); };
+  put_i32(1);
+  const std::string name = "blk.0.attn_q.weight";
+  put_i32(static_cast<int32_t>(name.size()));
+  bytes += name;
+  put_i32(4);  // calls
+  put_i32(3);  // values
+  for (float v : {4.0f, 8.0f, 12.0f}) bytes.append(reinterpret_cast<const char*>(&v), 4);
+  put_i32(17);
+  put_i32(4);
+  bytes += "wiki";
+  const fs::path dat = dir_ / "im.dat";
+  std::ofstream(dat, std::ios::binary) << bytes;
+  const ImportanceMatrix m = load_imatrix(dat);
+  ASSERT_NE(m.find(name), nullptr);
+  EXPECT_EQ(*m.find(name), (std::vector<float>{1.0f, 2.0f, 3.0f}));
+  EXPECT_EQ(m.chunk_count, 17);
+  EXPECT_EQ(m.datasets, std::vector<std::string>{"wiki"});
+  std::ofstream(dat, std::ios::binary) << bytes.substr(0, 30);
+  try {
+    load_imatrix(dat);
+    FAIL() << "a truncated .dat loaded";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace mixq

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "mixq/io/byte_cursor.h"
 #include "mixq/io/gguf.h"
 
 namespace mixq {
@@ -64,45 +65,32 @@ ImportanceMatrix load_gguf_imatrix(const std::filesystem::path& path) {
 // optionally i32 chunk count and the dataset name.
 ImportanceMatrix load_dat_imatrix(const std::filesystem::path& path) {
   const MappedFile file(path);
-  const auto b = file.bytes();
-  size_t pos = 0;
-  auto fail = [&](const std::string& what) {
-    throw std::runtime_error(fmt::format("{}: not a valid legacy imatrix file: {} (at byte {})", path.string(), what, pos));
-  };
-  auto read_i32 = [&]() {
-    if (b.size() - pos < 4) fail("truncated");
-    int32_t v;
-    std::memcpy(&v, b.data() + pos, 4);
-    pos += 4;
-    return v;
-  };
+  ByteCursor in(file.bytes(), path.string() + ": not a valid legacy imatrix file");
   ImportanceMatrix m;
   m.source = path.string();
-  const int32_t n_entries = read_i32();
-  if (n_entries < 0 || static_cast<uint64_t>(n_entries) > b.size() / 12) fail("bad entry count");
+  const auto n_entries = in.read<int32_t>("the entry count");
+  if (n_entries < 0 || static_cast<uint64_t>(n_entries) > in.remaining() / 12) in.fail("bad entry count");
   for (int32_t e = 0; e < n_entries; ++e) {
-    const int32_t len = read_i32();
-    if (len <= 0 || static_cast<size_t>(len) > b.size() - pos) fail("bad name length");
-    std::string name(reinterpret_cast<const char*>(b.data() + pos), static_cast<size_t>(len));
-    pos += static_cast<size_t>(len);
-    const int32_t ncall = read_i32();
-    const int32_t nval = read_i32();
-    if (nval <= 0 || static_cast<uint64_t>(nval) * 4 > b.size() - pos) fail("bad value count for " + name);
+    const auto len = in.read<int32_t>("a name length");
+    if (len <= 0) in.fail("bad name length");
+    std::string name = in.take_string(static_cast<size_t>(len), "a tensor name");
+    const auto ncall = in.read<int32_t>("a call count");
+    const auto nval = in.read<int32_t>("a value count");
+    if (nval <= 0) in.fail("bad value count for " + name);
+    const auto raw = in.take(static_cast<size_t>(nval) * 4, "the values");
     std::vector<float> values(static_cast<size_t>(nval));
-    std::memcpy(values.data(), b.data() + pos, values.size() * 4);
-    pos += values.size() * 4;
+    std::memcpy(values.data(), raw.data(), raw.size());
     if (ncall > 0) {
       for (auto& v : values) v /= static_cast<float>(ncall);
     }
     m.weights[name] = std::move(values);
   }
-  if (b.size() - pos >= 4) {
-    m.chunk_count = read_i32();
-    if (b.size() - pos >= 4) {
-      const int32_t len = read_i32();
-      if (len > 0 && static_cast<size_t>(len) <= b.size() - pos) {
-        m.datasets.emplace_back(reinterpret_cast<const char*>(b.data() + pos), static_cast<size_t>(len));
-      }
+  // Optional trailer: chunk count and dataset name.
+  if (in.remaining() >= 4) {
+    m.chunk_count = in.read<int32_t>();
+    if (in.remaining() >= 4) {
+      const auto len = in.read<int32_t>();
+      if (len > 0 && static_cast<size_t>(len) <= in.remaining()) m.datasets.push_back(in.take_string(static_cast<size_t>(len), "the dataset name"));
     }
   }
   return m;

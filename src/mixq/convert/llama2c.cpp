@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "mixq/io/byte_cursor.h"
 #include "mixq/io/gguf.h"
 #include "mixq/io/mapped_file.h"
 
@@ -24,24 +25,14 @@ struct Vocab {
 // llama.cpp's token types: NORMAL 1, UNKNOWN 2, CONTROL 3, BYTE 6.
 Vocab read_tokenizer_bin(const std::filesystem::path& path, int vocab_size) {
   const MappedFile f(path);
-  const auto b = f.bytes();
-  size_t pos = 4;  // int32 max_token_length
-  auto fail = [&](const std::string& what) {
-    throw std::runtime_error(fmt::format("{}: not a llama2.c tokenizer for {} tokens: {} (at byte {})", path.string(),
-                                         vocab_size, what, pos));
-  };
-  if (b.size() < 4) fail("too short");
+  ByteCursor in(f.bytes(), fmt::format("{}: not a llama2.c tokenizer for {} tokens", path.string(), vocab_size));
+  in.read<int32_t>("the maximum token length");
   Vocab v;
   for (int id = 0; id < vocab_size; ++id) {
-    if (b.size() - pos < 8) fail(fmt::format("ends before token {}", id));
-    float score;
-    int32_t len;
-    std::memcpy(&score, b.data() + pos, 4);
-    std::memcpy(&len, b.data() + pos + 4, 4);
-    pos += 8;
-    if (len < 0 || static_cast<size_t>(len) > b.size() - pos) fail(fmt::format("token {} has length {}", id, len));
-    std::string text(reinterpret_cast<const char*>(b.data() + pos), static_cast<size_t>(len));
-    pos += static_cast<size_t>(len);
+    const auto score = in.read<float>("a token score");
+    const auto len = in.read<int32_t>("a token length");
+    if (len < 0) in.fail(fmt::format("token {} has length {}", id, len));
+    std::string text = in.take_string(static_cast<size_t>(len), "a token");
     int32_t type = 1;
     // llama2.c writes the specials with newlines around them and spaces as ' '; GGUF's llama
     // vocabulary spells them <unk>, <s>, </s> and uses U+2581 for a space.

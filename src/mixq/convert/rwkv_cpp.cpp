@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "mixq/io/byte_cursor.h"
 #include "mixq/io/gguf.h"
 #include "mixq/io/mapped_file.h"
 
@@ -41,48 +42,36 @@ struct RwkvTensor {
 size_t convert_rwkv_cpp(const std::filesystem::path& input, const std::filesystem::path& out,
                         std::optional<TypeId> outtype) {
   const MappedFile f(input);
-  const auto b = f.bytes();
-  size_t pos = 0;
-  auto fail = [&](const std::string& what) {
-    throw std::runtime_error(fmt::format("{}: not a valid rwkv.cpp model: {} (at byte {})", input.string(), what, pos));
-  };
-  auto read_i32 = [&]() {
-    if (b.size() - pos < 4) fail("truncated");
-    int32_t v;
-    std::memcpy(&v, b.data() + pos, 4);
-    pos += 4;
-    return v;
-  };
-  if (static_cast<uint32_t>(read_i32()) != kRwkvCppMagic) fail("wrong magic");
-  const int32_t version = read_i32();
-  if (version != 100 && version != 101) fail(fmt::format("unsupported file version {}", version));
-  const int32_t n_vocab = read_i32(), n_embed = read_i32(), n_layer = read_i32();
-  read_i32();  // the file's overall data type: each tensor carries its own
-  if (n_vocab <= 0 || n_embed <= 0 || n_layer <= 0) fail("non-positive hyperparameters");
+  ByteCursor in(f.bytes(), input.string() + ": not a valid rwkv.cpp model");
+  if (in.read<uint32_t>("the magic") != kRwkvCppMagic) in.fail("wrong magic");
+  const auto version = in.read<int32_t>("the version");
+  if (version != 100 && version != 101) in.fail(fmt::format("unsupported file version {}", version));
+  const auto n_vocab = in.read<int32_t>("the header"), n_embed = in.read<int32_t>("the header"),
+             n_layer = in.read<int32_t>("the header");
+  in.read<int32_t>("the header");  // the file's overall data type: each tensor carries its own
+  if (n_vocab <= 0 || n_embed <= 0 || n_layer <= 0) in.fail("non-positive hyperparameters");
 
   std::vector<RwkvTensor> tensors;
-  while (pos < b.size()) {
-    const int32_t n_dims = read_i32(), name_len = read_i32(), type = read_i32();
-    if (n_dims < 1 || n_dims > 4) fail(fmt::format("a tensor with {} dimensions", n_dims));
+  while (!in.at_end()) {
+    const auto n_dims = in.read<int32_t>("a tensor header"), name_len = in.read<int32_t>("a tensor header"),
+               type = in.read<int32_t>("a tensor header");
+    if (n_dims < 1 || n_dims > 4) in.fail(fmt::format("a tensor with {} dimensions", n_dims));
     RwkvTensor t;
     int64_t n = 1;
     for (int d = 0; d < n_dims; ++d) {
-      const int32_t ne = read_i32();
-      if (ne <= 0 || n > (int64_t{1} << 40) / ne) fail("a dimension out of range");
+      const auto ne = in.read<int32_t>("a tensor shape");
+      if (ne <= 0 || n > (int64_t{1} << 40) / ne) in.fail("a dimension out of range");
       t.shape.push_back(ne);
       n *= ne;
     }
-    if (name_len <= 0 || static_cast<size_t>(name_len) > b.size() - pos) fail("a bad tensor name length");
-    t.name.assign(reinterpret_cast<const char*>(b.data() + pos), static_cast<size_t>(name_len));
-    pos += static_cast<size_t>(name_len);
+    if (name_len <= 0) in.fail("a bad tensor name length");
+    t.name = in.take_string(static_cast<size_t>(name_len), "a tensor name");
     const auto ggml = ggml_type_of(type);
-    if (!ggml) fail(fmt::format("tensor '{}' has unsupported type {}", t.name, type));
+    if (!ggml) in.fail(fmt::format("tensor '{}' has unsupported type {}", t.name, type));
     t.type = &type_traits(*ggml);
-    if (!t.type->fits_row(t.shape[0])) fail(fmt::format("tensor '{}' rows do not fill {} blocks", t.name, t.type->name));
+    if (!t.type->fits_row(t.shape[0])) in.fail(fmt::format("tensor '{}' rows do not fill {} blocks", t.name, t.type->name));
     t.nbytes = t.type->row_bytes(t.shape[0]) * static_cast<size_t>(n / t.shape[0]);
-    if (t.nbytes > b.size() - pos) fail(fmt::format("tensor '{}' data is truncated", t.name));
-    t.data = b.data() + pos;
-    pos += t.nbytes;
+    t.data = in.take(t.nbytes, "tensor data").data();
     tensors.push_back(std::move(t));
   }
 
