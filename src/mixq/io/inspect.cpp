@@ -4,16 +4,13 @@
 #include <map>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace mixq {
 
 namespace {
 
-std::string shape_string(const GgufTensor& t) {
-  std::string s;
-  for (size_t i = 0; i < t.shape.size(); ++i) s += (i ? " x " : "") + std::to_string(t.shape[i]);
-  return s;
-}
+std::string shape_string(const GgufTensor& t) { return fmt::format("{}", fmt::join(t.shape, " x ")); }
 
 nlohmann::ordered_json value_json(const GgufValue& v) {
   switch (v.type()) {

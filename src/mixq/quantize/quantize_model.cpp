@@ -5,6 +5,7 @@
 #include <map>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "mixq/policy/presets.h"
 #include "mixq/util/thread_pool.h"
@@ -48,11 +49,7 @@ std::optional<uint32_t> llama_ftype_for(TypeId t) {
   }
 }
 
-std::string shape_string(const std::vector<int64_t>& shape) {
-  std::string s;
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
-  return s;
-}
+std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format("{}", fmt::join(shape, "x")); }
 
 nlohmann::ordered_json policy_json(const QuantizeOptions& opts) {
   const PolicyOptions& p = opts.policy;
