@@ -40,8 +40,9 @@ class Encoder {
   std::vector<uint8_t> out;
   template <typename T>
   void scalar(T v) {
-    const auto* p = reinterpret_cast<const uint8_t*>(&v);
-    out.insert(out.end(), p, p + sizeof(T));
+    const size_t at = out.size();
+    out.resize(at + sizeof(T));
+    std::memcpy(out.data() + at, &v, sizeof(T));
   }
   void string(const std::string& s) {
     scalar<uint64_t>(s.size());
