@@ -59,13 +59,7 @@ float half_at(const uint8_t* p) {
   return fp16_to_fp32(h);
 }
 
-std::vector<float> gaussian(size_t n, float sigma, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
+using test::gaussian;
 
 struct NamedData {
   std::string name;

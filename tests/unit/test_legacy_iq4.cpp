@@ -28,13 +28,7 @@ std::vector<float> round_trip(TypeId type, const std::vector<float>& x, const fl
   return y;
 }
 
-std::vector<float> gaussian(size_t n, float sigma, unsigned seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(0.0f, sigma);
-  std::vector<float> x(n);
-  for (auto& v : x) v = dist(rng);
-  return x;
-}
+using test::gaussian;
 
 double rmse(const std::vector<float>& x, const std::vector<float>& y) {
   double se = 0;

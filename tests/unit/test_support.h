@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,15 @@ std::vector<T> read_raw(const std::filesystem::path& p) {
   std::vector<T> v(size / sizeof(T));
   f.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(T)));
   return v;
+}
+
+// n draws of N(0, sigma), reproducible from the seed.
+inline std::vector<float> gaussian(size_t n, float sigma, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, sigma);
+  std::vector<float> x(n);
+  for (auto& v : x) v = dist(rng);
+  return x;
 }
 
 struct CliResult {
