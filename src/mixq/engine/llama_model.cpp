@@ -1,0 +1,220 @@
+#include "mixq/engine/llama_model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace mixq {
+
+namespace {
+
+int64_t require_int(const GgufFile& f, const std::string& key) {
+  const GgufValue* v = f.find(key);
+  if (!v || !v->is_integer()) throw std::runtime_error(fmt::format("{}: missing metadata key {}", f.label(), key));
+  return v->as_int();
+}
+
+const GgufTensor* require_tensor(const GgufFile& f, const std::string& name, std::vector<int64_t> shape) {
+  const GgufTensor* t = f.find_tensor(name);
+  if (!t) throw std::runtime_error(fmt::format("{}: missing tensor {}", f.label(), name));
+  if (t->shape != shape) {
+    throw std::runtime_error(fmt::format("{}: tensor {} has shape [{}], expected [{}]", f.label(), name,
+                                         fmt::join(t->shape, ", "), fmt::join(shape, ", ")));
+  }
+  if (!t->type->can_dequantize()) {
+    throw std::runtime_error(fmt::format("{}: tensor {} is {}, which mixq cannot decode", f.label(), name, t->type->name));
+  }
+  return t;
+}
+
+void rms_norm(const float* x, const float* weight, int n, float eps, float* out) {
+  double ss = 0;
+  for (int i = 0; i < n; ++i) ss += static_cast<double>(x[i]) * x[i];
+  const float scale = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+  for (int i = 0; i < n; ++i) out[i] = x[i] * scale * weight[i];
+}
+
+// 1-D norm weights as floats (they are F32 in practice, but any type decodes).
+std::vector<float> decode_vector(const GgufTensor& t) {
+  std::vector<float> v(static_cast<size_t>(t.n_elements()));
+  dequantize_rows(t.type->id, t.data, v.data(), t.n_rows(), t.row_length());
+  return v;
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(const GgufFile& f) : file_(f) {
+  const GgufValue* arch = f.find("general.architecture");
+  if (!arch || arch->type() != GgufValueType::STRING) {
+    throw std::runtime_error(fmt::format("{}: no general.architecture key", f.label()));
+  }
+  const std::string a = arch->as_string();
+  if (a != "llama") {
+    throw std::runtime_error(fmt::format("{}: architecture '{}' is not supported (supported: llama)", f.label(), a));
+  }
+  hp_.n_embd = static_cast<int>(require_int(f, "llama.embedding_length"));
+  hp_.n_layer = static_cast<int>(require_int(f, "llama.block_count"));
+  hp_.n_head = static_cast<int>(require_int(f, "llama.attention.head_count"));
+  hp_.n_ff = static_cast<int>(require_int(f, "llama.feed_forward_length"));
+  hp_.n_head_kv = f.find("llama.attention.head_count_kv") ? static_cast<int>(require_int(f, "llama.attention.head_count_kv"))
+                                                          : hp_.n_head;
+  hp_.n_ctx_train = f.find("llama.context_length") ? static_cast<int>(require_int(f, "llama.context_length")) : 2048;
+  if (hp_.n_embd <= 0 || hp_.n_layer <= 0 || hp_.n_head <= 0 || hp_.n_head_kv <= 0 || hp_.n_embd % hp_.n_head ||
+      hp_.n_head % hp_.n_head_kv) {
+    throw std::runtime_error(fmt::format("{}: inconsistent llama hyperparameters", f.label()));
+  }
+  hp_.n_rot = f.find("llama.rope.dimension_count") ? static_cast<int>(require_int(f, "llama.rope.dimension_count"))
+                                                   : hp_.head_dim();
+  if (const GgufValue* v = f.find("llama.rope.freq_base")) hp_.rope_freq_base = static_cast<float>(v->as_float());
+  if (const GgufValue* v = f.find("llama.attention.layer_norm_rms_epsilon")) hp_.rms_eps = static_cast<float>(v->as_float());
+  const GgufTensor* emb = f.find_tensor("token_embd.weight");
+  if (!emb || emb->shape.size() != 2) throw std::runtime_error(fmt::format("{}: missing tensor token_embd.weight", f.label()));
+  hp_.n_vocab = static_cast<int>(emb->shape[1]);
+  const int64_t e = hp_.n_embd, kv = hp_.kv_dim(), ff = hp_.n_ff, voc = hp_.n_vocab;
+  token_embd = require_tensor(f, "token_embd.weight", {e, voc});
+  output_norm = require_tensor(f, "output_norm.weight", {e});
+  output = f.find_tensor("output.weight") ? require_tensor(f, "output.weight", {e, voc}) : token_embd;
+  for (int l = 0; l < hp_.n_layer; ++l) {
+    const std::string b = fmt::format("blk.{}.", l);
+    layers.push_back({require_tensor(f, b + "attn_norm.weight", {e}), require_tensor(f, b + "attn_q.weight", {e, e}),
+                      require_tensor(f, b + "attn_k.weight", {e, kv}), require_tensor(f, b + "attn_v.weight", {e, kv}),
+                      require_tensor(f, b + "attn_output.weight", {e, e}), require_tensor(f, b + "ffn_norm.weight", {e}),
+                      require_tensor(f, b + "ffn_gate.weight", {e, ff}), require_tensor(f, b + "ffn_up.weight", {e, ff}),
+                      require_tensor(f, b + "ffn_down.weight", {ff, e})});
+  }
+}
+
+LlamaContext::LlamaContext(const LlamaModel& model, int n_ctx, int n_threads)
+    : model_(model), n_ctx_(n_ctx), pool_(n_threads) {
+  const auto& hp = model.hparams();
+  const size_t per_layer = static_cast<size_t>(n_ctx) * static_cast<size_t>(hp.kv_dim());
+  k_cache_.assign(per_layer * static_cast<size_t>(hp.n_layer), 0.0f);
+  v_cache_.assign(per_layer * static_cast<size_t>(hp.n_layer), 0.0f);
+  for (int i = 0; i < hp.n_rot / 2; ++i) {
+    rope_inv_freq_.push_back(std::pow(hp.rope_freq_base, -2.0f * static_cast<float>(i) / static_cast<float>(hp.n_rot)));
+  }
+}
+
+// y[t][r] = dot(W row r, x[t]) for every token t: each weight row is decoded once per batch.
+void LlamaContext::matmul(const GgufTensor& w, const float* x, int n_tokens, float* y) {
+  const int64_t in = w.row_length(), out = w.n_rows();
+  const size_t row_bytes = w.type->row_bytes(in);
+  constexpr int64_t kRowsPerTask = 16;
+  pool_.parallel_for((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+    thread_local std::vector<float> row;
+    row.resize(static_cast<size_t>(in));
+    const int64_t r1 = std::min(out, (task + 1) * kRowsPerTask);
+    for (int64_t r = task * kRowsPerTask; r < r1; ++r) {
+      w.type->dequantize_row(w.data + static_cast<size_t>(r) * row_bytes, row.data(), in);
+      for (int t = 0; t < n_tokens; ++t) {
+        const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(in);
+        float sum = 0;
+        for (int64_t i = 0; i < in; ++i) sum += row[static_cast<size_t>(i)] * xt[i];
+        y[static_cast<size_t>(t) * static_cast<size_t>(out) + static_cast<size_t>(r)] = sum;
+      }
+    }
+  });
+}
+
+// Rotary position embedding on n_heads heads of one token ("normal" = adjacent pairs, llama.cpp's
+// LLAMA_ROPE_TYPE_NORM for the llama architecture).
+void LlamaContext::rope(float* v, int n_heads, int pos) const {
+  const auto& hp = model_.hparams();
+  const int hd = hp.head_dim();
+  for (int h = 0; h < n_heads; ++h) {
+    float* x = v + h * hd;
+    for (int i = 0; i < hp.n_rot / 2; ++i) {
+      const float theta = static_cast<float>(pos) * rope_inv_freq_[static_cast<size_t>(i)];
+      const float c = std::cos(theta), s = std::sin(theta);
+      const int a = hp.rope_neox ? i : 2 * i, b = hp.rope_neox ? i + hp.n_rot / 2 : 2 * i + 1;
+      const float x0 = x[a], x1 = x[b];
+      x[a] = x0 * c - x1 * s;
+      x[b] = x0 * s + x1 * c;
+    }
+  }
+}
+
+const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens, bool all_logits) {
+  const auto& hp = model_.hparams();
+  const int n = static_cast<int>(tokens.size());
+  if (n == 0) throw std::runtime_error("eval: no tokens");
+  if (n_past_ + n > n_ctx_) {
+    throw std::runtime_error(fmt::format("eval: {} tokens past {} exceed the context of {}", n, n_past_, n_ctx_));
+  }
+  const int e = hp.n_embd, kvd = hp.kv_dim(), hd = hp.head_dim(), ff = hp.n_ff;
+  const auto un = static_cast<size_t>(n);
+  std::vector<float> x(un * e), xn(un * e), q(un * e), k(un * kvd), v(un * kvd), att(un * e), tmp(un * e);
+  std::vector<float> gate(un * ff), up(un * ff);
+
+  // Embeddings: decode the rows of the token ids.
+  const size_t emb_row = model_.token_embd->type->row_bytes(e);
+  for (int t = 0; t < n; ++t) {
+    const int32_t id = tokens[static_cast<size_t>(t)];
+    if (id < 0 || id >= hp.n_vocab) throw std::runtime_error(fmt::format("eval: token id {} out of range", id));
+    model_.token_embd->type->dequantize_row(model_.token_embd->data + static_cast<size_t>(id) * emb_row,
+                                             x.data() + static_cast<size_t>(t) * e, e);
+  }
+  const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const int group = hp.n_head / hp.n_head_kv;
+  for (int l = 0; l < hp.n_layer; ++l) {
+    const auto& L = model_.layers[static_cast<size_t>(l)];
+    const std::vector<float> attn_norm = decode_vector(*L.attn_norm), ffn_norm = decode_vector(*L.ffn_norm);
+    for (int t = 0; t < n; ++t) rms_norm(&x[t * e], attn_norm.data(), e, hp.rms_eps, &xn[t * e]);
+    matmul(*L.wq, xn.data(), n, q.data());
+    matmul(*L.wk, xn.data(), n, k.data());
+    matmul(*L.wv, xn.data(), n, v.data());
+    float* kc = k_cache_.data() + static_cast<size_t>(l) * static_cast<size_t>(n_ctx_) * kvd;
+    float* vc = v_cache_.data() + static_cast<size_t>(l) * static_cast<size_t>(n_ctx_) * kvd;
+    for (int t = 0; t < n; ++t) {
+      rope(&q[t * e], hp.n_head, n_past_ + t);
+      rope(&k[t * kvd], hp.n_head_kv, n_past_ + t);
+      std::copy_n(&k[t * kvd], kvd, kc + static_cast<size_t>(n_past_ + t) * kvd);
+      std::copy_n(&v[t * kvd], kvd, vc + static_cast<size_t>(n_past_ + t) * kvd);
+    }
+    // Causal attention, one (token, head) per task.
+    pool_.parallel_for(static_cast<int64_t>(n) * hp.n_head, [&](int64_t task) {
+      const int t = static_cast<int>(task / hp.n_head), h = static_cast<int>(task % hp.n_head);
+      const int kvh = h / group, len = n_past_ + t + 1;
+      thread_local std::vector<float> scores;
+      scores.resize(static_cast<size_t>(len));
+      const float* qh = &q[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd];
+      float max_s = -INFINITY;
+      for (int p = 0; p < len; ++p) {
+        const float* kp = kc + static_cast<size_t>(p) * kvd + static_cast<size_t>(kvh) * hd;
+        float s = 0;
+        for (int i = 0; i < hd; ++i) s += qh[i] * kp[i];
+        scores[static_cast<size_t>(p)] = s * att_scale;
+        max_s = std::max(max_s, scores[static_cast<size_t>(p)]);
+      }
+      float sum = 0;
+      for (auto& s : scores) sum += (s = std::exp(s - max_s));
+      float* out = &att[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd];
+      std::fill(out, out + hd, 0.0f);
+      for (int p = 0; p < len; ++p) {
+        const float wgt = scores[static_cast<size_t>(p)] / sum;
+        const float* vp = vc + static_cast<size_t>(p) * kvd + static_cast<size_t>(kvh) * hd;
+        for (int i = 0; i < hd; ++i) out[i] += wgt * vp[i];
+      }
+    });
+    matmul(*L.wo, att.data(), n, tmp.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+    for (int t = 0; t < n; ++t) rms_norm(&x[t * e], ffn_norm.data(), e, hp.rms_eps, &xn[t * e]);
+    matmul(*L.gate, xn.data(), n, gate.data());
+    matmul(*L.up, xn.data(), n, up.data());
+    for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];  // SwiGLU
+    matmul(*L.down, gate.data(), n, tmp.data());
+    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+  }
+  const std::vector<float> out_norm = decode_vector(*model_.output_norm);
+  const int first = all_logits ? 0 : n - 1, count = n - first;
+  for (int t = first; t < n; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);
+  logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
+  matmul(*model_.output, xn.data(), count, logits_.data());
+  n_past_ += n;
+  return logits_;
+}
+
+}  // namespace mixq

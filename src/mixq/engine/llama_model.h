@@ -1,0 +1,74 @@
+// The LLaMA-family forward pass, read top to bottom: embeddings, per layer RMSNorm -> attention
+// (RoPE, grouped-query, KV cache) -> residual -> RMSNorm -> SwiGLU FFN -> residual, final norm,
+// output head. Weights stay in their stored types inside the memory-mapped GGUF; the matrix
+// product dequantizes one weight row at a time and applies it to every token of the batch.
+//
+// This is the reference path (issue 4 adds the per-type dot kernels with 8-bit activations).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "mixq/io/gguf.h"
+#include "mixq/util/thread_pool.h"
+
+namespace mixq {
+
+struct LlamaHParams {
+  int n_embd = 0, n_layer = 0, n_head = 0, n_head_kv = 0, n_ff = 0, n_vocab = 0, n_ctx_train = 0;
+  int n_rot = 0;  // rotary dimensions per head
+  float rope_freq_base = 10000.0f;
+  float rms_eps = 1e-5f;
+  bool rope_neox = false;  // NeoX ordering (rotate halves) instead of adjacent pairs
+  int head_dim() const { return n_embd / n_head; }
+  int kv_dim() const { return head_dim() * n_head_kv; }
+};
+
+class LlamaModel {
+ public:
+  // Throws std::runtime_error naming what is missing (architecture, keys, tensors, shapes).
+  explicit LlamaModel(const GgufFile& file);
+
+  const LlamaHParams& hparams() const { return hp_; }
+  const GgufFile& file() const { return file_; }
+
+  struct Layer {
+    const GgufTensor *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *gate, *up, *down;
+  };
+  const GgufTensor* token_embd = nullptr;
+  const GgufTensor* output_norm = nullptr;
+  const GgufTensor* output = nullptr;  // token_embd when the model ties them
+  std::vector<Layer> layers;
+
+ private:
+  const GgufFile& file_;
+  LlamaHParams hp_;
+};
+
+// One sequence's state: the KV cache and scratch buffers.
+class LlamaContext {
+ public:
+  LlamaContext(const LlamaModel& model, int n_ctx, int n_threads);
+
+  // Runs tokens at positions [n_past, n_past + n) and returns their logits (n x n_vocab,
+  // row-major) when all_logits, else only the last token's.
+  const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits);
+  void reset() { n_past_ = 0; }
+  int n_past() const { return n_past_; }
+  int n_ctx() const { return n_ctx_; }
+  int n_vocab() const { return model_.hparams().n_vocab; }
+
+ private:
+  void matmul(const GgufTensor& w, const float* x, int n_tokens, float* y);
+  void rope(float* v, int n_heads, int pos) const;
+
+  const LlamaModel& model_;
+  int n_ctx_;
+  int n_past_ = 0;
+  ThreadPool pool_;
+  std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_dim]
+  std::vector<float> logits_;
+  std::vector<float> rope_inv_freq_;
+};
+
+}  // namespace mixq
