@@ -9,5 +9,6 @@ namespace mixq::cli {
 void register_inspect(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_quantize(CLI::App& app);
+void register_perplexity(CLI::App& app);
 
 }  // namespace mixq::cli

@@ -12,6 +12,7 @@ int main(int argc, char** argv) {
   mixq::cli::register_inspect(app);
   mixq::cli::register_convert(app);
   mixq::cli::register_quantize(app);
+  mixq::cli::register_perplexity(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
