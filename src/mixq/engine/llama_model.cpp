@@ -5,6 +5,8 @@
 #include <stdexcept>
 
 #include <fmt/format.h>
+
+#include "mixq/formats/half.h"
 #include <fmt/ranges.h>
 
 namespace mixq {
@@ -171,8 +173,11 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
     for (int t = 0; t < n; ++t) {
       rope(&q[t * e], hp.n_head, n_past_ + t);
       rope(&k[t * kvd], hp.n_head_kv, n_past_ + t);
-      std::copy_n(&k[t * kvd], kvd, kc + static_cast<size_t>(n_past_ + t) * kvd);
-      std::copy_n(&v[t * kvd], kvd, vc + static_cast<size_t>(n_past_ + t) * kvd);
+      // llama.cpp keeps its KV cache in F16 by default; store what it would store.
+      for (int i = 0; i < kvd; ++i) {
+        kc[static_cast<size_t>(n_past_ + t) * kvd + i] = round_fp16(k[t * kvd + i]);
+        vc[static_cast<size_t>(n_past_ + t) * kvd + i] = round_fp16(v[t * kvd + i]);
+      }
     }
     // Causal attention, one (token, head) per task.
     pool_.parallel_for(static_cast<int64_t>(n) * hp.n_head, [&](int64_t task) {
