@@ -1,6 +1,7 @@
 // The reference LLaMA forward pass on the real stories260K model.
 #include "mixq/engine/llama_model.h"
 #include "mixq/engine/tokenizer.h"
+#include "mixq/eval/perplexity.h"
 #include "test_support.h"
 
 namespace mixq {
@@ -27,6 +28,55 @@ TEST(LlamaEngine, Stories260KGreedyTextMatchesTheKnownText) {
   }
   // The decoded text starts with SentencePiece's space.
   EXPECT_EQ(text.substr(1, expected.size()), expected);
+}
+
+TEST(LlamaEngine, BadInputIsAClearError) {
+  MIXQ_REQUIRE_SHARED("stories260K/stories260K-f32.llamacpp.gguf");
+  const GgufFile f = GgufFile::open(test::shared_data_dir() / "stories260K/stories260K-f32.llamacpp.gguf");
+  const LlamaModel model(f);
+  const Tokenizer tok = Tokenizer::from_gguf(f);
+  try {
+    perplexity(model, tok, "Once upon a time there was a short text.", {});
+    FAIL() << "a text shorter than two contexts was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("two contexts"), std::string::npos) << e.what();
+  }
+  // A model without the llama keys (and without a tokenizer).
+  const auto dir = test::temp_dir();
+  const auto path = dir / "no-arch.gguf";
+  {
+    GgufWriter w(path);
+    w.set("general.architecture", GgufValue::string("mamba"));
+    w.finish();
+  }
+  const GgufFile other = GgufFile::open(path);
+  try {
+    LlamaModel m(other);
+    FAIL() << "an unsupported architecture was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("'mamba' is not supported"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(Tokenizer::from_gguf(other), std::runtime_error);
+  // A llama model missing a tensor.
+  const auto cut = dir / "missing.gguf";
+  {
+    GgufWriter w(cut);
+    w.copy_metadata(f);
+    for (const auto& t : f.tensors()) {
+      if (t.name != "blk.2.ffn_up.weight") w.add_tensor(t.name, t.shape, t.type->id);
+    }
+    for (const auto& t : f.tensors()) {
+      if (t.name != "blk.2.ffn_up.weight") w.write_tensor_data(t.bytes());
+    }
+    w.finish();
+  }
+  const GgufFile missing = GgufFile::open(cut);
+  try {
+    LlamaModel m(missing);
+    FAIL() << "a model missing a tensor was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing tensor blk.2.ffn_up.weight"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
