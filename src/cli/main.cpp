@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   mixq::cli::register_convert(app);
   mixq::cli::register_quantize(app);
   mixq::cli::register_perplexity(app);
+  mixq::cli::register_generate(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

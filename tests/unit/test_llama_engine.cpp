@@ -30,6 +30,17 @@ TEST(LlamaEngine, Stories260KGreedyTextMatchesTheKnownText) {
   EXPECT_EQ(text.substr(1, expected.size()), expected);
 }
 
+TEST(LlamaEngine, GenerateCommandGreedyAndBadPrompt) {
+  const std::string model = "'" + (test::source_dir() / "assets/stories260K/stories260K-f32.gguf").string() + "'";
+  const auto r = test::run_cli("generate " + model + " -p 'Once upon a time' --temp 0 -n 12 -t 1");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("Once upon a time, there was a little girl named Lily."), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("tokens/s"), std::string::npos);
+  const auto empty = test::run_cli("generate " + model + " -p ''");
+  EXPECT_EQ(empty.exit_code, 1);
+  EXPECT_NE(empty.output.find("the prompt is empty"), std::string::npos) << empty.output;
+}
+
 TEST(LlamaEngine, BadInputIsAClearError) {
   MIXQ_REQUIRE_SHARED("stories260K/stories260K-f32.llamacpp.gguf");
   const GgufFile f = GgufFile::open(test::shared_data_dir() / "stories260K/stories260K-f32.llamacpp.gguf");
