@@ -1,4 +1,6 @@
 // The reference LLaMA forward pass on the real stories260K model.
+#include <fmt/format.h>
+
 #include "mixq/engine/llama_model.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/eval/perplexity.h"
@@ -31,7 +33,7 @@ TEST(LlamaEngine, Stories260KGreedyTextMatchesTheKnownText) {
 }
 
 TEST(LlamaEngine, GenerateCommandGreedyAndBadPrompt) {
-  const std::string model = "'" + (test::source_dir() / "assets/stories260K/stories260K-f32.gguf").string() + "'";
+  const std::string model = fmt::format("'{}'", (test::source_dir() / "assets/stories260K/stories260K-f32.gguf").string());
   const auto r = test::run_cli("generate " + model + " -p 'Once upon a time' --temp 0 -n 12 -t 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("Once upon a time, there was a little girl named Lily."), std::string::npos) << r.output;
