@@ -7,22 +7,24 @@ namespace mixq::cli {
 
 void register_convert(CLI::App& app) {
   auto* cmd = app.add_subcommand("convert",
-                                 "Convert a model to GGUF: a GGUF (type changes), a llama2.c checkpoint (+ tokenizer.bin) "
-                                 "or an rwkv.cpp file");
+                                 "Convert a model to GGUF: a GGUF (type changes), a llama2.c checkpoint (+ tokenizer.bin), "
+                                 "an rwkv.cpp file or a Hugging Face safetensors directory");
   struct Opts {
     std::string in, out, outtype, tokenizer;
   };
   auto opts = std::make_shared<Opts>();
-  cmd->add_option("INPUT", opts->in, "Input model (format detected from its first bytes)")->required();
+  cmd->add_option("INPUT", opts->in, "Input model file (format detected from its first bytes) or model directory")
+      ->required();
   cmd->add_option("OUTPUT", opts->out, "Output GGUF (written to a temporary file, then renamed)")->required();
   cmd->add_option("--outtype", opts->outtype,
-                  "f32: dequantize every tensor; f16/bf16: store float matrices in that type; "
-                  "omitted: keep every type");
+                  "f32: dequantize every tensor; f16/bf16: store float matrices in that type (1-D tensors stay "
+                  "f32); omitted: keep every type");
   cmd->add_option("--tokenizer", opts->tokenizer, "llama2.c tokenizer.bin (default: tokenizer.bin beside the checkpoint)");
   cmd->callback([opts] {
     std::optional<TypeId> outtype;
     if (!opts->outtype.empty()) outtype = require_type(opts->outtype).id;
     const ConvertResult r = convert_to_gguf({opts->in, opts->out, outtype, opts->tokenizer});
+    for (const auto& w : r.warnings) fmt::print(stderr, "mixq: warning: {}\n", w);
     fmt::print("wrote {} from a {} model: {} tensors, {} bytes\n", opts->out, model_format_name(r.format), r.tensors,
                r.bytes_written);
   });

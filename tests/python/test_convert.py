@@ -16,7 +16,8 @@ def fields(reader):
 
 def test_llama2c_matches_llama_cpp_converter(tmp_path):
     ckpt = require_shared("stories260K/stories260K.bin")
-    ref = gguf.GGUFReader(require_shared("stories260K/stories260K-f32.llamacpp.gguf"))
+    ref_path = require_shared("stories260K/stories260K-f32.llamacpp.gguf")
+    ref = gguf.GGUFReader(ref_path)
     out = tmp_path / "s.gguf"
     run(MIXQ, "convert", ckpt, out)  # tok512.bin beside the checkpoint is found on its own
     ours = gguf.GGUFReader(out)
@@ -24,15 +25,12 @@ def test_llama2c_matches_llama_cpp_converter(tmp_path):
     assert list(fa) == list(fb)
     for key in fa:
         assert fa[key].types == fb[key].types, key
-        if key == "llama.context_length":
-            # llama.cpp's converter writes its --ctx default (128); the checkpoint says 512.
-            assert fa[key].contents() == 128 and fb[key].contents() == 512
-        else:
-            assert fa[key].contents() == fb[key].contents(), key
+        assert fa[key].contents() == fb[key].contents(), key
     assert [(t.name, list(t.shape), t.tensor_type) for t in ref.tensors] == \
            [(t.name, list(t.shape), t.tensor_type) for t in ours.tensors]
     for a, b in zip(ref.tensors, ours.tensors):
         assert np.array_equal(np.asarray(a.data), np.asarray(b.data)), a.name
+    assert out.read_bytes() == ref_path.read_bytes()
 
 
 def test_llama2c_f16(tmp_path):
@@ -106,7 +104,7 @@ def test_bad_inputs_are_clear_errors(tmp_path):
     cut_rwkv = tmp_path / "cut-rwkv.bin"
     cut_rwkv.write_bytes(rwkv.read_bytes()[:100000])
     expect_failure(MIXQ, "convert", cut_rwkv, tmp_path / "o.gguf", message="truncated")
-    expect_failure(MIXQ, "convert", tmp_path, tmp_path / "o.gguf", message="config.json")
+    expect_failure(MIXQ, "convert", tmp_path, tmp_path / "o.gguf", message="without config.json")
     assert not (tmp_path / "o.gguf").exists()
 
 
@@ -119,7 +117,7 @@ def test_quantize_takes_llama2c_directly(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.gguf"]  # the temporary conversion is gone
 
 
-def write_small_llama(path):
+def write_small_llama(path, pre="gpt2"):
     """A 2-layer GQA llama GGUF with random weights and a tiny BPE vocabulary (gguf package)."""
     w = gguf.GGUFWriter(str(path), "llama")
     embd, heads, kv, ff, vocab = 64, 4, 2, 96, 32
@@ -128,7 +126,9 @@ def write_small_llama(path):
                       (w.add_layer_norm_rms_eps, 1e-5), (w.add_rope_freq_base, 10000.0)]:
         setter(v)
     w.add_tokenizer_model("gpt2")
-    w.add_token_list([f"t{i}" for i in range(vocab)])
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(["<s>", "</s>", "<user>"] + [f"t{i}" for i in range(3, vocab)])
+    w.add_token_types([3, 3, 4] + [1] * (vocab - 3))
     w.add_token_merges(["t 1", "t 2"])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
@@ -147,24 +147,50 @@ def write_small_llama(path):
     w.close()
 
 
-@pytest.mark.parametrize("shards", [1, 3])
-def test_safetensors_round_trip(shards, tmp_path):
+@pytest.mark.parametrize("shards,dtype,pre", [(1, "F32", "gpt2"), (3, "F16", "smollm"), (2, "BF16", "llama-bpe")])
+def test_safetensors_round_trip(shards, dtype, pre, tmp_path):
     import make_safetensors
     src = tmp_path / "small.gguf"
-    write_small_llama(src)
-    make_safetensors.main(str(src), str(tmp_path / "hf"), shards)
+    write_small_llama(src, pre)
+    make_safetensors.main(str(src), str(tmp_path / "hf"), shards, dtype)
     out = tmp_path / "back.gguf"
     run(MIXQ, "convert", tmp_path / "hf", out)
     a, b = gguf.GGUFReader(src), gguf.GGUFReader(out)
-    ta = {t.name: np.asarray(t.data) for t in a.tensors}
-    tb = {t.name: np.asarray(t.data) for t in b.tensors}
+    ta = {t.name: t for t in a.tensors}
+    tb = {t.name: t for t in b.tensors}
     assert set(ta) == set(tb)
-    for name in ta:
-        assert np.array_equal(ta[name], tb[name]), name  # the q/k permutation is undone exactly
-    fb = b.fields
-    assert fb["llama.attention.head_count_kv"].contents() == 2
-    assert fb["tokenizer.ggml.tokens"].contents()[:3] == ["t0", "t1", "t2"]
-    assert fb["tokenizer.ggml.merges"].contents() == ["t 1", "t 2"]
+    for name, t in ta.items():
+        want = np.asarray(t.data)
+        if want.ndim > 1 and dtype != "F32":
+            want = want.astype(np.float16) if dtype == "F16" else make_safetensors.to_bf16_bits(want)
+        assert tb[name].tensor_type.name == (dtype if want.ndim > 1 else "F32"), name
+        assert np.asarray(tb[name].data).tobytes() == want.tobytes(), name  # the q/k permutation is undone exactly
+    fa, fb = fields(a), fields(b)
+    for key in ["llama.attention.head_count_kv", "llama.context_length", "llama.rope.freq_base",
+                "tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                "tokenizer.ggml.merges", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"]:
+        assert fa[key].contents() == fb[key].contents(), key
+
+
+def test_safetensors_sentencepiece_vocabulary(tmp_path):
+    """stories260K through a Hugging Face directory: tensors and its llama vocabulary (tokens,
+    scores, types) come back exactly as llama.cpp's converter wrote them."""
+    import make_safetensors
+    ref_path = require_shared("stories260K/stories260K-f32.llamacpp.gguf")
+    make_safetensors.main(str(ref_path), str(tmp_path / "hf"))
+    out = tmp_path / "back.gguf"
+    run(MIXQ, "convert", tmp_path / "hf", out)
+    a, b = gguf.GGUFReader(ref_path), gguf.GGUFReader(out)
+    fa, fb = fields(a), fields(b)
+    for key in ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id", "tokenizer.ggml.unknown_token_id"]:
+        assert fa[key].contents() == fb[key].contents(), key
+    sa = np.asarray(fa["tokenizer.ggml.scores"].contents(), np.float32)
+    sb = np.asarray(fb["tokenizer.ggml.scores"].contents(), np.float32)
+    assert sa.tobytes() == sb.tobytes()
+    tb = {t.name: t for t in b.tensors}
+    for t in a.tensors:
+        assert np.asarray(t.data).tobytes() == np.asarray(tb[t.name].data).tobytes(), t.name
 
 
 def test_malformed_safetensors(tmp_path):
@@ -182,4 +208,5 @@ def test_malformed_safetensors(tmp_path):
     model.write_bytes(good)
     (hf / "config.json").write_text("{}")
     expect_failure(MIXQ, "convert", hf, tmp_path / "o.gguf", message="hidden_size")
+    expect_failure(MIXQ, "convert", model, tmp_path / "o.gguf", message="single safetensors file")
     assert not (tmp_path / "o.gguf").exists()

@@ -18,15 +18,30 @@ namespace mixq {
 namespace fs = std::filesystem;
 
 ModelFormat detect_model_format(const fs::path& input) {
-  if (fs::is_directory(input)) return ModelFormat::SafetensorsDir;
+  if (fs::is_directory(input)) {
+    if (!fs::exists(input / "config.json")) {
+      throw std::runtime_error(fmt::format("'{}' is a directory without config.json: not a Hugging Face model directory",
+                                           input.string()));
+    }
+    return ModelFormat::SafetensorsDir;
+  }
   std::ifstream f(input, std::ios::binary);
   if (!f) throw std::runtime_error(fmt::format("cannot open '{}'", input.string()));
-  char magic[4] = {};
-  f.read(magic, 4);
-  if (std::memcmp(magic, "GGUF", 4) == 0) return ModelFormat::Gguf;
+  unsigned char head[9] = {};
+  f.read(reinterpret_cast<char*>(head), sizeof head);
+  if (std::memcmp(head, "GGUF", 4) == 0) return ModelFormat::Gguf;
   uint32_t word;
-  std::memcpy(&word, magic, 4);
+  std::memcpy(&word, head, 4);
   if (word == kRwkvCppMagic) return ModelFormat::RwkvCpp;
+  // A lone .safetensors file (u64 header length, then a JSON object) lacks the config and the
+  // tokenizer a conversion needs.
+  uint64_t header_len;
+  std::memcpy(&header_len, head, 8);
+  if (f.gcount() == sizeof head && head[8] == '{' && header_len < fs::file_size(input)) {
+    throw std::runtime_error(fmt::format("'{}' is a single safetensors file: convert its directory (with config.json "
+                                         "and tokenizer.json) instead",
+                                         input.string()));
+  }
   return ModelFormat::Llama2c;
 }
 
@@ -73,7 +88,7 @@ ConvertResult convert_to_gguf(const ConvertRequest& req) {
                                   req.output, req.outtype);
       break;
     case ModelFormat::SafetensorsDir:
-      r.tensors = convert_safetensors_dir(req.input, req.output, req.outtype);
+      r.tensors = convert_safetensors_dir(req.input, req.output, req.outtype, r.warnings);
       break;
   }
   r.bytes_written = fs::file_size(req.output);

@@ -1,13 +1,16 @@
 // `mixq convert`: any supported model file into GGUF. The input's format is detected:
 //   a file starting with "GGUF"  -> GGUF (type changes only, gguf_convert.h)
 //   a file starting with "ggmf"  -> rwkv.cpp's legacy format (rwkv_cpp.h)
-//   a directory                  -> a Hugging Face safetensors model (safetensors.h)
+//   a directory with config.json -> a Hugging Face safetensors model (safetensors.h)
 //   anything else                -> a llama2.c checkpoint (llama2c.h) + tokenizer.bin
+// Every output goes through GgufWriter (temporary file, renamed when complete); bad input throws
+// std::runtime_error (or GgufError / TypeError) saying what is wrong and where.
 #pragma once
 
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "mixq/formats/type_table.h"
 
@@ -15,6 +18,7 @@ namespace mixq {
 
 enum class ModelFormat { Gguf, RwkvCpp, Llama2c, SafetensorsDir };
 
+// Throws for a directory without config.json and for a lone .safetensors file.
 ModelFormat detect_model_format(const std::filesystem::path& input);
 const char* model_format_name(ModelFormat f);
 
@@ -28,6 +32,7 @@ struct ConvertResult {
   ModelFormat format;
   size_t tensors = 0;
   uint64_t bytes_written = 0;
+  std::vector<std::string> warnings;  // the file was written, but something may not behave as the original
 };
 
 ConvertResult convert_to_gguf(const ConvertRequest& req);

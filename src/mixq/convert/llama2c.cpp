@@ -1,5 +1,6 @@
 #include "mixq/convert/llama2c.h"
 
+#include <cctype>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -15,6 +16,7 @@ namespace mixq {
 namespace {
 
 constexpr size_t kHeaderBytes = 7 * sizeof(int32_t);
+constexpr uint32_t kLlamaCppLlama2cContext = 128;
 
 struct Vocab {
   std::vector<std::string> tokens;
@@ -35,20 +37,22 @@ Vocab read_tokenizer_bin(const std::filesystem::path& path, int vocab_size) {
     std::string text = in.take_string(static_cast<size_t>(len), "a token");
     int32_t type = 1;
     // llama2.c writes the specials with newlines around them and spaces as ' '; GGUF's llama
-    // vocabulary spells them <unk>, <s>, </s> and uses U+2581 for a space.
+    // vocabulary spells them <unk>, <s>, </s> and uses U+2581 for a space. The classification
+    // follows llama.cpp's converter, including its test for byte tokens ("<0x" and a hex digit).
     if (id == 0) {
       text = "<unk>";
       type = 2;
     } else if (id == 1 || id == 2) {
       text = id == 1 ? "<s>" : "</s>";
       type = 3;
-    } else if (text.size() == 6 && text.rfind("<0x", 0) == 0 && text.back() == '>') {
+    } else if (text.empty()) {
+      type = 3;
+    } else if (text.size() > 3 && text.starts_with("<0x") && std::isxdigit(static_cast<unsigned char>(text[3]))) {
       type = 6;
-    } else {
-      std::string spaced;
-      for (char c : text) spaced += c == ' ' ? std::string("\xe2\x96\x81") : std::string(1, c);
-      text = spaced;
     }
+    std::string spaced;
+    for (char c : text) spaced += c == ' ' ? std::string("\xe2\x96\x81") : std::string(1, c);
+    text = std::move(spaced);
     v.tokens.push_back(std::move(text));
     v.scores.push_back(score);
     v.types.push_back(type);
@@ -65,6 +69,13 @@ Llama2cConfig read_llama2c_config(const std::filesystem::path& checkpoint) {
   }
   int32_t h[7];
   std::memcpy(h, f.bytes().data(), sizeof h);
+  // llama2.c's export.py --version 1/2 files start with "ak42" and a version; only the original
+  // ("v0", also called legacy) layout is what llama.cpp's converter reads.
+  if (static_cast<uint32_t>(h[0]) == 0x616b3432u) {
+    throw std::runtime_error(fmt::format("{}: a llama2.c export of version {} (magic \"ak42\"); only the v0 (legacy) "
+                                         "checkpoint format is supported: export with `export.py --version 0`",
+                                         checkpoint.string(), h[1]));
+  }
   Llama2cConfig c{h[0], h[1], h[2], h[3], h[4], h[5] < 0 ? -h[5] : h[5], h[6], h[5] > 0};
   const bool sane = c.dim > 0 && c.hidden_dim > 0 && c.n_layers > 0 && c.n_heads > 0 && c.n_kv_heads > 0 &&
                     c.vocab_size > 0 && c.seq_len > 0 && c.dim % c.n_heads == 0 && c.n_heads % c.n_kv_heads == 0 &&
@@ -104,6 +115,12 @@ size_t convert_llama2c(const std::filesystem::path& checkpoint, const std::files
     throw std::runtime_error(fmt::format("{}: truncated: the header promises {} bytes of weights, the file has {}",
                                          checkpoint.string(), need, f.size()));
   }
+  // Extra bytes mean the header does not describe this file (llama.cpp's converter refuses them too).
+  if (f.size() > need) {
+    throw std::runtime_error(fmt::format("{}: {} bytes follow the last tensor the header describes: not a llama2.c v0 "
+                                         "checkpoint, or its header is wrong",
+                                         checkpoint.string(), f.size() - need));
+  }
   const Vocab vocab = read_tokenizer_bin(tokenizer, c.vocab_size);
 
   GgufWriter w(out);
@@ -122,14 +139,17 @@ size_t convert_llama2c(const std::filesystem::path& checkpoint, const std::files
   w.set("tokenizer.ggml.eos_token_id", GgufValue::u32(2));
   w.set("tokenizer.ggml.seperator_token_id", GgufValue::u32(0xFFFFFFFFu));
   w.set("tokenizer.ggml.padding_token_id", GgufValue::u32(0xFFFFFFFFu));
-  // llama.cpp's converter writes its --ctx default (128) here; the checkpoint's own seq_len is
-  // the context the model was trained for.
-  w.set("llama.context_length", GgufValue::u32(static_cast<uint32_t>(c.seq_len)));
+  // llama.cpp's converter always writes 128 here (its fixed n_ctx), not the checkpoint's seq_len;
+  // mixq writes the same so that its output is byte-identical to llama.cpp's. A longer context
+  // is still usable: llama.cpp and `mixq generate` take --ctx.
+  w.set("llama.context_length", GgufValue::u32(kLlamaCppLlama2cContext));
   w.set("llama.embedding_length", GgufValue::u32(static_cast<uint32_t>(dim)));
   w.set("llama.feed_forward_length", GgufValue::u32(static_cast<uint32_t>(hid)));
   w.set("llama.attention.head_count", GgufValue::u32(static_cast<uint32_t>(c.n_heads)));
   w.set("llama.attention.head_count_kv", GgufValue::u32(static_cast<uint32_t>(c.n_kv_heads)));
   w.set("llama.block_count", GgufValue::u32(static_cast<uint32_t>(nl)));
+  // llama.cpp writes min(64, head size); llama2.c rotates the whole head, so mixq writes the head
+  // size. The two agree for every head size up to 64 (all the tinyllamas models).
   w.set("llama.rope.dimension_count", GgufValue::u32(static_cast<uint32_t>(head)));
   w.set("llama.attention.layer_norm_rms_epsilon", GgufValue::f32(1e-5f));
   if (outtype) w.set("general.file_type", GgufValue::u32(*outtype == TypeId::F16 ? 1 : *outtype == TypeId::BF16 ? 32 : 0));
@@ -167,6 +187,7 @@ size_t convert_llama2c(const std::filesystem::path& checkpoint, const std::files
       quantize_rows(type, reinterpret_cast<const float*>(src), converted.data(), t.span.rows, t.span.cols);
       w.write_tensor_data(converted);
     }
+    f.drop_pages(src, n * 4);
   }
   w.finish();
   return tensors.size();

@@ -1,7 +1,11 @@
 // rwkv.cpp's legacy model files: u32 magic "ggmf", version 100/101, n_vocab, n_embed, n_layer,
 // data type; then per tensor: i32 n_dims, i32 name length, i32 type, dims (ne0 first), name, data.
 // Converted to GGUF with every tensor's name and bytes kept (quantized tensors stay quantized,
-// bit for bit) and the hyperparameters as metadata.
+// bit for bit); rwkv.cpp's type numbers 0, 1, 2, 3, 7, 8, 9 are GGML's F32, F16, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0. Metadata: general.architecture "rwkv4" / "rwkv5" / "rwkv6" / "rwkv7" (from
+// the tensors each generation introduced), <arch>.block_count, .embedding_length, .vocab_size,
+// .feed_forward_length, .wkv.head_size (RWKV-5/6), and mixq.source.{format, file_version,
+// data_type}. Names are not mapped to llama.cpp's RWKV names: its graphs want fused tensors.
 #pragma once
 
 #include <filesystem>

@@ -1,6 +1,8 @@
-// Hugging Face model directories (LlamaForCausalLM-style): config.json, model.safetensors or
-// sharded model-*.safetensors with model.safetensors.index.json, and tokenizer.json (BPE).
-// Converted to a GGUF llama.cpp loads: its tensor names, its q/k row order, its tokenizer keys.
+// Hugging Face model directories (LlamaForCausalLM / MistralForCausalLM): config.json,
+// model.safetensors or sharded model-*.safetensors with model.safetensors.index.json, and
+// tokenizer.json (BPE; SentencePiece-converted ones with byte fallback become llama.cpp's "llama"
+// vocabulary, byte-level ones its "gpt2" vocabulary). Converted to a GGUF llama.cpp loads: its
+// tensor names, its q/k row order, its tokenizer keys.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +29,10 @@ struct SafetensorsTensor {
 // ranges, ranges inside the file and not overlapping). Throws std::runtime_error.
 std::vector<SafetensorsTensor> read_safetensors(const MappedFile& file, const std::string& label);
 
+// Writes `out` (temp file + rename). outtype: nullopt keeps each matrix's stored type; 1-D
+// tensors are always F32. Conditions that still give a loadable file but may not behave as the
+// original (an unrecognized pre-tokenizer) are appended to `warnings`. Returns the tensor count.
 size_t convert_safetensors_dir(const std::filesystem::path& dir, const std::filesystem::path& out,
-                               std::optional<TypeId> outtype);
+                               std::optional<TypeId> outtype, std::vector<std::string>& warnings);
 
 }  // namespace mixq
