@@ -51,28 +51,11 @@ constexpr std::array<float, 8> kEndOffsets = {-8.0f, -4.0f, 0.0f, 4.0f, 8.0f, 12
 // Rounds of alternating nearest indices and least-squares scale after the seed search.
 constexpr int kRefineRounds = 2;
 
-struct ScaleCandidate {
-  double gain = -1;  // reduction of sum w x^2 achieved by the least-squares scale
-  double scale = 0;
-};
+using ScaleCandidate = ScaleFit;
 
 // Nearest grid values for x * iscale and their least-squares scale; wx[i] = w[i] * x[i].
 ScaleCandidate fit_for_inverse_scale(const float* x, const float* w, const float* wx, float iscale) {
-  float sxq[kLanes] = {}, sqq[kLanes] = {};
-  for (int i = 0; i < kGroup; i += kLanes) {
-    for (int k = 0; k < kLanes; ++k) {
-      const float g = kNearestValue[table_slot(x[i + k] * iscale)];
-      sxq[k] += wx[i + k] * g;
-      sqq[k] += w[i + k] * g * g;
-    }
-  }
-  double a = 0, b = 0;
-  for (int k = 0; k < kLanes; ++k) {
-    a += sxq[k];
-    b += sqq[k];
-  }
-  if (b <= 0) return {};
-  return {a * a / b, a / b};
+  return least_squares_scale<kGroup>(w, wx, [&](int i) { return kNearestValue[table_slot(x[i] * iscale)]; });
 }
 
 // Best scale for one group of 32 values (value = scale * kGrid[index]), minimizing

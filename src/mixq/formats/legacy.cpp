@@ -40,10 +40,7 @@ constexpr std::array<float, 3> kAffinePhases = {-1.0f / 3, 0.0f, 1.0f / 3};
 // Rounds of alternating nearest codes and least-squares scales after the seed search.
 constexpr int kRefineRounds = 3;
 
-struct ScaleCandidate {
-  double gain = -1;  // reduction of sum w x^2 achieved by the least-squares d
-  double d = 0;
-};
+using ScaleCandidate = ScaleFit;
 
 // Scale-only blocks (value = d * q, q in [lo, hi]): minimizes sum w (x - d q)^2. Candidate code
 // assignments each get their least-squares d; the best is polished by alternating nearest codes
@@ -65,22 +62,8 @@ float fit_scale(const float* x, const float* w, int lo, int hi, std::span<const 
   float wx[kBlock];
   for (int i = 0; i < kBlock; ++i) wx[i] = w[i] * x[i];
   // Codes round(x * iscale) and their least-squares d.
-  const auto evaluate = [&](float iscale) -> ScaleCandidate {
-    float sxq[kLanes] = {}, sqq[kLanes] = {};
-    for (int i = 0; i < kBlock; i += kLanes) {
-      for (int k = 0; k < kLanes; ++k) {
-        const float l = round_float(clamp_code(x[i + k] * iscale, flo, fhi));
-        sxq[k] += wx[i + k] * l;
-        sqq[k] += w[i + k] * l * l;
-      }
-    }
-    double a = 0, b = 0;
-    for (int k = 0; k < kLanes; ++k) {
-      a += sxq[k];
-      b += sqq[k];
-    }
-    if (b <= 0) return {};
-    return {a * a / b, a / b};
+  const auto evaluate = [&](float iscale) {
+    return least_squares_scale<kBlock>(w, wx, [&](int i) { return round_float(clamp_code(x[i] * iscale, flo, fhi)); });
   };
   ScaleCandidate best;
   // GGML's code ranges are lopsided (Q4_0: -8..7), so the extreme value may go to either end.
@@ -90,12 +73,12 @@ float fit_scale(const float* x, const float* w, int lo, int hi, std::span<const 
       if (c.gain > best.gain) best = c;
     }
   }
-  for (int round = 0; round < kRefineRounds && best.d != 0; ++round) {
-    const ScaleCandidate c = evaluate(static_cast<float>(1.0 / best.d));
+  for (int round = 0; round < kRefineRounds && best.scale != 0; ++round) {
+    const ScaleCandidate c = evaluate(static_cast<float>(1.0 / best.scale));
     if (!(c.gain > best.gain)) break;
     best = c;
   }
-  const float d = round_fp16(static_cast<float>(best.d));
+  const float d = round_fp16(static_cast<float>(best.scale));
   const float id = d != 0 ? 1.0f / d : 0.0f;
   for (int i = 0; i < kBlock; ++i) q[i] = static_cast<int>(round_float(clamp_code(x[i] * id, flo, fhi)));
   return d;
