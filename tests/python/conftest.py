@@ -34,3 +34,14 @@ def run(*args: str) -> str:
 def built_binaries():
     if not MIXQ.exists():
         pytest.fail(f"{MIXQ} is missing: build first (scripts/test.sh does)")
+
+
+ENGINE_LOGITS = BUILD / "tests" / "mixq_engine_logits"
+
+
+@pytest.fixture(scope="session")
+def engine_logits_tool() -> pathlib.Path:
+    """tests/tools/engine_logits.cpp: writes mixq's logits for a list of token ids."""
+    if not ENGINE_LOGITS.exists():
+        pytest.fail(f"{ENGINE_LOGITS} is missing: build the mixq_engine_logits target first")
+    return ENGINE_LOGITS

@@ -90,33 +90,56 @@ LlamaModel::LlamaModel(const GgufFile& f) : file_(f) {
 }
 
 LlamaContext::LlamaContext(const LlamaModel& model, int n_ctx, int n_threads)
-    : model_(model), n_ctx_(n_ctx), pool_(n_threads) {
+    : model_(model), n_ctx_(n_ctx), pool_(n_threads), kernels_(kernels::best_kernels()) {
   const auto& hp = model.hparams();
+  if (n_ctx <= 0) throw std::runtime_error(fmt::format("context size must be positive, got {}", n_ctx));
   const size_t per_layer = static_cast<size_t>(n_ctx) * static_cast<size_t>(hp.kv_dim());
-  k_cache_.assign(per_layer * static_cast<size_t>(hp.n_layer), 0.0f);
+  // K rows padded to whole attention tiles, so a tile never reads past the row.
+  kv_stride_ = (n_ctx + kernels::kAttnTile - 1) / kernels::kAttnTile * kernels::kAttnTile;
+  k_cache_.assign(static_cast<size_t>(kv_stride_) * hp.kv_dim() * static_cast<size_t>(hp.n_layer), 0.0f);
   v_cache_.assign(per_layer * static_cast<size_t>(hp.n_layer), 0.0f);
   for (int i = 0; i < hp.n_rot / 2; ++i) {
     rope_inv_freq_.push_back(std::pow(hp.rope_freq_base, -2.0f * static_cast<float>(i) / static_cast<float>(hp.n_rot)));
   }
+  for (const auto& L : model.layers) {
+    norms_.push_back(decode_vector(*L.attn_norm));
+    norms_.push_back(decode_vector(*L.ffn_norm));
+  }
+  norms_.push_back(decode_vector(*model.output_norm));
 }
 
-// y[t][r] = dot(W row r, x[t]) for every token t: each weight row is decoded once per batch.
+const kernels::PreparedActs& LlamaContext::prepared(ActFormat f, const float* x, int n_tokens, int64_t n) {
+  PreparedSlot& slot = prepared_[static_cast<int>(f)];
+  if (!slot.valid || slot.source != x || slot.acts.n_tokens != n_tokens || slot.acts.n != n) {
+    kernels::prepare_activations(f, x, n_tokens, n, slot.acts);
+    slot.source = x;
+    slot.valid = true;
+  }
+  return slot.acts;
+}
+
+// Each task decodes (or unpacks) a tile of weight rows once and applies it to every token.
 void LlamaContext::matmul(const GgufTensor& w, const float* x, int n_tokens, float* y) {
   const int64_t in = w.row_length(), out = w.n_rows();
   const size_t row_bytes = w.type->row_bytes(in);
-  constexpr int64_t kRowsPerTask = 16;
+  const kernels::PreparedActs& acts = prepared(w.type->act_format, x, n_tokens, in);
+  const kernels::KernelSet& k = kernels_;
+  constexpr int64_t kRowsPerTask = 8;
   pool_.parallel_for((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
-    thread_local std::vector<float> row;
-    row.resize(static_cast<size_t>(in));
-    const int64_t r1 = std::min(out, (task + 1) * kRowsPerTask);
-    for (int64_t r = task * kRowsPerTask; r < r1; ++r) {
-      w.type->dequantize_row(w.data + static_cast<size_t>(r) * row_bytes, row.data(), in);
-      for (int t = 0; t < n_tokens; ++t) {
-        const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(in);
-        float sum = 0;
-        for (int64_t i = 0; i < in; ++i) sum += row[static_cast<size_t>(i)] * xt[i];
-        y[static_cast<size_t>(t) * static_cast<size_t>(out) + static_cast<size_t>(r)] = sum;
+    thread_local std::vector<kernels::PreparedRow> rows(kRowsPerTask);
+    const int64_t r0 = task * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+    for (int64_t r = r0; r < r1; ++r) {
+      kernels::prepare_row(*w.type, w.data + static_cast<size_t>(r) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
+    }
+    for (int t = 0; t < n_tokens; ++t) {
+      float* yt = y + static_cast<size_t>(t) * static_cast<size_t>(out);
+      int64_t r = r0;
+      for (; r + 4 <= r1; r += 4) {
+        const kernels::PreparedRow* four[4] = {&rows[static_cast<size_t>(r - r0)], &rows[static_cast<size_t>(r - r0 + 1)],
+                                               &rows[static_cast<size_t>(r - r0 + 2)], &rows[static_cast<size_t>(r - r0 + 3)]};
+        kernels::dot4(k, four, acts, t, yt + r);
       }
+      for (; r < r1; ++r) yt[r] = kernels::dot(k, rows[static_cast<size_t>(r - r0)], acts, t);
     }
   });
 }
@@ -148,8 +171,10 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
   }
   const int e = hp.n_embd, kvd = hp.kv_dim(), hd = hp.head_dim(), ff = hp.n_ff;
   const auto un = static_cast<size_t>(n);
-  std::vector<float> x(un * e), xn(un * e), q(un * e), k(un * kvd), v(un * kvd), att(un * e), tmp(un * e);
-  std::vector<float> gate(un * ff), up(un * ff);
+  for (auto* b : {&x_, &xn_, &q_, &att_, &tmp_}) b->resize(un * e);
+  for (auto* b : {&k_, &v_}) b->resize(un * kvd);
+  for (auto* b : {&gate_, &up_}) b->resize(un * ff);
+  std::vector<float>&x = x_, &xn = xn_, &q = q_, &k = k_, &v = v_, &att = att_, &tmp = tmp_, &gate = gate_, &up = up_;
 
   // Embeddings: decode the rows of the token ids.
   const size_t emb_row = model_.token_embd->type->row_bytes(e);
@@ -163,60 +188,98 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
   const int group = hp.n_head / hp.n_head_kv;
   for (int l = 0; l < hp.n_layer; ++l) {
     const auto& L = model_.layers[static_cast<size_t>(l)];
-    const std::vector<float> attn_norm = decode_vector(*L.attn_norm), ffn_norm = decode_vector(*L.ffn_norm);
+    const std::vector<float>&attn_norm = norms_[2 * static_cast<size_t>(l)], &ffn_norm = norms_[2 * static_cast<size_t>(l) + 1];
     for (int t = 0; t < n; ++t) rms_norm(&x[t * e], attn_norm.data(), e, hp.rms_eps, &xn[t * e]);
+    invalidate_prepared();
     matmul(*L.wq, xn.data(), n, q.data());
     matmul(*L.wk, xn.data(), n, k.data());
     matmul(*L.wv, xn.data(), n, v.data());
-    float* kc = k_cache_.data() + static_cast<size_t>(l) * static_cast<size_t>(n_ctx_) * kvd;
+    // The cache: K transposed per KV head ([head][dim][position]) so scores for consecutive
+    // positions are one vector FMA per dimension; V by position ([position][kv_dim]).
+    float* kc = k_cache_.data() + static_cast<size_t>(l) * static_cast<size_t>(kv_stride_) * kvd;
     float* vc = v_cache_.data() + static_cast<size_t>(l) * static_cast<size_t>(n_ctx_) * kvd;
     for (int t = 0; t < n; ++t) {
       rope(&q[t * e], hp.n_head, n_past_ + t);
       rope(&k[t * kvd], hp.n_head_kv, n_past_ + t);
+      const size_t pos = static_cast<size_t>(n_past_ + t);
       // llama.cpp keeps its KV cache in F16 by default; store what it would store.
       for (int i = 0; i < kvd; ++i) {
-        kc[static_cast<size_t>(n_past_ + t) * kvd + i] = round_fp16(k[t * kvd + i]);
-        vc[static_cast<size_t>(n_past_ + t) * kvd + i] = round_fp16(v[t * kvd + i]);
+        const float kv = f16_attention_ ? round_fp16(k[t * kvd + i]) : k[t * kvd + i];
+        kc[static_cast<size_t>(i) * static_cast<size_t>(kv_stride_) + pos] = kv;
+        vc[pos * kvd + i] = f16_attention_ ? round_fp16(v[t * kvd + i]) : v[t * kvd + i];
       }
     }
-    // Causal attention, one (token, head) per task.
+    // Causal attention, one (token, head) per task: llama.cpp's tiled flash attention (F32 Q,
+    // tiles of 64 cached positions, online softmax with the running maximum, sums of each tile's
+    // exponentials in double, F32 accumulation of V in position order).
+    if (f16_attention_) {
+      // Tasks of four consecutive tokens of one head (the kernel interleaves their sequential parts).
+      const int groups = (n + 3) / 4;
+      pool_.parallel_for(static_cast<int64_t>(groups) * hp.n_head, [&](int64_t task) {
+        const int t0 = static_cast<int>(task / hp.n_head) * 4, h = static_cast<int>(task % hp.n_head);
+        const int kvh = h / group;
+        const float* kt = kc + static_cast<size_t>(kvh) * hd * static_cast<size_t>(kv_stride_);
+        const float* vh = vc + static_cast<size_t>(kvh) * hd;
+        thread_local std::vector<float> scratch;
+        scratch.resize(8 * static_cast<size_t>(n_past_ + t0 + 4 + 8));
+        auto qp = [&](int t) { return &q[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd]; };
+        auto op = [&](int t) { return &att[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd]; };
+        if (t0 + 4 <= n) {
+          const float* qs[4] = {qp(t0), qp(t0 + 1), qp(t0 + 2), qp(t0 + 3)};
+          float* outs[4] = {op(t0), op(t0 + 1), op(t0 + 2), op(t0 + 3)};
+          const int lens[4] = {n_past_ + t0 + 1, n_past_ + t0 + 2, n_past_ + t0 + 3, n_past_ + t0 + 4};
+          kernels_.attn_f16_x4(qs, kt, kv_stride_, vh, kvd, hd, lens, att_scale, scratch.data(), outs);
+        } else {
+          for (int t = t0; t < n; ++t) {
+            kernels_.attn_f16(qp(t), kt, kv_stride_, vh, kvd, hd, n_past_ + t + 1, att_scale, scratch.data(), op(t));
+          }
+        }
+      });
+    } else
     pool_.parallel_for(static_cast<int64_t>(n) * hp.n_head, [&](int64_t task) {
+      constexpr int kTile = kernels::kAttnTile;
       const int t = static_cast<int>(task / hp.n_head), h = static_cast<int>(task % hp.n_head);
       const int kvh = h / group, len = n_past_ + t + 1;
-      thread_local std::vector<float> scores;
-      scores.resize(static_cast<size_t>(len));
       const float* qh = &q[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd];
-      float max_s = -INFINITY;
-      for (int p = 0; p < len; ++p) {
-        const float* kp = kc + static_cast<size_t>(p) * kvd + static_cast<size_t>(kvh) * hd;
-        float s = 0;
-        for (int i = 0; i < hd; ++i) s += qh[i] * kp[i];
-        scores[static_cast<size_t>(p)] = s * att_scale;
-        max_s = std::max(max_s, scores[static_cast<size_t>(p)]);
-      }
-      float sum = 0;
-      for (auto& s : scores) sum += (s = std::exp(s - max_s));
+      const float* kt = kc + static_cast<size_t>(kvh) * hd * static_cast<size_t>(kv_stride_);
       float* out = &att[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd];
       std::fill(out, out + hd, 0.0f);
-      for (int p = 0; p < len; ++p) {
-        const float wgt = scores[static_cast<size_t>(p)] / sum;
-        const float* vp = vc + static_cast<size_t>(p) * kvd + static_cast<size_t>(kvh) * hd;
-        for (int i = 0; i < hd; ++i) out[i] += wgt * vp[i];
+      float s_tile[kTile];
+      float m = -INFINITY, sum = 0.0f;
+      for (int p0 = 0; p0 < len; p0 += kTile) {
+        const int tl = std::min(kTile, len - p0);
+        kernels_.attn_scores(qh, kt + p0, kv_stride_, hd, s_tile);
+        float tile_max = -INFINITY;
+        for (int p = 0; p < tl; ++p) tile_max = std::max(tile_max, s_tile[p] *= att_scale);
+        if (tile_max > m) {
+          const float ms = std::exp(m - tile_max);
+          for (int i = 0; i < hd; ++i) out[i] *= ms;
+          sum *= ms;
+          m = tile_max;
+        }
+        sum = static_cast<float>(static_cast<double>(sum) + kernels_.exp_sum(s_tile, tl, m));
+        kernels_.attn_accumulate(s_tile, tl, vc + static_cast<size_t>(p0) * kvd + static_cast<size_t>(kvh) * hd, kvd, hd, out);
       }
+      const float inv = 1.0f / sum;
+      for (int i = 0; i < hd; ++i) out[i] *= inv;
     });
+    invalidate_prepared();
     matmul(*L.wo, att.data(), n, tmp.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
     for (int t = 0; t < n; ++t) rms_norm(&x[t * e], ffn_norm.data(), e, hp.rms_eps, &xn[t * e]);
+    invalidate_prepared();
     matmul(*L.gate, xn.data(), n, gate.data());
     matmul(*L.up, xn.data(), n, up.data());
     for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];  // SwiGLU
+    invalidate_prepared();
     matmul(*L.down, gate.data(), n, tmp.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
   }
-  const std::vector<float> out_norm = decode_vector(*model_.output_norm);
+  const std::vector<float>& out_norm = norms_.back();
   const int first = all_logits ? 0 : n - 1, count = n - first;
   for (int t = first; t < n; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
+  invalidate_prepared();
   matmul(*model_.output, xn.data(), count, logits_.data());
   n_past_ += n;
   return logits_;

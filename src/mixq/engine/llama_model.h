@@ -9,6 +9,7 @@
 #include <memory>
 #include <vector>
 
+#include "mixq/engine/kernels.h"
 #include "mixq/io/gguf.h"
 #include "mixq/util/thread_pool.h"
 
@@ -54,21 +55,42 @@ class LlamaContext {
   // row-major) when all_logits, else only the last token's.
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits);
   void reset() { n_past_ = 0; }
+  // Attention numerics. On (the default): what llama.cpp's CPU backend computes (F16 KV cache,
+  // flash attention with F16 Q and F16 value accumulation), so perplexity figures compare digit for
+  // digit. Off: F32 KV cache and F32 softmax/accumulation (the plain-math reference that tests
+  // compare with an independent implementation).
+  void set_f16_attention(bool on) { f16_attention_ = on; }
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
   int n_vocab() const { return model_.hparams().n_vocab; }
 
  private:
+  // y (n_tokens x rows of w) = x (n_tokens x row length) times w's rows, with the per-type kernels.
   void matmul(const GgufTensor& w, const float* x, int n_tokens, float* y);
+  // Activations prepared for one format, reused by every matmul that reads the same input.
+  const kernels::PreparedActs& prepared(ActFormat f, const float* x, int n_tokens, int64_t n);
+  void invalidate_prepared() { for (auto& p : prepared_) p.valid = false; }
   void rope(float* v, int n_heads, int pos) const;
 
   const LlamaModel& model_;
   int n_ctx_;
   int n_past_ = 0;
+  int kv_stride_ = 0;  // K cache row length: n_ctx rounded up to whole attention tiles
+  bool f16_attention_ = true;
   ThreadPool pool_;
   std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_dim]
   std::vector<float> logits_;
   std::vector<float> rope_inv_freq_;
+  const kernels::KernelSet& kernels_;
+  struct PreparedSlot {
+    kernels::PreparedActs acts;
+    const float* source = nullptr;
+    bool valid = false;
+  };
+  PreparedSlot prepared_[5];  // one per ActFormat
+  // Per-batch buffers, kept between calls so decoding allocates nothing per token.
+  std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;
+  std::vector<std::vector<float>> norms_;  // decoded norm weights: per layer attn, ffn; then output
 };
 
 }  // namespace mixq

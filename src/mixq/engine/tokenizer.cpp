@@ -6,12 +6,15 @@
 
 #include <fmt/format.h>
 
+#include "mixq/engine/unicode.h"
+
 namespace mixq {
 
 namespace {
 
 constexpr int32_t kTypeControl = 3, kTypeUserDefined = 4, kTypeByte = 6;
 const std::string kSpaceMark = "\xe2\x96\x81";  // U+2581, SentencePiece's visible space
+constexpr const char* kSupportedPre = "gpt-2, default, smollm";
 
 size_t utf8_length(unsigned char lead) {
   if (lead < 0x80) return 1;
@@ -19,6 +22,10 @@ size_t utf8_length(unsigned char lead) {
   if ((lead >> 4) == 0xE) return 3;
   if ((lead >> 3) == 0x1E) return 4;
   return 1;  // a stray continuation byte: its own piece (it will fall back to a byte token)
+}
+
+uint64_t pair_key(int32_t left, int32_t right) {
+  return static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32 | static_cast<uint32_t>(right);
 }
 
 }  // namespace
@@ -31,9 +38,26 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     throw std::runtime_error(fmt::format("{}: no tokenizer in the metadata (tokenizer.ggml.model / .tokens)", f.label()));
   }
   t.model_ = model->as_string();
-  if (t.model_ != "llama") {
-    throw std::runtime_error(fmt::format("{}: tokenizer model '{}' is not supported yet (supported: llama)", f.label(),
-                                         t.model_));
+  const bool spm = t.model_ == "llama";
+  if (!spm && t.model_ != "gpt2") {
+    throw std::runtime_error(fmt::format("{}: tokenizer model '{}' is not supported yet (supported: llama, gpt2)",
+                                         f.label(), t.model_));
+  }
+  if (!spm) {
+    // llama.cpp's names for the pre-tokenizers implemented here (see encode_bpe_fragment).
+    const GgufValue* pre = f.find("tokenizer.ggml.pre");
+    t.pre_ = pre ? pre->as_string() : "";
+    if (t.pre_ == "gpt-2") {
+      t.pre_kind_ = Pre::kGpt2;
+    } else if (t.pre_ == "default" || t.pre_.empty()) {
+      t.pre_kind_ = Pre::kDefault;
+    } else if (t.pre_ == "smollm") {
+      t.pre_kind_ = Pre::kSmollm;
+    } else {
+      throw std::runtime_error(fmt::format("{}: pre-tokenizer '{}' (tokenizer.ggml.pre) is not supported yet "
+                                           "(supported: {})",
+                                           f.label(), t.pre_, kSupportedPre));
+    }
   }
   for (const auto& v : tokens->as_array()) t.tokens_.push_back(v.as_string());
   const size_t n = t.tokens_.size();
@@ -51,25 +75,50 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     const GgufValue* v = f.find(key);
     return v && v->is_integer() ? static_cast<int32_t>(v->as_int()) : fallback;
   };
-  t.bos_ = id_key("tokenizer.ggml.bos_token_id", 1);
-  t.eos_ = id_key("tokenizer.ggml.eos_token_id", 2);
-  t.unk_ = id_key("tokenizer.ggml.unknown_token_id", 0);
-  if (const GgufValue* v = f.find("tokenizer.ggml.add_space_prefix"); v && v->type() == GgufValueType::BOOL) {
-    t.add_space_prefix_ = v->as_bool();
-  }
-  std::fill(std::begin(t.byte_tokens_), std::end(t.byte_tokens_), -1);
+  t.bos_ = id_key("tokenizer.ggml.bos_token_id", spm ? 1 : -1);
+  t.eos_ = id_key("tokenizer.ggml.eos_token_id", spm ? 2 : -1);
+  t.unk_ = id_key("tokenizer.ggml.unknown_token_id", spm ? 0 : -1);
+  t.pad_ = id_key("tokenizer.ggml.padding_token_id", -1);
+  auto bool_key = [&](const char* key, bool fallback) {
+    const GgufValue* v = f.find(key);
+    return v && v->type() == GgufValueType::BOOL ? v->as_bool() : fallback;
+  };
+  t.add_bos_ = bool_key("tokenizer.ggml.add_bos_token", spm);
+  t.add_space_prefix_ = bool_key("tokenizer.ggml.add_space_prefix", spm);
   for (size_t i = 0; i < n; ++i) {
     const auto id = static_cast<int32_t>(i);
     t.ids_.emplace(t.tokens_[i], id);
-    if (t.types_[i] == kTypeByte && t.tokens_[i].size() == 6) {
-      t.byte_tokens_[std::stoi(t.tokens_[i].substr(3, 2), nullptr, 16)] = id;
-    }
     if ((t.types_[i] == kTypeControl || t.types_[i] == kTypeUserDefined) && !t.tokens_[i].empty()) {
       t.specials_.push_back(id);
     }
   }
   std::stable_sort(t.specials_.begin(), t.specials_.end(),
                    [&](int32_t a, int32_t b) { return t.tokens_[a].size() > t.tokens_[b].size(); });
+  std::fill(std::begin(t.byte_tokens_), std::end(t.byte_tokens_), -1);
+  if (spm) {
+    for (size_t i = 0; i < n; ++i) {
+      if (t.types_[i] == kTypeByte && t.tokens_[i].size() == 6) {
+        t.byte_tokens_[std::stoi(t.tokens_[i].substr(3, 2), nullptr, 16)] = static_cast<int32_t>(i);
+      }
+    }
+    return t;
+  }
+  for (int b = 0; b < 256; ++b) t.byte_tokens_[b] = t.find(unicode::byte_piece(static_cast<uint8_t>(b)));
+  const GgufValue* merges = f.find("tokenizer.ggml.merges");
+  if (!merges) throw std::runtime_error(fmt::format("{}: a gpt2 tokenizer without tokenizer.ggml.merges", f.label()));
+  const auto& list = merges->as_array();
+  t.merges_.reserve(list.size());
+  for (size_t rank = 0; rank < list.size(); ++rank) {
+    const std::string& m = list[rank].as_string();
+    const size_t space = m.find(' ', 1);
+    if (space == std::string::npos) continue;
+    const int32_t left = t.find(std::string_view(m).substr(0, space));
+    const int32_t right = t.find(std::string_view(m).substr(space + 1));
+    const int32_t merged = t.find(m.substr(0, space) + m.substr(space + 1));
+    // A merge whose parts or result are not tokens could never produce a token: skip it.
+    if (left < 0 || right < 0 || merged < 0) continue;
+    t.merges_.emplace(pair_key(left, right), Merge{static_cast<int32_t>(rank), merged});  // first rank wins
+  }
   return t;
 }
 
@@ -142,29 +191,131 @@ void Tokenizer::encode_spm_fragment(std::string_view text, std::vector<int32_t>&
   for (int i = 0; i != -1; i = sym[i].next) emit(emit, i);
 }
 
+// Pre-tokenizes a fragment (text between special tokens) into words, with llama.cpp's regex lists
+// (src/llama-vocab.cpp, llm_tokenizer_bpe), each pass cutting the pieces of the one before:
+//   gpt-2:   the GPT-2 pattern
+//   smollm:  \p{N}  (every digit alone), then the GPT-2 pattern
+//   default: [\p{P}\$\+<=>\^~\|]+, then the GPT-2 pattern, then \p{N}+, then [0-9][0-9][0-9]
+void Tokenizer::encode_bpe_fragment(std::string_view text, std::vector<int32_t>& out) const {
+  using unicode::CodePoint;
+  using unicode::CodePointClass;
+  const std::vector<CodePoint> cps = unicode::decode_utf8(text);
+  if (cps.empty()) return;
+  std::vector<unicode::Piece> pieces{{0, static_cast<uint32_t>(cps.size())}};
+  auto number = [](const CodePoint& c) { return c.cls == CodePointClass::kNumber; };
+  switch (pre_kind_) {
+    case Pre::kSmollm:
+      pieces = unicode::isolate(cps, pieces, number, /*runs=*/false);
+      pieces = unicode::split_gpt2(cps, pieces);
+      break;
+    case Pre::kDefault: {
+      auto punct = [](const CodePoint& c) {
+        if (c.cls == CodePointClass::kPunctuation) return true;
+        switch (c.value) {
+          case '$': case '+': case '<': case '=': case '>': case '^': case '~': case '|': return true;
+          default: return false;
+        }
+      };
+      pieces = unicode::isolate(cps, pieces, punct, /*runs=*/true);
+      pieces = unicode::split_gpt2(cps, pieces);
+      pieces = unicode::isolate(cps, pieces, number, /*runs=*/true);
+      pieces = unicode::split_digit_triples(cps, pieces);
+      break;
+    }
+    case Pre::kGpt2:
+    case Pre::kNone:  // not a BPE vocabulary: never called
+      pieces = unicode::split_gpt2(cps, pieces);
+      break;
+  }
+  for (const auto& p : pieces) {
+    const size_t begin = cps[p.begin].offset;
+    const size_t end = cps[p.end - 1].offset + cps[p.end - 1].size;
+    encode_bpe_word(text.substr(begin, end - begin), out);
+  }
+}
+
+void Tokenizer::encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const {
+  // One symbol per byte (its letter of the byte alphabet), in a doubly linked list.
+  struct Symbol {
+    int32_t id;  // -1: the byte has no token (never merges, and is dropped)
+    int prev, next;
+    bool gone;  // merged into its left neighbour
+  };
+  std::vector<Symbol> sym(word.size());
+  for (size_t i = 0; i < word.size(); ++i) {
+    sym[i] = {byte_tokens_[static_cast<unsigned char>(word[i])], static_cast<int>(i) - 1,
+              i + 1 == word.size() ? -1 : static_cast<int>(i) + 1, false};
+  }
+  struct Candidate {
+    int32_t rank, merged;
+    int left, right;
+    int32_t left_id, right_id;  // what the two symbols were when queued, to spot stale entries
+  };
+  // Lowest rank first; on ties the leftmost pair.
+  auto worse = [](const Candidate& a, const Candidate& b) {
+    return a.rank > b.rank || (a.rank == b.rank && a.left > b.left);
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>, decltype(worse)> queue(worse);
+  auto try_pair = [&](int l, int r) {
+    if (l < 0 || r < 0 || sym[l].id < 0 || sym[r].id < 0) return;
+    const auto it = merges_.find(pair_key(sym[l].id, sym[r].id));
+    if (it != merges_.end()) queue.push({it->second.rank, it->second.id, l, r, sym[l].id, sym[r].id});
+  };
+  for (int i = 1; i < static_cast<int>(sym.size()); ++i) try_pair(i - 1, i);
+  while (!queue.empty()) {
+    const Candidate c = queue.top();
+    queue.pop();
+    Symbol& l = sym[c.left];
+    Symbol& r = sym[c.right];
+    // Stale when either side has merged since (a symbol's id only changes by growing).
+    if (l.gone || r.gone || l.next != c.right || l.id != c.left_id || r.id != c.right_id) continue;
+    l.id = c.merged;
+    r.gone = true;
+    l.next = r.next;
+    if (r.next >= 0) sym[r.next].prev = c.left;
+    try_pair(l.prev, c.left);
+    try_pair(c.left, l.next);
+  }
+  // A byte whose letter is not in the vocabulary is dropped, as llama.cpp and HF tokenizers do
+  // (SmolLM2's vocabulary lacks 21 of them, e.g. 0x04 and 0xC0): the unknown token there is
+  // <|endoftext|>, which must not appear in the middle of a text.
+  for (int i = sym.empty() ? -1 : 0; i != -1; i = sym[i].next) {
+    if (sym[i].id >= 0) out.push_back(sym[i].id);
+  }
+}
+
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) const {
   std::vector<int32_t> out;
-  if (add_bos && bos_ >= 0) out.push_back(bos_);
+  if (add_bos && add_bos_ && bos_ >= 0) out.push_back(bos_);
+  const bool bpe = pre_kind_ != Pre::kNone;
   bool after_special = true;  // SentencePiece adds a space before text that starts a sequence
-  size_t at = 0;
   auto plain = [&](std::string_view fragment) {
     if (fragment.empty()) return;
-    std::string s = add_space_prefix_ && after_special ? " " : "";
-    s += fragment;
-    std::string escaped;
-    for (char c : s) escaped += c == ' ' ? kSpaceMark : std::string(1, c);
-    encode_spm_fragment(escaped, out);
+    if (bpe) {
+      encode_bpe_fragment(fragment, out);
+    } else {
+      std::string s = add_space_prefix_ && after_special ? " " : "";
+      s += fragment;
+      std::string escaped;
+      for (char c : s) escaped += c == ' ' ? kSpaceMark : std::string(1, c);
+      encode_spm_fragment(escaped, out);
+    }
     after_special = false;
   };
+  // Where each special token next occurs at or after `at` (searched again only once passed).
+  std::vector<size_t> next(specials_.size());
+  for (size_t k = 0; k < specials_.size(); ++k) next[k] = text.find(tokens_[static_cast<size_t>(specials_[k])]);
+  size_t at = 0;
   while (at < text.size()) {
     // The earliest special token in the rest of the text (longest first at the same position).
     size_t best_pos = std::string_view::npos;
     int32_t best_id = -1;
-    for (int32_t id : specials_) {
-      const size_t p = text.find(tokens_[static_cast<size_t>(id)], at);
-      if (p < best_pos) {
-        best_pos = p;
-        best_id = id;
+    for (size_t k = 0; k < specials_.size(); ++k) {
+      const std::string& s = tokens_[static_cast<size_t>(specials_[k])];
+      if (next[k] != std::string_view::npos && next[k] < at) next[k] = text.find(s, at);
+      if (next[k] < best_pos) {
+        best_pos = next[k];
+        best_id = specials_[k];
       }
     }
     if (best_id < 0) break;
@@ -180,10 +331,24 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) cons
 std::string Tokenizer::decode_token(int32_t id) const {
   if (id < 0 || static_cast<size_t>(id) >= tokens_.size()) return {};
   const std::string& t = tokens_[static_cast<size_t>(id)];
-  if (types_[static_cast<size_t>(id)] == kTypeByte && t.size() == 6) {
+  const int32_t type = types_[static_cast<size_t>(id)];
+  if (type == kTypeControl) return {};
+  if (pre_kind_ != Pre::kNone) {
+    if (type == kTypeUserDefined) return t;  // stored as plain text, not in the byte alphabet
+    std::string s;
+    for (const auto& c : unicode::decode_utf8(t)) {
+      const int b = c.size > 1 || c.value < 0x80 ? unicode::code_point_to_byte(c.value) : -1;
+      if (b >= 0) {
+        s += static_cast<char>(b);
+      } else {
+        s.append(t, c.offset, c.size);  // not a letter of the byte alphabet: keep it as written
+      }
+    }
+    return s;
+  }
+  if (type == kTypeByte && t.size() == 6) {
     return std::string(1, static_cast<char>(std::stoi(t.substr(3, 2), nullptr, 16)));
   }
-  if (types_[static_cast<size_t>(id)] == kTypeControl) return {};
   std::string s;
   for (size_t i = 0; i < t.size();) {
     if (t.compare(i, kSpaceMark.size(), kSpaceMark) == 0) {

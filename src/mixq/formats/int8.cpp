@@ -163,4 +163,17 @@ void dequantize_row_i8_mm(const void* src, float* y, int64_t n) {
   }
 }
 
+
+// Integer view of I8_ROW: the codes and the row scale (a last partial group of 16 shares it).
+void unpack_row_i8_row(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const uint8_t*>(src);
+  float s;
+  std::memcpy(&s, in, sizeof s);
+  std::memcpy(q, in + kRowHeaderBytes, static_cast<size_t>(n));
+  for (int64_t g = 0; g < (n + 15) / 16; ++g) {
+    scale[g] = s;
+    offset[g] = 0.0f;
+  }
+}
+
 }  // namespace mixq::int8

@@ -35,5 +35,7 @@ void quantize_row_i8_row(const float* x, void* dst, int64_t n, const float* impo
 void dequantize_row_i8_row(const void* src, float* y, int64_t n);
 void quantize_row_i8_mm(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_i8_mm(const void* src, float* y, int64_t n);
+// Integer view (type_table.h, UnpackRowFn) of I8_ROW.
+void unpack_row_i8_row(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 
 }  // namespace mixq::int8

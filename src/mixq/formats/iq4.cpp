@@ -214,4 +214,37 @@ void dequantize_row_iq4_xs(const void* src, float* y, int64_t n) {
   }
 }
 
+
+// Integer views: the grid values themselves are the int8 codes.
+void unpack_row_iq4_nl(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const BlockIQ4NL*>(src);
+  for (int64_t b = 0; b < n / kBlockNL; ++b, q += kBlockNL) {
+    for (int j = 0; j < kBlockNL / 2; ++j) {
+      q[j] = kGrid[in[b].qs[j] & 0xf];
+      q[j + kBlockNL / 2] = kGrid[in[b].qs[j] >> 4];
+    }
+    scale[2 * b] = scale[2 * b + 1] = fp16_to_fp32(in[b].d);
+    offset[2 * b] = offset[2 * b + 1] = 0.0f;
+  }
+}
+
+void unpack_row_iq4_xs(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const BlockIQ4XS*>(src);
+  for (int64_t b = 0; b < n / kBlockXS; ++b) {
+    const float d = fp16_to_fp32(in[b].d);
+    const uint8_t* qs = in[b].qs;
+    for (int g = 0; g < kBlockXS / kGroup; ++g, q += kGroup, qs += kGroup / 2) {
+      const int ls = ((in[b].scales_l[g / 2] >> (4 * (g % 2))) & 0xf) | (((in[b].scales_h >> (2 * g)) & 3) << 4);
+      *scale++ = d * static_cast<float>(ls - 32);
+      *scale++ = d * static_cast<float>(ls - 32);
+      *offset++ = 0.0f;
+      *offset++ = 0.0f;
+      for (int j = 0; j < kGroup / 2; ++j) {
+        q[j] = kGrid[qs[j] & 0xf];
+        q[j + kGroup / 2] = kGrid[qs[j] >> 4];
+      }
+    }
+  }
+}
+
 }  // namespace mixq::iq4

@@ -38,5 +38,8 @@ void quantize_row_iq4_nl(const float* x, void* dst, int64_t n, const float* impo
 void dequantize_row_iq4_nl(const void* src, float* y, int64_t n);
 void quantize_row_iq4_xs(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_iq4_xs(const void* src, float* y, int64_t n);
+// Integer views (type_table.h, UnpackRowFn).
+void unpack_row_iq4_nl(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_iq4_xs(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 
 }  // namespace mixq::iq4

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <cmath>
 #include <span>
 
@@ -346,6 +347,44 @@ void dequantize_row_q8_1(const void* src, float* y, int64_t n) {
   for (int64_t b = 0; b < n / kBlock; ++b, y += kBlock) {
     const float d = fp16_to_fp32(in[b].d);
     for (int j = 0; j < kBlock; ++j) y[j] = static_cast<float>(in[b].qs[j]) * d;
+  }
+}
+
+
+// Integer views for the engine's dot kernels (see UnpackRowFn): value = scale * code + offset per
+// 16 values, with the very operations the dequantizers above round with.
+namespace {
+template <class Block, bool kFive, int kCodeBias, bool kAffine>
+void unpack_legacy(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  const auto* in = blocks<Block>(src);
+  for (int64_t b = 0; b < n / kBlock; ++b, q += kBlock) {
+    const float d = fp16_to_fp32(in[b].d);
+    float m = 0.0f;
+    if constexpr (kAffine) m = fp16_to_fp32(in[b].m);
+    uint32_t qh = 0;
+    if constexpr (kFive) qh = high_bits(in[b].qh);
+    for (int j = 0; j < kBlock; ++j) {
+      int code = nibble(in[b].qs, j);
+      if constexpr (kFive) code |= static_cast<int>((qh >> j) & 1) << 4;
+      q[j] = static_cast<int8_t>(code - kCodeBias);
+    }
+    scale[2 * b] = scale[2 * b + 1] = d;
+    offset[2 * b] = offset[2 * b + 1] = m;
+  }
+}
+}  // namespace
+
+void unpack_row_q4_0(const void* src, int8_t* q, float* s, float* o, int64_t n) { unpack_legacy<BlockQ4_0, false, 8, false>(src, q, s, o, n); }
+void unpack_row_q4_1(const void* src, int8_t* q, float* s, float* o, int64_t n) { unpack_legacy<BlockQ4_1, false, 0, true>(src, q, s, o, n); }
+void unpack_row_q5_0(const void* src, int8_t* q, float* s, float* o, int64_t n) { unpack_legacy<BlockQ5_0, true, 16, false>(src, q, s, o, n); }
+void unpack_row_q5_1(const void* src, int8_t* q, float* s, float* o, int64_t n) { unpack_legacy<BlockQ5_1, true, 0, true>(src, q, s, o, n); }
+
+void unpack_row_q8_0(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  const auto* in = blocks<BlockQ8_0>(src);
+  for (int64_t b = 0; b < n / kBlock; ++b, q += kBlock) {
+    std::memcpy(q, in[b].qs, kBlock);
+    scale[2 * b] = scale[2 * b + 1] = fp16_to_fp32(in[b].d);
+    offset[2 * b] = offset[2 * b + 1] = 0.0f;
   }
 }
 

@@ -66,4 +66,11 @@ void dequantize_row_q8_0(const void* src, float* y, int64_t n);
 void quantize_row_q8_1(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_q8_1(const void* src, float* y, int64_t n);
 
+// Integer views (type_table.h, UnpackRowFn): codes as int8, one scale and offset per 16 values.
+void unpack_row_q4_0(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q4_1(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q5_0(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q5_1(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q8_0(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+
 }  // namespace mixq::legacy

@@ -128,4 +128,29 @@ void dequantize_row_tq2_0(const void* src, float* y, int64_t n) {
   }
 }
 
+
+// Integer views: every value is trit * d, so decoding a copy of the block with d = 1 yields the
+// trits exactly; the block's own d becomes the scale.
+namespace {
+template <class Block>
+void unpack_ternary(const void* src, int8_t* q, float* scale, float* offset, int64_t n,
+                    void (*dequantize)(const void*, float*, int64_t)) {
+  const auto* in = static_cast<const Block*>(src);
+  float trits[kBlock];
+  for (int64_t b = 0; b < n / kBlock; ++b) {
+    Block unit = in[b];
+    unit.d = fp32_to_fp16(1.0f);
+    dequantize(&unit, trits, kBlock);
+    for (int i = 0; i < kBlock; ++i) q[b * kBlock + i] = static_cast<int8_t>(trits[i]);
+    for (int g = 0; g < kBlock / 16; ++g) {
+      scale[b * (kBlock / 16) + g] = fp16_to_fp32(in[b].d);
+      offset[b * (kBlock / 16) + g] = 0.0f;
+    }
+  }
+}
+}  // namespace
+
+void unpack_row_tq1_0(const void* src, int8_t* q, float* s, float* o, int64_t n) { unpack_ternary<BlockTQ1_0>(src, q, s, o, n, dequantize_row_tq1_0); }
+void unpack_row_tq2_0(const void* src, int8_t* q, float* s, float* o, int64_t n) { unpack_ternary<BlockTQ2_0>(src, q, s, o, n, dequantize_row_tq2_0); }
+
 }  // namespace mixq::ternary

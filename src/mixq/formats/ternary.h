@@ -31,5 +31,8 @@ void quantize_row_tq1_0(const float* x, void* dst, int64_t n, const float* impor
 void dequantize_row_tq1_0(const void* src, float* y, int64_t n);
 void quantize_row_tq2_0(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_tq2_0(const void* src, float* y, int64_t n);
+// Integer views (type_table.h, UnpackRowFn).
+void unpack_row_tq1_0(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_tq2_0(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 
 }  // namespace mixq::ternary

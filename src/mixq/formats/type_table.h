@@ -40,6 +40,16 @@ using QuantizeRowFn = void (*)(const float* x, void* dst, int64_t n, const float
 // Dequantize one row of n values.
 using DequantizeRowFn = void (*)(const void* src, float* y, int64_t n);
 
+// What the inference engine pairs a weight type with (ggml's "vec_dot_type"): activations are
+// rounded to F16/BF16 for the half types, quantized to 8-bit blocks (Q8_0: 32 values with an f16
+// scale; Q8_K: 256 values with an f32 scale) for the integer types, and kept F32 otherwise.
+enum class ActFormat : uint8_t { F32, F16, BF16, Q8_0, Q8_K };
+
+// The integer view of a row, for the engine's int8 dot kernels: code q[i] (int8) with one scale and
+// one offset per 16 values, value[i] == scale[i / 16] * q[i] + offset[i / 16] exactly as the
+// dequantizer computes it. scale and offset hold ceil(n / 16) entries.
+using UnpackRowFn = void (*)(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+
 struct TypeTraits {
   TypeId id;
   const char* name;           // canonical name as ggml prints it ("q4_K", "bf16"), or mixq's ("nf4")
@@ -51,6 +61,8 @@ struct TypeTraits {
   QuantizeRowFn quantize_row;      // null: mixq can read this type but not produce it
   DequantizeRowFn dequantize_row;  // null: mixq can size this type but not decode it
   const char* description;
+  ActFormat act_format = ActFormat::F32;  // the engine's activation format for this weight type
+  UnpackRowFn unpack_row = nullptr;       // null: the engine dequantizes rows to F32 instead
 
   bool is_extension() const { return static_cast<uint32_t>(id) >= kFirstExtensionTypeId; }
   bool can_quantize() const { return quantize_row != nullptr; }

@@ -71,6 +71,14 @@ void quantize_row_q5_k(const float* x, void* dst, int64_t n, const float* import
 void dequantize_row_q5_k(const void* src, float* y, int64_t n);
 void quantize_row_q6_k(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_q6_k(const void* src, float* y, int64_t n);
+
+// Integer views (type_table.h, UnpackRowFn): codes as int8, one scale and offset per 16 values.
+void unpack_row_q2_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q3_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q4_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q5_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q6_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_q8_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 void quantize_row_q8_k(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_q8_k(const void* src, float* y, int64_t n);
 

@@ -47,4 +47,21 @@ void dequantize_row_q2_k(const void* src, float* y, int64_t n) {
   }
 }
 
+
+void unpack_row_q2_k(const void* src, int8_t* qo, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const unsigned char*>(src);
+  for (int64_t i = 0; i < n / kSuperBlock; ++i) {
+    BlockQ2K b;
+    std::memcpy(&b, in + i * sizeof(BlockQ2K), sizeof(b));
+    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+    for (int j = 0; j < kSuperBlock / 16; ++j, qo += 16) {
+      *scale++ = d * (b.scales[j] & 0xF);
+      *offset++ = -(dmin * (b.scales[j] >> 4));
+      const uint8_t* q = b.qs + (j / 8) * 32 + (j % 2) * 16;
+      const int shift = 2 * ((j / 2) % 4);
+      for (int l = 0; l < 16; ++l) qo[l] = static_cast<int8_t>((q[l] >> shift) & 3);
+    }
+  }
+}
+
 }  // namespace mixq::kq

@@ -75,4 +75,22 @@ void dequantize_row_q3_k(const void* src, float* y, int64_t n) {
   }
 }
 
+
+void unpack_row_q3_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const BlockQ3K*>(src);
+  for (int64_t b = 0; b < n / kSuperBlock; ++b) {
+    const float d = fp16_to_fp32(in[b].d);
+    int s6[16];
+    unpack_scales(in[b].scales, s6);
+    for (int i = 0; i < kSuperBlock; ++i) {
+      const int low = (in[b].qs[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3;
+      q[b * kSuperBlock + i] = static_cast<int8_t>(low - ((in[b].hmask[i % 32] >> (i / 32)) & 1 ? 0 : 4));
+    }
+    for (int g = 0; g < 16; ++g) {
+      scale[b * 16 + g] = d * static_cast<float>(s6[g] - 32);
+      offset[b * 16 + g] = 0.0f;
+    }
+  }
+}
+
 }  // namespace mixq::kq

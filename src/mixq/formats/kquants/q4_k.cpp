@@ -48,4 +48,24 @@ void dequantize_row_q4_k(const void* src, float* y, int64_t n) {
   }
 }
 
+
+void unpack_row_q4_k(const void* src, int8_t* qo, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const unsigned char*>(src);
+  for (int64_t i = 0; i < n / kSuperBlock; ++i) {
+    BlockQ4K b;
+    std::memcpy(&b, in + i * sizeof(BlockQ4K), sizeof(b));
+    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc, m;
+      unpack_scale_min_k4(j, b.scales, sc, m);
+      scale[0] = scale[1] = d * sc;
+      offset[0] = offset[1] = -(dmin * m);
+      scale += 2, offset += 2;
+      const uint8_t* q = b.qs + (j / 2) * 32;
+      for (int l = 0; l < 32; ++l) qo[l] = static_cast<int8_t>(j % 2 ? q[l] >> 4 : q[l] & 0xF);
+      qo += 32;
+    }
+  }
+}
+
 }  // namespace mixq::kq

@@ -57,4 +57,27 @@ void dequantize_row_q5_k(const void* src, float* y, int64_t n) {
   }
 }
 
+
+void unpack_row_q5_k(const void* src, int8_t* qo, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const unsigned char*>(src);
+  for (int64_t i = 0; i < n / kSuperBlock; ++i) {
+    BlockQ5K b;
+    std::memcpy(&b, in + i * sizeof(BlockQ5K), sizeof(b));
+    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
+    for (int j = 0; j < 8; ++j) {
+      uint8_t sc, m;
+      unpack_scale_min_k4(j, b.scales, sc, m);
+      scale[0] = scale[1] = d * sc;
+      offset[0] = offset[1] = -(dmin * m);
+      scale += 2, offset += 2;
+      const uint8_t* ql = b.qs + (j / 2) * 32;
+      for (int l = 0; l < 32; ++l) {
+        const int low = j % 2 ? ql[l] >> 4 : ql[l] & 0xF;
+        qo[l] = static_cast<int8_t>(low | (((b.qh[l] >> j) & 1) << 4));
+      }
+      qo += 32;
+    }
+  }
+}
+
 }  // namespace mixq::kq

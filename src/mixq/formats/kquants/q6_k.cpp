@@ -63,4 +63,27 @@ void dequantize_row_q6_k(const void* src, float* y, int64_t n) {
   }
 }
 
+
+void unpack_row_q6_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const BlockQ6K*>(src);
+  for (int64_t b = 0; b < n / kSuperBlock; ++b) {
+    const float d = fp16_to_fp32(in[b].d);
+    for (int h = 0; h < 2; ++h) {
+      const uint8_t* ql = in[b].ql + 64 * h;
+      const uint8_t* qh = in[b].qh + 32 * h;
+      int8_t* out = q + b * kSuperBlock + 128 * h;
+      for (int l = 0; l < 32; ++l) {
+        out[l] = static_cast<int8_t>(((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32);
+        out[l + 32] = static_cast<int8_t>(((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32);
+        out[l + 64] = static_cast<int8_t>(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+        out[l + 96] = static_cast<int8_t>(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
+      }
+    }
+    for (int g = 0; g < 16; ++g) {
+      scale[b * 16 + g] = d * static_cast<float>(in[b].scales[g]);
+      offset[b * 16 + g] = 0.0f;
+    }
+  }
+}
+
 }  // namespace mixq::kq

@@ -1,5 +1,6 @@
 // Q8_K: the activation type of the k-quant dot products: an f32 scale, 256 int8 codes and the sum
 // of every 16 codes (bsums), which lets a dot product fold in the weights' minimums cheaply.
+#include <cstring>
 #include <algorithm>
 #include <cmath>
 #include <iterator>
@@ -45,6 +46,18 @@ void dequantize_row_q8_k(const void* src, float* y, int64_t n) {
   const auto* in = static_cast<const BlockQ8K*>(src);
   for (int64_t b = 0; b < n / kSuperBlock; ++b) {
     for (int i = 0; i < kSuperBlock; ++i) y[b * kSuperBlock + i] = in[b].d * static_cast<float>(in[b].qs[i]);
+  }
+}
+
+
+void unpack_row_q8_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  const auto* in = static_cast<const BlockQ8K*>(src);
+  for (int64_t b = 0; b < n / kSuperBlock; ++b) {
+    std::memcpy(q + b * kSuperBlock, in[b].qs, kSuperBlock);
+    for (int g = 0; g < 16; ++g) {
+      scale[b * 16 + g] = in[b].d;
+      offset[b * 16 + g] = 0.0f;
+    }
   }
 }
 

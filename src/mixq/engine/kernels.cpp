@@ -1,0 +1,263 @@
+#include "mixq/engine/kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "mixq/formats/half.h"
+
+namespace mixq::kernels {
+
+namespace {
+
+int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Q8_0 as ggml's quantize_row_q8_0_ref: d = amax / 127 (stored as f16), codes round(x / d) from the
+// unrounded d. A last partial block (row lengths that are not a multiple of 32) counts only its
+// values; the padding codes are zero.
+void quantize_q8_0(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* dx, float* dsum) {
+  for (int64_t b = 0; b < n_pad / 32; ++b) {
+    const int64_t i0 = b * 32, i1 = std::min(n, i0 + 32);
+    float amax = 0.0f;
+    for (int64_t i = i0; i < i1; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    const float ds = round_fp16(d);
+    for (int64_t i = i0; i < i0 + 32; ++i) q[i] = i < i1 ? static_cast<int8_t>(std::roundf(x[i] * id)) : 0;
+    for (int g = 0; g < 2; ++g) {
+      int sum = 0;
+      for (int64_t i = i0 + 16 * g; i < i0 + 16 * g + 16; ++i) sum += q[i];
+      dx[2 * b + g] = ds;
+      dsum[2 * b + g] = ds * static_cast<float>(sum);
+    }
+  }
+}
+
+// Q8_K as ggml's quantize_row_q8_K_ref: the value of largest magnitude maps to -127, codes are
+// rounded to nearest (ties to even) and capped at 127, d = 1 / iscale in f32. Partial last blocks as
+// above.
+void quantize_q8_k(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* dx, float* dsum) {
+  for (int64_t b0 = 0; b0 < n_pad; b0 += 256) {
+    const int64_t b1 = std::min(n_pad, b0 + 256), v1 = std::min(n, b1);
+    float amax = 0.0f, vmax = 0.0f;
+    for (int64_t i = b0; i < v1; ++i) {
+      if (std::fabs(x[i]) > amax) {
+        amax = std::fabs(x[i]);
+        vmax = x[i];
+      }
+    }
+    float d = 0.0f;
+    if (amax == 0.0f) {
+      std::fill(q + b0, q + b1, int8_t{0});
+    } else {
+      const float iscale = -127.0f / vmax;
+      for (int64_t i = b0; i < b1; ++i) {
+        q[i] = i < v1 ? static_cast<int8_t>(std::min(127.0f, std::nearbyint(iscale * x[i]))) : 0;
+      }
+      d = 1.0f / iscale;
+    }
+    for (int64_t g = b0 / 16; g < b1 / 16; ++g) {
+      int sum = 0;
+      for (int64_t i = 16 * g; i < 16 * g + 16; ++i) sum += q[i];
+      dx[g] = d;
+      dsum[g] = d * static_cast<float>(sum);
+    }
+  }
+}
+
+float dot_int8_scalar(int64_t n_pad, const int8_t* q, const float* scale, const float* offset, bool has_offset,
+                      const int8_t* a, const float* dx, const float* dsum) {
+  float acc = 0.0f;
+  for (int64_t g = 0; g < n_pad / 16; ++g) {
+    int32_t s = 0;
+    for (int i = 0; i < 16; ++i) s += static_cast<int32_t>(q[16 * g + i]) * a[16 * g + i];
+    acc += scale[g] * dx[g] * static_cast<float>(s);
+  }
+  if (has_offset) {
+    for (int64_t g = 0; g < n_pad / 16; ++g) acc += offset[g] * dsum[g];
+  }
+  return acc;
+}
+
+float dot_f32_scalar(int64_t n_pad, const float* w, const float* x) {
+  float acc = 0.0f;
+  for (int64_t i = 0; i < n_pad; ++i) acc += w[i] * x[i];
+  return acc;
+}
+
+double exp_sum_scalar(float* x, int64_t n, float m) {
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += (x[i] = std::exp(x[i] - m));
+  return sum;
+}
+
+void attn_scores_scalar(const float* q, const float* kt, int64_t stride, int hd, float* s) {
+  std::fill(s, s + kAttnTile, 0.0f);
+  for (int i = 0; i < hd; ++i) {
+    for (int p = 0; p < kAttnTile; ++p) s[p] = std::fma(q[i], kt[i * stride + p], s[p]);
+  }
+}
+
+void attn_accumulate_scalar(const float* w, int n, const float* v, int64_t stride, int hd, float* out) {
+  for (int p = 0; p < n; ++p) {
+    for (int i = 0; i < hd; ++i) out[i] = std::fma(w[p], v[p * stride + i], out[i]);
+  }
+}
+
+void dot_int8_x4_scalar(int64_t n_pad, const int8_t* const q[4], const float* const scale[4], const int8_t* a,
+                        const float* dx, float out[4]) {
+  for (int r = 0; r < 4; ++r) out[r] = dot_int8_scalar(n_pad, q[r], scale[r], nullptr, false, a, dx, nullptr);
+}
+
+void dot_f32_x4_scalar(int64_t n_pad, const float* const w[4], const float* x, float out[4]) {
+  for (int r = 0; r < 4; ++r) out[r] = dot_f32_scalar(n_pad, w[r], x);
+}
+
+void attn_f16_scalar(const float* q, const float* kt, int64_t kstride, const float* v, int64_t vstride, int hd,
+                     int len, float scale, float* /*scratch*/, float* out) {
+  float q16[512];
+  for (int i = 0; i < hd; ++i) {
+    q16[i] = round_fp16(q[i]);
+    out[i] = 0.0f;
+  }
+  float m = -INFINITY, sum = 0.0f;
+  for (int p = 0; p < len; ++p) {
+    float d = 0.0f;  // an FMA chain in dimension order, as the vector kernels compute it
+    for (int i = 0; i < hd; ++i) d = std::fma(q16[i], kt[i * kstride + p], d);
+    const float s = d * scale;
+    float ms = 1.0f, vs = 1.0f;
+    if (s > m) {
+      ms = std::exp(m - s);
+      m = s;
+      for (int i = 0; i < hd; ++i) out[i] = round_fp16(out[i] * ms);
+    } else {
+      vs = std::exp(s - m);
+    }
+    for (int i = 0; i < hd; ++i) out[i] = round_fp16(std::fma(v[p * vstride + i], vs, out[i]));
+    sum = sum * ms + vs;
+  }
+  const float inv = sum == 0.0f ? 0.0f : 1.0f / sum;
+  for (int i = 0; i < hd; ++i) out[i] *= inv;
+}
+
+void attn_f16_x4_scalar(const float* const q[4], const float* kt, int64_t kstride, const float* v, int64_t vstride,
+                        int hd, const int len[4], float scale, float* scratch, float* const out[4]) {
+  for (int r = 0; r < 4; ++r) attn_f16_scalar(q[r], kt, kstride, v, vstride, hd, len[r], scale, scratch, out[r]);
+}
+
+constexpr KernelSet kScalar{"scalar", dot_int8_scalar, dot_f32_scalar, dot_int8_x4_scalar, dot_f32_x4_scalar,
+                            exp_sum_scalar, attn_scores_scalar,
+                            attn_accumulate_scalar, attn_f16_scalar,
+                            attn_f16_x4_scalar};
+
+}  // namespace
+
+void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t n, PreparedActs& out) {
+  out.format = format;
+  out.n = n;
+  out.n_pad = round_up(n, 32);
+  out.n_tokens = n_tokens;
+  const auto rows = static_cast<size_t>(n_tokens);
+  const auto pad = static_cast<size_t>(out.n_pad);
+  if (format == ActFormat::Q8_0 || format == ActFormat::Q8_K) {
+    out.q.resize(rows * pad);
+    out.dx.resize(rows * pad / 16);
+    out.dsum.resize(rows * pad / 16);
+    for (int t = 0; t < n_tokens; ++t) {
+      const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(n);
+      auto* qt = out.q.data() + t * pad;
+      auto* dxt = out.dx.data() + t * pad / 16;
+      auto* dst = out.dsum.data() + t * pad / 16;
+      if (format == ActFormat::Q8_0) {
+        quantize_q8_0(xt, n, out.n_pad, qt, dxt, dst);
+      } else {
+        quantize_q8_k(xt, n, out.n_pad, qt, dxt, dst);
+      }
+    }
+    return;
+  }
+  out.f.resize(rows * pad);
+  for (int t = 0; t < n_tokens; ++t) {
+    const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(n);
+    float* ft = out.f.data() + t * pad;
+    for (int64_t i = 0; i < n; ++i) {
+      switch (format) {
+        case ActFormat::F16: ft[i] = round_fp16(xt[i]); break;
+        case ActFormat::BF16: ft[i] = bf16_to_fp32(fp32_to_bf16(xt[i])); break;
+        default: ft[i] = xt[i];
+      }
+    }
+    std::fill(ft + n, ft + out.n_pad, 0.0f);
+  }
+}
+
+void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow& out) {
+  const int64_t n_pad = round_up(n, 32);
+  if (type.unpack_row != nullptr) {
+    out.integer = true;
+    out.q.resize(static_cast<size_t>(n_pad));
+    out.scale.resize(static_cast<size_t>(n_pad / 16));
+    out.offset.resize(static_cast<size_t>(n_pad / 16));
+    type.unpack_row(row, out.q.data(), out.scale.data(), out.offset.data(), n);
+    std::fill(out.q.begin() + n, out.q.end(), int8_t{0});
+    for (int64_t g = (n + 15) / 16; g < n_pad / 16; ++g) out.scale[g] = out.offset[g] = 0.0f;
+    out.has_offset = std::any_of(out.offset.begin(), out.offset.end(), [](float o) { return o != 0.0f; });
+    return;
+  }
+  if (type.dequantize_row == nullptr) {
+    throw std::runtime_error(fmt::format("the engine cannot decode weights of type {}", type.name));
+  }
+  out.integer = false;
+  out.f.resize(static_cast<size_t>(n_pad));
+  type.dequantize_row(row, out.f.data(), n);
+  std::fill(out.f.begin() + n, out.f.end(), 0.0f);
+}
+
+void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, float out[4]) {
+  if (rows[0]->integer) {
+    const int8_t* q[4] = {rows[0]->q.data(), rows[1]->q.data(), rows[2]->q.data(), rows[3]->q.data()};
+    const float* sc[4] = {rows[0]->scale.data(), rows[1]->scale.data(), rows[2]->scale.data(), rows[3]->scale.data()};
+    k.dot_int8_x4(a.n_pad, q, sc, a.q_row(t), a.dx_row(t), out);
+    for (int r = 0; r < 4; ++r) {
+      if (!rows[r]->has_offset) continue;
+      const float* o = rows[r]->offset.data();
+      const float* ds = a.dsum_row(t);
+      float acc = 0.0f;
+      for (int64_t g = 0; g < a.n_pad / 16; ++g) acc += o[g] * ds[g];
+      out[r] += acc;
+    }
+    return;
+  }
+  const float* w[4] = {rows[0]->f.data(), rows[1]->f.data(), rows[2]->f.data(), rows[3]->f.data()};
+  k.dot_f32_x4(a.n_pad, w, a.f_row(t), out);
+}
+
+const KernelSet& scalar_kernels() { return kScalar; }
+
+std::span<const KernelSet* const> available_kernel_sets() {
+  static const std::vector<const KernelSet*> sets = [] {
+    std::vector<const KernelSet*> v{&kScalar};
+    if (const KernelSet* k = avx2_kernels()) v.push_back(k);
+    return v;
+  }();
+  return sets;
+}
+
+const KernelSet& best_kernels() {
+  static const KernelSet* best = [] {
+    const auto sets = available_kernel_sets();
+    if (const char* want = std::getenv("MIXQ_KERNELS")) {
+      for (const KernelSet* k : sets) {
+        if (std::string_view(k->name) == want) return k;
+      }
+    }
+    return sets.back();
+  }();
+  return *best;
+}
+
+}  // namespace mixq::kernels

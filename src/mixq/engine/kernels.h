@@ -1,0 +1,113 @@
+// Matrix-product kernels of the inference engine.
+//
+// A weight type reaches the kernels through two columns of the type table (formats/type_table.h):
+// its activation format (ggml's vec_dot_type) and, for the integer types, an integer view
+// (UnpackRowFn: int8 codes with one scale and one offset per 16 values). So one pair of kernels
+// serves every integer type:
+//
+//   dot = sum over 16-groups g of  dx[g] * (scale[g] * sum_i q[i] a[i]  +  offset[g] * sum_i a[i])
+//
+// where a[i] are the activation's int8 codes and dx[g] its block scale (Q8_0: per 32 values, an
+// f16; Q8_K: per 256 values, an f32), quantized exactly as ggml quantizes activations. The integer
+// sums are exact; only the F32 accumulation order differs between kernels. Types without an
+// integer view (F32, F16, BF16, NF4, I8_MM, LB3, LB2, ...) are dequantized to F32 and take the F32
+// kernel, with the activation rounded to F16/BF16 first for the half types, as ggml does.
+//
+// Kernel sets: "scalar" (the reference, plain C++) and "avx2" (AVX2 + FMA), chosen at run time by
+// CPU detection (MIXQ_KERNELS=scalar forces the reference). Tests check every set against the
+// scalar one and against a double-precision dot of the dequantized operands.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include "mixq/formats/type_table.h"
+
+namespace mixq::kernels {
+
+// Activations of n_tokens rows of n values, prepared for one activation format.
+struct PreparedActs {
+  ActFormat format = ActFormat::F32;
+  int64_t n = 0;         // values per row
+  int64_t n_pad = 0;     // n rounded up to 32 (integer formats pad with zero codes)
+  int n_tokens = 0;
+  std::vector<float> f;        // F32/F16/BF16: n_pad floats per token (already rounded)
+  std::vector<int8_t> q;       // integer formats: n_pad codes per token
+  std::vector<float> dx;       // per 16 values: the block scale
+  std::vector<float> dsum;     // per 16 values: block scale * sum of the 16 codes
+
+  const float* f_row(int t) const { return f.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad); }
+  const int8_t* q_row(int t) const { return q.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad); }
+  const float* dx_row(int t) const { return dx.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad / 16); }
+  const float* dsum_row(int t) const { return dsum.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad / 16); }
+};
+
+// Quantizes / rounds rows of activations (x: n_tokens x n, row-major) as ggml does for `format`.
+void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t n, PreparedActs& out);
+
+// One weight row prepared for the kernels: its integer view, or its F32 values.
+struct PreparedRow {
+  bool integer = false;
+  bool has_offset = false;
+  std::vector<int8_t> q;        // n_pad codes (zero past n)
+  std::vector<float> scale, offset;  // n_pad / 16 each
+  std::vector<float> f;         // n_pad floats (zero past n) when !integer
+};
+void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow& out);
+
+struct KernelSet {
+  const char* name;
+  // Integer kernel over n_pad values (a multiple of 32).
+  float (*dot_int8)(int64_t n_pad, const int8_t* q, const float* scale, const float* offset, bool has_offset,
+                    const int8_t* a, const float* dx, const float* dsum);
+  // F32 kernel over n_pad values (a multiple of 32).
+  float (*dot_f32)(int64_t n_pad, const float* w, const float* x);
+  // Four rows against one activation row: out[r] = dot(rows r, activation), the same sums as the
+  // single-row kernels, loading the activation once.
+  void (*dot_int8_x4)(int64_t n_pad, const int8_t* const q[4], const float* const scale[4], const int8_t* a,
+                      const float* dx, float out[4]);
+  void (*dot_f32_x4)(int64_t n_pad, const float* const w[4], const float* x, float out[4]);
+  // x[i] = exp(x[i] - m) for i < n (x[i] <= m); returns the sum in double (softmax tiles).
+  double (*exp_sum)(float* x, int64_t n, float m);
+  // Attention scores of one query against kAttnTile cached positions: s[p] = sum_i q[i] * kt[i][p]
+  // (kt: hd rows of `stride` floats, the K cache transposed), each an FMA chain in dimension order.
+  void (*attn_scores)(const float* q, const float* kt, int64_t stride, int hd, float* s);
+  // out[i] += sum_p w[p] * v[p][i] for p < n (v rows `stride` floats apart), position order.
+  void (*attn_accumulate)(const float* w, int n, const float* v, int64_t stride, int hd, float* out);
+  // One query head against `len` cached positions the way llama.cpp's CPU flash attention computes
+  // it for F16 caches (ggml's one-chunk path): Q rounded to F16, scores scaled, an online softmax
+  // position by position whose V accumulator is rounded to F16 after every update, divided by the
+  // sum at the end. scratch holds 2 * (len + 8) floats; kt rows are readable up to len rounded
+  // up to 8.
+  void (*attn_f16)(const float* q, const float* kt, int64_t kstride, const float* v, int64_t vstride, int hd,
+                   int len, float scale, float* scratch, float* out);
+  // attn_f16 for four queries of the same head (scratch: 8 * (max len + 8) floats).
+  void (*attn_f16_x4)(const float* const q[4], const float* kt, int64_t kstride, const float* v, int64_t vstride,
+                      int hd, const int len[4], float scale, float* scratch, float* const out[4]);
+};
+inline constexpr int kAttnTile = 64;
+
+// The kernel sets this CPU can run, the reference first.
+std::span<const KernelSet* const> available_kernel_sets();
+const KernelSet& scalar_kernels();
+// The fastest set this CPU runs (or the one MIXQ_KERNELS names).
+const KernelSet& best_kernels();
+
+// dot(weight row, activation row t) with a kernel set.
+inline float dot(const KernelSet& k, const PreparedRow& w, const PreparedActs& a, int t) {
+  if (w.integer) {
+    return k.dot_int8(a.n_pad, w.q.data(), w.scale.data(), w.offset.data(), w.has_offset, a.q_row(t), a.dx_row(t),
+                      a.dsum_row(t));
+  }
+  return k.dot_f32(a.n_pad, w.f.data(), a.f_row(t));
+}
+
+// out[r] = dot(rows[r], activation row t) for 4 rows of the same kind.
+void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, float out[4]);
+
+// AVX2 kernels (kernels_avx2.cpp); null where the build has no AVX2 support.
+const KernelSet* avx2_kernels();
+
+}  // namespace mixq::kernels
