@@ -1,0 +1,220 @@
+// The engine's kernels against independent references: every integer view against the type's own
+// dequantizer (bit for bit), the activation quantizers against the Q8_1 / Q8_K codecs (ggml's
+// activation formats), and every kernel set against the scalar set and against a double-precision
+// dot of the dequantized operands, on random data.
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "mixq/engine/kernels.h"
+#include "mixq/formats/half.h"
+#include "mixq/formats/kquants/kquants.h"
+#include "mixq/formats/legacy.h"
+#include "mixq/formats/type_table.h"
+
+namespace mixq {
+namespace {
+
+std::vector<float> random_row(int64_t n, uint32_t seed, float outlier = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (auto& v : x) v = g(rng);
+  if (outlier != 0.0f) x[static_cast<size_t>(n / 3)] = outlier;
+  return x;
+}
+
+// Row lengths each type can hold, including ones that are not multiples of 32 where the type allows.
+std::vector<int64_t> lengths_for(const TypeTraits& t) {
+  if (t.block_size == 1) return {64, 172, 576};
+  if (t.block_size == 32) return {64, 576};
+  return {256, 1536};
+}
+
+bool engine_runs(const TypeTraits& t) { return t.can_quantize() && t.can_dequantize() && t.id != TypeId::Q8_1; }
+
+TEST(Kernels, IntegerViewsEqualTheDequantizers) {
+  int checked = 0;
+  for (const TypeTraits& t : all_types()) {
+    if (t.unpack_row == nullptr) continue;
+    for (int64_t n : lengths_for(t)) {
+      const auto x = random_row(n, 7 + static_cast<uint32_t>(n), 9.0f);
+      std::vector<uint8_t> bytes(t.row_bytes(n));
+      t.quantize_row(x.data(), bytes.data(), n, nullptr);
+      std::vector<float> y(static_cast<size_t>(n));
+      t.dequantize_row(bytes.data(), y.data(), n);
+      std::vector<int8_t> q(static_cast<size_t>(n));
+      std::vector<float> scale(static_cast<size_t>((n + 15) / 16)), offset(scale.size());
+      t.unpack_row(bytes.data(), q.data(), scale.data(), offset.data(), n);
+      for (int64_t i = 0; i < n; ++i) {
+        const float v = scale[static_cast<size_t>(i / 16)] * static_cast<float>(q[static_cast<size_t>(i)]) +
+                        offset[static_cast<size_t>(i / 16)];
+        ASSERT_EQ(v, y[static_cast<size_t>(i)]) << t.name << " n=" << n << " i=" << i;
+      }
+      ++checked;
+    }
+  }
+  EXPECT_GE(checked, 30);
+}
+
+TEST(Kernels, Q8_0ActivationsAreGgmlsAbsmaxBlocks) {
+  // Q8_1 is ggml's activation block for Q4_1/Q5_1: the same codes and f16 scale as Q8_0 activations.
+  const int64_t n = 1024;
+  const auto x = random_row(n, 11, -20.0f);
+  kernels::PreparedActs a;
+  kernels::prepare_activations(ActFormat::Q8_0, x.data(), 1, n, a);
+  std::vector<legacy::BlockQ8_1> ref(static_cast<size_t>(n / 32));
+  legacy::quantize_row_q8_1(x.data(), ref.data(), n, nullptr);
+  for (int64_t b = 0; b < n / 32; ++b) {
+    EXPECT_EQ(a.dx[static_cast<size_t>(2 * b)], fp16_to_fp32(ref[static_cast<size_t>(b)].d)) << b;
+    for (int j = 0; j < 32; ++j) ASSERT_EQ(a.q[static_cast<size_t>(32 * b + j)], ref[static_cast<size_t>(b)].qs[j]) << b;
+  }
+}
+
+TEST(Kernels, Q8_KActivationsMatchTheQ8_KCodec) {
+  const int64_t n = 1024;
+  const auto x = random_row(n, 12, 15.0f);
+  kernels::PreparedActs a;
+  kernels::prepare_activations(ActFormat::Q8_K, x.data(), 1, n, a);
+  std::vector<kq::BlockQ8K> ref(static_cast<size_t>(n / 256));
+  kq::quantize_row_q8_k(x.data(), ref.data(), n, nullptr);
+  for (int64_t b = 0; b < n / 256; ++b) {
+    EXPECT_EQ(a.dx[static_cast<size_t>(16 * b)], ref[static_cast<size_t>(b)].d);
+    for (int j = 0; j < 256; ++j) ASSERT_EQ(a.q[static_cast<size_t>(256 * b + j)], ref[static_cast<size_t>(b)].qs[j]);
+    for (int g = 0; g < 16; ++g) {
+      EXPECT_EQ(a.dsum[static_cast<size_t>(16 * b + g)], ref[static_cast<size_t>(b)].d * ref[static_cast<size_t>(b)].bsums[g]);
+    }
+  }
+}
+
+// Activations as the kernels see them, decoded back to floats.
+std::vector<double> decoded_activation(const kernels::PreparedActs& a) {
+  std::vector<double> v(static_cast<size_t>(a.n_pad));
+  for (int64_t i = 0; i < a.n_pad; ++i) {
+    v[static_cast<size_t>(i)] = a.f.empty() ? static_cast<double>(a.dx[static_cast<size_t>(i / 16)]) * a.q[static_cast<size_t>(i)]
+                                            : a.f[static_cast<size_t>(i)];
+  }
+  return v;
+}
+
+TEST(Kernels, EverySetMatchesTheReferenceOnEveryType) {
+  int checked = 0;
+  for (const TypeTraits& t : all_types()) {
+    if (!engine_runs(t)) continue;
+    for (int64_t n : lengths_for(t)) {
+      const auto w = random_row(n, 21 + static_cast<uint32_t>(n), 6.0f);
+      std::vector<uint8_t> bytes(t.row_bytes(n));
+      t.quantize_row(w.data(), bytes.data(), n, nullptr);
+      std::vector<float> wd(static_cast<size_t>(n));
+      t.dequantize_row(bytes.data(), wd.data(), n);
+      kernels::PreparedRow row[4];
+      for (auto& r : row) kernels::prepare_row(t, bytes.data(), n, r);
+      const auto x = random_row(n * 2, 99 + static_cast<uint32_t>(n));
+      kernels::PreparedActs a;
+      kernels::prepare_activations(t.act_format, x.data(), 2, n, a);
+      for (int tok = 0; tok < 2; ++tok) {
+        // Reference: the dequantized weights against the activation as quantized, in double.
+        kernels::PreparedActs one;
+        kernels::prepare_activations(t.act_format, x.data() + tok * n, 1, n, one);
+        const auto xd = decoded_activation(one);
+        double ref = 0, mag = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          ref += static_cast<double>(wd[static_cast<size_t>(i)]) * xd[static_cast<size_t>(i)];
+          mag += std::fabs(static_cast<double>(wd[static_cast<size_t>(i)]) * xd[static_cast<size_t>(i)]);
+        }
+        const float scalar = kernels::dot(kernels::scalar_kernels(), row[0], a, tok);
+        EXPECT_NEAR(scalar, ref, 2e-6 * mag + 1e-6) << t.name << " n=" << n;
+        for (const kernels::KernelSet* k : kernels::available_kernel_sets()) {
+          const float got = kernels::dot(*k, row[0], a, tok);
+          EXPECT_NEAR(got, scalar, 2e-6 * mag + 1e-6) << k->name << " " << t.name << " n=" << n;
+          const kernels::PreparedRow* four[4] = {&row[0], &row[1], &row[2], &row[3]};
+          float out4[4];
+          kernels::dot4(*k, four, a, tok, out4);
+          for (float o : out4) EXPECT_NEAR(o, scalar, 2e-6 * mag + 1e-6) << k->name << " x4 " << t.name;
+        }
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GE(checked, 40);
+}
+
+TEST(Kernels, AttentionKernelsAgreeAcrossSets) {
+  const int hd = 64, len = 300;
+  const int64_t stride = 320;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> kt(static_cast<size_t>(hd * stride)), v(static_cast<size_t>(len + 8) * hd), q(4 * hd);
+  for (auto& x : kt) x = round_fp16(g(rng));
+  for (auto& x : v) x = round_fp16(g(rng));
+  for (auto& x : q) x = 2.0f * g(rng);
+  const float scale = 1.0f / 8.0f;
+  std::vector<float> scratch(16 * (len + 16));
+  // Plain softmax attention in double: what every F16 path approximates.
+  auto exact = [&](const float* qh, int n, std::vector<double>& out) {
+    std::vector<double> s(static_cast<size_t>(n));
+    double m = -1e300, sum = 0;
+    for (int p = 0; p < n; ++p) {
+      double d = 0;
+      for (int i = 0; i < hd; ++i) d += static_cast<double>(round_fp16(qh[i])) * kt[static_cast<size_t>(i * stride + p)];
+      s[static_cast<size_t>(p)] = d * scale;
+      m = std::max(m, s[static_cast<size_t>(p)]);
+    }
+    out.assign(hd, 0.0);
+    for (int p = 0; p < n; ++p) {
+      const double w = std::exp(s[static_cast<size_t>(p)] - m);
+      sum += w;
+      for (int i = 0; i < hd; ++i) out[static_cast<size_t>(i)] += w * v[static_cast<size_t>(p * hd + i)];
+    }
+    for (auto& o : out) o /= sum;
+  };
+  for (const kernels::KernelSet* k : kernels::available_kernel_sets()) {
+    std::vector<float> single(4 * hd), four(4 * hd);
+    const int lens[4] = {len - 3, len - 2, len - 1, len};
+    for (int r = 0; r < 4; ++r) {
+      k->attn_f16(q.data() + r * hd, kt.data(), stride, v.data(), hd, hd, lens[r], scale, scratch.data(),
+                  single.data() + r * hd);
+    }
+    const float* qs[4] = {q.data(), q.data() + hd, q.data() + 2 * hd, q.data() + 3 * hd};
+    float* outs[4] = {four.data(), four.data() + hd, four.data() + 2 * hd, four.data() + 3 * hd};
+    k->attn_f16_x4(qs, kt.data(), stride, v.data(), hd, hd, lens, scale, scratch.data(), outs);
+    for (int r = 0; r < 4; ++r) {
+      std::vector<double> ref;
+      exact(q.data() + r * hd, lens[r], ref);
+      for (int i = 0; i < hd; ++i) {
+        EXPECT_EQ(four[static_cast<size_t>(r * hd + i)], single[static_cast<size_t>(r * hd + i)]) << k->name;
+        // F16 accumulation: a few half-precision steps of error, no more.
+        EXPECT_NEAR(single[static_cast<size_t>(r * hd + i)], ref[static_cast<size_t>(i)], 4e-3) << k->name << " r=" << r;
+      }
+    }
+    // The F32 tile kernels against the scalar set.
+    float s_ref[kernels::kAttnTile], s_got[kernels::kAttnTile];
+    kernels::scalar_kernels().attn_scores(q.data(), kt.data(), stride, hd, s_ref);
+    k->attn_scores(q.data(), kt.data(), stride, hd, s_got);
+    for (int p = 0; p < kernels::kAttnTile; ++p) EXPECT_FLOAT_EQ(s_got[p], s_ref[p]) << k->name;
+    std::vector<float> acc_ref(hd, 0.5f), acc_got(hd, 0.5f), w(kernels::kAttnTile);
+    for (auto& x : w) x = std::fabs(g(rng));
+    kernels::scalar_kernels().attn_accumulate(w.data(), 50, v.data(), hd, hd, acc_ref.data());
+    k->attn_accumulate(w.data(), 50, v.data(), hd, hd, acc_got.data());
+    for (int i = 0; i < hd; ++i) EXPECT_NEAR(acc_got[static_cast<size_t>(i)], acc_ref[static_cast<size_t>(i)], 1e-4) << k->name;
+    std::vector<float> e1(100), e2(100);
+    for (int i = 0; i < 100; ++i) e1[static_cast<size_t>(i)] = e2[static_cast<size_t>(i)] = -0.37f * static_cast<float>(i);
+    const double s1 = kernels::scalar_kernels().exp_sum(e1.data(), 100, 0.0f), s2 = k->exp_sum(e2.data(), 100, 0.0f);
+    EXPECT_NEAR(s1, s2, 1e-6 * s1) << k->name;
+    for (int i = 0; i < 100; ++i) EXPECT_NEAR(e2[static_cast<size_t>(i)], e1[static_cast<size_t>(i)], 2e-7 * e1[static_cast<size_t>(i)] + 1e-38);
+  }
+}
+
+TEST(Kernels, TheBestSetIsTheFastestAvailable) {
+  const auto sets = kernels::available_kernel_sets();
+  ASSERT_FALSE(sets.empty());
+  EXPECT_STREQ(sets.front()->name, "scalar");
+  if (std::getenv("MIXQ_KERNELS") == nullptr) { EXPECT_EQ(&kernels::best_kernels(), sets.back()); }
+}
+
+}  // namespace
+}  // namespace mixq
