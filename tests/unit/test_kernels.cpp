@@ -66,11 +66,17 @@ TEST(Kernels, Q8_0ActivationsAreGgmlsAbsmaxBlocks) {
   const int64_t n = 1024;
   const auto x = random_row(n, 11, -20.0f);
   kernels::PreparedActs a;
-  kernels::prepare_activations(ActFormat::Q8_0, x.data(), 1, n, a);
+  kernels::prepare_activations(ActFormat::Q8_1, x.data(), 1, n, a);
+  kernels::PreparedActs a0;
+  kernels::prepare_activations(ActFormat::Q8_0, x.data(), 1, n, a0);
+  EXPECT_EQ(a.q, a0.q);
+  EXPECT_EQ(a.dx, a0.dx);
   std::vector<legacy::BlockQ8_1> ref(static_cast<size_t>(n / 32));
   legacy::quantize_row_q8_1(x.data(), ref.data(), n, nullptr);
   for (int64_t b = 0; b < n / 32; ++b) {
     EXPECT_EQ(a.dx[static_cast<size_t>(2 * b)], fp16_to_fp32(ref[static_cast<size_t>(b)].d)) << b;
+    EXPECT_EQ(a.dsum[static_cast<size_t>(2 * b)], fp16_to_fp32(ref[static_cast<size_t>(b)].s)) << b;
+    EXPECT_EQ(a.dsum[static_cast<size_t>(2 * b + 1)], 0.0f) << b;
     for (int j = 0; j < 32; ++j) ASSERT_EQ(a.q[static_cast<size_t>(32 * b + j)], ref[static_cast<size_t>(b)].qs[j]) << b;
   }
 }
@@ -125,6 +131,19 @@ TEST(Kernels, EverySetMatchesTheReferenceOnEveryType) {
         for (int64_t i = 0; i < n; ++i) {
           ref += static_cast<double>(wd[static_cast<size_t>(i)]) * xd[static_cast<size_t>(i)];
           mag += std::fabs(static_cast<double>(wd[static_cast<size_t>(i)]) * xd[static_cast<size_t>(i)]);
+        }
+        if (t.act_format == ActFormat::Q8_1) {
+          // ggml's Q8_1 carries s = f16(d * sum of codes) per 32 values, and the weight minimum
+          // multiplies that rounded s instead of the exact sum: apply the same to the reference.
+          std::vector<legacy::BlockQ8_1> blocks(static_cast<size_t>(n / 32));
+          legacy::quantize_row_q8_1(x.data() + tok * n, blocks.data(), n, nullptr);
+          for (int64_t b = 0; b < n / 32; ++b) {
+            const auto& blk = blocks[static_cast<size_t>(b)];
+            int sum = 0;
+            for (int j = 0; j < 32; ++j) sum += blk.qs[j];
+            const double m = row[0].offset[static_cast<size_t>(2 * b)];
+            ref += m * (static_cast<double>(fp16_to_fp32(blk.s)) - static_cast<double>(fp16_to_fp32(blk.d)) * sum);
+          }
         }
         const float scalar = kernels::dot(kernels::scalar_kernels(), row[0], a, tok);
         EXPECT_NEAR(scalar, ref, 2e-6 * mag + 1e-6) << t.name << " n=" << n;

@@ -19,7 +19,7 @@ int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 // Q8_0 as ggml's quantize_row_q8_0_ref: d = amax / 127 (stored as f16), codes round(x / d) from the
 // unrounded d. A last partial block (row lengths that are not a multiple of 32) counts only its
 // values; the padding codes are zero.
-void quantize_q8_0(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* dx, float* dsum) {
+void quantize_q8_0(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* dx, float* dsum, bool q8_1) {
   for (int64_t b = 0; b < n_pad / 32; ++b) {
     const int64_t i0 = b * 32, i1 = std::min(n, i0 + 32);
     float amax = 0.0f;
@@ -28,11 +28,17 @@ void quantize_q8_0(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* d
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const float ds = round_fp16(d);
     for (int64_t i = i0; i < i0 + 32; ++i) q[i] = i < i1 ? static_cast<int8_t>(std::roundf(x[i] * id)) : 0;
+    int sums[2] = {0, 0};
     for (int g = 0; g < 2; ++g) {
-      int sum = 0;
-      for (int64_t i = i0 + 16 * g; i < i0 + 16 * g + 16; ++i) sum += q[i];
+      for (int64_t i = i0 + 16 * g; i < i0 + 16 * g + 16; ++i) sums[g] += q[i];
       dx[2 * b + g] = ds;
-      dsum[2 * b + g] = ds * static_cast<float>(sum);
+      dsum[2 * b + g] = ds * static_cast<float>(sums[g]);
+    }
+    if (q8_1) {
+      // ggml's Q8_1 keeps s = f16(d * sum of the 32 codes), with the unrounded d; a weight minimum
+      // that is shared by both halves multiplies it once.
+      dsum[2 * b] = round_fp16(d * static_cast<float>(sums[0] + sums[1]));
+      dsum[2 * b + 1] = 0.0f;
     }
   }
 }
@@ -108,9 +114,11 @@ void attn_accumulate_scalar(const float* w, int n, const float* v, int64_t strid
   }
 }
 
-void dot_int8_x4_scalar(int64_t n_pad, const int8_t* const q[4], const float* const scale[4], const int8_t* a,
-                        const float* dx, float out[4]) {
-  for (int r = 0; r < 4; ++r) out[r] = dot_int8_scalar(n_pad, q[r], scale[r], nullptr, false, a, dx, nullptr);
+void dot_int8_x4_scalar(int64_t n_pad, const int8_t* const q[4], const float* const scale[4],
+                        const float* const offset[4], const int8_t* a, const float* dx, const float* dsum, float out[4]) {
+  for (int r = 0; r < 4; ++r) {
+    out[r] = dot_int8_scalar(n_pad, q[r], scale[r], offset[r], offset[r] != nullptr, a, dx, dsum);
+  }
 }
 
 void dot_f32_x4_scalar(int64_t n_pad, const float* const w[4], const float* x, float out[4]) {
@@ -163,7 +171,7 @@ void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t
   out.n_tokens = n_tokens;
   const auto rows = static_cast<size_t>(n_tokens);
   const auto pad = static_cast<size_t>(out.n_pad);
-  if (format == ActFormat::Q8_0 || format == ActFormat::Q8_K) {
+  if (format == ActFormat::Q8_0 || format == ActFormat::Q8_1 || format == ActFormat::Q8_K) {
     out.q.resize(rows * pad);
     out.dx.resize(rows * pad / 16);
     out.dsum.resize(rows * pad / 16);
@@ -172,8 +180,8 @@ void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t
       auto* qt = out.q.data() + t * pad;
       auto* dxt = out.dx.data() + t * pad / 16;
       auto* dst = out.dsum.data() + t * pad / 16;
-      if (format == ActFormat::Q8_0) {
-        quantize_q8_0(xt, n, out.n_pad, qt, dxt, dst);
+      if (format != ActFormat::Q8_K) {
+        quantize_q8_0(xt, n, out.n_pad, qt, dxt, dst, format == ActFormat::Q8_1);
       } else {
         quantize_q8_k(xt, n, out.n_pad, qt, dxt, dst);
       }
@@ -219,17 +227,15 @@ void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow
 
 void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, float out[4]) {
   if (rows[0]->integer) {
-    const int8_t* q[4] = {rows[0]->q.data(), rows[1]->q.data(), rows[2]->q.data(), rows[3]->q.data()};
-    const float* sc[4] = {rows[0]->scale.data(), rows[1]->scale.data(), rows[2]->scale.data(), rows[3]->scale.data()};
-    k.dot_int8_x4(a.n_pad, q, sc, a.q_row(t), a.dx_row(t), out);
+    const int8_t* q[4];
+    const float* sc[4];
+    const float* off[4];
     for (int r = 0; r < 4; ++r) {
-      if (!rows[r]->has_offset) continue;
-      const float* o = rows[r]->offset.data();
-      const float* ds = a.dsum_row(t);
-      float acc = 0.0f;
-      for (int64_t g = 0; g < a.n_pad / 16; ++g) acc += o[g] * ds[g];
-      out[r] += acc;
+      q[r] = rows[r]->q.data();
+      sc[r] = rows[r]->scale.data();
+      off[r] = rows[r]->has_offset ? rows[r]->offset.data() : nullptr;
     }
+    k.dot_int8_x4(a.n_pad, q, sc, off, a.q_row(t), a.dx_row(t), a.dsum_row(t), out);
     return;
   }
   const float* w[4] = {rows[0]->f.data(), rows[1]->f.data(), rows[2]->f.data(), rows[3]->f.data()};

@@ -66,8 +66,9 @@ struct KernelSet {
   float (*dot_f32)(int64_t n_pad, const float* w, const float* x);
   // Four rows against one activation row: out[r] = dot(rows r, activation), the same sums as the
   // single-row kernels, loading the activation once.
-  void (*dot_int8_x4)(int64_t n_pad, const int8_t* const q[4], const float* const scale[4], const int8_t* a,
-                      const float* dx, float out[4]);
+  // offset[r] may be null (a row without offsets).
+  void (*dot_int8_x4)(int64_t n_pad, const int8_t* const q[4], const float* const scale[4],
+                      const float* const offset[4], const int8_t* a, const float* dx, const float* dsum, float out[4]);
   void (*dot_f32_x4)(int64_t n_pad, const float* const w[4], const float* x, float out[4]);
   // x[i] = exp(x[i] - m) for i < n (x[i] <= m); returns the sum in double (softmax tiles).
   double (*exp_sum)(float* x, int64_t n, float m);

@@ -96,8 +96,9 @@ MIXQ_AVX2 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
   return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-MIXQ_AVX2 void dot_int8_x4_avx2(int64_t n_pad, const int8_t* const q[4], const float* const scale[4], const int8_t* a,
-                                const float* dx, float out[4]) {
+MIXQ_AVX2 void dot_int8_x4_avx2(int64_t n_pad, const int8_t* const q[4], const float* const scale[4],
+                                const float* const offset[4], const int8_t* a, const float* dx, const float* dsum,
+                                float out[4]) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
   __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -110,6 +111,18 @@ MIXQ_AVX2 void dot_int8_x4_avx2(int64_t n_pad, const int8_t* const q[4], const f
       const __m128 s2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scale[r] + i / 16)));
       const __m256 c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(s2, d2)), spread);
       acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), c, acc[r]);
+    }
+  }
+  // The offsets' share: sum over groups of offset * (dx * sum of the group's codes).
+  const int64_t groups = n_pad / 16;
+  for (int r = 0; r < 4; ++r) {
+    if (offset[r] == nullptr) continue;
+    int64_t g = 0;
+    for (; g + 8 <= groups; g += 8) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(offset[r] + g), _mm256_loadu_ps(dsum + g), acc[r]);
+    if (g < groups) {
+      alignas(32) float o[8] = {}, d[8] = {};
+      for (int64_t j = g; j < groups; ++j) o[j - g] = offset[r][j], d[j - g] = dsum[j];
+      acc[r] = _mm256_fmadd_ps(_mm256_load_ps(o), _mm256_load_ps(d), acc[r]);
     }
   }
   _mm_storeu_ps(out, hsum4(acc[0], acc[1], acc[2], acc[3]));

@@ -87,7 +87,7 @@ class LlamaContext {
     const float* source = nullptr;
     bool valid = false;
   };
-  PreparedSlot prepared_[5];  // one per ActFormat
+  PreparedSlot prepared_[kActFormats];  // one per ActFormat
   // Per-batch buffers, kept between calls so decoding allocates nothing per token.
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;
   std::vector<std::vector<float>> norms_;  // decoded norm weights: per layer attn, ffn; then output

@@ -42,8 +42,11 @@ using DequantizeRowFn = void (*)(const void* src, float* y, int64_t n);
 
 // What the inference engine pairs a weight type with (ggml's "vec_dot_type"): activations are
 // rounded to F16/BF16 for the half types, quantized to 8-bit blocks (Q8_0: 32 values with an f16
-// scale; Q8_K: 256 values with an f32 scale) for the integer types, and kept F32 otherwise.
-enum class ActFormat : uint8_t { F32, F16, BF16, Q8_0, Q8_K };
+// scale; Q8_1: the same plus the block's f16-rounded d * sum of codes, which the affine types Q4_1
+// and Q5_1 multiply by their minimum; Q8_K: 256 values with an f32 scale) for the integer types,
+// and kept F32 otherwise.
+enum class ActFormat : uint8_t { F32, F16, BF16, Q8_0, Q8_1, Q8_K };
+inline constexpr int kActFormats = 6;
 
 // The integer view of a row, for the engine's int8 dot kernels: code q[i] (int8) with one scale and
 // one offset per 16 values, value[i] == scale[i / 16] * q[i] + offset[i / 16] exactly as the
