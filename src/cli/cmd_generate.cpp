@@ -51,6 +51,7 @@ void register_generate(CLI::App& app) {
       const int32_t next = sampler.sample(logits->data(), ctx.n_vocab());
       if (next == tok.eos()) break;
       fmt::print("{}", tok.decode_token(next));
+      std::fflush(stdout);  // stream tokens as they come
       std::fflush(stdout);
       if (ctx.n_past() + 1 > n_ctx) break;
       logits = &ctx.eval({next}, false);
@@ -59,6 +60,7 @@ void register_generate(CLI::App& app) {
     const double prompt_s = std::chrono::duration<double>(t1 - t0).count();
     const double gen_s = std::chrono::duration<double>(t2 - t1).count();
     fmt::print("\n");
+    std::fflush(stdout);
     fmt::print(stderr, "prompt: {} tokens, {:.1f} tokens/s; generation: {} tokens, {:.1f} tokens/s\n", prompt.size(),
                prompt.size() / std::max(prompt_s, 1e-9), generated, generated / std::max(gen_s, 1e-9));
   });

@@ -354,6 +354,16 @@ void dequantize_row_q8_1(const void* src, float* y, int64_t n) {
 // Integer views for the engine's dot kernels (see UnpackRowFn): value = scale * code + offset per
 // 16 values, with the very operations the dequantizers above round with.
 namespace {
+constexpr uint64_t kOnes = 0x0101010101010101ull, kLowNibbles = 0x0F * kOnes, kTopBits = 0x80 * kOnes;
+// Byte i of kSpreadBits[m] is bit i of m (0 or 1).
+constexpr auto kSpreadBits = [] {
+  std::array<uint64_t, 256> t{};
+  for (int m = 0; m < 256; ++m) {
+    for (int i = 0; i < 8; ++i) t[static_cast<size_t>(m)] |= static_cast<uint64_t>((m >> i) & 1) << (8 * i);
+  }
+  return t;
+}();
+
 template <class Block, bool kFive, int kCodeBias, bool kAffine>
 void unpack_legacy(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
   const auto* in = blocks<Block>(src);
@@ -361,13 +371,24 @@ void unpack_legacy(const void* src, int8_t* q, float* scale, float* offset, int6
     const float d = fp16_to_fp32(in[b].d);
     float m = 0.0f;
     if constexpr (kAffine) m = fp16_to_fp32(in[b].m);
-    uint32_t qh = 0;
-    if constexpr (kFive) qh = high_bits(in[b].qh);
-    for (int j = 0; j < kBlock; ++j) {
-      int code = nibble(in[b].qs, j);
-      if constexpr (kFive) code |= static_cast<int>((qh >> j) & 1) << 4;
-      q[j] = static_cast<int8_t>(code - kCodeBias);
+    // Eight codes at a time in 64-bit words (SWAR): nibbles split with masks, the Q5 fifth bits
+    // spread from a byte-expansion table, the bias subtracted bytewise without borrows (every
+    // byte is offset by 0x80 first, and the top bit flipped back after).
+    uint64_t lo[2], hi[2];
+    std::memcpy(lo, in[b].qs, sizeof lo);
+    for (int k = 0; k < 2; ++k) {
+      hi[k] = (lo[k] >> 4) & kLowNibbles;
+      lo[k] &= kLowNibbles;
     }
+    uint64_t w[4] = {lo[0], lo[1], hi[0], hi[1]};
+    if constexpr (kFive) {
+      const uint32_t qh = high_bits(in[b].qh);
+      for (int k = 0; k < 4; ++k) w[k] |= kSpreadBits[(qh >> (8 * k)) & 0xFF] << 4;
+    }
+    if constexpr (kCodeBias != 0) {
+      for (auto& x : w) x = ((x | kTopBits) - kCodeBias * kOnes) ^ kTopBits;
+    }
+    std::memcpy(q, w, sizeof w);
     scale[2 * b] = scale[2 * b + 1] = d;
     offset[2 * b] = offset[2 * b + 1] = m;
   }
