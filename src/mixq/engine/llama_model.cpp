@@ -122,6 +122,7 @@ const kernels::PreparedActs& LlamaContext::prepared(ActFormat f, const float* x,
 void LlamaContext::matmul(const GgufTensor& w, const float* x, int n_tokens, float* y) {
   const int64_t in = w.row_length(), out = w.n_rows();
   const size_t row_bytes = w.type->row_bytes(in);
+  if (observer_) observer_(w, x, n_tokens);
   const kernels::PreparedActs& acts = prepared(w.type->act_format, x, n_tokens, in);
   const kernels::KernelSet& k = kernels_;
   constexpr int64_t kRowsPerTask = 8;

@@ -6,6 +6,7 @@
 // This is the reference path (issue 4 adds the per-type dot kernels with 8-bit activations).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -60,6 +61,10 @@ class LlamaContext {
   // digit. Off: F32 KV cache and F32 softmax/accumulation (the plain-math reference that tests
   // compare with an independent implementation).
   void set_f16_attention(bool on) { f16_attention_ = on; }
+  // Called before every matrix product with the weight and its input (n_tokens rows of the
+  // weight's row length, F32): what an importance matrix collects. Null: no observer.
+  using MatmulObserver = std::function<void(const GgufTensor& weight, const float* x, int n_tokens)>;
+  void set_matmul_observer(MatmulObserver obs) { observer_ = std::move(obs); }
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
   int n_vocab() const { return model_.hparams().n_vocab; }
@@ -77,6 +82,7 @@ class LlamaContext {
   int n_past_ = 0;
   int kv_stride_ = 0;  // K cache row length: n_ctx rounded up to whole attention tiles
   bool f16_attention_ = true;
+  MatmulObserver observer_;
   ThreadPool pool_;
   std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_dim]
   std::vector<float> logits_;

