@@ -152,8 +152,17 @@ TEST(Kernels, EverySetMatchesTheReferenceOnEveryType) {
           EXPECT_NEAR(got, scalar, 2e-6 * mag + 1e-6) << k->name << " " << t.name << " n=" << n;
           const kernels::PreparedRow* four[4] = {&row[0], &row[1], &row[2], &row[3]};
           float out4[4];
-          kernels::dot4(*k, four, a, tok, out4);
+          kernels::dot4(*k, four, a, tok, 1, out4);
           for (float o : out4) EXPECT_NEAR(o, scalar, 2e-6 * mag + 1e-6) << k->name << " x4 " << t.name;
+          if (tok == 0) {
+            float out8[8];
+            kernels::dot4(*k, four, a, 0, 2, out8);
+            const float second = kernels::dot(kernels::scalar_kernels(), row[0], a, 1);
+            for (int r = 0; r < 4; ++r) {
+              EXPECT_NEAR(out8[r], scalar, 2e-6 * mag + 1e-6) << k->name << " 4x2 " << t.name;
+              EXPECT_NEAR(out8[4 + r], second, 2e-6 * mag + 1e-6) << k->name << " 4x2 " << t.name;
+            }
+          }
         }
         ++checked;
       }

@@ -115,14 +115,19 @@ void attn_accumulate_scalar(const float* w, int n, const float* v, int64_t strid
 }
 
 void dot_int8_x4_scalar(int64_t n_pad, const int8_t* const q[4], const float* const scale[4],
-                        const float* const offset[4], const int8_t* a, const float* dx, const float* dsum, float out[4]) {
-  for (int r = 0; r < 4; ++r) {
-    out[r] = dot_int8_scalar(n_pad, q[r], scale[r], offset[r], offset[r] != nullptr, a, dx, dsum);
+                        const float* const offset[4], const int8_t* const a[2], const float* const dx[2],
+                        const float* const dsum[2], int nt, float* out) {
+  for (int j = 0; j < nt; ++j) {
+    for (int r = 0; r < 4; ++r) {
+      out[j * 4 + r] = dot_int8_scalar(n_pad, q[r], scale[r], offset[r], offset[r] != nullptr, a[j], dx[j], dsum[j]);
+    }
   }
 }
 
-void dot_f32_x4_scalar(int64_t n_pad, const float* const w[4], const float* x, float out[4]) {
-  for (int r = 0; r < 4; ++r) out[r] = dot_f32_scalar(n_pad, w[r], x);
+void dot_f32_x4_scalar(int64_t n_pad, const float* const w[4], const float* const x[2], int nt, float* out) {
+  for (int j = 0; j < nt; ++j) {
+    for (int r = 0; r < 4; ++r) out[j * 4 + r] = dot_f32_scalar(n_pad, w[r], x[j]);
+  }
 }
 
 void attn_f16_scalar(const float* q, const float* kt, int64_t kstride, const float* v, int64_t vstride, int hd,
@@ -225,7 +230,7 @@ void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow
   std::fill(out.f.begin() + n, out.f.end(), 0.0f);
 }
 
-void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, float out[4]) {
+void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, int nt, float* out) {
   if (rows[0]->integer) {
     const int8_t* q[4];
     const float* sc[4];
@@ -235,11 +240,16 @@ void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedAc
       sc[r] = rows[r]->scale.data();
       off[r] = rows[r]->has_offset ? rows[r]->offset.data() : nullptr;
     }
-    k.dot_int8_x4(a.n_pad, q, sc, off, a.q_row(t), a.dx_row(t), a.dsum_row(t), out);
+    const int t1 = nt > 1 ? t + 1 : t;
+    const int8_t* av[2] = {a.q_row(t), a.q_row(t1)};
+    const float* dx[2] = {a.dx_row(t), a.dx_row(t1)};
+    const float* ds[2] = {a.dsum_row(t), a.dsum_row(t1)};
+    k.dot_int8_x4(a.n_pad, q, sc, off, av, dx, ds, nt, out);
     return;
   }
   const float* w[4] = {rows[0]->f.data(), rows[1]->f.data(), rows[2]->f.data(), rows[3]->f.data()};
-  k.dot_f32_x4(a.n_pad, w, a.f_row(t), out);
+  const float* x[2] = {a.f_row(t), a.f_row(nt > 1 ? t + 1 : t)};
+  k.dot_f32_x4(a.n_pad, w, x, nt, out);
 }
 
 const KernelSet& scalar_kernels() { return kScalar; }

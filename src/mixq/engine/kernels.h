@@ -64,12 +64,13 @@ struct KernelSet {
                     const int8_t* a, const float* dx, const float* dsum);
   // F32 kernel over n_pad values (a multiple of 32).
   float (*dot_f32)(int64_t n_pad, const float* w, const float* x);
-  // Four rows against one activation row: out[r] = dot(rows r, activation), the same sums as the
-  // single-row kernels, loading the activation once.
-  // offset[r] may be null (a row without offsets).
+  // Four rows against nt (1 or 2) activation rows: out[j * 4 + r] = dot(row r, activation j), the
+  // same sums as the single-row kernels, each load shared by every product it feeds. offset[r] may
+  // be null (a row without offsets).
   void (*dot_int8_x4)(int64_t n_pad, const int8_t* const q[4], const float* const scale[4],
-                      const float* const offset[4], const int8_t* a, const float* dx, const float* dsum, float out[4]);
-  void (*dot_f32_x4)(int64_t n_pad, const float* const w[4], const float* x, float out[4]);
+                      const float* const offset[4], const int8_t* const a[2], const float* const dx[2],
+                      const float* const dsum[2], int nt, float* out);
+  void (*dot_f32_x4)(int64_t n_pad, const float* const w[4], const float* const x[2], int nt, float* out);
   // x[i] = exp(x[i] - m) for i < n (x[i] <= m); returns the sum in double (softmax tiles).
   double (*exp_sum)(float* x, int64_t n, float m);
   // Attention scores of one query against kAttnTile cached positions: s[p] = sum_i q[i] * kt[i][p]
@@ -105,8 +106,9 @@ inline float dot(const KernelSet& k, const PreparedRow& w, const PreparedActs& a
   return k.dot_f32(a.n_pad, w.f.data(), a.f_row(t));
 }
 
-// out[r] = dot(rows[r], activation row t) for 4 rows of the same kind.
-void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, float out[4]);
+// out[j * 4 + r] = dot(rows[r], activation row t + j) for 4 rows of the same kind, nt (1 or 2)
+// tokens.
+void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, int nt, float* out);
 
 // AVX2 kernels (kernels_avx2.cpp); null where the build has no AVX2 support.
 const KernelSet* avx2_kernels();

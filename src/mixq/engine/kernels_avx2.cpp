@@ -89,6 +89,7 @@ MIXQ_AVX2 void exp_inplace(float* x, int64_t n) {
   for (; i < n; ++i) x[i] = std::exp(x[i]);
 }
 
+
 // Sums of four vectors, one per lane of the result.
 MIXQ_AVX2 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
   const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
@@ -96,45 +97,86 @@ MIXQ_AVX2 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
   return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
-MIXQ_AVX2 void dot_int8_x4_avx2(int64_t n_pad, const int8_t* const q[4], const float* const scale[4],
-                                const float* const offset[4], const int8_t* a, const float* dx, const float* dsum,
-                                float out[4]) {
+template <int NT>
+MIXQ_AVX2 void dot_int8_x4_impl(int64_t n_pad, const int8_t* const q[4], const float* const scale[4],
+                                const float* const offset[4], const int8_t* const a[2], const float* const dx[2],
+                                const float* const dsum[2], float* out) {
   const __m256i ones = _mm256_set1_epi16(1);
   const __m256i spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  __m256 acc[NT][4];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm256_setzero_ps();
+  }
   for (int64_t i = 0; i < n_pad; i += 32) {
-    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
-    const __m128 d2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(dx + i / 16)));
+    __m256i av[NT];
+    __m128 d2[NT];
+    for (int j = 0; j < NT; ++j) {
+      av[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a[j] + i));
+      d2[j] = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(dx[j] + i / 16)));
+    }
     for (int r = 0; r < 4; ++r) {
       const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q[r] + i));
-      const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(qv, qv), _mm256_sign_epi8(av, qv)), ones);
+      const __m256i qa = _mm256_sign_epi8(qv, qv);
       const __m128 s2 = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(scale[r] + i / 16)));
-      const __m256 c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(s2, d2)), spread);
-      acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), c, acc[r]);
+      for (int j = 0; j < NT; ++j) {
+        const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(av[j], qv)), ones);
+        const __m256 c = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_mul_ps(s2, d2[j])), spread);
+        acc[j][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), c, acc[j][r]);
+      }
     }
   }
   // The offsets' share: sum over groups of offset * (dx * sum of the group's codes).
   const int64_t groups = n_pad / 16;
   for (int r = 0; r < 4; ++r) {
     if (offset[r] == nullptr) continue;
-    int64_t g = 0;
-    for (; g + 8 <= groups; g += 8) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(offset[r] + g), _mm256_loadu_ps(dsum + g), acc[r]);
-    if (g < groups) {
-      alignas(32) float o[8] = {}, d[8] = {};
-      for (int64_t j = g; j < groups; ++j) o[j - g] = offset[r][j], d[j - g] = dsum[j];
-      acc[r] = _mm256_fmadd_ps(_mm256_load_ps(o), _mm256_load_ps(d), acc[r]);
+    for (int j = 0; j < NT; ++j) {
+      int64_t g = 0;
+      for (; g + 8 <= groups; g += 8) {
+        acc[j][r] = _mm256_fmadd_ps(_mm256_loadu_ps(offset[r] + g), _mm256_loadu_ps(dsum[j] + g), acc[j][r]);
+      }
+      if (g < groups) {
+        alignas(32) float o[8] = {}, d[8] = {};
+        for (int64_t k = g; k < groups; ++k) o[k - g] = offset[r][k], d[k - g] = dsum[j][k];
+        acc[j][r] = _mm256_fmadd_ps(_mm256_load_ps(o), _mm256_load_ps(d), acc[j][r]);
+      }
     }
   }
-  _mm_storeu_ps(out, hsum4(acc[0], acc[1], acc[2], acc[3]));
+  for (int j = 0; j < NT; ++j) _mm_storeu_ps(out + 4 * j, hsum4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]));
 }
 
-MIXQ_AVX2 void dot_f32_x4_avx2(int64_t n_pad, const float* const w[4], const float* x, float out[4]) {
-  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-  for (int64_t i = 0; i < n_pad; i += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + i);
-    for (int r = 0; r < 4; ++r) acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(w[r] + i), xv, acc[r]);
+MIXQ_AVX2 void dot_int8_x4_avx2(int64_t n_pad, const int8_t* const q[4], const float* const scale[4],
+                                const float* const offset[4], const int8_t* const a[2], const float* const dx[2],
+                                const float* const dsum[2], int nt, float* out) {
+  if (nt == 2) {
+    dot_int8_x4_impl<2>(n_pad, q, scale, offset, a, dx, dsum, out);
+  } else {
+    dot_int8_x4_impl<1>(n_pad, q, scale, offset, a, dx, dsum, out);
   }
-  _mm_storeu_ps(out, hsum4(acc[0], acc[1], acc[2], acc[3]));
+}
+
+template <int NT>
+MIXQ_AVX2 void dot_f32_x4_impl(int64_t n_pad, const float* const w[4], const float* const x[2], float* out) {
+  __m256 acc[NT][4];
+  for (auto& row : acc) {
+    for (auto& v : row) v = _mm256_setzero_ps();
+  }
+  for (int64_t i = 0; i < n_pad; i += 8) {
+    __m256 xv[NT];
+    for (int j = 0; j < NT; ++j) xv[j] = _mm256_loadu_ps(x[j] + i);
+    for (int r = 0; r < 4; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w[r] + i);
+      for (int j = 0; j < NT; ++j) acc[j][r] = _mm256_fmadd_ps(wv, xv[j], acc[j][r]);
+    }
+  }
+  for (int j = 0; j < NT; ++j) _mm_storeu_ps(out + 4 * j, hsum4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]));
+}
+
+MIXQ_AVX2 void dot_f32_x4_avx2(int64_t n_pad, const float* const w[4], const float* const x[2], int nt, float* out) {
+  if (nt == 2) {
+    dot_f32_x4_impl<2>(n_pad, w, x, out);
+  } else {
+    dot_f32_x4_impl<1>(n_pad, w, x, out);
+  }
 }
 
 // exp(x) for x <= 0: x = k ln2 + r with |r| <= ln2 / 2 (ln2 split in two for an exact product),

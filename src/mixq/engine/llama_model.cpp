@@ -132,15 +132,23 @@ void LlamaContext::matmul(const GgufTensor& w, const float* x, int n_tokens, flo
     for (int64_t r = r0; r < r1; ++r) {
       kernels::prepare_row(*w.type, w.data + static_cast<size_t>(r) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
     }
-    for (int t = 0; t < n_tokens; ++t) {
-      float* yt = y + static_cast<size_t>(t) * static_cast<size_t>(out);
+    for (int t = 0; t < n_tokens; t += 2) {
+      const int nt = std::min(2, n_tokens - t);
       int64_t r = r0;
       for (; r + 4 <= r1; r += 4) {
         const kernels::PreparedRow* four[4] = {&rows[static_cast<size_t>(r - r0)], &rows[static_cast<size_t>(r - r0 + 1)],
                                                &rows[static_cast<size_t>(r - r0 + 2)], &rows[static_cast<size_t>(r - r0 + 3)]};
-        kernels::dot4(k, four, acts, t, yt + r);
+        float out4[8];
+        kernels::dot4(k, four, acts, t, nt, out4);
+        for (int j = 0; j < nt; ++j) {
+          std::copy(out4 + 4 * j, out4 + 4 * j + 4, y + static_cast<size_t>(t + j) * static_cast<size_t>(out) + r);
+        }
       }
-      for (; r < r1; ++r) yt[r] = kernels::dot(k, rows[static_cast<size_t>(r - r0)], acts, t);
+      for (; r < r1; ++r) {
+        for (int j = 0; j < nt; ++j) {
+          y[static_cast<size_t>(t + j) * static_cast<size_t>(out) + r] = kernels::dot(k, rows[static_cast<size_t>(r - r0)], acts, t + j);
+        }
+      }
     }
   });
 }
