@@ -10,6 +10,8 @@ void register_inspect(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_quantize(CLI::App& app);
 void register_perplexity(CLI::App& app);
+void register_kld(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_imatrix(CLI::App& app);
 
 }  // namespace mixq::cli

@@ -13,7 +13,9 @@ int main(int argc, char** argv) {
   mixq::cli::register_convert(app);
   mixq::cli::register_quantize(app);
   mixq::cli::register_perplexity(app);
+  mixq::cli::register_kld(app);
   mixq::cli::register_generate(app);
+  mixq::cli::register_imatrix(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

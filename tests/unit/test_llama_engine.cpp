@@ -1,4 +1,8 @@
 // The reference LLaMA forward pass on the real stories260K model.
+#include <algorithm>
+#include <fstream>
+#include <iterator>
+
 #include <fmt/format.h>
 
 #include "mixq/engine/llama_model.h"
@@ -90,6 +94,45 @@ TEST(LlamaEngine, BadInputIsAClearError) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("missing tensor blk.2.ffn_up.weight"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace mixq
+
+namespace mixq {
+namespace {
+
+// SmolLM2-135M (GPT-2 tokenizer, GQA 9/3 heads, tied Q8_0 embeddings, Q4_1 weights). Skipped when
+// the model is absent (see Tokenizer.SmolLM2MatchesHfTokenizers for where it comes from).
+TEST(LlamaEngine, SmolLM2PerplexityAndGenerationMatchLlamaCpp) {
+  std::filesystem::path path = test::source_dir() / ".cache/bench/SmolLM2-135M-Instruct.Q4_1.gguf";
+  if (const char* env = std::getenv("MIXQ_SMOLLM2_GGUF")) path = env;
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "SmolLM2 GGUF not found (" << path.string() << ")";
+  MIXQ_REQUIRE_SHARED("wikitext-2-raw/wiki.test.raw");
+  const GgufFile f = GgufFile::open(path);
+  const LlamaModel model(f);
+  const Tokenizer tok = Tokenizer::from_gguf(f);
+  EXPECT_EQ(model.hparams().n_head_kv, 3);
+  std::ifstream in(test::shared_data_dir() / "wikitext-2-raw/wiki.test.raw", std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  PerplexityOptions opts;
+  opts.max_chunks = 1;
+  const PerplexityResult r = perplexity(model, tok, text, opts);
+  // llama-perplexity -c 512 --chunks 1 on this file printed 13.0198 (llama.cpp 0c1e570, Oct 2026,
+  // CPU, AVX2; vendored by llama-cpp-python 0.3.36). The remaining gap is that llama.cpp version's
+  // tiled F32 attention against the F16 one-chunk attention mixq reproduces (the version behind
+  // the shared reference figures); without ggml's f16-rounded Q8_1 sums mixq printed 12.9451.
+  EXPECT_NEAR(r.ppl, 13.0198, 13.0198 * 1e-3);
+  LlamaContext ctx(model, 64, 0);
+  std::vector<int32_t> ids = tok.encode("The capital of France is", true);
+  std::string out;
+  for (int i = 0; i < 3; ++i) {
+    const auto& logits = ctx.eval(ids, false);
+    const auto next = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    out += tok.decode_token(next);
+    ids = {next};
+  }
+  EXPECT_EQ(out.substr(0, 6), " Paris") << out;
 }
 
 }  // namespace

@@ -51,11 +51,13 @@ ImportanceMatrix load_gguf_imatrix(const std::filesystem::path& path) {
     std::memcpy(sums.data(), t.data, sums.size() * sizeof(float));
     std::memcpy(cnt.data(), counts->data, cnt.size() * sizeof(float));
     const int64_t per = n / n_mat;
+    std::vector<float> means(sums.size());
     for (int64_t i = 0; i < n; ++i) {
       const float c = cnt[static_cast<size_t>(i / per)];
-      sums[static_cast<size_t>(i)] = c > 0 ? sums[static_cast<size_t>(i)] / c : 0.0f;
+      means[static_cast<size_t>(i)] = c > 0 ? sums[static_cast<size_t>(i)] / c : 0.0f;
     }
-    m.weights[base] = std::move(sums);
+    m.weights[base] = std::move(means);
+    m.sums[base] = ImatrixSums{std::move(sums), std::move(cnt)};
   }
   return m;
 }

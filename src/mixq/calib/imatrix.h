@@ -3,12 +3,20 @@
 // "imatrix"; or the legacy binary .dat). Quantizers weight each column's error by them.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
 
 namespace mixq {
+
+// What llama-imatrix stores for one tensor: per column the sum of squared inputs over every token
+// ("<tensor>.in_sum2", not divided), and per matrix (expert) the number of tokens ("<tensor>.counts").
+struct ImatrixSums {
+  std::vector<float> in_sum2;
+  std::vector<float> counts;  // in_sum2.size() / counts.size() columns per matrix
+};
 
 struct ImportanceMatrix {
   // tensor name ("blk.0.attn_q.weight") -> one weight per column (per expert for 3-D tensors,
@@ -18,6 +26,9 @@ struct ImportanceMatrix {
   int64_t chunk_count = 0;
   int64_t chunk_size = 0;
   std::string source;  // the file it came from
+  // The raw sums and counts behind `weights` (same keys): filled for GGUF files and collected
+  // matrices, empty for legacy .dat files (which keep only the means).
+  std::map<std::string, ImatrixSums> sums;
 
   const std::vector<float>* find(const std::string& tensor) const;
 };

@@ -1,5 +1,6 @@
 #include "mixq/eval/perplexity.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <stdexcept>
@@ -8,45 +9,94 @@
 
 namespace mixq {
 
+std::vector<int32_t> TextChunks::input(int c) const {
+  std::vector<int32_t> chunk(text_tokens(c), text_tokens(c) + n_ctx);
+  if (bos_first) chunk[0] = bos;  // as llama-perplexity: every chunk starts like a document
+  return chunk;
+}
+
+TextChunks split_text(const Tokenizer& tok, const std::string& text, int n_ctx, int max_chunks) {
+  if (n_ctx < 4) throw std::runtime_error(fmt::format("the context size (-c) must be at least 4, got {}", n_ctx));
+  TextChunks t;
+  t.n_ctx = n_ctx;
+  t.bos_first = tok.add_bos_token();
+  t.bos = tok.bos();
+  if (t.bos_first && t.bos < 0) throw std::runtime_error("the vocabulary adds BOS but defines no BOS token");
+  t.tokens = tok.encode(text, true);  // BOS first only when the vocabulary adds it
+  if (static_cast<int64_t>(t.tokens.size()) < 2LL * n_ctx) {
+    throw std::runtime_error(fmt::format("the text has {} tokens; -c {} needs at least {} (two contexts): use a "
+                                         "longer text or a smaller -c",
+                                         t.tokens.size(), n_ctx, 2LL * n_ctx));
+  }
+  t.n_chunks = static_cast<int>(t.tokens.size() / static_cast<size_t>(n_ctx));
+  if (max_chunks > 0) t.n_chunks = std::min(t.n_chunks, max_chunks);
+  return t;
+}
+
+ChunkRunner::ChunkRunner(const LlamaModel& model, const TextChunks& chunks, int threads)
+    : chunks_(chunks), ctx_(model, chunks.n_ctx, threads) {
+  const int n_vocab = ctx_.n_vocab();
+  const size_t n = static_cast<size_t>(chunks.n_chunks) * static_cast<size_t>(chunks.n_ctx);
+  for (size_t i = 0; i < n && i < chunks.tokens.size(); ++i) {
+    if (chunks.tokens[i] < 0 || chunks.tokens[i] >= n_vocab) {
+      throw std::runtime_error(fmt::format("token {} (id {}) is outside the model's vocabulary of {} tokens: the "
+                                           "tokenizer does not match the model",
+                                           i, chunks.tokens[i], n_vocab));
+    }
+  }
+}
+
+ChunkLogits ChunkRunner::run(int c) {
+  ctx_.reset();
+  const std::vector<float>& logits = ctx_.eval(chunks_.input(c), true);
+  ChunkLogits out;
+  out.chunk = c;
+  out.rows = chunks_.rows_per_chunk();
+  out.n_vocab = ctx_.n_vocab();
+  out.logits = logits.data() + static_cast<size_t>(chunks_.first()) * static_cast<size_t>(out.n_vocab);
+  out.targets = chunks_.targets(c);
+  return out;
+}
+
+void run_chunks(const LlamaModel& model, const TextChunks& chunks, int threads,
+                const std::function<void(const ChunkLogits&)>& fn) {
+  ChunkRunner runner(model, chunks, threads);
+  for (int c = 0; c < chunks.n_chunks; ++c) fn(runner.run(c));
+}
+
+LogSoftmax::LogSoftmax(const float* row, int n) : row_(row), n_(n) {
+  max_ = row[0];
+  for (int v = 1; v < n; ++v) max_ = std::max(max_, row[v]);
+  double sum = 0;
+  for (int v = 0; v < n; ++v) sum += std::exp(static_cast<double>(row[v] - max_));
+  log_sum_ = std::log(sum);
+}
+
+void LogSoftmax::all(double* out) const {
+  for (int v = 0; v < n_; ++v) out[v] = (*this)(v);
+}
+
+void LogSoftmax::all(float* out) const {
+  for (int v = 0; v < n_; ++v) out[v] = static_cast<float>((*this)(v));
+}
+
 PerplexityResult perplexity(const LlamaModel& model, const Tokenizer& tok, const std::string& text,
                             const PerplexityOptions& opts) {
   const auto start = std::chrono::steady_clock::now();
-  const std::vector<int32_t> tokens = tok.encode(text, true);
-  const int n_ctx = opts.n_ctx;
-  if (static_cast<int64_t>(tokens.size()) < 2LL * n_ctx) {
-    throw std::runtime_error(fmt::format("the text has {} tokens; perplexity with -c {} needs at least {} (two "
-                                         "contexts): use a longer text or a smaller -c",
-                                         tokens.size(), n_ctx, 2 * n_ctx));
-  }
-  int n_chunks = static_cast<int>(tokens.size() / static_cast<size_t>(n_ctx));
-  if (opts.max_chunks > 0) n_chunks = std::min(n_chunks, opts.max_chunks);
-  LlamaContext ctx(model, n_ctx, opts.threads);
-  const int n_vocab = ctx.n_vocab();
-  const int first = n_ctx / 2;
+  const TextChunks chunks = split_text(tok, text, opts.n_ctx, opts.max_chunks);
   double nll = 0, nll2 = 0;
   int64_t count = 0;
-  for (int c = 0; c < n_chunks; ++c) {
-    std::vector<int32_t> chunk(tokens.begin() + static_cast<long>(c) * n_ctx,
-                               tokens.begin() + static_cast<long>(c + 1) * n_ctx);
-    chunk[0] = tok.bos();  // as llama-perplexity: every chunk starts like a document
-    ctx.reset();
-    const std::vector<float>& logits = ctx.eval(chunk, true);
-    for (int j = first; j < n_ctx - 1; ++j) {
-      const float* row = logits.data() + static_cast<size_t>(j) * static_cast<size_t>(n_vocab);
-      float max_l = row[0];
-      for (int v = 1; v < n_vocab; ++v) max_l = std::max(max_l, row[v]);
-      double sum = 0;
-      for (int v = 0; v < n_vocab; ++v) sum += std::exp(static_cast<double>(row[v] - max_l));
-      const int32_t target = tokens[static_cast<size_t>(c) * n_ctx + static_cast<size_t>(j) + 1];
-      const double lp = static_cast<double>(row[target] - max_l) - std::log(sum);
+  run_chunks(model, chunks, opts.threads, [&](const ChunkLogits& c) {
+    for (int i = 0; i < c.rows; ++i) {
+      const double lp = LogSoftmax(c.row(i), c.n_vocab)(c.targets[i]);
       nll -= lp;
       nll2 += lp * lp;
       ++count;
     }
-    if (opts.on_chunk) opts.on_chunk(c + 1, n_chunks, std::exp(nll / static_cast<double>(count)));
-  }
+    if (opts.on_chunk) opts.on_chunk(c.chunk + 1, chunks.n_chunks, std::exp(nll / static_cast<double>(count)));
+  });
   PerplexityResult r;
-  r.chunks = n_chunks;
+  r.chunks = chunks.n_chunks;
   r.scored_tokens = count;
   const double mean = nll / static_cast<double>(count);
   r.ppl = std::exp(mean);

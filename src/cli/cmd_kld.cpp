@@ -1,0 +1,239 @@
+// `mixq kld`: KL divergence of a model from a base model (or a stored base run), with
+// llama-perplexity's chunks, report and an optional quality gate.
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <optional>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "commands.h"
+#include "mixq/eval/kld.h"
+#include "progress.h"
+
+namespace mixq::cli {
+
+namespace {
+
+constexpr int kExitGateFailed = 3;
+constexpr int kExitInterrupted = 130;
+
+std::atomic<bool> g_kld_interrupted{false};
+extern "C" void on_kld_interrupt(int) { g_kld_interrupted = true; }
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("cannot read the text file '{}'", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+struct Opts {
+  std::string model, base, base_logits, save_base, file, max_ppl_increase;
+  int n_ctx = 512, chunks = 0, threads = 0;
+  bool json = false;
+  std::optional<double> max_kld;
+};
+
+// SIGINT / SIGTERM set a flag that the evaluation checks after every chunk (so a --save-base file
+// is never left half-written); restored on scope exit.
+class InterruptScope {
+ public:
+  InterruptScope() {
+    g_kld_interrupted = false;
+    old_int_ = std::signal(SIGINT, on_kld_interrupt);
+    old_term_ = std::signal(SIGTERM, on_kld_interrupt);
+  }
+  ~InterruptScope() {
+    std::signal(SIGINT, old_int_);
+    std::signal(SIGTERM, old_term_);
+  }
+
+ private:
+  void (*old_int_)(int);
+  void (*old_term_)(int);
+};
+
+void run(const Opts& o, bool ctx_given) {
+  const bool compare = !o.base.empty() || !o.base_logits.empty();
+  if (!o.base.empty() && !o.base_logits.empty()) throw std::runtime_error("give either --base or --base-logits, not both");
+  if (!o.base_logits.empty() && !o.save_base.empty()) {
+    throw std::runtime_error("--save-base stores a base run; with --base-logits the base is already stored");
+  }
+  if (!compare && o.save_base.empty()) {
+    throw std::runtime_error("nothing to compare with: give --base REF.gguf, --base-logits FILE, or --save-base FILE "
+                             "to store MODEL's run as a base");
+  }
+  std::optional<double> max_ppl_increase;
+  if (!o.max_ppl_increase.empty()) max_ppl_increase = parse_ppl_increase(o.max_ppl_increase);
+  if (o.max_kld && !(std::isfinite(*o.max_kld) && *o.max_kld >= 0)) {
+    throw std::runtime_error(fmt::format("bad --max-kld {}: the limit must be a finite number >= 0", *o.max_kld));
+  }
+  if (!compare && (max_ppl_increase || o.max_kld)) {
+    throw std::runtime_error("--max-ppl-increase and --max-kld need a comparison (--base or --base-logits)");
+  }
+  if (o.chunks < 0) throw std::runtime_error(fmt::format("--chunks must be >= 0, got {}", o.chunks));
+
+  const std::string text = read_text(o.file);
+  KldOptions opts;
+  opts.n_ctx = o.n_ctx;
+  opts.max_chunks = o.chunks;
+  opts.threads = o.threads;
+  if (!o.base_logits.empty()) {
+    const BaseLogitsInfo info = read_base_logits_info(o.base_logits);
+    if (ctx_given && info.n_ctx != o.n_ctx) {
+      throw std::runtime_error(fmt::format("the base logits '{}' were made with -c {}, not -c {}", o.base_logits,
+                                           info.n_ctx, o.n_ctx));
+    }
+    opts.n_ctx = info.n_ctx;
+  }
+  const GgufFile mf = GgufFile::open(o.model);
+  const LlamaModel model(mf);
+  const Tokenizer tok = Tokenizer::from_gguf(mf);
+  std::optional<GgufFile> bf;
+  std::optional<LlamaModel> base;
+  std::optional<Tokenizer> base_tok;
+  if (!o.base.empty()) {
+    bf.emplace(GgufFile::open(o.base));
+    base.emplace(*bf);
+    base_tok.emplace(Tokenizer::from_gguf(*bf));
+  }
+
+  Progress bar(compare ? "kld" : "base");
+  const auto start = std::chrono::steady_clock::now();
+  opts.on_chunk = [&](const KldProgress& p) {
+    const std::string what = compare ? fmt::format("KLD {:.6f}, PPL {:.4f} vs {:.4f}", p.mean_kld, p.ppl_model, p.ppl_base)
+                                     : fmt::format("PPL {:.4f}", p.ppl_base);
+    bar.update(static_cast<size_t>(p.done), static_cast<size_t>(p.total), what,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  };
+  std::optional<InterruptScope> interrupts;
+  if (!o.save_base.empty()) {
+    interrupts.emplace();
+    opts.cancel = &g_kld_interrupted;
+    opts.save_base = o.save_base;
+  }
+
+  std::optional<KldResult> result;
+  std::optional<PerplexityResult> saved;
+  try {
+    if (base) {
+      result = kl_divergence(*base, *base_tok, model, tok, text, opts);
+    } else if (!o.base_logits.empty()) {
+      result = kl_divergence_from_file(o.base_logits, model, tok, text, opts);
+    } else {
+      saved = save_base_logits(model, tok, text, o.save_base, opts);
+    }
+  } catch (const KldCancelled& e) {
+    bar.finish();
+    std::fflush(stdout);
+    fmt::print(stderr, "mixq: {}\n", e.what());
+    throw CLI::RuntimeError(kExitInterrupted);
+  } catch (...) {
+    bar.finish();
+    throw;
+  }
+  bar.finish();
+  interrupts.reset();
+
+  if (saved) {
+    if (o.json) {
+      nlohmann::ordered_json j;
+      j["model"] = o.model;
+      j["saved_base"] = o.save_base;
+      j["chunks"] = saved->chunks;
+      j["n_ctx"] = opts.n_ctx;
+      j["tokens"] = saved->scored_tokens;
+      j["ppl"] = {{"value", saved->ppl}, {"error", saved->ppl_error}};
+      j["seconds"] = saved->seconds;
+      fmt::print("{}\n", j.dump(2));
+    } else {
+      fmt::print("{} chunks of {} tokens, {} tokens scored, {:.1f} s\n", saved->chunks, opts.n_ctx,
+                 saved->scored_tokens, saved->seconds);
+      fmt::print("PPL(base) = {:.4f} +/- {:.5f}\n", saved->ppl, saved->ppl_error);
+      fmt::print("saved the base log-probabilities to {}\n", o.save_base);
+    }
+    return;
+  }
+
+  const KldStats& s = result->stats;
+  const std::vector<std::string> failures = check_quality_gate(s, max_ppl_increase, o.max_kld);
+  const bool gated = max_ppl_increase || o.max_kld;
+  if (o.json) {
+    nlohmann::ordered_json j;
+    j["model"] = o.model;
+    j["base"] = o.base.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(o.base);
+    j["base_logits"] = o.base_logits.empty() ? nlohmann::ordered_json() : nlohmann::ordered_json(o.base_logits);
+    if (!o.save_base.empty()) j["saved_base"] = o.save_base;
+    j.update(s.to_json());
+    j["seconds"] = result->seconds;
+    if (gated) {
+      nlohmann::ordered_json g;
+      g["max_ppl_increase"] = max_ppl_increase ? nlohmann::ordered_json(*max_ppl_increase) : nlohmann::ordered_json();
+      g["max_kld"] = o.max_kld ? nlohmann::ordered_json(*o.max_kld) : nlohmann::ordered_json();
+      g["passed"] = failures.empty();
+      g["failures"] = failures;
+      j["gate"] = g;
+    }
+    fmt::print("{}\n", j.dump(2));
+  } else {
+    fmt::print("model: {}\n", o.model);
+    if (!o.base.empty()) fmt::print("base:  {}\n", o.base);
+    if (!o.base_logits.empty()) fmt::print("base:  stored run {}\n", o.base_logits);
+    fmt::print("{} chunks of {} tokens, {} tokens scored, {:.1f} s\n\n", s.chunks, s.n_ctx, s.tokens, result->seconds);
+    fmt::print("{}", s.to_text());
+    if (!o.save_base.empty()) fmt::print("\nsaved the base log-probabilities to {}\n", o.save_base);
+    if (gated && failures.empty()) {
+      std::string limits;
+      if (max_ppl_increase) {
+        limits += fmt::format("PPL increase {:.4f}% <= {:.4g}%", 100 * s.ppl_increase(), 100 * *max_ppl_increase);
+      }
+      if (o.max_kld) limits += fmt::format("{}mean KLD {:.6f} <= {:.6g}", limits.empty() ? "" : ", ", s.kld.value, *o.max_kld);
+      fmt::print("\nquality gate passed: {}\n", limits);
+    }
+  }
+  if (!failures.empty()) {
+    std::fflush(stdout);
+    for (const auto& f : failures) fmt::print(stderr, "mixq: quality gate failed: {}\n", f);
+    throw CLI::RuntimeError(kExitGateFailed);
+  }
+}
+
+}  // namespace
+
+void register_kld(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "kld", "KL divergence of a model from a base model on a text (llama-perplexity's chunks and report)");
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("MODEL", o->model, "Model to judge (GGUF); with only --save-base, the base model to store")
+      ->required();
+  cmd->add_option("--base", o->base, "Base (reference) model, e.g. the F32/F16 original (GGUF)");
+  cmd->add_option("--base-logits", o->base_logits, "A base run stored with --save-base (instead of --base)");
+  cmd->add_option("--save-base", o->save_base,
+                  "Store the base run's log-probabilities (float32, unclamped) here: with --base, the base "
+                  "while comparing; alone, MODEL's run");
+  cmd->add_option("-f,--file", o->file, "Text file (e.g. wiki.test.raw)")->required();
+  auto* ctx = cmd->add_option("-c,--ctx-size", o->n_ctx, "Context per chunk (with --base-logits: the file's)")
+                  ->capture_default_str();
+  cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
+  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_flag("--json", o->json, "Print one JSON object instead of the text report");
+  cmd->add_option("--max-ppl-increase", o->max_ppl_increase,
+                  "Quality gate: fail when PPL(model) exceeds PPL(base) by more than this (5% or 0.05)");
+  cmd->add_option("--max-kld", o->max_kld, "Quality gate: fail when the mean KLD exceeds this");
+  cmd->footer(
+      "Reports PPL of both models, their ratio, mean/median/percentile KLD, same top token and the change in the\n"
+      "probability of the right token (Δp), per scored token as llama-perplexity --kl-divergence does; the base\n"
+      "is stored without clamping. Exit status: 0 done (gates passed), 1 error, 3 a quality gate failed\n"
+      "(--max-ppl-increase / --max-kld; the report is printed first), 130 interrupted.");
+  cmd->callback([o, ctx] { run(*o, ctx->count() > 0); });
+}
+
+}  // namespace mixq::cli
