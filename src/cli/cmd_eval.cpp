@@ -15,6 +15,7 @@ void register_perplexity(CLI::App& app) {
   struct Opts {
     std::string model, file;
     int n_ctx = 512, chunks = 0, threads = 0;
+    std::string attention = "f16";
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("MODEL", o->model, "Model (GGUF)")->required();
@@ -22,6 +23,7 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("-c,--ctx-size", o->n_ctx, "Context per chunk")->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache: faster, as newer llama.cpp builds), f32");
   cmd->callback([o] {
     std::ifstream in(o->file, std::ios::binary);
     if (!in) throw std::runtime_error(fmt::format("cannot read '{}'", o->file));
@@ -32,6 +34,7 @@ void register_perplexity(CLI::App& app) {
     const Tokenizer tok = Tokenizer::from_gguf(f);
     Progress bar("perplexity");
     PerplexityOptions opts{o->n_ctx, o->chunks, o->threads, nullptr};
+    opts.attention = parse_attention_mode(o->attention);
     const auto start = std::chrono::steady_clock::now();
     opts.on_chunk = [&](int done, int total, double ppl) {
       bar.update(static_cast<size_t>(done), static_cast<size_t>(total), fmt::format("PPL {:.4f}", ppl),

@@ -15,6 +15,7 @@ void register_generate(CLI::App& app) {
   struct Opts {
     std::string model, prompt;
     int n = 128, threads = 0, ctx = 0, top_k = 40;
+    std::string attention = "f16";
     float temp = 0.8f, top_p = 0.95f;
     uint64_t seed = 0;
   };
@@ -28,6 +29,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   cmd->add_option("-c,--ctx-size", o->ctx, "Context (default: the model's, at most prompt + n)");
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache: faster, as newer llama.cpp builds), f32");
   cmd->callback([o] {
     if (o->prompt.empty()) throw std::runtime_error("the prompt is empty: give -p TEXT");
     const GgufFile f = GgufFile::open(o->model);
@@ -39,6 +41,7 @@ void register_generate(CLI::App& app) {
       throw std::runtime_error(fmt::format("the prompt has {} tokens, the context only {}", prompt.size(), n_ctx));
     }
     LlamaContext ctx(model, n_ctx, o->threads);
+    ctx.set_attention(parse_attention_mode(o->attention));
     Sampler sampler({o->temp, o->top_k, o->top_p, o->seed});
     // The prompt as typed (the tokenizer's leading space is not echoed).
     fmt::print("{}", o->prompt);

@@ -38,6 +38,7 @@ std::string read_text(const std::string& path) {
 struct Opts {
   std::string model, base, base_logits, save_base, file, max_ppl_increase;
   int n_ctx = 512, chunks = 0, threads = 0;
+  std::string attention = "f16";
   bool json = false;
   std::optional<double> max_kld;
 };
@@ -86,6 +87,7 @@ void run(const Opts& o, bool ctx_given) {
   opts.n_ctx = o.n_ctx;
   opts.max_chunks = o.chunks;
   opts.threads = o.threads;
+  opts.attention = parse_attention_mode(o.attention);
   if (!o.base_logits.empty()) {
     const BaseLogitsInfo info = read_base_logits_info(o.base_logits);
     if (ctx_given && info.n_ctx != o.n_ctx) {
@@ -224,6 +226,7 @@ void register_kld(CLI::App& app) {
                   ->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache: faster, as newer llama.cpp builds), f32");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the text report");
   cmd->add_option("--max-ppl-increase", o->max_ppl_increase,
                   "Quality gate: fail when PPL(model) exceeds PPL(base) by more than this (5% or 0.05)");

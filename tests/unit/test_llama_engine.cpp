@@ -137,3 +137,40 @@ TEST(LlamaEngine, SmolLM2PerplexityAndGenerationMatchLlamaCpp) {
 
 }  // namespace
 }  // namespace mixq
+
+namespace mixq {
+namespace {
+
+// The three attention modes compute the same model: perplexities within rounding of each other,
+// and the mode names parse (or fail with the choices).
+TEST(LlamaEngine, AttentionModesAgree) {
+  MIXQ_REQUIRE_SHARED("stories260K/stories260K-f32.llamacpp.gguf");
+  const GgufFile f = GgufFile::open(test::shared_data_dir() / "stories260K/stories260K-f32.llamacpp.gguf");
+  const LlamaModel model(f);
+  const Tokenizer tok = Tokenizer::from_gguf(f);
+  std::ifstream in(test::shared_data_dir() / "wikitext-2-raw/wiki.test.raw", std::ios::binary);
+  std::string text(40000, '\0');
+  in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  text.resize(static_cast<size_t>(in.gcount()));
+  double ppl[3];
+  const AttentionMode modes[3] = {AttentionMode::kLlamaCppF16, AttentionMode::kTiled, AttentionMode::kF32};
+  for (int m = 0; m < 3; ++m) {
+    PerplexityOptions opts;
+    opts.max_chunks = 3;
+    opts.attention = modes[m];
+    ppl[m] = perplexity(model, tok, text, opts).ppl;
+  }
+  EXPECT_NE(ppl[0], ppl[1]);
+  EXPECT_NEAR(ppl[1], ppl[0], ppl[0] * 1e-3);
+  EXPECT_NEAR(ppl[2], ppl[0], ppl[0] * 1e-3);
+  EXPECT_EQ(parse_attention_mode("tiled"), AttentionMode::kTiled);
+  try {
+    parse_attention_mode("fast");
+    FAIL() << "an unknown attention mode was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("f16"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace mixq

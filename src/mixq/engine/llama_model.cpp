@@ -48,6 +48,15 @@ std::vector<float> decode_vector(const GgufTensor& t) {
 
 }  // namespace
 
+AttentionMode parse_attention_mode(const std::string& name) {
+  if (name == "f16") return AttentionMode::kLlamaCppF16;
+  if (name == "tiled") return AttentionMode::kTiled;
+  if (name == "f32") return AttentionMode::kF32;
+  throw std::runtime_error(fmt::format("unknown attention mode '{}': use f16 (llama.cpp's reference numerics, the "
+                                       "default), tiled (F32 tiles over an F16 cache, faster) or f32",
+                                       name));
+}
+
 LlamaModel::LlamaModel(const GgufFile& f) : file_(f) {
   const GgufValue* arch = f.find("general.architecture");
   if (!arch || arch->type() != GgufValueType::STRING) {
@@ -213,15 +222,15 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
       const size_t pos = static_cast<size_t>(n_past_ + t);
       // llama.cpp keeps its KV cache in F16 by default; store what it would store.
       for (int i = 0; i < kvd; ++i) {
-        const float kv = f16_attention_ ? round_fp16(k[t * kvd + i]) : k[t * kvd + i];
+        const float kv = attention_ != AttentionMode::kF32 ? round_fp16(k[t * kvd + i]) : k[t * kvd + i];
         kc[static_cast<size_t>(i) * static_cast<size_t>(kv_stride_) + pos] = kv;
-        vc[pos * kvd + i] = f16_attention_ ? round_fp16(v[t * kvd + i]) : v[t * kvd + i];
+        vc[pos * kvd + i] = attention_ != AttentionMode::kF32 ? round_fp16(v[t * kvd + i]) : v[t * kvd + i];
       }
     }
     // Causal attention, one (token, head) per task: llama.cpp's tiled flash attention (F32 Q,
     // tiles of 64 cached positions, online softmax with the running maximum, sums of each tile's
     // exponentials in double, F32 accumulation of V in position order).
-    if (f16_attention_) {
+    if (attention_ == AttentionMode::kLlamaCppF16) {
       // Tasks of four consecutive tokens of one head (the kernel interleaves their sequential parts).
       const int groups = (n + 3) / 4;
       pool_.parallel_for(static_cast<int64_t>(groups) * hp.n_head, [&](int64_t task) {

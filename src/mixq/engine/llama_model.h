@@ -8,6 +8,7 @@
 
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "mixq/engine/kernels.h"
@@ -47,6 +48,15 @@ class LlamaModel {
   LlamaHParams hp_;
 };
 
+// Attention numerics. kLlamaCppF16 (the default): what llama.cpp's CPU backend computed for the
+// shared reference figures (F16 KV cache; flash attention with F16 Q and F16 value accumulation,
+// position by position), so perplexity figures compare digit for digit. kTiled: F16 KV cache, F32
+// flash attention over tiles of 64 positions (newer llama.cpp builds; faster here). kF32: F32 KV
+// cache and plain F32 softmax (the math reference that tests compare with numpy).
+enum class AttentionMode { kLlamaCppF16, kTiled, kF32 };
+// Parses "f16", "tiled" or "f32"; throws std::runtime_error naming the choices.
+AttentionMode parse_attention_mode(const std::string& name);
+
 // One sequence's state: the KV cache and scratch buffers.
 class LlamaContext {
  public:
@@ -56,11 +66,9 @@ class LlamaContext {
   // row-major) when all_logits, else only the last token's.
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits);
   void reset() { n_past_ = 0; }
-  // Attention numerics. On (the default): what llama.cpp's CPU backend computes (F16 KV cache,
-  // flash attention with F16 Q and F16 value accumulation), so perplexity figures compare digit for
-  // digit. Off: F32 KV cache and F32 softmax/accumulation (the plain-math reference that tests
-  // compare with an independent implementation).
-  void set_f16_attention(bool on) { f16_attention_ = on; }
+  void set_attention(AttentionMode mode) { attention_ = mode; }
+  // On: kLlamaCppF16; off: kF32.
+  void set_f16_attention(bool on) { attention_ = on ? AttentionMode::kLlamaCppF16 : AttentionMode::kF32; }
   // Called before every matrix product with the weight and its input (n_tokens rows of the
   // weight's row length, F32): what an importance matrix collects. Null: no observer.
   using MatmulObserver = std::function<void(const GgufTensor& weight, const float* x, int n_tokens)>;
@@ -81,7 +89,7 @@ class LlamaContext {
   int n_ctx_;
   int n_past_ = 0;
   int kv_stride_ = 0;  // K cache row length: n_ctx rounded up to whole attention tiles
-  bool f16_attention_ = true;
+  AttentionMode attention_ = AttentionMode::kLlamaCppF16;
   MatmulObserver observer_;
   ThreadPool pool_;
   std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_dim]

@@ -563,7 +563,7 @@ KldResult kl_divergence(const LlamaModel& base, const Tokenizer& base_tok, const
                     "the tokenizers differ, so the models' vocabularies are not the same");
   std::optional<BaseLogitsWriter> writer;
   if (!opts.save_base.empty()) writer.emplace(opts.save_base, chunks, base.hparams().n_vocab);
-  ChunkRunner base_runner(base, chunks, opts.threads);
+  ChunkRunner base_runner(base, chunks, opts.threads, opts.attention);
   Comparer cmp(opts.threads);
   KldResult r;
   Running running;
@@ -575,7 +575,7 @@ KldResult kl_divergence(const LlamaModel& base, const Tokenizer& base_tok, const
     running.add(r.tokens);
     if (opts.on_chunk) opts.on_chunk(running.progress(m.chunk + 1, chunks.n_chunks));
     check_cancel(opts);
-  });
+  }, opts.attention);
   if (writer) writer->finish();
   r.stats = summarize(r.tokens, chunks.n_chunks, chunks.n_ctx);
   r.seconds = seconds_since(start);
@@ -626,7 +626,7 @@ KldResult kl_divergence_from_file(const fs::path& base_logits, const LlamaModel&
     running.add(r.tokens);
     if (opts.on_chunk) opts.on_chunk(running.progress(m.chunk + 1, chunks.n_chunks));
     check_cancel(opts);
-  });
+  }, opts.attention);
   r.stats = summarize(r.tokens, chunks.n_chunks, chunks.n_ctx);
   r.seconds = seconds_since(start);
   return r;
@@ -653,7 +653,7 @@ PerplexityResult save_base_logits(const LlamaModel& base, const Tokenizer& tok, 
     }
     if (opts.on_chunk) opts.on_chunk({b.chunk + 1, chunks.n_chunks, 0, std::exp(nll_sum / static_cast<double>(nll.size())), 0});
     check_cancel(opts);
-  });
+  }, opts.attention);
   writer.finish();
   const Moments m = moments(nll);
   PerplexityResult r;

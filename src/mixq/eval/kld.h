@@ -50,6 +50,7 @@ struct KldOptions {
   std::filesystem::path save_base;  // also store the base run here (empty: no)
   std::function<void(const KldProgress&)> on_chunk;
   const std::atomic<bool>* cancel = nullptr;  // checked after every chunk; throws KldCancelled
+  AttentionMode attention = AttentionMode::kLlamaCppF16;  // both models
 };
 
 class KldCancelled : public std::runtime_error {

@@ -33,8 +33,9 @@ TextChunks split_text(const Tokenizer& tok, const std::string& text, int n_ctx, 
   return t;
 }
 
-ChunkRunner::ChunkRunner(const LlamaModel& model, const TextChunks& chunks, int threads)
+ChunkRunner::ChunkRunner(const LlamaModel& model, const TextChunks& chunks, int threads, AttentionMode attention)
     : chunks_(chunks), ctx_(model, chunks.n_ctx, threads) {
+  ctx_.set_attention(attention);
   const int n_vocab = ctx_.n_vocab();
   const size_t n = static_cast<size_t>(chunks.n_chunks) * static_cast<size_t>(chunks.n_ctx);
   for (size_t i = 0; i < n && i < chunks.tokens.size(); ++i) {
@@ -59,8 +60,8 @@ ChunkLogits ChunkRunner::run(int c) {
 }
 
 void run_chunks(const LlamaModel& model, const TextChunks& chunks, int threads,
-                const std::function<void(const ChunkLogits&)>& fn) {
-  ChunkRunner runner(model, chunks, threads);
+                const std::function<void(const ChunkLogits&)>& fn, AttentionMode attention) {
+  ChunkRunner runner(model, chunks, threads, attention);
   for (int c = 0; c < chunks.n_chunks; ++c) fn(runner.run(c));
 }
 
@@ -94,7 +95,7 @@ PerplexityResult perplexity(const LlamaModel& model, const Tokenizer& tok, const
       ++count;
     }
     if (opts.on_chunk) opts.on_chunk(c.chunk + 1, chunks.n_chunks, std::exp(nll / static_cast<double>(count)));
-  });
+  }, opts.attention);
   PerplexityResult r;
   r.chunks = chunks.n_chunks;
   r.scored_tokens = count;

@@ -58,7 +58,8 @@ struct ChunkLogits {
 class ChunkRunner {
  public:
   // Throws std::runtime_error when a token of the chunks is outside the model's vocabulary.
-  ChunkRunner(const LlamaModel& model, const TextChunks& chunks, int threads);
+  ChunkRunner(const LlamaModel& model, const TextChunks& chunks, int threads,
+              AttentionMode attention = AttentionMode::kLlamaCppF16);
   // Chunk c's scored rows; valid until the next run().
   ChunkLogits run(int c);
 
@@ -69,7 +70,8 @@ class ChunkRunner {
 
 // Runs the model over chunks 0 .. n_chunks-1 (one fresh sequence each) and calls fn after each.
 void run_chunks(const LlamaModel& model, const TextChunks& chunks, int threads,
-                const std::function<void(const ChunkLogits&)>& fn);
+                const std::function<void(const ChunkLogits&)>& fn,
+                AttentionMode attention = AttentionMode::kLlamaCppF16);
 
 // The log-softmax of one row of logits, as llama-perplexity computes it: the maximum in float,
 // log p(v) = double(logit[v] - max) - log(sum_v exp(double(logit[v] - max))).
@@ -92,6 +94,7 @@ struct PerplexityOptions {
   int max_chunks = 0;  // 0: all
   int threads = 0;
   std::function<void(int done, int total, double ppl)> on_chunk;
+  AttentionMode attention = AttentionMode::kLlamaCppF16;
 };
 
 struct PerplexityResult {
