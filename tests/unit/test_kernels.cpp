@@ -97,6 +97,25 @@ TEST(Kernels, Q8_KActivationsMatchTheQ8_KCodec) {
   }
 }
 
+// ggml's nearest_int rounds half to even: with the extreme at -127 the scale is exactly 1, so 2.5
+// must become 2 and 3.5 become 4, in the codec and in the engine's activations alike.
+TEST(Kernels, Q8_KRoundsHalfToEvenLikeGgml) {
+  std::vector<float> x(256, 0.0f);
+  x[0] = -127.0f;
+  x[1] = 2.5f;
+  x[2] = 3.5f;
+  x[3] = -0.5f;
+  std::vector<kq::BlockQ8K> ref(1);
+  kq::quantize_row_q8_k(x.data(), ref.data(), 256, nullptr);
+  EXPECT_EQ(ref[0].qs[0], -127);  // iscale = -127 / extreme = 1
+  EXPECT_EQ(ref[0].qs[1], 2);
+  EXPECT_EQ(ref[0].qs[2], 4);
+  EXPECT_EQ(ref[0].qs[3], 0);
+  kernels::PreparedActs a;
+  kernels::prepare_activations(ActFormat::Q8_K, x.data(), 1, 256, a);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(a.q[static_cast<size_t>(i)], ref[0].qs[i]) << i;
+}
+
 // Activations as the kernels see them, decoded back to floats.
 std::vector<double> decoded_activation(const kernels::PreparedActs& a) {
   std::vector<double> v(static_cast<size_t>(a.n_pad));

@@ -31,7 +31,8 @@ void quantize_row_q8_k(const float* x, void* dst, int64_t n, const float*) {
     // As ggml: the extreme value maps to -127 (so d may be negative); 128 would overflow int8.
     const float iscale = -127.0f / extreme;
     for (int i = 0; i < kSuperBlock; ++i) {
-      blk.qs[i] = static_cast<int8_t>(std::min(127L, std::lround(iscale * xb[i])));
+      // ggml's nearest_int: round half to even (the default rounding mode), capped at 127.
+      blk.qs[i] = static_cast<int8_t>(std::min(127.0f, std::nearbyint(iscale * xb[i])));
     }
     for (int j = 0; j < kSuperBlock / 16; ++j) {
       int sum = 0;
