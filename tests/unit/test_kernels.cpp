@@ -260,6 +260,13 @@ TEST(Kernels, TheBestSetIsTheFastestAvailable) {
   const auto sets = kernels::available_kernel_sets();
   ASSERT_FALSE(sets.empty());
   EXPECT_STREQ(sets.front()->name, "scalar");
+#if defined(__x86_64__)
+  // Every AVX2 CPU since Haswell has FMA and F16C too: the avx2 set must be offered there.
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    ASSERT_GE(sets.size(), 2u);
+    EXPECT_STREQ(sets[1]->name, "avx2");
+  }
+#endif
   if (std::getenv("MIXQ_KERNELS") == nullptr) { EXPECT_EQ(&kernels::best_kernels(), sets.back()); }
 }
 
