@@ -23,7 +23,7 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("-c,--ctx-size", o->n_ctx, "Context per chunk")->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
-  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache: faster, as newer llama.cpp builds), f32");
+  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
   cmd->callback([o] {
     std::ifstream in(o->file, std::ios::binary);
     if (!in) throw std::runtime_error(fmt::format("cannot read '{}'", o->file));

@@ -29,7 +29,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   cmd->add_option("-c,--ctx-size", o->ctx, "Context (default: the model's, at most prompt + n)");
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
-  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache: faster, as newer llama.cpp builds), f32");
+  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
   cmd->callback([o] {
     if (o->prompt.empty()) throw std::runtime_error("the prompt is empty: give -p TEXT");
     const GgufFile f = GgufFile::open(o->model);

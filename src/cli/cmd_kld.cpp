@@ -226,7 +226,7 @@ void register_kld(CLI::App& app) {
                   ->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
-  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache: faster, as newer llama.cpp builds), f32");
+  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the text report");
   cmd->add_option("--max-ppl-increase", o->max_ppl_increase,
                   "Quality gate: fail when PPL(model) exceeds PPL(base) by more than this (5% or 0.05)");

@@ -53,7 +53,7 @@ AttentionMode parse_attention_mode(const std::string& name) {
   if (name == "tiled") return AttentionMode::kTiled;
   if (name == "f32") return AttentionMode::kF32;
   throw std::runtime_error(fmt::format("unknown attention mode '{}': use f16 (llama.cpp's reference numerics, the "
-                                       "default), tiled (F32 tiles over an F16 cache, faster) or f32",
+                                       "default), tiled (F32 tiles over an F16 cache, newer llama.cpp) or f32",
                                        name));
 }
 

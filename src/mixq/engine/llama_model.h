@@ -51,7 +51,7 @@ class LlamaModel {
 // Attention numerics. kLlamaCppF16 (the default): what llama.cpp's CPU backend computed for the
 // shared reference figures (F16 KV cache; flash attention with F16 Q and F16 value accumulation,
 // position by position), so perplexity figures compare digit for digit. kTiled: F16 KV cache, F32
-// flash attention over tiles of 64 positions (newer llama.cpp builds; faster here). kF32: F32 KV
+// flash attention over tiles of 64 positions (newer llama.cpp builds). kF32: F32 KV
 // cache and plain F32 softmax (the math reference that tests compare with numpy).
 enum class AttentionMode { kLlamaCppF16, kTiled, kF32 };
 // Parses "f16", "tiled" or "f32"; throws std::runtime_error naming the choices.
