@@ -73,12 +73,30 @@ void quantize_row_q6_k(const float* x, void* dst, int64_t n, const float* import
 void dequantize_row_q6_k(const void* src, float* y, int64_t n);
 
 // Integer views (type_table.h, UnpackRowFn): codes as int8, one scale and offset per 16 values.
+// The dequantizers are written on top of them (dequantize_via_view), so the two cannot disagree.
 void unpack_row_q2_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 void unpack_row_q3_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 void unpack_row_q4_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 void unpack_row_q5_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 void unpack_row_q6_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 void unpack_row_q8_k(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+
+// value = scale * code (+ offset for the affine types), one super-block at a time: ggml's
+// operations, in ggml's order (the files that instantiate this build with -ffp-contract=off).
+template <class Block, bool kAffine>
+void dequantize_via_view(void (*unpack)(const void*, int8_t*, float*, float*, int64_t), const void* src, float* y,
+                         int64_t n) {
+  int8_t q[kSuperBlock];
+  float scale[kSuperBlock / 16], offset[kSuperBlock / 16];
+  const auto* in = static_cast<const unsigned char*>(src);
+  for (int64_t b = 0; b < n / kSuperBlock; ++b, y += kSuperBlock) {
+    unpack(in + b * sizeof(Block), q, scale, offset, kSuperBlock);
+    for (int i = 0; i < kSuperBlock; ++i) {
+      const float v = scale[i / 16] * static_cast<float>(q[i]);
+      y[i] = kAffine ? v + offset[i / 16] : v;
+    }
+  }
+}
 void quantize_row_q8_k(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_q8_k(const void* src, float* y, int64_t n);
 

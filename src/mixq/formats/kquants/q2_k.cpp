@@ -31,20 +31,7 @@ void quantize_row_q2_k(const float* x, void* dst, int64_t n, const float* import
 }
 
 void dequantize_row_q2_k(const void* src, float* y, int64_t n) {
-  const auto* in = static_cast<const unsigned char*>(src);
-  for (int64_t i = 0; i < n / kSuperBlock; ++i) {
-    BlockQ2K b;
-    std::memcpy(&b, in + i * sizeof(BlockQ2K), sizeof(b));
-    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
-    for (int j = 0; j < kSuperBlock / 16; ++j) {
-      const float dl = d * (b.scales[j] & 0xF), ml = dmin * (b.scales[j] >> 4);
-      // Sub-block j is the lower or upper 16 bytes of its half, at bit offset 2 * ((j / 2) % 4).
-      const uint8_t* q = b.qs + (j / 8) * 32 + (j % 2) * 16;
-      const int shift = 2 * ((j / 2) % 4);
-      for (int l = 0; l < 16; ++l) y[l] = dl * static_cast<float>((q[l] >> shift) & 3) - ml;
-      y += 16;
-    }
-  }
+  dequantize_via_view<BlockQ2K, true>(unpack_row_q2_k, src, y, n);
 }
 
 

@@ -61,18 +61,7 @@ void quantize_row_q3_k(const float* x, void* dst, int64_t n, const float* import
 }
 
 void dequantize_row_q3_k(const void* src, float* y, int64_t n) {
-  const auto* in = static_cast<const BlockQ3K*>(src);
-  for (int64_t b = 0; b < n / kSuperBlock; ++b) {
-    const float d = fp16_to_fp32(in[b].d);
-    int s6[16];
-    unpack_scales(in[b].scales, s6);
-    for (int i = 0; i < kSuperBlock; ++i) {
-      const int low = (in[b].qs[32 * (i / 128) + i % 32] >> (2 * ((i % 128) / 32))) & 3;
-      const int code = low - ((in[b].hmask[i % 32] >> (i / 32)) & 1 ? 0 : 4);
-      const float dl = d * static_cast<float>(s6[i / 16] - 32);  // ggml rounds d * scale first
-      y[b * kSuperBlock + i] = dl * static_cast<float>(code);
-    }
-  }
+  dequantize_via_view<BlockQ3K, false>(unpack_row_q3_k, src, y, n);
 }
 
 

@@ -29,23 +29,7 @@ void quantize_row_q4_k(const float* x, void* dst, int64_t n, const float* import
 }
 
 void dequantize_row_q4_k(const void* src, float* y, int64_t n) {
-  const auto* in = static_cast<const unsigned char*>(src);
-  for (int64_t i = 0; i < n / kSuperBlock; ++i) {
-    BlockQ4K b;
-    std::memcpy(&b, in + i * sizeof(BlockQ4K), sizeof(b));
-    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
-    for (int j = 0; j < 8; j += 2) {
-      uint8_t sc, m;
-      unpack_scale_min_k4(j, b.scales, sc, m);
-      const float d1 = d * sc, m1 = dmin * m;
-      unpack_scale_min_k4(j + 1, b.scales, sc, m);
-      const float d2 = d * sc, m2 = dmin * m;
-      const uint8_t* q = b.qs + j * 16;
-      for (int l = 0; l < 32; ++l) y[l] = d1 * static_cast<float>(q[l] & 0xF) - m1;
-      for (int l = 0; l < 32; ++l) y[32 + l] = d2 * static_cast<float>(q[l] >> 4) - m2;
-      y += 64;
-    }
-  }
+  dequantize_via_view<BlockQ4K, true>(unpack_row_q4_k, src, y, n);
 }
 
 

@@ -33,28 +33,7 @@ void quantize_row_q5_k(const float* x, void* dst, int64_t n, const float* import
 }
 
 void dequantize_row_q5_k(const void* src, float* y, int64_t n) {
-  const auto* in = static_cast<const unsigned char*>(src);
-  for (int64_t i = 0; i < n / kSuperBlock; ++i) {
-    BlockQ5K b;
-    std::memcpy(&b, in + i * sizeof(BlockQ5K), sizeof(b));
-    const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
-    for (int pair = 0; pair < 4; ++pair) {
-      uint8_t sc, m;
-      unpack_scale_min_k4(2 * pair, b.scales, sc, m);
-      const float d1 = d * sc, m1 = dmin * m;
-      unpack_scale_min_k4(2 * pair + 1, b.scales, sc, m);
-      const float d2 = d * sc, m2 = dmin * m;
-      const uint8_t* ql = b.qs + pair * 32;
-      const int lo_bit = 2 * pair, hi_bit = 2 * pair + 1;
-      for (int l = 0; l < 32; ++l) {
-        y[l] = d1 * static_cast<float>((ql[l] & 0xF) | (((b.qh[l] >> lo_bit) & 1) << 4)) - m1;
-      }
-      for (int l = 0; l < 32; ++l) {
-        y[32 + l] = d2 * static_cast<float>((ql[l] >> 4) | (((b.qh[l] >> hi_bit) & 1) << 4)) - m2;
-      }
-      y += 64;
-    }
-  }
+  dequantize_via_view<BlockQ5K, true>(unpack_row_q5_k, src, y, n);
 }
 
 

@@ -39,28 +39,7 @@ void quantize_row_q6_k(const float* x, void* dst, int64_t n, const float* import
 }
 
 void dequantize_row_q6_k(const void* src, float* y, int64_t n) {
-  const auto* in = static_cast<const BlockQ6K*>(src);
-  for (int64_t b = 0; b < n / kSuperBlock; ++b) {
-    const float d = fp16_to_fp32(in[b].d);
-    for (int h = 0; h < 2; ++h) {
-      const uint8_t* ql = in[b].ql + 64 * h;
-      const uint8_t* qh = in[b].qh + 32 * h;
-      const int8_t* sc = in[b].scales + 8 * h;
-      float* out = y + b * kSuperBlock + 128 * h;
-      for (int l = 0; l < 32; ++l) {
-        const int is = l / 16;
-        const int q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) - 32;
-        const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-        const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-        const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-        // (d * scale) * code, in that order: ggml's rounding.
-        out[l] = d * static_cast<float>(sc[is]) * static_cast<float>(q1);
-        out[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
-        out[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
-        out[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
-      }
-    }
-  }
+  dequantize_via_view<BlockQ6K, false>(unpack_row_q6_k, src, y, n);
 }
 
 
