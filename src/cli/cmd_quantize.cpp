@@ -1,10 +1,15 @@
 #include <csignal>
 #include <fstream>
+#include <iterator>
+#include <map>
+#include <optional>
 
 #include <fmt/format.h>
 
 #include "commands.h"
 #include "mixq/convert/convert.h"
+#include "mixq/plan/measure.h"
+#include "mixq/plan/plan.h"
 #include "mixq/policy/presets.h"
 #include "mixq/quantize/quantize_model.h"
 #include "progress.h"
@@ -22,6 +27,10 @@ struct QuantizeArgs {
   std::string tensor_type_file, config, output_tensor_type, token_embedding_type, imatrix, report_json, compat;
   bool pure = false, leave_output = false, allow_requantize = false, dry_run = false;
   int threads = 0;
+  // --plan, or the one-step allocation (--target-* with -f).
+  std::string plan, calib_file, target_size, target_size_of, types, save_plan, save_measurement;
+  double target_bpw = 0;
+  int chunks = 8, imatrix_chunks = 64;
 };
 
 std::vector<std::string> read_rule_file(const std::string& path) {
@@ -54,7 +63,8 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
   }
   std::string type = a.type;
   if (type.empty()) type = !p.preset.empty() ? p.preset : "";
-  if (type.empty() && a.config.empty()) {
+  const bool planned = !a.plan.empty() || !a.calib_file.empty();
+  if (type.empty() && a.config.empty() && !planned) {
     throw PolicyError("give a DEFAULT_TYPE (a type such as q4_k or nf4, or a preset such as Q4_K_M)");
   }
   if (!type.empty()) {
@@ -70,7 +80,7 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
     auto preset = find_preset(p.preset);
     p.preset_rules = preset->rules;
   }
-  o.type_label = type.empty() ? type_traits(p.default_type).name : type;
+  o.type_label = type.empty() ? (planned ? std::string("plan") : type_traits(p.default_type).name) : type;
   for (const auto& r : a.tensor_types) p.tensor_type_rules.push_back(parse_tensor_type_rule(r));
   if (!a.tensor_type_file.empty()) {
     for (const auto& r : read_rule_file(a.tensor_type_file)) p.tensor_type_rules.push_back(parse_tensor_type_rule(r));
@@ -100,6 +110,30 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
 
 }  // namespace
 
+std::vector<TypeId> parse_type_list(const std::string& list);  // cmd_measure.cpp
+PlanOptions plan_options(double target_bpw, const std::string& target_size, const std::string& target_size_of,
+                         const std::string& compat, const std::string& types, const std::vector<std::string>& rules);
+
+// Puts a plan into the options: its types decide the tensors it lists; the default type (for
+// general.file_type) becomes the type holding most of the bytes unless DEFAULT_TYPE was given.
+void apply_plan(const Plan& plan, bool default_given, QuantizeOptions& o) {
+  o.policy.plan = plan.types();
+  o.policy.plan_label = plan.target.substr(0, 32);
+  if (!default_given) {
+    std::map<TypeId, uint64_t> bytes;
+    for (const auto& t : plan.tensors) bytes[t.type] += t.bytes;
+    TypeId best = o.policy.default_type;
+    uint64_t most = 0;
+    for (const auto& [t, b] : bytes) {
+      if (b > most) {
+        most = b;
+        best = t;
+      }
+    }
+    o.policy.default_type = best;
+  }
+}
+
 void register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize",
                                  "Quantize a model with a per-tensor precision policy (a drop-in for llama-quantize)");
@@ -128,8 +162,24 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--report-json", a->report_json, "Write the per-tensor report as JSON to this file");
   cmd->add_option("--compat", a->compat, "llama.cpp: refuse types llama.cpp cannot load");
   cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  cmd->add_option("--plan", a->plan, "Apply a bit-allocation plan (mixq plan): its types decide the tensors it lists");
+  cmd->add_option("--target-bpw", a->target_bpw,
+                  "One step (with -f): importance matrix, measure, plan and quantize to this bits per weight");
+  cmd->add_option("--target-size", a->target_size, "One step (with -f): at most this file size (bytes, KiB, MiB, ...)");
+  cmd->add_option("--target-size-of", a->target_size_of, "One step (with -f): at most the size of this file");
+  cmd->add_option("-f,--file", a->calib_file, "Calibration text for the one-step allocation");
+  cmd->add_option("--types", a->types, "One step: allowed types, comma-separated (default: all)");
+  cmd->add_option("--chunks", a->chunks, "One step: calibration chunks for the probe runs")->capture_default_str();
+  cmd->add_option("--imatrix-chunks", a->imatrix_chunks, "One step: chunks to collect the importance matrix on (0: all)")
+      ->capture_default_str();
+  cmd->add_option("--save-plan", a->save_plan, "One step: also write the plan");
+  cmd->add_option("--save-measurement", a->save_measurement, "One step: also write the measurement");
   cmd->callback([a] {
     QuantizeOptions opts = build_options(*a);
+    const bool one_step = a->target_bpw > 0 || !a->target_size.empty() || !a->target_size_of.empty();
+    if (one_step && a->calib_file.empty()) throw PolicyError("--target-bpw / --target-size need -f CALIBRATION_TEXT");
+    if (!a->calib_file.empty() && !one_step) throw PolicyError("-f needs a target: --target-bpw B or --target-size S");
+    if (one_step && !a->plan.empty()) throw PolicyError("give either --plan or a --target-*, not both");
     // llama2.c and rwkv.cpp inputs are converted to a temporary GGUF first.
     const GgufSource source(a->input, a->output);
     const GgufFile in = GgufFile::open(source.path());
@@ -139,6 +189,36 @@ void register_quantize(CLI::App& app) {
       opts.imatrix = &im;
       opts.policy.has_imatrix = true;
     }
+    std::optional<Plan> plan;
+    if (!a->plan.empty()) plan = Plan::load(a->plan);
+    if (one_step) {
+      std::ifstream tf(a->calib_file, std::ios::binary);
+      if (!tf) throw PolicyError(fmt::format("cannot read the text file '{}'", a->calib_file));
+      const std::string text((std::istreambuf_iterator<char>(tf)), std::istreambuf_iterator<char>());
+      MeasureOptions mo;
+      mo.chunks = a->chunks;
+      mo.threads = opts.threads;
+      mo.imatrix = opts.imatrix;
+      mo.calibration_name = a->calib_file;
+      mo.model_name = a->input;
+      Progress bar("measure");
+      mo.on_tensor = [&](const MeasureProgress& p) {
+        bar.update(static_cast<size_t>(p.done), static_cast<size_t>(p.total), p.tensor, p.seconds);
+      };
+      const Measurement m = measure_file(in, text, mo, a->imatrix_chunks, &im);
+      bar.finish();
+      if (!opts.imatrix) {
+        opts.imatrix = &im;  // the collected one
+        opts.policy.has_imatrix = true;
+      }
+      if (!a->save_measurement.empty()) m.save(a->save_measurement);
+      const PlanOptions po = plan_options(a->target_bpw, a->target_size, a->target_size_of, a->compat, a->types, {});
+      plan = make_plan(m, po);
+      plan->measurement = a->input;
+      fmt::print("{}", plan->to_text().substr(plan->to_text().rfind("target ")));
+      if (!a->save_plan.empty()) plan->save(a->save_plan);
+    }
+    if (plan) apply_plan(*plan, !a->type.empty(), opts);
     QuantizeReport rep;
     if (a->dry_run) {
       rep = plan_model(in, opts);
@@ -167,6 +247,11 @@ void register_quantize(CLI::App& app) {
       std::signal(SIGTERM, old_term);
     }
     fmt::print("{}", rep.to_text());
+    if (plan && rep.output_file_bytes > plan->budget_bytes && plan->target.starts_with("bytes")) {
+      fmt::print(stderr, "mixq: warning: the file ({} bytes) exceeds the plan's budget ({} bytes): its metadata differs "
+                         "from what mixq measure counted (another --imatrix?)\n",
+                 rep.output_file_bytes, plan->budget_bytes);
+    }
     if (!a->report_json.empty()) {
       std::ofstream(a->report_json) << rep.to_json().dump(2) << "\n";
     }

@@ -13,5 +13,7 @@ void register_perplexity(CLI::App& app);
 void register_kld(CLI::App& app);
 void register_generate(CLI::App& app);
 void register_imatrix(CLI::App& app);
+void register_measure(CLI::App& app);
+void register_plan(CLI::App& app);
 
 }  // namespace mixq::cli

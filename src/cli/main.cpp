@@ -16,6 +16,8 @@ int main(int argc, char** argv) {
   mixq::cli::register_kld(app);
   mixq::cli::register_generate(app);
   mixq::cli::register_imatrix(app);
+  mixq::cli::register_measure(app);
+  mixq::cli::register_plan(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

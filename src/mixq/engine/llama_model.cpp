@@ -187,12 +187,9 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
   if (n_past_ + n > n_ctx_) {
     throw std::runtime_error(fmt::format("eval: {} tokens past {} exceed the context of {}", n, n_past_, n_ctx_));
   }
-  const int e = hp.n_embd, kvd = hp.kv_dim(), hd = hp.head_dim(), ff = hp.n_ff;
-  const auto un = static_cast<size_t>(n);
-  for (auto* b : {&x_, &xn_, &q_, &att_, &tmp_}) b->resize(un * e);
-  for (auto* b : {&k_, &v_}) b->resize(un * kvd);
-  for (auto* b : {&gate_, &up_}) b->resize(un * ff);
-  std::vector<float>&x = x_, &xn = xn_, &q = q_, &k = k_, &v = v_, &att = att_, &tmp = tmp_, &gate = gate_, &up = up_;
+  const int e = hp.n_embd;
+  std::vector<float>& x = x_;
+  x.resize(static_cast<size_t>(n) * e);
 
   // Embeddings: decode the rows of the token ids.
   const size_t emb_row = model_.token_embd->type->row_bytes(e);
@@ -202,9 +199,32 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
     model_.token_embd->type->dequantize_row(model_.token_embd->data + static_cast<size_t>(id) * emb_row,
                                              x.data() + static_cast<size_t>(t) * e, e);
   }
+  return run_layers(0, n, all_logits);
+}
+
+const std::vector<float>& LlamaContext::eval_from_layer(int start, const float* x, int n, bool all_logits) {
+  const auto& hp = model_.hparams();
+  if (start < 0 || start > hp.n_layer) {
+    throw std::runtime_error(fmt::format("eval_from_layer: layer {} is outside 0 .. {}", start, hp.n_layer));
+  }
+  if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
+  if (n <= 0 || n > n_ctx_) throw std::runtime_error(fmt::format("eval_from_layer: {} tokens for a context of {}", n, n_ctx_));
+  x_.assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(hp.n_embd));
+  return run_layers(start, n, all_logits);
+}
+
+const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_logits) {
+  const auto& hp = model_.hparams();
+  const int e = hp.n_embd, kvd = hp.kv_dim(), hd = hp.head_dim(), ff = hp.n_ff;
+  const auto un = static_cast<size_t>(n);
+  for (auto* b : {&xn_, &q_, &att_, &tmp_}) b->resize(un * e);
+  for (auto* b : {&k_, &v_}) b->resize(un * kvd);
+  for (auto* b : {&gate_, &up_}) b->resize(un * ff);
+  std::vector<float>&x = x_, &xn = xn_, &q = q_, &k = k_, &v = v_, &att = att_, &tmp = tmp_, &gate = gate_, &up = up_;
   const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const int group = hp.n_head / hp.n_head_kv;
-  for (int l = 0; l < hp.n_layer; ++l) {
+  for (int l = start; l < hp.n_layer; ++l) {
+    if (layer_observer_) layer_observer_(l, x.data(), n);
     const auto& L = model_.layers[static_cast<size_t>(l)];
     const std::vector<float>&attn_norm = norms_[2 * static_cast<size_t>(l)], &ffn_norm = norms_[2 * static_cast<size_t>(l) + 1];
     for (int t = 0; t < n; ++t) rms_norm(&x[t * e], attn_norm.data(), e, hp.rms_eps, &xn[t * e]);
@@ -293,6 +313,7 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
     matmul(*L.down, gate.data(), n, tmp.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
   }
+  if (layer_observer_) layer_observer_(hp.n_layer, x.data(), n);
   const std::vector<float>& out_norm = norms_.back();
   const int first = all_logits ? 0 : n - 1, count = n - first;
   for (int t = first; t < n; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);

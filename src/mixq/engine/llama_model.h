@@ -73,6 +73,15 @@ class LlamaContext {
   // weight's row length, F32): what an importance matrix collects. Null: no observer.
   using MatmulObserver = std::function<void(const GgufTensor& weight, const float* x, int n_tokens)>;
   void set_matmul_observer(MatmulObserver obs) { observer_ = std::move(obs); }
+  // Called with the residual stream entering each layer l (n_tokens x n_embd) and, with
+  // l = n_layer, entering the output norm: what `eval_from_layer` restarts from.
+  using LayerObserver = std::function<void(int layer, const float* x, int n_tokens)>;
+  void set_layer_observer(LayerObserver obs) { layer_observer_ = std::move(obs); }
+  // Evaluates a fresh sequence (positions 0 .. n-1; the context must be empty or reset) from layer
+  // `start` (0 .. n_layer) with x (n x n_embd), the residual stream entering that layer, as a
+  // layer observer saw it. Layers before `start` are skipped: a model that differs from another
+  // only from layer `start` on gives the same logits as a full eval, for a fraction of the work.
+  const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits);
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
   int n_vocab() const { return model_.hparams().n_vocab; }
@@ -84,6 +93,8 @@ class LlamaContext {
   const kernels::PreparedActs& prepared(ActFormat f, const float* x, int n_tokens, int64_t n);
   void invalidate_prepared() { for (auto& p : prepared_) p.valid = false; }
   void rope(float* v, int n_heads, int pos) const;
+  // Layers start .. n_layer-1 on x_ (n tokens at n_past_), then the output norm and head.
+  const std::vector<float>& run_layers(int start, int n, bool all_logits);
 
   const LlamaModel& model_;
   int n_ctx_;
@@ -91,6 +102,7 @@ class LlamaContext {
   int kv_stride_ = 0;  // K cache row length: n_ctx rounded up to whole attention tiles
   AttentionMode attention_ = AttentionMode::kLlamaCppF16;
   MatmulObserver observer_;
+  LayerObserver layer_observer_;
   ThreadPool pool_;
   std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_dim]
   std::vector<float> logits_;

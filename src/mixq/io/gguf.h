@@ -173,6 +173,10 @@ class GgufWriter {
   const std::filesystem::path& path() const { return path_; }
   // Total size the finished file will have.
   uint64_t planned_file_size() const;
+  // The header (magic .. last tensor info) before its alignment padding.
+  uint64_t planned_header_bytes() const;
+  // Bytes one metadata entry takes in the header.
+  static uint64_t key_value_bytes(const std::string& key, const GgufValue& value);
 
  private:
   void write_header();

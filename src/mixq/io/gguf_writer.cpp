@@ -160,10 +160,19 @@ void GgufWriter::record_extension_type(const std::string& name) {
   set(kExtensionTypesKey, GgufValue::array(GgufValueType::STRING, std::move(names)));
 }
 
-uint64_t GgufWriter::planned_file_size() const {
+uint64_t GgufWriter::key_value_bytes(const std::string& key, const GgufValue& value) {
+  return 8 + key.size() + 4 + encoded_size(value);
+}
+
+uint64_t GgufWriter::planned_header_bytes() const {
   uint64_t header = 4 + 4 + 8 + 8;
-  for (const auto& kv : kv_) header += 8 + kv.key.size() + 4 + encoded_size(kv.value);
+  for (const auto& kv : kv_) header += key_value_bytes(kv.key, kv.value);
   for (const auto& t : tensors_) header += 8 + t.name.size() + 4 + 8 * t.shape.size() + 4 + 8;
+  return header;
+}
+
+uint64_t GgufWriter::planned_file_size() const {
+  const uint64_t header = planned_header_bytes();
   if (tensors_.empty()) return header;
   return align_up(header, alignment_) + data_size_;
 }

@@ -411,6 +411,7 @@ std::vector<TensorPlan> plan_types(const std::vector<TensorDesc>& tensors, const
   }
   if (opts.output_tensor_type) check_compat(*opts.output_tensor_type, "--output-tensor-type");
   if (opts.token_embedding_type) check_compat(*opts.token_embedding_type, "--token-embedding-type");
+  for (const auto& [name, type] : opts.plan) check_compat(type, fmt::format("the plan (tensor '{}')", name));
 
   std::vector<TensorPlan> plans;
   plans.reserve(tensors.size());
@@ -433,7 +434,10 @@ std::vector<TensorPlan> plan_types(const std::vector<TensorDesc>& tensors, const
       p.requested = opts.default_type;
       p.reason = "default type";
       const Rule* rule = nullptr;
-      if (opts.output_tensor_type && t.name == "output.weight") {
+      if (const auto it = opts.plan.find(t.name); it != opts.plan.end()) {
+        p.requested = it->second;
+        p.reason = "plan";
+      } else if (opts.output_tensor_type && t.name == "output.weight") {
         p.requested = *opts.output_tensor_type;
         p.reason = "--output-tensor-type";
       } else if (opts.token_embedding_type && t.name == "token_embd.weight") {
@@ -460,6 +464,13 @@ std::vector<TensorPlan> plan_types(const std::vector<TensorDesc>& tensors, const
     for (size_t d = 1; d < t.shape.size(); ++d) rows *= t.shape[d];
     p.bytes = static_cast<uint64_t>(rows) * type_traits(p.type).row_bytes(t.shape[0]);
     plans.push_back(std::move(p));
+  }
+  for (const auto& [name, type] : opts.plan) {
+    const auto it = std::find_if(plans.begin(), plans.end(), [&](const TensorPlan& p) { return p.tensor.name == name; });
+    if (it == plans.end() || !it->quantize) {
+      throw PolicyError(fmt::format("the plan lists '{}', which this model {}: was the plan made for another model?",
+                                    name, it == plans.end() ? "does not have" : "does not quantize"));
+    }
   }
   return plans;
 }

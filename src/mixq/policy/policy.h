@@ -2,6 +2,7 @@
 //
 //   1. tensors that are never quantized (1-D, norms, not a "*weight", SSM conv/A/D...) keep
 //      their stored type (F32 stays F32);
+//   1b. a plan (mixq plan, --plan) for the tensors it lists;
 //   2. --output-tensor-type / --token-embedding-type (as in llama-quantize, they beat everything);
 //   3. --tensor-type REGEX=TYPE rules, first match wins;
 //   4. --config rules (pattern maps, per-layer lists), first match wins;
@@ -12,6 +13,7 @@
 //   the nearest wider type that fits) with the reason recorded.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -114,6 +116,10 @@ struct PolicyOptions {
   bool allow_requantize = false;
   bool has_imatrix = false;
   bool compat_llamacpp = false;      // refuse types llama.cpp cannot load
+  // A bit-allocation plan (mixq plan): tensor name -> type. It decides every tensor it lists,
+  // before any rule; the rules and the default decide the others.
+  std::map<std::string, TypeId> plan;
+  std::string plan_label;            // the plan's target ("bytes 304320"), recorded in metadata
 };
 
 // Parses a type name as users write it: GGML / mixq names (case-insensitive) plus aliases

@@ -67,6 +67,7 @@ nlohmann::ordered_json policy_json(const QuantizeOptions& opts) {
   j["pure"] = p.pure;
   j["leave_output_tensor"] = p.leave_output_tensor;
   j["imatrix"] = opts.imatrix ? opts.imatrix->source : "";
+  if (!p.plan_label.empty()) j["plan"] = p.plan_label;
   return j;
 }
 
@@ -168,6 +169,20 @@ QuantizeReport plan_model(const GgufFile& in, const QuantizeOptions& opts) {
   for (const auto& p : rep.plans) sizing.add_tensor(p.tensor.name, p.tensor.shape, p.type);
   rep.output_file_bytes = sizing.planned_file_size();
   return rep;
+}
+
+uint64_t plan_mode_header_bytes(const GgufFile& in, const ImportanceMatrix* imatrix) {
+  QuantizeOptions opts;
+  opts.type_label = "plan";
+  opts.policy.default_type = TypeId::IQ4_NL;          // the longest type name a plan's default gets
+  opts.policy.plan_label = std::string(32, 'x');      // plan labels are at most 32 characters
+  opts.imatrix = imatrix;
+  opts.policy.has_imatrix = imatrix != nullptr;
+  GgufWriter sizing("/nonexistent-dry-run", in.alignment());
+  set_output_metadata(sizing, in, opts);
+  sizing.set("general.file_type", GgufValue::u32(0));  // present or not, count it
+  for (const auto& t : in.tensors()) sizing.add_tensor(t.name, t.shape, TypeId::F32);
+  return sizing.planned_header_bytes();
 }
 
 QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& out, const QuantizeOptions& opts) {

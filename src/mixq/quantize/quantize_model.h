@@ -61,6 +61,11 @@ std::vector<TensorDesc> tensor_descs(const GgufFile& f);
 
 // The plan only (--dry-run): types, reasons, sizes; nothing is written.
 QuantizeReport plan_model(const GgufFile& in, const QuantizeOptions& opts);
+// An upper bound of the header (unpadded, without mixq.extension_types) that quantize_model writes
+// for `in` with a plan (PolicyOptions::plan, labels of at most 32 characters) and this importance
+// matrix: what `mixq plan` budgets for the header.
+uint64_t plan_mode_header_bytes(const GgufFile& in, const ImportanceMatrix* imatrix);
+
 // Plans, quantizes and writes `out` (temp file + rename). Throws PolicyError, GgufError,
 // QuantizeCancelled; on any error no file is left at `out`.
 QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& out, const QuantizeOptions& opts);

@@ -1,0 +1,131 @@
+// `mixq measure`: every quantizable tensor's bytes and predicted loss for every candidate type
+// (plan/measure.h), the input of `mixq plan`; `--shard i/N` and `--merge` split the work.
+#include <fstream>
+#include <sstream>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "mixq/calib/imatrix_collect.h"
+#include "mixq/plan/measure.h"
+#include "mixq/policy/policy.h"
+#include "progress.h"
+
+namespace mixq::cli {
+
+namespace {
+
+struct MeasureArgs {
+  std::string model, file, out = "measurement.json", imatrix, shard, types, save_imatrix, attention = "f16";
+  std::vector<std::string> merge;
+  int n_ctx = 512, chunks = 8, probes = 2, threads = 0, imatrix_chunks = 64;
+};
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(fmt::format("cannot read the text file '{}'", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+std::vector<TypeId> parse_type_list(const std::string& list) {
+  std::vector<TypeId> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (!item.empty()) out.push_back(parse_type_name(item));
+  }
+  if (out.empty()) throw PolicyError(fmt::format("--types '{}' names no type", list));
+  return out;
+}
+
+void run_measure(const MeasureArgs& a) {
+  if (!a.merge.empty()) {
+    std::vector<Measurement> parts;
+    for (const auto& p : a.merge) parts.push_back(Measurement::load(p));
+    const Measurement m = merge_measurements(parts);
+    m.save(a.out);
+    fmt::print("merged {} parts ({} tensors) into {}\n", parts.size(), m.tensors.size(), a.out);
+    return;
+  }
+  if (a.model.empty() || a.file.empty()) throw std::runtime_error("give MODEL and -f CALIBRATION_TEXT (or --merge PARTS...)");
+  MeasureOptions o;
+  o.n_ctx = a.n_ctx;
+  o.chunks = a.chunks;
+  o.probes = a.probes;
+  o.threads = a.threads;
+  o.attention = parse_attention_mode(a.attention);
+  o.calibration_name = a.file;
+  o.model_name = a.model;
+  if (!a.types.empty()) o.types = parse_type_list(a.types);
+  if (!a.shard.empty()) {
+    int i = -1, n = -1;
+    char slash = 0;
+    std::istringstream ss(a.shard);
+    if (!(ss >> i >> slash >> n) || slash != '/' || !ss.eof() || n < 1 || i < 0 || i >= n) {
+      throw std::runtime_error(fmt::format("--shard '{}': write i/N with 0 <= i < N, e.g. 0/4", a.shard));
+    }
+    o.shard = i;
+    o.n_shards = n;
+  }
+  const std::string text = read_text(a.file);
+  const GgufFile f = GgufFile::open(a.model);
+  ImportanceMatrix im, collected;
+  if (!a.imatrix.empty()) {
+    im = load_imatrix(a.imatrix);
+    o.imatrix = &im;
+  }
+  Progress bar("measure");
+  o.on_tensor = [&](const MeasureProgress& p) {
+    bar.update(static_cast<size_t>(p.done), static_cast<size_t>(p.total), p.tensor, p.seconds);
+  };
+  const Measurement m = measure_file(f, text, o, a.imatrix_chunks, &collected);
+  bar.finish();
+  if (!a.save_imatrix.empty()) {
+    if (a.imatrix.empty()) {
+      write_imatrix_gguf(collected, a.save_imatrix);
+      fmt::print("wrote the collected importance matrix to {}\n", a.save_imatrix);
+    } else {
+      fmt::print(stderr, "mixq: warning: --save-imatrix ignored: the importance matrix came from --imatrix\n");
+    }
+  }
+  m.save(a.out);
+  int probes = 0;
+  for (const auto& t : m.tensors) {
+    for (const auto& c : t.candidates) probes += c.kld.has_value();
+  }
+  fmt::print("measured {} tensors x {} candidate types ({} probe runs on {} scored tokens) in {:.1f} s{}\n",
+             m.tensors.size(), m.types.size(), probes, m.scored_tokens, m.seconds,
+             m.n_shards > 1 ? fmt::format(" (shard {}/{})", m.shard, m.n_shards) : "");
+  fmt::print("wrote {}\n", a.out);
+}
+
+void register_measure(CLI::App& app) {
+  auto* cmd = app.add_subcommand(
+      "measure", "Measure every tensor's sensitivity to every candidate type once (the input of mixq plan)");
+  auto a = std::make_shared<MeasureArgs>();
+  cmd->add_option("MODEL", a->model, "Reference model (GGUF, F32/F16/BF16 preferably)");
+  cmd->add_option("-f,--file", a->file, "Calibration text");
+  cmd->add_option("-o,--output", a->out, "Measurement JSON")->capture_default_str();
+  cmd->add_option("--imatrix", a->imatrix,
+                  "Importance matrix (GGUF or .dat); without it one is collected from the calibration text");
+  cmd->add_option("--imatrix-chunks", a->imatrix_chunks, "Chunks of the text to collect the importance matrix on (0: all)")
+      ->capture_default_str();
+  cmd->add_option("--save-imatrix", a->save_imatrix, "Also write the collected importance matrix (GGUF)");
+  cmd->add_option("--chunks", a->chunks, "Calibration chunks the probe runs are scored on")->capture_default_str();
+  cmd->add_option("--probes", a->probes, "Real KL-divergence runs per tensor that calibrate the proxy (1 or 2)")
+      ->check(CLI::Range(1, 2))
+      ->capture_default_str();
+  cmd->add_option("--types", a->types, "Candidate types, comma-separated (default: every type mixq quantizes)");
+  cmd->add_option("--shard", a->shard, "i/N: measure only tensors i, i+N, ... (merge the parts with --merge)");
+  cmd->add_option("--merge", a->merge, "Merge measurement shards into -o (no model needed)")->expected(1, -1);
+  cmd->add_option("-c,--ctx-size", a->n_ctx, "Tokens per chunk")->capture_default_str();
+  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  cmd->add_option("--attention", a->attention, "Attention numerics: f16 (llama.cpp's), tiled, f32")->capture_default_str();
+  cmd->callback([a] { run_measure(*a); });
+}
+
+}  // namespace mixq::cli

@@ -1,0 +1,148 @@
+// Measuring how much each tensor's quantization costs, once, for every candidate type: the input of
+// the bit allocation (plan.h).
+//
+// For every quantizable tensor t and candidate type T the measurement holds the bytes t takes in T
+// and a predicted end-to-end loss: the mean KL divergence from the reference model, on calibration
+// tokens, when t alone is stored in T. Running the model once per tensor and type would take hours
+// on a real model, so the prediction is a cheap proxy calibrated by a few real runs:
+//
+//   error(t, T) = sum_rows sum_j w_j (x_j - q_j)^2 / sum_rows sum_j w_j x_j^2
+//
+// the importance-weighted relative error of the quantized tensor (w_j: the importance matrix, the
+// mean squared input of column j, so error is the relative output error E||(W - Q) a||^2 /
+// E||W a||^2 under independent inputs; unit weights where a tensor has no entry, as
+// token_embd). Every candidate's error is exact and cheap: the tensor is quantized with the
+// importance weights as `mixq quantize --imatrix` would, and dequantized.
+//
+// How much output error of tensor t costs at the model's output depends on where t sits, so the
+// error is calibrated per tensor by real KL divergence: t alone is quantized to one or two probe
+// types (the candidate with the largest error, and one with about 1/16 of it), the model is run on
+// the calibration chunks from the layer that holds t (the residual stream entering every layer is
+// cached from the reference run, so a probe of layer l skips layers 0 .. l-1), and
+//
+//   predicted_kld(t, T) = alpha_t * error(t, T) ^ beta_t
+//
+// is fitted through the probes (beta_t = 1 with one probe; clamped to [0.5, 2]). The scored
+// positions and log-softmax are llama-perplexity's (second half of each chunk), as `mixq kld`.
+//
+// A measurement can be split over processes or machines (shard i of N measures the tensors whose
+// index modulo N is i) and merged.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "mixq/calib/imatrix.h"
+#include "mixq/engine/llama_model.h"
+#include "mixq/engine/tokenizer.h"
+#include "mixq/formats/type_table.h"
+#include "mixq/io/gguf.h"
+
+namespace mixq {
+
+struct CandidateMeasure {
+  TypeId type = TypeId::F32;
+  uint64_t bytes = 0;       // the tensor's data in this type (without alignment padding)
+  double error = 0;         // importance-weighted relative squared error (see the top)
+  double predicted = 0;     // predicted mean KLD with this tensor alone in this type
+  std::optional<double> kld;  // the measured mean KLD, for the probe types
+};
+
+struct TensorMeasure {
+  std::string name;
+  std::vector<int64_t> shape;
+  TypeId stored = TypeId::F32;
+  int index = 0;            // position among the file's tensors
+  double alpha = 0, beta = 1;
+  std::vector<CandidateMeasure> candidates;  // by increasing bytes
+
+  int64_t n_elements() const;
+  const CandidateMeasure* find(TypeId t) const;
+};
+
+struct Measurement {
+  // The model and the settings (checked when shards are merged).
+  std::string model;              // file name as given
+  uint64_t model_bytes = 0;
+  int n_tensors = 0;              // all tensors of the file
+  int64_t n_params = 0;           // all tensors' elements (bits per weight are over these)
+  uint64_t fixed_bytes = 0;       // tensors that are never quantized (norms): data, padded
+  uint64_t fixed_bytes_unpadded = 0;
+  uint64_t header_bytes = 0;      // the output header without mixq.extension_types, unpadded
+  uint32_t alignment = kGgufDefaultAlignment;
+  std::string calibration;        // the text's file name
+  std::string imatrix;            // the importance matrix's source ("" when computed here)
+  int n_ctx = 0, chunks = 0, probes = 0;
+  int64_t scored_tokens = 0;
+  std::vector<std::string> types;  // candidate types
+  int shard = 0, n_shards = 1;
+  std::vector<int> shards_merged;  // after a merge: the shards it holds
+  double seconds = 0;
+  std::vector<TensorMeasure> tensors;  // quantizable tensors measured, in file order
+
+  nlohmann::ordered_json to_json() const;
+  static Measurement from_json(const nlohmann::ordered_json& j, const std::string& origin);
+  // Reads a measurement file; throws std::runtime_error naming the file and what is wrong.
+  static Measurement load(const std::filesystem::path& path);
+  // Writes to a temporary file and renames it.
+  void save(const std::filesystem::path& path) const;
+};
+
+// Merges shards of one measurement (same model, settings and shard count; each shard once).
+// Throws std::runtime_error naming the difference or the missing shards.
+Measurement merge_measurements(const std::vector<Measurement>& parts);
+
+struct MeasureProgress {
+  int done = 0, total = 0;   // tensors
+  std::string tensor;
+  double seconds = 0;
+};
+
+struct MeasureOptions {
+  int n_ctx = 512;
+  int chunks = 8;               // calibration chunks the probes are scored on
+  int probes = 2;               // 1 or 2 probe types per tensor
+  int threads = 0;
+  int shard = 0, n_shards = 1;
+  std::vector<TypeId> types;    // empty: default_candidate_types()
+  const ImportanceMatrix* imatrix = nullptr;  // null: unit weights everywhere
+  std::string calibration_name, model_name;
+  uint64_t header_bytes = 0;    // filled by the caller from the output metadata it will write
+  AttentionMode attention = AttentionMode::kLlamaCppF16;
+  std::function<void(const MeasureProgress&)> on_tensor;
+  const std::atomic<bool>* cancel = nullptr;
+};
+
+// Every weight type mixq can both quantize and decode, llama.cpp's and mixq's own, except those
+// that only make sense for models trained for them (ternary) and activation-only types (Q8_1, Q8_K).
+std::vector<TypeId> default_candidate_types();
+
+// The importance-weighted relative error of storing rows x (rows x n) in type t (see the top).
+// `importance` has n values or is null (unit weights).
+double quantization_error(const float* x, int64_t rows, int64_t n, TypeId t, const float* importance,
+                          int threads = 0);
+
+// Measures every quantizable tensor of the shard. Throws std::runtime_error for a model the engine
+// cannot run, a text shorter than two contexts, or an unknown type.
+Measurement measure_model(const GgufFile& file, const LlamaModel& model, const Tokenizer& tok,
+                          const std::string& calibration_text, const MeasureOptions& opts);
+
+}  // namespace mixq
+
+namespace mixq {
+
+// What `mixq measure` and the one-step `mixq quantize --target-bpw -f` run: the engine's model and
+// tokenizer from `file`; an importance matrix collected from the text's first `imatrix_chunks`
+// chunks (0: all) unless opts.imatrix is set (the collected one is left in *collected); the header
+// bound of a plan-mode output; then measure_model.
+Measurement measure_file(const GgufFile& file, const std::string& calibration_text, MeasureOptions opts,
+                         int imatrix_chunks, ImportanceMatrix* collected);
+
+}  // namespace mixq
