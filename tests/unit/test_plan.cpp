@@ -1,0 +1,367 @@
+// Bit allocation (mixq plan) and measurement (mixq measure): the knapsack solver against brute
+// force, budgets and their errors, fixed rules, compat; on the real stories260K model the measured
+// probes against an independent KL-divergence run, shards against a whole run, eval_from_layer
+// against a full eval, and quantize --plan.
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "mixq/engine/llama_model.h"
+#include "mixq/engine/tokenizer.h"
+#include "mixq/eval/kld.h"
+#include "mixq/plan/measure.h"
+#include "mixq/plan/plan.h"
+#include "mixq/quantize/quantize_model.h"
+#include "test_support.h"
+
+namespace mixq {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kModelRel = "stories260K/stories260K-f32.llamacpp.gguf";
+constexpr const char* kTextRel = "wikitext-2-raw/wiki.test.raw";
+
+uint64_t align32(uint64_t v) { return (v + 31) / 32 * 32; }
+
+// A synthetic measurement: tensors of rows of 64 with the given candidates (bytes follow the type).
+Measurement synthetic(int n_tensors, const std::vector<TypeId>& types, std::mt19937& rng) {
+  Measurement m;
+  m.model = "synthetic";
+  m.n_tensors = n_tensors + 1;
+  m.fixed_bytes = 256;
+  m.fixed_bytes_unpadded = 256;
+  m.header_bytes = 1000;
+  m.n_params = 64;
+  std::uniform_int_distribution<int> rows(1, 40);
+  std::uniform_real_distribution<double> sens(0.1, 10);
+  for (int i = 0; i < n_tensors; ++i) {
+    TensorMeasure t;
+    t.name = fmt::format("blk.{}.w.weight", i);
+    t.shape = {64, rows(rng)};
+    t.index = i;
+    const double s = sens(rng);
+    for (TypeId ty : types) {
+      CandidateMeasure c;
+      c.type = ty;
+      c.bytes = type_traits(ty).row_bytes(64) * static_cast<uint64_t>(t.shape[1]);
+      c.error = std::pow(2.0, -type_traits(ty).bits_per_weight(64));
+      c.predicted = s * c.error * std::uniform_real_distribution<double>(0.5, 2)(rng);
+      t.candidates.push_back(c);
+    }
+    m.n_params += t.n_elements();
+    m.tensors.push_back(t);
+  }
+  m.types = {};
+  m.shards_merged = {0};
+  return m;
+}
+
+// The best plan by enumeration: minimum predicted loss with padded bytes within the budget.
+double brute_force(const Measurement& m, uint64_t budget_for_tensors) {
+  const size_t n = m.tensors.size();
+  std::vector<size_t> pick(n, 0);
+  double best = INFINITY;
+  for (;;) {
+    uint64_t cost = 0;
+    double loss = 0;
+    for (size_t i = 0; i < n; ++i) {
+      cost += align32(m.tensors[i].candidates[pick[i]].bytes);
+      loss += m.tensors[i].candidates[pick[i]].predicted;
+    }
+    if (cost <= budget_for_tensors) best = std::min(best, loss);
+    size_t i = 0;
+    while (i < n && ++pick[i] == m.tensors[i].candidates.size()) pick[i++] = 0;
+    if (i == n) break;
+  }
+  return best;
+}
+
+TEST(Plan, ExactOptimumAgainstBruteForce) {
+  std::mt19937 rng(7);
+  const std::vector<TypeId> types = {TypeId::Q4_0, TypeId::Q5_0, TypeId::Q8_0, TypeId::F16};
+  for (int trial = 0; trial < 30; ++trial) {
+    const Measurement m = synthetic(6, types, rng);
+    uint64_t lo = 0, hi = 0;
+    for (const auto& t : m.tensors) {
+      lo += align32(t.candidates.front().bytes);
+      hi += align32(t.candidates.back().bytes);
+    }
+    const uint64_t tensors_budget = lo + (hi - lo) * static_cast<uint64_t>(trial % 10 + 1) / 11;
+    const uint64_t overhead = align32(m.header_bytes) + m.fixed_bytes;
+    PlanOptions o;
+    o.target_bytes = overhead + tensors_budget;
+    const Plan p = make_plan(m, o);
+    EXPECT_LE(p.file_bytes, *o.target_bytes);
+    EXPECT_NEAR(p.predicted_kld, brute_force(m, tensors_budget), 1e-12) << "trial " << trial;
+    // The Lagrangian alone is never better than the exact optimum.
+    PlanOptions lag = o;
+    lag.max_dp_units = 0;
+    EXPECT_GE(make_plan(m, lag).predicted_kld, p.predicted_kld - 1e-12);
+  }
+}
+
+TEST(Plan, FileBytesAreTheSumOfPaddedTensorsAndHeader) {
+  std::mt19937 rng(3);
+  const Measurement m = synthetic(5, {TypeId::Q4_0, TypeId::Q8_0}, rng);
+  PlanOptions o;
+  o.target_bytes = 1u << 20;  // everything fits: every tensor takes its best candidate
+  const Plan p = make_plan(m, o);
+  uint64_t want = align32(m.header_bytes) + m.fixed_bytes;
+  for (const auto& t : m.tensors) want += align32(t.find(TypeId::Q8_0)->bytes);
+  EXPECT_EQ(p.file_bytes, want);
+  for (const auto& t : p.tensors) EXPECT_EQ(t.type, TypeId::Q8_0);
+}
+
+TEST(Plan, BitsPerWeightTarget) {
+  std::mt19937 rng(5);
+  const Measurement m = synthetic(8, {TypeId::Q4_0, TypeId::Q5_0, TypeId::Q8_0}, rng);
+  for (double bpw : {4.9, 5.5, 7.0, 8.5}) {
+    PlanOptions o;
+    o.target_bpw = bpw;
+    const Plan p = make_plan(m, o);
+    EXPECT_LE(p.bpw, bpw + 1e-9);
+    uint64_t bytes = m.fixed_bytes_unpadded;
+    for (const auto& t : p.tensors) bytes += t.bytes;
+    EXPECT_DOUBLE_EQ(p.bpw, 8.0 * bytes / m.n_params);
+  }
+}
+
+TEST(Plan, BudgetBelowTheSmallestFileIsRejectedWithTheMinimum) {
+  std::mt19937 rng(1);
+  const Measurement m = synthetic(4, {TypeId::Q4_0, TypeId::Q8_0}, rng);
+  uint64_t min = align32(m.header_bytes) + m.fixed_bytes;
+  for (const auto& t : m.tensors) min += align32(t.candidates.front().bytes);
+  PlanOptions o;
+  o.target_bytes = min - 1;
+  try {
+    make_plan(m, o);
+    FAIL() << "an infeasible budget was accepted";
+  } catch (const PlanError& e) {
+    EXPECT_NE(std::string(e.what()).find(std::to_string(min)), std::string::npos) << e.what();
+  }
+  o.target_bytes = min;
+  const Plan p = make_plan(m, o);
+  EXPECT_EQ(p.file_bytes, min);
+  EXPECT_EQ(p.min_file_bytes, min);
+  PlanOptions none;
+  EXPECT_THROW(make_plan(m, none), PlanError);
+}
+
+TEST(Plan, FixedRulesAndCompatAreHonoured) {
+  std::mt19937 rng(11);
+  Measurement m = synthetic(4, {TypeId::LB2, TypeId::Q4_0, TypeId::NF4, TypeId::Q8_0}, rng);
+  PlanOptions o;
+  o.target_bytes = 1u << 20;
+  o.fixed.push_back(parse_tensor_type_rule("blk\\.2\\.=q4_0"));
+  const Plan p = make_plan(m, o);
+  EXPECT_EQ(p.tensors[2].type, TypeId::Q4_0);
+  EXPECT_TRUE(p.tensors[2].fixed);
+  // The cheapest compat file: no mixq type, so no extension-types key.
+  PlanOptions c;
+  c.compat_llamacpp = true;
+  uint64_t min = align32(m.header_bytes) + m.fixed_bytes;
+  for (const auto& t : m.tensors) min += align32(t.find(TypeId::Q4_0)->bytes);
+  c.target_bytes = min;
+  const Plan pc = make_plan(m, c);
+  for (const auto& t : pc.tensors) EXPECT_EQ(t.type, TypeId::Q4_0);
+  // Without compat the same budget buys 2-bit tensors (the budget also pays for the
+  // mixq.extension_types key they need).
+  PlanOptions f;
+  f.target_bytes = min;
+  const Plan pf = make_plan(m, f);
+  EXPECT_TRUE(std::any_of(pf.tensors.begin(), pf.tensors.end(), [](const auto& t) { return t.type == TypeId::LB2; }));
+  EXPECT_LE(pf.file_bytes, min);
+  // An incomplete measurement is refused.
+  m.n_shards = 2;
+  EXPECT_THROW(make_plan(m, c), PlanError);
+}
+
+TEST(Plan, JsonRoundTripAndBadFiles) {
+  std::mt19937 rng(2);
+  const Measurement m = synthetic(3, {TypeId::Q4_0, TypeId::Q8_0}, rng);
+  const Measurement back = Measurement::from_json(m.to_json(), "test");
+  ASSERT_EQ(back.tensors.size(), m.tensors.size());
+  EXPECT_EQ(back.tensors[1].candidates[1].predicted, m.tensors[1].candidates[1].predicted);
+  PlanOptions o;
+  o.target_bytes = 1u << 20;
+  const Plan p = make_plan(m, o);
+  const Plan pb = Plan::from_json(p.to_json(), "test");
+  EXPECT_EQ(pb.types(), p.types());
+  EXPECT_EQ(pb.file_bytes, p.file_bytes);
+  // Wrong byte counts, unknown types and foreign files are errors that say where.
+  auto j = m.to_json();
+  j["tensors"][0]["candidates"][0]["bytes"] = 12345;
+  EXPECT_THROW(Measurement::from_json(j, "x"), std::runtime_error);
+  j = m.to_json();
+  j["tensors"][0]["candidates"][0]["type"] = "q9_9";
+  EXPECT_THROW(Measurement::from_json(j, "x"), std::runtime_error);
+  EXPECT_THROW(Measurement::from_json(nlohmann::ordered_json::parse("{\"format\":\"other\"}"), "x"), std::runtime_error);
+  EXPECT_THROW(Plan::from_json(nlohmann::ordered_json::parse("[1,2]"), "x"), PlanError);
+}
+
+// The real model: measured once per test suite with two candidate types and small settings.
+class Measure : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (test::shared_data_dir().empty() || !fs::exists(test::shared_data_dir() / kModelRel) ||
+        !fs::exists(test::shared_data_dir() / kTextRel)) {
+      return;
+    }
+    dir_ = test::temp_dir() / "measure";
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ifstream in(test::shared_data_dir() / kTextRel, std::ios::binary);
+    const std::string all((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    text_ = all.substr(0, all.find('\n', 12000) + 1);
+    file_.emplace(GgufFile::open(test::shared_data_dir() / kModelRel));
+    whole_ = measure_file(*file_, text_, options(0, 1), 4, &imatrix_);
+  }
+  static void TearDownTestSuite() {
+    file_.reset();
+    if (!dir_.empty()) fs::remove_all(dir_);
+  }
+  void SetUp() override {
+    MIXQ_REQUIRE_SHARED(kModelRel);
+    MIXQ_REQUIRE_SHARED(kTextRel);
+  }
+  static MeasureOptions options(int shard, int n_shards) {
+    MeasureOptions o;
+    o.chunks = 2;
+    o.probes = 2;
+    o.threads = 2;
+    o.types = {TypeId::Q4_0, TypeId::Q8_0, TypeId::F16, TypeId::I8_ROW};
+    o.shard = shard;
+    o.n_shards = n_shards;
+    o.imatrix = imatrix_.weights.empty() ? nullptr : &imatrix_;
+    return o;
+  }
+  static inline fs::path dir_;
+  static inline std::string text_;
+  static inline std::optional<GgufFile> file_;
+  static inline ImportanceMatrix imatrix_;
+  static inline Measurement whole_;
+};
+
+TEST_F(Measure, EveryQuantizableTensorWithItsFittingTypes) {
+  ASSERT_EQ(whole_.tensors.size(), 37u);  // 5 layers x 7 matrices + token_embd + output
+  for (const auto& t : whole_.tensors) {
+    const bool rows_of_64 = t.shape[0] == 64;
+    EXPECT_EQ(t.find(TypeId::Q4_0) != nullptr, rows_of_64) << t.name;
+    ASSERT_NE(t.find(TypeId::F16), nullptr);
+    ASSERT_NE(t.find(TypeId::I8_ROW), nullptr);
+    if (rows_of_64) {
+      // More bits, less error, less predicted loss.
+      EXPECT_GT(t.find(TypeId::Q4_0)->error, t.find(TypeId::Q8_0)->error) << t.name;
+      EXPECT_GT(t.find(TypeId::Q4_0)->predicted, t.find(TypeId::Q8_0)->predicted) << t.name;
+    }
+    EXPECT_GT(t.find(TypeId::I8_ROW)->error, t.find(TypeId::F16)->error) << t.name;
+    EXPECT_GT(t.alpha, 0) << t.name;
+    EXPECT_GE(t.beta, 0.5);
+    EXPECT_LE(t.beta, 2.0);
+  }
+  EXPECT_GT(whole_.header_bytes, 1000u);
+}
+
+// The probe KLD equals what mixq kld measures on the same chunks for a file where only that
+// tensor is quantized: the cached layer inputs and the restart from the tensor's layer change
+// nothing.
+TEST_F(Measure, ProbeKldMatchesAnIndependentKldRun) {
+  for (const char* name : {"blk.3.ffn_up.weight", "output.weight", "token_embd.weight"}) {
+    const TensorMeasure* t = nullptr;
+    for (const auto& x : whole_.tensors) {
+      if (x.name == name) t = &x;
+    }
+    ASSERT_NE(t, nullptr);
+    const CandidateMeasure* probe = t->find(TypeId::Q4_0);
+    ASSERT_TRUE(probe && probe->kld) << name;
+    QuantizeOptions qo;
+    qo.policy.default_type = TypeId::F32;
+    qo.policy.tensor_type_rules.push_back(parse_tensor_type_rule(fmt::format("^{}$=q4_0", name)));
+    qo.policy.pure = true;
+    qo.imatrix = &imatrix_;
+    qo.threads = 2;
+    const fs::path out = dir_ / "one.gguf";
+    quantize_model(*file_, out, qo);
+    const GgufFile qf = GgufFile::open(out);
+    const LlamaModel base(*file_), model(qf);
+    const Tokenizer tok = Tokenizer::from_gguf(*file_);
+    KldOptions ko;
+    ko.max_chunks = 2;
+    ko.threads = 2;
+    const KldResult r = kl_divergence(base, tok, model, tok, text_, ko);
+    EXPECT_NEAR(*probe->kld, r.stats.kld.value, 1e-6 * r.stats.kld.value + 1e-9) << name;
+    EXPECT_GT(*probe->kld, 0) << name;
+  }
+}
+
+TEST_F(Measure, ShardsMergeIntoTheWholeMeasurement) {
+  const Measurement a = measure_file(*file_, text_, options(0, 2), 4, nullptr);
+  const Measurement b = measure_file(*file_, text_, options(1, 2), 4, nullptr);
+  PlanOptions six;
+  six.target_bpw = 6.0;
+  EXPECT_THROW(make_plan(a, six), PlanError);  // half a measurement
+  EXPECT_THROW(merge_measurements({a, a}), std::runtime_error);
+  EXPECT_THROW(merge_measurements({a}), std::runtime_error);
+  const Measurement m = merge_measurements({b, Measurement::from_json(a.to_json(), "a")});
+  ASSERT_EQ(m.tensors.size(), whole_.tensors.size());
+  for (size_t i = 0; i < m.tensors.size(); ++i) {
+    EXPECT_EQ(m.tensors[i].name, whole_.tensors[i].name);
+    for (size_t k = 0; k < m.tensors[i].candidates.size(); ++k) {
+      EXPECT_DOUBLE_EQ(m.tensors[i].candidates[k].predicted, whole_.tensors[i].candidates[k].predicted);
+    }
+  }
+}
+
+// A plan applied by quantize gives a file of the planned size with the planned types.
+TEST_F(Measure, QuantizeAppliesThePlanAtThePlannedSize) {
+  PlanOptions po;
+  po.target_bytes = 300000;
+  const Plan plan = make_plan(whole_, po);
+  QuantizeOptions qo;
+  qo.type_label = "plan";
+  qo.policy.plan = plan.types();
+  qo.policy.plan_label = plan.target;
+  qo.imatrix = &imatrix_;
+  qo.threads = 2;
+  const fs::path out = dir_ / "planned.gguf";
+  const QuantizeReport rep = quantize_model(*file_, out, qo);
+  EXPECT_LE(fs::file_size(out), *po.target_bytes);
+  EXPECT_LE(fs::file_size(out), plan.file_bytes);
+  const GgufFile f = GgufFile::open(out);
+  for (const auto& t : plan.tensors) EXPECT_EQ(f.find_tensor(t.name)->type->id, t.type) << t.name;
+  // A plan naming a tensor the model lacks is refused.
+  qo.policy.plan["blk.9.attn_q.weight"] = TypeId::Q8_0;
+  EXPECT_THROW(plan_model(*file_, qo), PolicyError);
+}
+
+TEST(Engine, EvalFromLayerEqualsTheFullEval) {
+  MIXQ_REQUIRE_SHARED(kModelRel);
+  const GgufFile f = GgufFile::open(test::shared_data_dir() / kModelRel);
+  const LlamaModel model(f);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 40; ++i) tokens.push_back((i * 37 + 1) % model.hparams().n_vocab);
+  LlamaContext ctx(model, 64, 2);
+  std::vector<std::vector<float>> inputs(static_cast<size_t>(model.hparams().n_layer) + 1);
+  ctx.set_layer_observer([&](int l, const float* x, int n) {
+    inputs[static_cast<size_t>(l)].assign(x, x + static_cast<size_t>(n) * model.hparams().n_embd);
+  });
+  const std::vector<float> full = ctx.eval(tokens, true);
+  ctx.set_layer_observer(nullptr);
+  for (int l = 0; l <= model.hparams().n_layer; ++l) {
+    ctx.reset();
+    const auto& part = ctx.eval_from_layer(l, inputs[static_cast<size_t>(l)].data(), 40, true);
+    EXPECT_EQ(part, full) << "from layer " << l;
+  }
+  ctx.reset();
+  ctx.eval({1, 2}, false);
+  EXPECT_THROW(ctx.eval_from_layer(0, inputs[0].data(), 40, true), std::runtime_error);  // not reset
+  ctx.reset();
+  EXPECT_THROW(ctx.eval_from_layer(model.hparams().n_layer + 1, inputs[0].data(), 40, true), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace mixq
