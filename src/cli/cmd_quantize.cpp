@@ -31,6 +31,9 @@ struct QuantizeArgs {
   std::string plan, calib_file, target_size, target_size_of, types, save_plan, save_measurement;
   double target_bpw = 0;
   int chunks = 8, imatrix_chunks = 64;
+  std::string calib;
+  bool symmetric = false;
+  int hqq = 0;
 };
 
 std::vector<std::string> read_rule_file(const std::string& path) {
@@ -97,6 +100,10 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
     }
     p.compat_llamacpp = true;
   }
+  if (a.symmetric && a.hqq > 0) {
+    throw PolicyError("--hqq refines the zero point and --symmetric fixes it in the middle: choose one");
+  }
+  o.calibration = parse_calibration(a.calib, a.symmetric, a.hqq);
   o.threads = a.threads;
   if (!a.threads_pos.empty()) {
     try {
@@ -162,6 +169,10 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--report-json", a->report_json, "Write the per-tensor report as JSON to this file");
   cmd->add_option("--compat", a->compat, "llama.cpp: refuse types llama.cpp cannot load");
   cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  cmd->add_option("--calib", a->calib,
+                  "Scale choice for nf4, i8_row, i8_mm, lb3, lb2: search (default), minmax, percentile[:P], mse");
+  cmd->add_flag("--symmetric", a->symmetric, "Zero-point formats (i8_mm, lb3, lb2): zero point fixed at the middle code");
+  cmd->add_option("--hqq", a->hqq, "HQQ zero-point refinement (calibration-free) with N iterations, e.g. 20");
   cmd->add_option("--plan", a->plan, "Apply a bit-allocation plan (mixq plan): its types decide the tensors it lists");
   cmd->add_option("--target-bpw", a->target_bpw,
                   "One step (with -f): importance matrix, measure, plan and quantize to this bits per weight");

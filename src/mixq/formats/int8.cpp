@@ -3,7 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <vector>
 
+#include "mixq/formats/block_weights.h"
 #include "mixq/formats/half.h"
 
 namespace mixq::int8 {
@@ -146,6 +149,89 @@ void quantize_row_i8_mm(const float* x, void* dst, int64_t n, const float* /*imp
     for (int i = 0; i < kMinMaxBlock; ++i) {
       const long guess = d > 0 ? std::lrint((xb[i] - m) / d) : 0;
       block.qs[i] = static_cast<uint8_t>(nearest_code(xb[i], guess, 0, 255, decode));
+    }
+    std::memcpy(out + b * sizeof(BlockI8MM), &block, sizeof block);
+  }
+}
+
+void quantize_row_i8_row_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {
+  if (c.method == ScaleMethod::Search || c.method == ScaleMethod::MinMax) {
+    quantize_row_i8_row(x, dst, n, importance);  // absmax: per-row symmetric by construction
+    return;
+  }
+  std::vector<float> w(static_cast<size_t>(n));
+  block_weights(importance, 0, static_cast<int>(n), w.data());
+  const auto code = [](float v, float s) { return std::clamp(std::nearbyint(v / s), -127.0f, 127.0f); };
+  const auto score = [&](float /*lo*/, float hi) {
+    const float s = hi / 127.0f;
+    if (!(s > 0)) return std::numeric_limits<float>::infinity();
+    double e = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double d = x[i] - code(x[i], s) * s;
+      e += w[static_cast<size_t>(i)] * d * d;
+    }
+    return static_cast<float>(e);
+  };
+  const calib::Range r = calib::choose_range(x, w.data(), n, c, true, score);
+  auto* out = static_cast<uint8_t*>(dst);
+  const float s = r.hi / 127.0f;
+  std::memcpy(out, &s, sizeof s);
+  auto* q = reinterpret_cast<int8_t*>(out + kRowHeaderBytes);
+  for (int64_t i = 0; i < n; ++i) q[i] = s > 0 ? static_cast<int8_t>(code(x[i], s)) : int8_t{0};
+}
+
+void quantize_row_i8_mm_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {
+  if (c.is_default()) {
+    quantize_row_i8_mm(x, dst, n, importance);
+    return;
+  }
+  auto* out = static_cast<uint8_t*>(dst);
+  float w[kMinMaxBlock];
+  auto encode = [&](const float* xb, float lo, float hi, BlockI8MM& block) {
+    if (c.symmetric) {
+      const float a = std::max(std::fabs(lo), std::fabs(hi));
+      lo = -a;
+      hi = a;
+    }
+    const MinMaxGrid grid = fit_min_max(lo, hi);
+    block.d = grid.d;
+    block.m = grid.m;
+    const float d = fp16_to_fp32(grid.d), m = fp16_to_fp32(grid.m);
+    const auto decode = [m, d](int q) { return m + static_cast<float>(q) * d; };
+    for (int i = 0; i < kMinMaxBlock; ++i) {
+      const long guess = d > 0 ? std::lrint((xb[i] - m) / d) : 0;
+      block.qs[i] = static_cast<uint8_t>(nearest_code(xb[i], guess, 0, 255, decode));
+    }
+  };
+  for (int64_t b = 0; b < n / kMinMaxBlock; ++b) {
+    const float* xb = x + b * kMinMaxBlock;
+    block_weights(importance, b * kMinMaxBlock, kMinMaxBlock, w);
+    const auto score = [&](float lo, float hi) {
+      BlockI8MM block;
+      encode(xb, lo, hi, block);
+      const float d = fp16_to_fp32(block.d), m = fp16_to_fp32(block.m);
+      double e = 0;
+      for (int i = 0; i < kMinMaxBlock; ++i) {
+        const double err = xb[i] - (m + static_cast<float>(block.qs[i]) * d);
+        e += w[i] * err * err;
+      }
+      return static_cast<float>(e);
+    };
+    const calib::Range r = calib::choose_range(xb, w, kMinMaxBlock, c, c.symmetric, score);
+    BlockI8MM block;
+    encode(xb, r.lo, r.hi, block);
+    if (c.hqq_iterations > 0 && !c.symmetric) {
+      // value = m + q d = (q - z) d with z = -m / d: refine z, store m = -z d.
+      const float d = fp16_to_fp32(block.d);
+      if (d > 0) {
+        const float z = calib::hqq_zero(xb, kMinMaxBlock, 255, d, -fp16_to_fp32(block.m) / d, c.hqq_iterations);
+        block.m = fp32_to_fp16(std::clamp(-z * d, -kHalfMax, kHalfMax));
+        const float m = fp16_to_fp32(block.m);
+        const auto decode = [m, d](int q) { return m + static_cast<float>(q) * d; };
+        for (int i = 0; i < kMinMaxBlock; ++i) {
+          block.qs[i] = static_cast<uint8_t>(nearest_code(xb[i], std::lrint((xb[i] - m) / d), 0, 255, decode));
+        }
+      }
     }
     std::memcpy(out + b * sizeof(BlockI8MM), &block, sizeof block);
   }

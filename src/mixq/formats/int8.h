@@ -17,6 +17,8 @@
 // for a fixed grid the nearest code is already the best one for every weighting.
 #pragma once
 
+#include "mixq/formats/calibration.h"
+
 #include <cstdint>
 
 namespace mixq::int8 {
@@ -35,6 +37,10 @@ void quantize_row_i8_row(const float* x, void* dst, int64_t n, const float* impo
 void dequantize_row_i8_row(const void* src, float* y, int64_t n);
 void quantize_row_i8_mm(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_i8_mm(const void* src, float* y, int64_t n);
+// With a --calib range choice (formats/calibration.h).
+void quantize_row_i8_row_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c);
+// With a --calib range choice (formats/calibration.h).
+void quantize_row_i8_mm_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c);
 // Integer view (type_table.h, UnpackRowFn) of I8_ROW.
 void unpack_row_i8_row(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 

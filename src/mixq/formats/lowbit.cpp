@@ -163,6 +163,56 @@ void quantize_row(const float* x, void* dst, int64_t n, const float* importance,
   }
 }
 
+// The calibrated variant: the range comes from calib::choose_range (symmetric: the zero point at
+// the middle code), then optionally HQQ's zero-point refinement.
+template <int kLevels, typename Block, typename Pack>
+void quantize_row_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c, Pack pack) {
+  constexpr int qmax = kLevels - 1;
+  auto* out = static_cast<uint8_t*>(dst);
+  float w[kGroup];
+  uint8_t codes[kGroup];
+  auto params = [&](float lo, float hi, float& s, float& z) {
+    if (c.symmetric) {
+      s = to_half_range(2.0 * std::max(std::fabs(lo), std::fabs(hi)) / qmax);
+      z = to_half_range(qmax / 2.0);
+    } else {
+      s = to_half_range((static_cast<double>(hi) - lo) / qmax);
+      z = s > 0 ? to_half_range(-lo / s) : 0.0f;
+    }
+    return s > 0;
+  };
+  for (int64_t g = 0; g < n / kGroup; ++g) {
+    block_weights(importance, g * kGroup, kGroup, w);
+    const float* xg = x + g * kGroup;
+    Fit best;
+    if (c.method == ScaleMethod::Search && !c.symmetric) {
+      best = fit_group<kLevels>(xg, w);
+    } else {
+      const auto score = [&](float lo, float hi) {
+        float s, z;
+        return params(lo, hi, s, z) ? Grid<kLevels>(s, z).score(xg, w) : std::numeric_limits<float>::infinity();
+      };
+      const calib::Range r = calib::choose_range(xg, w, kGroup, c, c.symmetric, score);
+      if (!params(r.lo, r.hi, best.s, best.z)) {
+        best = {to_half_range(0.5 * (static_cast<double>(r.lo) + r.hi)), -1.0f, 0.0f, true};  // constant group
+      }
+    }
+    if (c.hqq_iterations > 0 && !best.constant && !c.symmetric) {
+      best.z = to_half_range(calib::hqq_zero(xg, kGroup, qmax, best.s, best.z, c.hqq_iterations));
+    }
+    if (best.constant) {
+      std::fill(codes, codes + kGroup, uint8_t{0});
+    } else {
+      Grid<kLevels>(best.s, best.z).codes(xg, codes);
+    }
+    Block block;
+    block.s = fp32_to_fp16(best.s);
+    block.z = fp32_to_fp16(best.z);
+    pack(codes, block.qs);
+    std::memcpy(out + g * sizeof(Block), &block, sizeof block);
+  }
+}
+
 template <typename Block, typename Unpack>
 void dequantize_row(const void* src, float* y, int64_t n, Unpack unpack) {
   const auto* in = static_cast<const uint8_t*>(src);
@@ -201,5 +251,11 @@ void quantize_row_lb2(const float* x, void* dst, int64_t n, const float* importa
   quantize_row<4, BlockLB2>(x, dst, n, importance, pack_lb2);
 }
 void dequantize_row_lb2(const void* src, float* y, int64_t n) { dequantize_row<BlockLB2>(src, y, n, unpack_lb2); }
+void quantize_row_lb3_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {
+  quantize_row_calib<8, BlockLB3>(x, dst, n, importance, c, pack_lb3);
+}
+void quantize_row_lb2_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {
+  quantize_row_calib<4, BlockLB2>(x, dst, n, importance, c, pack_lb2);
+}
 
 }  // namespace mixq::lowbit

@@ -12,6 +12,8 @@
 // (importance-weighted, when given) squared error after f16 rounding.
 #pragma once
 
+#include "mixq/formats/calibration.h"
+
 #include <cstdint>
 
 namespace mixq::lowbit {
@@ -57,5 +59,9 @@ void quantize_row_lb3(const float* x, void* dst, int64_t n, const float* importa
 void dequantize_row_lb3(const void* src, float* y, int64_t n);
 void quantize_row_lb2(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_lb2(const void* src, float* y, int64_t n);
+// With a --calib range choice (formats/calibration.h).
+void quantize_row_lb3_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c);
+// With a --calib range choice (formats/calibration.h).
+void quantize_row_lb2_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c);
 
 }  // namespace mixq::lowbit

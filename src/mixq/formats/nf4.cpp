@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstring>
 
 #include "mixq/formats/block_weights.h"
@@ -41,7 +42,7 @@ constexpr int kLanes = 8;
 // nearest level of x for a scale d of either sign is the nearest level of x / d, since
 // |x - L d| = |d| |x / d - L|. Used to rank scales; the summed levels can differ from the table by
 // an ulp, which does not matter for a ranking.
-float score(const float* x, const float* w, float d) {
+float nf4_score(const float* x, const float* w, float d) {
   const float inv = 1.0f / d;
   float acc[kLanes] = {};
   for (int i = 0; i < kBlock; i += kLanes) {
@@ -95,7 +96,7 @@ float fit_scale(const float* x, const float* w) {
   float best_d = 0, best_err = zero_err;
   auto consider = [&](float d) {
     if (d == 0) return false;
-    const float err = score(x, w, d);
+    const float err = nf4_score(x, w, d);
     if (!(err < best_err)) return false;
     best_err = err;
     best_d = d;
@@ -132,6 +133,36 @@ void quantize_row_nf4(const float* x, void* dst, int64_t n, const float* importa
     for (int j = 0; j < kBlock / 2; ++j) {
       block.qs[j] = static_cast<uint8_t>((idx[2 * j] << 4) | idx[2 * j + 1]);
     }
+    std::memcpy(out + b * sizeof(BlockNF4), &block, sizeof block);
+  }
+}
+
+void quantize_row_nf4_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {
+  if (c.method == ScaleMethod::Search) {
+    quantize_row_nf4(x, dst, n, importance);  // symmetric by construction; no zero point to refine
+    return;
+  }
+  auto* out = static_cast<uint8_t*>(dst);
+  float w[kBlock];
+  uint8_t idx[kBlock];
+  for (int64_t b = 0; b < n / kBlock; ++b) {
+    const float* xb = x + b * kBlock;
+    block_weights(importance, b * kBlock, kBlock, w);
+    // NF4 codes span [-1, 1] times the block's scale: the clip value is the scale.
+    const auto score = [&](float /*lo*/, float hi) {
+      const float d = half_scale(hi);
+      return d != 0 ? nf4_score(xb, w, d) : std::numeric_limits<float>::infinity();
+    };
+    const calib::Range r = calib::choose_range(xb, w, kBlock, c, true, score);
+    const float d = half_scale(r.hi);
+    if (d != 0) {
+      nearest_indices(xb, d, idx);
+    } else {
+      std::fill(idx, idx + kBlock, static_cast<uint8_t>(kZeroIndex));
+    }
+    BlockNF4 block;
+    block.d = fp32_to_fp16(d);
+    for (int j = 0; j < kBlock / 2; ++j) block.qs[j] = static_cast<uint8_t>((idx[2 * j] << 4) | idx[2 * j + 1]);
     std::memcpy(out + b * sizeof(BlockNF4), &block, sizeof block);
   }
 }

@@ -10,6 +10,8 @@
 // the one with the least, importance-weighted, squared error; decoding is the same multiply.
 #pragma once
 
+#include "mixq/formats/calibration.h"
+
 #include <array>
 #include <cstdint>
 
@@ -47,5 +49,7 @@ static_assert(sizeof(BlockNF4) == 34);
 
 void quantize_row_nf4(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_nf4(const void* src, float* y, int64_t n);
+// With a --calib range choice (formats/calibration.h).
+void quantize_row_nf4_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c);
 
 }  // namespace mixq::nf4

@@ -55,11 +55,11 @@ constexpr TypeTraits kTypeTable[] = {
     {TypeId::TQ2_0, "tq2_0", "ternary", 256, 66, 0, true, ternary::quantize_row_tq2_0, ternary::dequantize_row_tq2_0, "ternary, 2.06 bpw", ActFormat::Q8_K, ternary::unpack_row_tq2_0},
     {TypeId::MXFP4, "mxfp4", "mxfp4", 32, 17, 0, true, nullptr, nullptr, "4-bit microscaling float (E2M1, E8M0 scale)"},
     // mixq's own formats: ids outside GGML's range, readable only by mixq.
-    {TypeId::NF4, "nf4", "nf4", 64, 34, 0, true, nf4::quantize_row_nf4, nf4::dequantize_row_nf4, "NormalFloat4, f16 absmax per 64 (bitsandbytes)"},
-    {TypeId::I8_ROW, "i8_row", "int8", 1, 1, 4, true, int8::quantize_row_i8_row, int8::dequantize_row_i8_row, "symmetric INT8, f32 scale per row (per channel)", ActFormat::Q8_0, int8::unpack_row_i8_row},
-    {TypeId::I8_MM, "i8_mm", "int8", 64, 68, 0, true, int8::quantize_row_i8_mm, int8::dequantize_row_i8_mm, "asymmetric INT8 min/max, f16 scale+min per 64"},
-    {TypeId::LB3, "lb3", "lowbit", 64, 28, 0, true, lowbit::quantize_row_lb3, lowbit::dequantize_row_lb3, "3-bit packed 8 per 3 bytes, f16 scale+zero per 64"},
-    {TypeId::LB2, "lb2", "lowbit", 64, 20, 0, true, lowbit::quantize_row_lb2, lowbit::dequantize_row_lb2, "2-bit packed 4 per byte, f16 scale+zero per 64"},
+    {TypeId::NF4, "nf4", "nf4", 64, 34, 0, true, nf4::quantize_row_nf4, nf4::dequantize_row_nf4, "NormalFloat4, f16 absmax per 64 (bitsandbytes)", ActFormat::F32, nullptr, nf4::quantize_row_nf4_calib},
+    {TypeId::I8_ROW, "i8_row", "int8", 1, 1, 4, true, int8::quantize_row_i8_row, int8::dequantize_row_i8_row, "symmetric INT8, f32 scale per row (per channel)", ActFormat::Q8_0, int8::unpack_row_i8_row, int8::quantize_row_i8_row_calib},
+    {TypeId::I8_MM, "i8_mm", "int8", 64, 68, 0, true, int8::quantize_row_i8_mm, int8::dequantize_row_i8_mm, "asymmetric INT8 min/max, f16 scale+min per 64", ActFormat::F32, nullptr, int8::quantize_row_i8_mm_calib},
+    {TypeId::LB3, "lb3", "lowbit", 64, 28, 0, true, lowbit::quantize_row_lb3, lowbit::dequantize_row_lb3, "3-bit packed 8 per 3 bytes, f16 scale+zero per 64", ActFormat::F32, nullptr, lowbit::quantize_row_lb3_calib},
+    {TypeId::LB2, "lb2", "lowbit", 64, 20, 0, true, lowbit::quantize_row_lb2, lowbit::dequantize_row_lb2, "2-bit packed 4 per byte, f16 scale+zero per 64", ActFormat::F32, nullptr, lowbit::quantize_row_lb2_calib},
 };
 
 bool iequals(std::string_view a, std::string_view b) {

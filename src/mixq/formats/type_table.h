@@ -53,6 +53,12 @@ inline constexpr int kActFormats = 6;
 // dequantizer computes it. scale and offset hold ceil(n / 16) entries.
 using UnpackRowFn = void (*)(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 
+struct Calibration;  // formats/calibration.h
+// Quantize one row with a chosen scale calibration (mixq quantize --calib), for the formats that
+// offer one.
+using CalibQuantizeRowFn = void (*)(const float* x, void* dst, int64_t n, const float* importance,
+                                    const Calibration& calibration);
+
 struct TypeTraits {
   TypeId id;
   const char* name;           // canonical name as ggml prints it ("q4_K", "bf16"), or mixq's ("nf4")
@@ -66,6 +72,7 @@ struct TypeTraits {
   const char* description;
   ActFormat act_format = ActFormat::F32;  // the engine's activation format for this weight type
   UnpackRowFn unpack_row = nullptr;       // null: the engine dequantizes rows to F32 instead
+  CalibQuantizeRowFn quantize_row_calib = nullptr;  // null: --calib does not apply (own search only)
 
   bool is_extension() const { return static_cast<uint32_t>(id) >= kFirstExtensionTypeId; }
   bool can_quantize() const { return quantize_row != nullptr; }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <set>
 #include <map>
 
 #include <fmt/format.h>
@@ -68,6 +69,7 @@ nlohmann::ordered_json policy_json(const QuantizeOptions& opts) {
   j["leave_output_tensor"] = p.leave_output_tensor;
   j["imatrix"] = opts.imatrix ? opts.imatrix->source : "";
   if (!p.plan_label.empty()) j["plan"] = p.plan_label;
+  if (!opts.calibration.is_default()) j["calib"] = opts.calibration.to_string();
   return j;
 }
 
@@ -85,6 +87,18 @@ QuantizeReport make_report(const GgufFile& in, const QuantizeOptions& opts) {
   for (const auto* list : {&opts.policy.tensor_type_rules, &opts.policy.config_rules, &opts.policy.layer_rules}) {
     for (const auto& r : *list) {
       if (r.hits == 0) rep.warnings.push_back(fmt::format("rule '{}' matched no tensor", r.origin));
+    }
+  }
+  if (!opts.calibration.is_default()) {
+    std::set<std::string> without;
+    for (const auto& p : rep.plans) {
+      const TypeTraits& t = type_traits(p.type);
+      if (p.quantize && t.quantized && !t.quantize_row_calib) without.insert(t.name);
+    }
+    if (!without.empty()) {
+      rep.warnings.push_back(fmt::format("--calib {} applies to nf4, i8_row, i8_mm, lb3 and lb2; {} keep their own "
+                                         "scale search",
+                                         opts.calibration.to_string(), fmt::join(without, ", ")));
     }
   }
   if (opts.imatrix) {
@@ -207,6 +221,7 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
       const int64_t rows_per_chunk = std::max<int64_t>(1, kChunkValues / n);
       const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
       const size_t in_row = from.row_bytes(n), out_row = to.row_bytes(n);
+      const bool calibrated = !opts.calibration.is_default() && to.quantize_row_calib != nullptr;
       buffer.resize(static_cast<size_t>(rows) * out_row);
       pool.parallel_for(chunks, [&](int64_t c) {
         if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
@@ -222,8 +237,12 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
             from.dequantize_row(src, row.data(), n);
             x = row.data();
           }
-          to.quantize_row(x, buffer.data() + static_cast<size_t>(r) * out_row, n,
-                          importance_for(opts.imatrix, t, r));
+          uint8_t* dst = buffer.data() + static_cast<size_t>(r) * out_row;
+          if (calibrated) {
+            to.quantize_row_calib(x, dst, n, importance_for(opts.imatrix, t, r), opts.calibration);
+          } else {
+            to.quantize_row(x, dst, n, importance_for(opts.imatrix, t, r));
+          }
         }
       });
       w.write_tensor_data(buffer);

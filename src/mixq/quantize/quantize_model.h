@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mixq/calib/imatrix.h"
+#include "mixq/formats/calibration.h"
 #include "mixq/io/gguf.h"
 #include "mixq/policy/policy.h"
 
@@ -31,6 +32,7 @@ struct QuantizeOptions {
   std::string type_label;           // what the user asked for ("Q4_K_M", "nf4"), recorded in metadata
   int threads = 0;                  // <= 0: all cores
   const ImportanceMatrix* imatrix = nullptr;
+  Calibration calibration;          // --calib: range choice for the formats that offer one
   std::function<void(const QuantizeProgress&)> on_progress;
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; no output is left
 };
