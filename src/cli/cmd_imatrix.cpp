@@ -21,10 +21,7 @@ struct ImatrixOpts {
 };
 
 void run_imatrix(const ImatrixOpts& o) {
-  std::ifstream in(o.file, std::ios::binary);
-  if (!in) throw std::runtime_error(fmt::format("cannot read the text file '{}'", o.file));
-  std::stringstream ss;
-  ss << in.rdbuf();
+  const std::string text = read_text_file(o.file);
   if (o.format == "gguf" && !o.out.ends_with(".gguf")) {
     fmt::print(stderr, "mixq: warning: writing the GGUF imatrix format to '{}' (no .gguf suffix); use "
                        "--output-format dat for the legacy format\n", o.out);
@@ -46,7 +43,7 @@ void run_imatrix(const ImatrixOpts& o) {
     bar.update(static_cast<size_t>(done), static_cast<size_t>(total), o.no_ppl ? std::string() : fmt::format("PPL {:.4f}", ppl),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   };
-  const ImatrixResult r = collect_imatrix(model, tok, ss.str(), opts);
+  const ImatrixResult r = collect_imatrix(model, tok, text, opts);
   bar.finish();
   if (o.format == "dat") {
     write_imatrix_dat(r.matrix, o.out);

@@ -27,14 +27,6 @@ constexpr int kExitInterrupted = 130;
 std::atomic<bool> g_kld_interrupted{false};
 extern "C" void on_kld_interrupt(int) { g_kld_interrupted = true; }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(fmt::format("cannot read the text file '{}'", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 struct Opts {
   std::string model, base, base_logits, save_base, file, max_ppl_increase;
   int n_ctx = 512, chunks = 0, threads = 0;
@@ -82,7 +74,7 @@ void run(const Opts& o, bool ctx_given) {
   }
   if (o.chunks < 0) throw std::runtime_error(fmt::format("--chunks must be >= 0, got {}", o.chunks));
 
-  const std::string text = read_text(o.file);
+  const std::string text = read_text_file(o.file);
   KldOptions opts;
   opts.n_ctx = o.n_ctx;
   opts.max_chunks = o.chunks;

@@ -21,14 +21,6 @@ struct MeasureArgs {
   int n_ctx = 512, chunks = 8, probes = 2, threads = 0, imatrix_chunks = 64;
 };
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(fmt::format("cannot read the text file '{}'", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 std::vector<TypeId> parse_type_list(const std::string& list) {
@@ -71,7 +63,7 @@ void run_measure(const MeasureArgs& a) {
     o.shard = i;
     o.n_shards = n;
   }
-  const std::string text = read_text(a.file);
+  const std::string text = read_text_file(a.file);
   const GgufFile f = GgufFile::open(a.model);
   ImportanceMatrix im, collected;
   if (!a.imatrix.empty()) {

@@ -98,9 +98,7 @@ void register_plan(CLI::App& app) {
     for (const auto& r : o.fixed) {
       if (r.hits == 0) fmt::print(stderr, "mixq: warning: rule '{}' matched no tensor\n", r.origin);
     }
-    std::string text = plan.to_text();
-    if (a->quiet) text = text.substr(text.rfind("target "));
-    fmt::print("{}", text);
+    fmt::print("{}", a->quiet ? plan.summary() : plan.to_text());
     plan.save(a->out);
     fmt::print("wrote {}\n", a->out);
   });

@@ -203,9 +203,7 @@ void register_quantize(CLI::App& app) {
     std::optional<Plan> plan;
     if (!a->plan.empty()) plan = Plan::load(a->plan);
     if (one_step) {
-      std::ifstream tf(a->calib_file, std::ios::binary);
-      if (!tf) throw PolicyError(fmt::format("cannot read the text file '{}'", a->calib_file));
-      const std::string text((std::istreambuf_iterator<char>(tf)), std::istreambuf_iterator<char>());
+      const std::string text = read_text_file(a->calib_file);
       MeasureOptions mo;
       mo.chunks = a->chunks;
       mo.threads = opts.threads;
@@ -226,7 +224,7 @@ void register_quantize(CLI::App& app) {
       const PlanOptions po = plan_options(a->target_bpw, a->target_size, a->target_size_of, a->compat, a->types, {});
       plan = make_plan(m, po);
       plan->measurement = a->input;
-      fmt::print("{}", plan->to_text().substr(plan->to_text().rfind("target ")));
+      fmt::print("{}", plan->summary());
       if (!a->save_plan.empty()) plan->save(a->save_plan);
     }
     if (plan) apply_plan(*plan, !a->type.empty(), opts);

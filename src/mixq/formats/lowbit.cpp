@@ -141,30 +141,9 @@ Fit fit_group(const float* x, const float* w) {
   return best;
 }
 
-template <int kLevels, typename Block, typename Pack>
-void quantize_row(const float* x, void* dst, int64_t n, const float* importance, Pack pack) {
-  auto* out = static_cast<uint8_t*>(dst);
-  float w[kGroup];
-  uint8_t codes[kGroup];
-  for (int64_t g = 0; g < n / kGroup; ++g) {
-    block_weights(importance, g * kGroup, kGroup, w);
-    const float* xg = x + g * kGroup;
-    const Fit best = fit_group<kLevels>(xg, w);
-    if (best.constant) {
-      std::fill(codes, codes + kGroup, uint8_t{0});
-    } else {
-      Grid<kLevels>(best.s, best.z).codes(xg, codes);
-    }
-    Block block;
-    block.s = fp32_to_fp16(best.s);
-    block.z = fp32_to_fp16(best.z);
-    pack(codes, block.qs);
-    std::memcpy(out + g * sizeof(Block), &block, sizeof block);
-  }
-}
-
-// The calibrated variant: the range comes from calib::choose_range (symmetric: the zero point at
-// the middle code), then optionally HQQ's zero-point refinement.
+// One row, group by group. The default calibration (search) is fit_group's search; the others take
+// the range from calib::choose_range (symmetric: the zero point at the middle code), then
+// optionally HQQ's zero-point refinement.
 template <int kLevels, typename Block, typename Pack>
 void quantize_row_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c, Pack pack) {
   constexpr int qmax = kLevels - 1;
@@ -244,11 +223,11 @@ void unpack_lb2(const uint8_t* qs, uint8_t* codes) {
 }  // namespace
 
 void quantize_row_lb3(const float* x, void* dst, int64_t n, const float* importance) {
-  quantize_row<8, BlockLB3>(x, dst, n, importance, pack_lb3);
+  quantize_row_calib<8, BlockLB3>(x, dst, n, importance, Calibration{}, pack_lb3);
 }
 void dequantize_row_lb3(const void* src, float* y, int64_t n) { dequantize_row<BlockLB3>(src, y, n, unpack_lb3); }
 void quantize_row_lb2(const float* x, void* dst, int64_t n, const float* importance) {
-  quantize_row<4, BlockLB2>(x, dst, n, importance, pack_lb2);
+  quantize_row_calib<4, BlockLB2>(x, dst, n, importance, Calibration{}, pack_lb2);
 }
 void dequantize_row_lb2(const void* src, float* y, int64_t n) { dequantize_row<BlockLB2>(src, y, n, unpack_lb2); }
 void quantize_row_lb3_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {

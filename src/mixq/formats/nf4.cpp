@@ -115,14 +115,24 @@ float fit_scale(const float* x, const float* w) {
 
 }  // namespace
 
-void quantize_row_nf4(const float* x, void* dst, int64_t n, const float* importance) {
+void quantize_row_nf4_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {
   auto* out = static_cast<uint8_t*>(dst);
   float w[kBlock];
   uint8_t idx[kBlock];
   for (int64_t b = 0; b < n / kBlock; ++b) {
     const float* xb = x + b * kBlock;
     block_weights(importance, b * kBlock, kBlock, w);
-    const float d = fit_scale(xb, w);
+    float d;
+    if (c.method == ScaleMethod::Search) {
+      d = fit_scale(xb, w);  // symmetric by construction; no zero point to refine
+    } else {
+      // NF4 codes span [-1, 1] times the block's scale: the clip value is the scale.
+      const auto score = [&](float /*lo*/, float hi) {
+        const float s = half_scale(hi);
+        return s != 0 ? nf4_score(xb, w, s) : std::numeric_limits<float>::infinity();
+      };
+      d = half_scale(calib::choose_range(xb, w, kBlock, c, true, score).hi);
+    }
     if (d != 0) {
       nearest_indices(xb, d, idx);
     } else {
@@ -137,34 +147,8 @@ void quantize_row_nf4(const float* x, void* dst, int64_t n, const float* importa
   }
 }
 
-void quantize_row_nf4_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {
-  if (c.method == ScaleMethod::Search) {
-    quantize_row_nf4(x, dst, n, importance);  // symmetric by construction; no zero point to refine
-    return;
-  }
-  auto* out = static_cast<uint8_t*>(dst);
-  float w[kBlock];
-  uint8_t idx[kBlock];
-  for (int64_t b = 0; b < n / kBlock; ++b) {
-    const float* xb = x + b * kBlock;
-    block_weights(importance, b * kBlock, kBlock, w);
-    // NF4 codes span [-1, 1] times the block's scale: the clip value is the scale.
-    const auto score = [&](float /*lo*/, float hi) {
-      const float d = half_scale(hi);
-      return d != 0 ? nf4_score(xb, w, d) : std::numeric_limits<float>::infinity();
-    };
-    const calib::Range r = calib::choose_range(xb, w, kBlock, c, true, score);
-    const float d = half_scale(r.hi);
-    if (d != 0) {
-      nearest_indices(xb, d, idx);
-    } else {
-      std::fill(idx, idx + kBlock, static_cast<uint8_t>(kZeroIndex));
-    }
-    BlockNF4 block;
-    block.d = fp32_to_fp16(d);
-    for (int j = 0; j < kBlock / 2; ++j) block.qs[j] = static_cast<uint8_t>((idx[2 * j] << 4) | idx[2 * j + 1]);
-    std::memcpy(out + b * sizeof(BlockNF4), &block, sizeof block);
-  }
+void quantize_row_nf4(const float* x, void* dst, int64_t n, const float* importance) {
+  quantize_row_nf4_calib(x, dst, n, importance, Calibration{});
 }
 
 void dequantize_row_nf4(const void* src, float* y, int64_t n) {

@@ -12,6 +12,7 @@
 #include "mixq/eval/perplexity.h"
 #include "mixq/policy/policy.h"
 #include "mixq/quantize/quantize_model.h"
+#include "mixq/util/json_file.h"
 #include "mixq/util/thread_pool.h"
 
 namespace mixq {
@@ -40,11 +41,7 @@ double quantize_and_measure(const float* x, int64_t rows, int64_t n, TypeId type
     for (int64_t r = task * kRowsPerTask; r < std::min(rows, (task + 1) * kRowsPerTask); ++r) {
       const float* xr = x + static_cast<size_t>(r) * static_cast<size_t>(n);
       uint8_t* dst = keep ? keep->data() + static_cast<size_t>(r) * rb : q.data();
-      if (t.quantize_row) {
-        t.quantize_row(xr, dst, n, importance);
-      } else {
-        throw std::runtime_error(fmt::format("mixq cannot produce type {}", t.name));
-      }
+      t.quantize_row(xr, dst, n, importance);
       t.dequantize_row(dst, y.data(), n);
       for (int64_t j = 0; j < n; ++j) {
         const double w = importance ? importance[j] : 1.0;
@@ -188,11 +185,6 @@ std::vector<TypeId> default_candidate_types() {
   return out;
 }
 
-double quantization_error(const float* x, int64_t rows, int64_t n, TypeId t, const float* importance, int threads) {
-  ThreadPool pool(threads);
-  return quantize_and_measure(x, rows, n, t, importance, pool, nullptr);
-}
-
 Measurement measure_model(const GgufFile& file, const LlamaModel& model, const Tokenizer& tok,
                           const std::string& calibration_text, const MeasureOptions& opts) {
   const auto start_time = std::chrono::steady_clock::now();
@@ -214,7 +206,13 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
   m.shard = opts.shard;
   m.n_shards = opts.n_shards;
   const std::vector<TypeId> types = opts.types.empty() ? default_candidate_types() : opts.types;
-  for (TypeId t : types) m.types.push_back(type_traits(t).name);
+  for (TypeId t : types) {
+    const TypeTraits& tt = type_traits(t);
+    if (!tt.can_quantize() || !tt.can_dequantize()) {
+      throw std::runtime_error(fmt::format("candidate type {}: mixq cannot both produce and decode it", tt.name));
+    }
+    m.types.push_back(tt.name);
+  }
 
   // Where each engine tensor sits: the first layer whose output it changes.
   std::map<const GgufTensor*, int> start_layer;
@@ -452,27 +450,10 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
 }
 
 Measurement Measurement::load(const std::filesystem::path& path) {
-  std::ifstream f(path);
-  if (!f) throw std::runtime_error(fmt::format("cannot read measurement '{}'", path.string()));
-  nlohmann::ordered_json j;
-  try {
-    j = nlohmann::ordered_json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw std::runtime_error(fmt::format("measurement '{}' is not valid JSON: {}", path.string(), e.what()));
-  }
-  return from_json(j, path.string());
+  return from_json(read_json_file(path, "measurement"), path.string());
 }
 
-void Measurement::save(const std::filesystem::path& path) const {
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp);
-    if (!f) throw std::runtime_error(fmt::format("cannot write '{}'", tmp));
-    f << to_json().dump(1) << "\n";
-    if (!f) throw std::runtime_error(fmt::format("cannot write '{}' (disk full?)", tmp));
-  }
-  std::filesystem::rename(tmp, path);
-}
+void Measurement::save(const std::filesystem::path& path) const { write_json_file(path, to_json()); }
 
 Measurement merge_measurements(const std::vector<Measurement>& parts) {
   if (parts.empty()) throw std::runtime_error("nothing to merge");

@@ -124,11 +124,6 @@ struct MeasureOptions {
 // that only make sense for models trained for them (ternary) and activation-only types (Q8_1, Q8_K).
 std::vector<TypeId> default_candidate_types();
 
-// The importance-weighted relative error of storing rows x (rows x n) in type t (see the top).
-// `importance` has n values or is null (unit weights).
-double quantization_error(const float* x, int64_t rows, int64_t n, TypeId t, const float* importance,
-                          int threads = 0);
-
 // Measures every quantizable tensor of the shard. Throws std::runtime_error for a model the engine
 // cannot run, a text shorter than two contexts, or an unknown type.
 Measurement measure_model(const GgufFile& file, const LlamaModel& model, const Tokenizer& tok,

@@ -10,6 +10,7 @@
 #include <re2/re2.h>
 
 #include "mixq/io/gguf.h"
+#include "mixq/util/json_file.h"
 
 namespace mixq {
 
@@ -376,27 +377,16 @@ Plan Plan::from_json(const nlohmann::ordered_json& j, const std::string& origin)
 }
 
 Plan Plan::load(const std::filesystem::path& path) {
-  std::ifstream f(path);
-  if (!f) throw PlanError(fmt::format("cannot read plan '{}'", path.string()));
   nlohmann::ordered_json j;
   try {
-    j = nlohmann::ordered_json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw PlanError(fmt::format("plan '{}' is not valid JSON: {}", path.string(), e.what()));
+    j = read_json_file(path, "plan");
+  } catch (const std::runtime_error& e) {
+    throw PlanError(e.what());
   }
   return from_json(j, path.string());
 }
 
-void Plan::save(const std::filesystem::path& path) const {
-  const auto tmp = path.string() + ".tmp";
-  {
-    std::ofstream f(tmp);
-    if (!f) throw PlanError(fmt::format("cannot write '{}'", tmp));
-    f << to_json().dump(1) << "\n";
-    if (!f) throw PlanError(fmt::format("cannot write '{}' (disk full?)", tmp));
-  }
-  std::filesystem::rename(tmp, path);
-}
+void Plan::save(const std::filesystem::path& path) const { write_json_file(path, to_json()); }
 
 std::string Plan::to_text() const {
   size_t w = 6;
@@ -412,11 +402,15 @@ std::string Plan::to_text() const {
   }
   s += "types:";
   for (const auto& [name, e] : by_type) s += fmt::format(" {} x{} ({} bytes)", name, e.first, e.second);
-  s += fmt::format("\ntarget {}{}: file {} bytes (budget {}, smallest possible {}), {:.4f} bpw, predicted KLD {:.6f} "
+  s += "\n" + summary();
+  return s;
+}
+
+std::string Plan::summary() const {
+  return fmt::format("target {}{}: file {} bytes (budget {}, smallest possible {}), {:.4f} bpw, predicted KLD {:.6f} "
                    "[{}]\n",
                    target, compat_llamacpp ? ", --compat llama.cpp" : "", file_bytes, budget_bytes, min_file_bytes, bpw,
                    predicted_kld, method);
-  return s;
 }
 
 }  // namespace mixq

@@ -69,7 +69,8 @@ struct Plan {
   static Plan from_json(const nlohmann::ordered_json& j, const std::string& origin);
   static Plan load(const std::filesystem::path& path);
   void save(const std::filesystem::path& path) const;
-  std::string to_text() const;
+  std::string to_text() const;     // per tensor, then the summary line
+  std::string summary() const;     // the last line of to_text()
   // name -> type, what quantize applies.
   std::map<std::string, TypeId> types() const;
 };
