@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <stdexcept>
@@ -258,6 +259,7 @@ std::span<const KernelSet* const> available_kernel_sets() {
   static const std::vector<const KernelSet*> sets = [] {
     std::vector<const KernelSet*> v{&kScalar};
     if (const KernelSet* k = avx2_kernels()) v.push_back(k);
+    if (const KernelSet* k = avx512_kernels()) v.push_back(k);
     return v;
   }();
   return sets;
@@ -266,10 +268,16 @@ std::span<const KernelSet* const> available_kernel_sets() {
 const KernelSet& best_kernels() {
   static const KernelSet* best = [] {
     const auto sets = available_kernel_sets();
-    if (const char* want = std::getenv("MIXQ_KERNELS")) {
+    if (const char* want = std::getenv("MIXQ_KERNELS"); want != nullptr && *want != '\0') {
+      std::string names;
       for (const KernelSet* k : sets) {
         if (std::string_view(k->name) == want) return k;
+        names += names.empty() ? k->name : fmt::format(", {}", k->name);
       }
+      std::fputs(fmt::format("mixq: warning: MIXQ_KERNELS={} is not a kernel set this CPU runs ({}); using {}\n", want,
+                             names, sets.back()->name)
+                     .c_str(),
+                 stderr);
     }
     return sets.back();
   }();

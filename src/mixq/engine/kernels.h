@@ -13,8 +13,9 @@
 // integer view (F32, F16, BF16, NF4, I8_MM, LB3, LB2, ...) are dequantized to F32 and take the F32
 // kernel, with the activation rounded to F16/BF16 first for the half types, as ggml does.
 //
-// Kernel sets: "scalar" (the reference, plain C++) and "avx2" (AVX2 + FMA), chosen at run time by
-// CPU detection (MIXQ_KERNELS=scalar forces the reference). Tests check every set against the
+// Kernel sets: "scalar" (the reference, plain C++), "avx2" (AVX2 + FMA + F16C) and "avx512"
+// (AVX-512 F/BW/VL + VNNI matrix products), chosen at run time by CPU detection (MIXQ_KERNELS=NAME
+// forces one the CPU runs, e.g. MIXQ_KERNELS=scalar the reference). Tests check every set against the
 // scalar one and against a double-precision dot of the dequantized operands.
 #pragma once
 
@@ -110,7 +111,10 @@ inline float dot(const KernelSet& k, const PreparedRow& w, const PreparedActs& a
 // tokens.
 void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, int nt, float* out);
 
-// AVX2 kernels (kernels_avx2.cpp); null where the build has no AVX2 support.
+// AVX2 kernels (kernels_avx2.cpp); null where the build or the CPU has no AVX2 + FMA + F16C.
 const KernelSet* avx2_kernels();
+// AVX-512 kernels (kernels_avx512.cpp: F + BW + VL + VNNI matrix products, the AVX2 attention);
+// null where the build or the CPU lacks them.
+const KernelSet* avx512_kernels();
 
 }  // namespace mixq::kernels
