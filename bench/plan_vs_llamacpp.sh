@@ -11,7 +11,8 @@
 #
 # Every plan is made at no more bytes than the llama.cpp file it is compared with, with and without
 # --compat llama.cpp. Writes .cache/bench/<model>/results.csv and bench/kld-vs-size-<model>.svg.
-# Environment: THREADS (2), MEASURE_ARGS (options for mixq measure).
+# Environment: THREADS (2), MEASURE_ARGS (options for mixq measure; for smollm2 the default leaves
+# out q4_1/q5_1), CURVE (sizes of the curve's plans, as fractions of the Q4_K_M file).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${1:?stories260K or smollm2}
@@ -70,7 +71,9 @@ case "$model" in
     # One importance matrix, from llama-imatrix on the calibration part, serves both tools.
     [ -f "$out/calib.imatrix.gguf" ] || "$LLAMA_BIN/llama-imatrix" -m "$ref" -f "$calib" -o "$out/calib.imatrix.gguf" \
       -c 512 --chunks "${IMATRIX_CHUNKS:-64}" -t "$threads" --no-ppl > "$out/llama-imatrix.log" 2>&1
-    measure_args=${MEASURE_ARGS:---chunks 2 --probes 1}
+    # The reference is a dequantized Q4_1 file: q4_1 (and q5_1, which holds every Q4_1 value) would
+    # reproduce it with zero error, so they are not candidates (the Q4_1 trap, BENCHMARKS.md).
+    measure_args=${MEASURE_ARGS:---chunks 2 --probes 1 --types f32,f16,bf16,q4_0,q5_0,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl,iq4_xs,nf4,i8_row,i8_mm,lb3,lb2}
     imatrix_opt=(--imatrix "$out/calib.imatrix.gguf")
     ;;
   *) echo "unknown model '$model'" >&2; exit 2 ;;

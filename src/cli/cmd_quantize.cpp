@@ -34,6 +34,8 @@ struct QuantizeArgs {
   std::string calib;
   bool symmetric = false;
   int hqq = 0;
+  int outliers = 0;
+  std::string outlier_tensors;
 };
 
 std::vector<std::string> read_rule_file(const std::string& path) {
@@ -104,6 +106,14 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
     throw PolicyError("--hqq refines the zero point and --symmetric fixes it in the middle: choose one");
   }
   o.calibration = parse_calibration(a.calib, a.symmetric, a.hqq);
+  if (a.outliers < 0) throw PolicyError(fmt::format("--outliers {}: give a number of columns, at least 1", a.outliers));
+  if (!a.outlier_tensors.empty() && a.outliers == 0) throw PolicyError("--outlier-tensors needs --outliers K");
+  if (a.outliers > 0 && (planned || !a.plan.empty())) {
+    throw PolicyError("--outliers cannot be combined with --plan or --target-*: plans do not count the outlier "
+                      "columns' bytes yet");
+  }
+  o.outlier_columns = a.outliers;
+  o.outlier_tensors = a.outlier_tensors;
   o.threads = a.threads;
   if (!a.threads_pos.empty()) {
     try {
@@ -173,6 +183,10 @@ void register_quantize(CLI::App& app) {
                   "Scale choice for nf4, i8_row, i8_mm, lb3, lb2: search (default), minmax, percentile[:P], mse");
   cmd->add_flag("--symmetric", a->symmetric, "Zero-point formats (i8_mm, lb3, lb2): zero point fixed at the middle code");
   cmd->add_option("--hqq", a->hqq, "HQQ zero-point refinement (calibration-free) with N iterations, e.g. 20");
+  cmd->add_option("--outliers", a->outliers,
+                  "Keep the K columns of largest importance-weighted magnitude of every quantized matrix in f16 "
+                  "beside it (mixq-only files: llama.cpp cannot load them)");
+  cmd->add_option("--outlier-tensors", a->outlier_tensors, "With --outliers: only the tensors this regex finds");
   cmd->add_option("--plan", a->plan, "Apply a bit-allocation plan (mixq plan): its types decide the tensors it lists");
   cmd->add_option("--target-bpw", a->target_bpw,
                   "One step (with -f): importance matrix, measure, plan and quantize to this bits per weight");

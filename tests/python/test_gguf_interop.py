@@ -6,7 +6,7 @@ import gguf
 import numpy as np
 import pytest
 
-from conftest import MIXQ, TYPE_ZOO, require_shared, run
+from conftest import MIXQ, REPO, TYPE_ZOO, require_shared, run
 
 # The GGML types the core issue requires mixq to write.
 REQUIRED = {"F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -120,3 +120,39 @@ def test_f16_conversion_matches_numpy(tmp_path):
         assert td.tensor_type == gguf.GGMLQuantizationType.F16, td.name
         # numpy's float16 cast rounds to nearest even, as ggml does.
         assert np.array_equal(np.asarray(td.data).view(np.uint16), np.asarray(ts.data).astype(np.float16).view(np.uint16))
+
+
+def test_outlier_columns_layout(tmp_path):
+    """quantize --outliers: the gguf package reads the companion tensors, and they hold what
+    formats/outliers.h says: ascending column indices and those columns of the source in f16."""
+    src = REPO / "assets" / "stories260K" / "stories260K-f32.gguf"
+    plain, out = tmp_path / "q4_0.gguf", tmp_path / "q4_0-outliers.gguf"
+    run(MIXQ, "quantize", src, plain, "q4_0", "--pure")
+    run(MIXQ, "quantize", src, out, "q4_0", "--pure", "--outliers", "4")
+    source = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(src).tensors}
+    baseline = {t.name: t for t in gguf.GGUFReader(plain).tensors}
+    reader = gguf.GGUFReader(out)
+    assert int(reader.fields["mixq.outlier_columns"].contents()) == 4
+    tensors = {t.name: t for t in reader.tensors}
+    checked = 0
+    for name, t in tensors.items():
+        if name.endswith((".outlier_cols", ".outlier_vals")) or f"{name}.outlier_cols" not in tensors:
+            continue
+        cols = np.asarray(tensors[f"{name}.outlier_cols"].data)
+        vals = np.asarray(tensors[f"{name}.outlier_vals"].data)
+        assert tensors[f"{name}.outlier_cols"].tensor_type == gguf.GGMLQuantizationType.I32
+        assert tensors[f"{name}.outlier_vals"].tensor_type == gguf.GGMLQuantizationType.F16
+        x = source[name]
+        assert cols.shape == (4,) and np.all(np.diff(cols) > 0) and cols[-1] < x.shape[1]
+        assert vals.shape == (x.shape[0], 4)
+        np.testing.assert_array_equal(vals, x[:, cols].astype(np.float16), err_msg=name)
+        main = gguf.quants.dequantize(t.data, t.tensor_type).reshape(x.shape)
+        # The outlier columns were zeroed before quantizing (q4_0 stores 0 exactly).
+        np.testing.assert_array_equal(main[:, cols], 0, err_msg=name)
+        merged = main.copy()
+        merged[:, cols] = vals
+        ref = baseline[name]
+        plain_err = np.sum((gguf.quants.dequantize(ref.data, ref.tensor_type).reshape(x.shape) - x) ** 2)
+        assert np.sum((merged - x) ** 2) < plain_err, name
+        checked += 1
+    assert checked >= 20

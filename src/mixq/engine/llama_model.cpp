@@ -96,10 +96,17 @@ LlamaModel::LlamaModel(const GgufFile& f) : file_(f) {
                       require_tensor(f, b + "ffn_gate.weight", {e, ff}), require_tensor(f, b + "ffn_up.weight", {e, ff}),
                       require_tensor(f, b + "ffn_down.weight", {ff, e})});
   }
+  std::vector<const GgufTensor*> matrices{token_embd, output};
+  for (const auto& L : layers) matrices.insert(matrices.end(), {L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down});
+  for (const GgufTensor* m : matrices) {
+    if (outliers_.contains(m)) continue;
+    OutlierColumns oc = load_outlier_columns(f, *m);
+    if (oc.k() > 0) outliers_.emplace(m, std::move(oc));
+  }
 }
 
 LlamaContext::LlamaContext(const LlamaModel& model, int n_ctx, int n_threads)
-    : model_(model), n_ctx_(n_ctx), pool_(n_threads), kernels_(kernels::best_kernels()) {
+    : model_(model), n_ctx_(n_ctx), pool_(n_threads), kernels_(&kernels::best_kernels()) {
   const auto& hp = model.hparams();
   if (n_ctx <= 0) throw std::runtime_error(fmt::format("context size must be positive, got {}", n_ctx));
   const size_t per_layer = static_cast<size_t>(n_ctx) * static_cast<size_t>(hp.kv_dim());
@@ -132,8 +139,18 @@ void LlamaContext::matmul(const GgufTensor& w, const float* x, int n_tokens, flo
   const int64_t in = w.row_length(), out = w.n_rows();
   const size_t row_bytes = w.type->row_bytes(in);
   if (observer_) observer_(w, x, n_tokens);
-  const kernels::PreparedActs& acts = prepared(w.type->act_format, x, n_tokens, in);
-  const kernels::KernelSet& k = kernels_;
+  // Outlier columns (formats/outliers.h): the quantized rows see the input without the outlier
+  // entries; those go through the F16 columns in F32 after the main product.
+  const OutlierColumns* oc = model_.outliers_of(w);
+  if (oc != nullptr) {
+    x_masked_.assign(x, x + static_cast<size_t>(n_tokens) * static_cast<size_t>(in));
+    for (int t = 0; t < n_tokens; ++t) {
+      for (int32_t c : oc->cols) x_masked_[static_cast<size_t>(t) * static_cast<size_t>(in) + static_cast<size_t>(c)] = 0.0f;
+    }
+    kernels::prepare_activations(w.type->act_format, x_masked_.data(), n_tokens, in, masked_acts_);
+  }
+  const kernels::PreparedActs& acts = oc != nullptr ? masked_acts_ : prepared(w.type->act_format, x, n_tokens, in);
+  const kernels::KernelSet& k = *kernels_;
   constexpr int64_t kRowsPerTask = 8;
   pool_.parallel_for((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     thread_local std::vector<kernels::PreparedRow> rows(kRowsPerTask);
@@ -156,6 +173,18 @@ void LlamaContext::matmul(const GgufTensor& w, const float* x, int n_tokens, flo
       for (; r < r1; ++r) {
         for (int j = 0; j < nt; ++j) {
           y[static_cast<size_t>(t + j) * static_cast<size_t>(out) + r] = kernels::dot(k, rows[static_cast<size_t>(r - r0)], acts, t + j);
+        }
+      }
+    }
+    if (oc != nullptr) {
+      const int kc = oc->k();
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* v = oc->vals.data() + static_cast<size_t>(r) * static_cast<size_t>(kc);
+        for (int t = 0; t < n_tokens; ++t) {
+          const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(in);
+          float s = 0.0f;
+          for (int c = 0; c < kc; ++c) s += v[c] * xt[oc->cols[static_cast<size_t>(c)]];
+          y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] += s;
         }
       }
     }
@@ -198,6 +227,12 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
     if (id < 0 || id >= hp.n_vocab) throw std::runtime_error(fmt::format("eval: token id {} out of range", id));
     model_.token_embd->type->dequantize_row(model_.token_embd->data + static_cast<size_t>(id) * emb_row,
                                              x.data() + static_cast<size_t>(t) * e, e);
+    if (const OutlierColumns* oc = model_.outliers_of(*model_.token_embd)) {
+      for (int c = 0; c < oc->k(); ++c) {
+        x[static_cast<size_t>(t) * e + static_cast<size_t>(oc->cols[static_cast<size_t>(c)])] =
+            oc->vals[static_cast<size_t>(id) * static_cast<size_t>(oc->k()) + static_cast<size_t>(c)];
+      }
+    }
   }
   return run_layers(0, n, all_logits);
 }
@@ -266,10 +301,10 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_lo
           const float* qs[4] = {qp(t0), qp(t0 + 1), qp(t0 + 2), qp(t0 + 3)};
           float* outs[4] = {op(t0), op(t0 + 1), op(t0 + 2), op(t0 + 3)};
           const int lens[4] = {n_past_ + t0 + 1, n_past_ + t0 + 2, n_past_ + t0 + 3, n_past_ + t0 + 4};
-          kernels_.attn_f16_x4(qs, kt, kv_stride_, vh, kvd, hd, lens, att_scale, scratch.data(), outs);
+          kernels_->attn_f16_x4(qs, kt, kv_stride_, vh, kvd, hd, lens, att_scale, scratch.data(), outs);
         } else {
           for (int t = t0; t < n; ++t) {
-            kernels_.attn_f16(qp(t), kt, kv_stride_, vh, kvd, hd, n_past_ + t + 1, att_scale, scratch.data(), op(t));
+            kernels_->attn_f16(qp(t), kt, kv_stride_, vh, kvd, hd, n_past_ + t + 1, att_scale, scratch.data(), op(t));
           }
         }
       });
@@ -286,7 +321,7 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_lo
       float m = -INFINITY, sum = 0.0f;
       for (int p0 = 0; p0 < len; p0 += kTile) {
         const int tl = std::min(kTile, len - p0);
-        kernels_.attn_scores(qh, kt + p0, kv_stride_, hd, s_tile);
+        kernels_->attn_scores(qh, kt + p0, kv_stride_, hd, s_tile);
         float tile_max = -INFINITY;
         for (int p = 0; p < tl; ++p) tile_max = std::max(tile_max, s_tile[p] *= att_scale);
         if (tile_max > m) {
@@ -295,8 +330,8 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_lo
           sum *= ms;
           m = tile_max;
         }
-        sum = static_cast<float>(static_cast<double>(sum) + kernels_.exp_sum(s_tile, tl, m));
-        kernels_.attn_accumulate(s_tile, tl, vc + static_cast<size_t>(p0) * kvd + static_cast<size_t>(kvh) * hd, kvd, hd, out);
+        sum = static_cast<float>(static_cast<double>(sum) + kernels_->exp_sum(s_tile, tl, m));
+        kernels_->attn_accumulate(s_tile, tl, vc + static_cast<size_t>(p0) * kvd + static_cast<size_t>(kvh) * hd, kvd, hd, out);
       }
       const float inv = 1.0f / sum;
       for (int i = 0; i < hd; ++i) out[i] *= inv;

@@ -11,7 +11,10 @@
 #include <string>
 #include <vector>
 
+#include <unordered_map>
+
 #include "mixq/engine/kernels.h"
+#include "mixq/formats/outliers.h"
 #include "mixq/io/gguf.h"
 #include "mixq/util/thread_pool.h"
 
@@ -43,7 +46,14 @@ class LlamaModel {
   const GgufTensor* output = nullptr;  // token_embd when the model ties them
   std::vector<Layer> layers;
 
+  // The outlier columns kept in F16 beside a weight (quantize --outliers), or null.
+  const OutlierColumns* outliers_of(const GgufTensor& w) const {
+    const auto it = outliers_.find(&w);
+    return it == outliers_.end() ? nullptr : &it->second;
+  }
+
  private:
+  std::unordered_map<const GgufTensor*, OutlierColumns> outliers_;
   const GgufFile& file_;
   LlamaHParams hp_;
 };
@@ -67,6 +77,9 @@ class LlamaContext {
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits);
   void reset() { n_past_ = 0; }
   void set_attention(AttentionMode mode) { attention_ = mode; }
+  // The kernel set (default: kernels::best_kernels(), which MIXQ_KERNELS can override).
+  void set_kernels(const kernels::KernelSet& k) { kernels_ = &k; }
+  const kernels::KernelSet& kernel_set() const { return *kernels_; }
   // On: kLlamaCppF16; off: kF32.
   void set_f16_attention(bool on) { attention_ = on ? AttentionMode::kLlamaCppF16 : AttentionMode::kF32; }
   // Called before every matrix product with the weight and its input (n_tokens rows of the
@@ -107,13 +120,16 @@ class LlamaContext {
   std::vector<float> k_cache_, v_cache_;  // [layer][pos][kv_dim]
   std::vector<float> logits_;
   std::vector<float> rope_inv_freq_;
-  const kernels::KernelSet& kernels_;
+  const kernels::KernelSet* kernels_;
   struct PreparedSlot {
     kernels::PreparedActs acts;
     const float* source = nullptr;
     bool valid = false;
   };
   PreparedSlot prepared_[kActFormats];  // one per ActFormat
+  // A weight with outlier columns: its input with those entries zeroed, prepared for it alone.
+  std::vector<float> x_masked_;
+  kernels::PreparedActs masked_acts_;
   // Per-batch buffers, kept between calls so decoding allocates nothing per token.
   std::vector<float> x_, xn_, q_, k_, v_, att_, tmp_, gate_, up_;
   std::vector<std::vector<float>> norms_;  // decoded norm weights: per layer attn, ffn; then output

@@ -6,6 +6,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "mixq/formats/outliers.h"
+
 namespace mixq {
 
 namespace {
@@ -29,12 +31,21 @@ nlohmann::ordered_json value_json(const GgufValue& v) {
 
 std::string extension_warning(const GgufFile& f) {
   const auto ext = f.extension_types_used();
-  if (ext.empty()) return {};
-  std::string names;
-  for (const auto& n : ext) names += (names.empty() ? "" : ", ") + n;
-  return fmt::format("this file uses mixq-only types ({}): it runs only in mixq; llama.cpp and other GGML "
-                     "tools cannot load it (requantize to GGML types for them)",
-                     names);
+  const auto outliers = std::count_if(f.tensors().begin(), f.tensors().end(),
+                                      [](const GgufTensor& t) { return t.name.ends_with(kOutlierColsSuffix); });
+  std::vector<std::string> what;
+  if (!ext.empty()) {
+    std::string names;
+    for (const auto& n : ext) names += (names.empty() ? "" : ", ") + n;
+    what.push_back(fmt::format("mixq-only types ({})", names));
+  }
+  if (outliers > 0) {
+    what.push_back(fmt::format("outlier columns in f16 beside {} tensors (quantize --outliers)", outliers));
+  }
+  if (what.empty()) return {};
+  return fmt::format("this file uses {}: it runs only in mixq; llama.cpp and other GGML tools cannot load it "
+                     "(requantize to GGML types without --outliers for them)",
+                     what.size() == 1 ? what[0] : what[0] + " and " + what[1]);
 }
 
 }  // namespace

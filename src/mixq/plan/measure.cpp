@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "mixq/eval/perplexity.h"
+#include "mixq/formats/outliers.h"
 #include "mixq/policy/policy.h"
 #include "mixq/quantize/quantize_model.h"
 #include "mixq/util/json_file.h"
@@ -192,6 +193,11 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
     throw std::runtime_error(fmt::format("shard {}/{}: want 0 <= i < N", opts.shard, opts.n_shards));
   }
   if (opts.probes < 1 || opts.probes > 2) throw std::runtime_error("probes must be 1 or 2");
+  if (has_outlier_columns(file)) {
+    throw std::runtime_error(fmt::format("{} keeps outlier columns (quantize --outliers): measure the unquantized "
+                                         "model it was made from",
+                                         file.label()));
+  }
   const auto& hp = model.hparams();
   Measurement m;
   m.model = opts.model_name;

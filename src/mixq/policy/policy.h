@@ -100,6 +100,10 @@ struct TensorPlan {
   std::string reason;            // which rule decided it
   std::string fallback;          // why the requested type was replaced, if it was
   uint64_t bytes = 0;
+  // Outlier columns kept in F16 beside the tensor (quantize --outliers; formats/outliers.h), and
+  // the bytes of its two companion tensors. Filled by quantize_model, not by the rules.
+  int outliers = 0;
+  uint64_t outlier_bytes = 0;
 };
 
 struct PolicyOptions {

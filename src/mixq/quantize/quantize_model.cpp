@@ -8,6 +8,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <re2/re2.h>
+
+#include "mixq/formats/half.h"
+#include "mixq/formats/outliers.h"
 #include "mixq/policy/presets.h"
 #include "mixq/util/thread_pool.h"
 
@@ -69,20 +73,63 @@ nlohmann::ordered_json policy_json(const QuantizeOptions& opts) {
   j["leave_output_tensor"] = p.leave_output_tensor;
   j["imatrix"] = opts.imatrix ? opts.imatrix->source : "";
   if (!p.plan_label.empty()) j["plan"] = p.plan_label;
+  if (opts.outlier_columns > 0) {
+    j["outliers"] = {{"columns", opts.outlier_columns}, {"tensors", opts.outlier_tensors}};
+  }
   if (!opts.calibration.is_default()) j["calib"] = opts.calibration.to_string();
   return j;
+}
+
+// --outliers: which planned tensors get outlier columns, and how many (the companion tensors'
+// bytes go into the plan). Only 2-D matrices that are quantized to a block type and whose rows are
+// longer than K.
+void plan_outliers(const GgufFile& in, const QuantizeOptions& opts, std::vector<TensorPlan>& plans) {
+  if (has_outlier_columns(in)) {
+    throw PolicyError(
+        "the input keeps outlier columns beside its tensors (mixq quantize --outliers): quantize the model it was "
+        "made from instead");
+  }
+  if (opts.outlier_columns <= 0) return;
+  if (opts.policy.compat_llamacpp) {
+    throw PolicyError("--outliers writes tensors llama.cpp does not load: it cannot be combined with --compat llama.cpp");
+  }
+  std::unique_ptr<RE2> re;
+  if (!opts.outlier_tensors.empty()) {
+    re = std::make_unique<RE2>(opts.outlier_tensors, RE2::Quiet);
+    if (!re->ok()) {
+      throw PolicyError(fmt::format("--outlier-tensors '{}' is not a valid regular expression: {}",
+                                    opts.outlier_tensors, re->error()));
+    }
+  }
+  for (auto& p : plans) {
+    const TypeTraits& to = type_traits(p.type);
+    const auto& shape = p.tensor.shape;
+    if (!p.quantize || !to.quantized || p.type == p.tensor.stored_type || shape.size() != 2 ||
+        shape[0] <= opts.outlier_columns || !type_traits(p.tensor.stored_type).can_dequantize()) {
+      continue;
+    }
+    if (re && !RE2::PartialMatch(p.tensor.name, *re)) continue;
+    p.outliers = opts.outlier_columns;
+    p.outlier_bytes = static_cast<uint64_t>(p.outliers) * 4 + static_cast<uint64_t>(p.outliers) * 2 * shape[1];
+  }
 }
 
 QuantizeReport make_report(const GgufFile& in, const QuantizeOptions& opts) {
   const auto tensors = tensor_descs(in);
   QuantizeReport rep;
   rep.plans = plan_types(tensors, model_info_from_gguf(in, tensors), opts.policy);
+  plan_outliers(in, opts, rep.plans);
   rep.threads = resolve_threads(opts.threads);
   for (size_t i = 0; i < rep.plans.size(); ++i) {
     const auto& t = in.tensors()[i];
     rep.parameters += t.n_elements();
     rep.input_tensor_bytes += t.nbytes;
-    rep.output_tensor_bytes += rep.plans[i].bytes;
+    rep.output_tensor_bytes += rep.plans[i].bytes + rep.plans[i].outlier_bytes;
+    rep.outlier_bytes += rep.plans[i].outlier_bytes;
+  }
+  if (opts.outlier_columns > 0 && rep.outlier_bytes == 0) {
+    rep.warnings.push_back("--outliers: no tensor qualified (only 2-D matrices quantized to a block type that "
+                           "--outlier-tensors finds)");
   }
   for (const auto* list : {&opts.policy.tensor_type_rules, &opts.policy.config_rules, &opts.policy.layer_rules}) {
     for (const auto& r : *list) {
@@ -129,6 +176,9 @@ void set_output_metadata(GgufWriter& w, const GgufFile& in, const QuantizeOption
   } else {
     w.remove("general.file_type");
   }
+  if (opts.outlier_columns > 0) {
+    w.set(std::string(kOutlierColumnsKey), GgufValue::u32(static_cast<uint32_t>(opts.outlier_columns)));
+  }
   w.set("mixq.quantize.type", GgufValue::string(opts.type_label));
   w.set("mixq.quantize.policy", GgufValue::string(policy_json(opts).dump()));
   if (opts.imatrix) {
@@ -157,6 +207,15 @@ const float* importance_for(const ImportanceMatrix* im, const GgufTensor& t, int
                                 w->size(), n));
 }
 
+// The tensor and, with outlier columns, its two companion tensors right after it.
+void declare_tensor(GgufWriter& w, const TensorPlan& p) {
+  w.add_tensor(p.tensor.name, p.tensor.shape, p.type);
+  if (p.outliers > 0) {
+    w.add_tensor(outlier_cols_name(p.tensor.name), {p.outliers}, TypeId::I32);
+    w.add_tensor(outlier_vals_name(p.tensor.name), {p.outliers, p.tensor.shape[1]}, TypeId::F16);
+  }
+}
+
 }  // namespace
 
 std::vector<TensorDesc> tensor_descs(const GgufFile& f) {
@@ -180,7 +239,7 @@ QuantizeReport plan_model(const GgufFile& in, const QuantizeOptions& opts) {
   QuantizeReport rep = make_report(in, opts);
   GgufWriter sizing("/nonexistent-dry-run", in.alignment());  // never written: sizes the header
   set_output_metadata(sizing, in, opts);
-  for (const auto& p : rep.plans) sizing.add_tensor(p.tensor.name, p.tensor.shape, p.type);
+  for (const auto& p : rep.plans) declare_tensor(sizing, p);
   rep.output_file_bytes = sizing.planned_file_size();
   return rep;
 }
@@ -204,7 +263,7 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
   QuantizeReport rep = make_report(in, opts);
   GgufWriter w(out, in.alignment());
   set_output_metadata(w, in, opts);
-  for (const auto& p : rep.plans) w.add_tensor(p.tensor.name, p.tensor.shape, p.type);
+  for (const auto& p : rep.plans) declare_tensor(w, p);
 
   ThreadPool pool(opts.threads);
   std::vector<uint8_t> buffer;
@@ -222,6 +281,24 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
       const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
       const size_t in_row = from.row_bytes(n), out_row = to.row_bytes(n);
       const bool calibrated = !opts.calibration.is_default() && to.quantize_row_calib != nullptr;
+      // Outlier columns are chosen on the whole tensor (widened to F32 first when stored otherwise),
+      // kept in F16, and zeroed with importance 0 in the rows the quantizer sees.
+      std::vector<float> widened;
+      std::vector<int32_t> cols;
+      std::vector<uint16_t> vals;
+      if (p.outliers > 0) {
+        const float* all = reinterpret_cast<const float*>(t.data);
+        if (from.id != TypeId::F32) {
+          widened.resize(static_cast<size_t>(rows * n));
+          dequantize_rows(from.id, t.data, widened.data(), rows, n);
+          all = widened.data();
+        }
+        cols = select_outlier_columns(all, rows, n, importance_for(opts.imatrix, t, 0), p.outliers);
+        vals.resize(static_cast<size_t>(rows) * cols.size());
+        for (int64_t r = 0; r < rows; ++r) {
+          for (size_t k = 0; k < cols.size(); ++k) vals[static_cast<size_t>(r) * cols.size() + k] = fp32_to_fp16(all[r * n + cols[k]]);
+        }
+      }
       buffer.resize(static_cast<size_t>(rows) * out_row);
       pool.parallel_for(chunks, [&](int64_t c) {
         if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
@@ -232,20 +309,38 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
           thread_local std::vector<float> row;  // inputs that are not F32 are widened row by row
           if (from.id == TypeId::F32) {
             x = reinterpret_cast<const float*>(src);  // aligned: GGUF data offsets are multiples of 32
+          } else if (!widened.empty()) {
+            x = widened.data() + r * n;
           } else {
             row.resize(static_cast<size_t>(n));
             from.dequantize_row(src, row.data(), n);
             x = row.data();
           }
+          const float* imp = importance_for(opts.imatrix, t, r);
+          if (!cols.empty()) {
+            thread_local std::vector<float> masked, masked_imp;
+            masked.assign(x, x + n);
+            for (int32_t j : cols) masked[static_cast<size_t>(j)] = 0.0f;
+            x = masked.data();
+            if (imp != nullptr) {
+              masked_imp.assign(imp, imp + n);
+              for (int32_t j : cols) masked_imp[static_cast<size_t>(j)] = 0.0f;
+              imp = masked_imp.data();
+            }
+          }
           uint8_t* dst = buffer.data() + static_cast<size_t>(r) * out_row;
           if (calibrated) {
-            to.quantize_row_calib(x, dst, n, importance_for(opts.imatrix, t, r), opts.calibration);
+            to.quantize_row_calib(x, dst, n, imp, opts.calibration);
           } else {
-            to.quantize_row(x, dst, n, importance_for(opts.imatrix, t, r));
+            to.quantize_row(x, dst, n, imp);
           }
         }
       });
       w.write_tensor_data(buffer);
+      if (!cols.empty()) {
+        w.write_tensor_data({reinterpret_cast<const uint8_t*>(cols.data()), cols.size() * sizeof(int32_t)});
+        w.write_tensor_data({reinterpret_cast<const uint8_t*>(vals.data()), vals.size() * sizeof(uint16_t)});
+      }
     }
     in.drop_pages(t);
     if (opts.on_progress) {
@@ -270,6 +365,7 @@ std::string QuantizeReport::to_text() const {
     for (auto d : p.tensor.shape) n *= d;
     std::string why = p.reason;
     if (!p.fallback.empty()) why += fmt::format(" -> fallback: {}", p.fallback);
+    if (p.outliers > 0) why += fmt::format(" + {} outlier columns in f16 ({} bytes)", p.outliers, p.outlier_bytes);
     s += fmt::format("{:<{}}  {:<14} {:<7} {:<7} {:>10} {:>7.3f}  {}\n", p.tensor.name, w, shape_string(p.tensor.shape),
                      type_traits(p.tensor.stored_type).name, type_traits(p.type).name, p.bytes, 8.0 * p.bytes / n, why);
   }
@@ -287,6 +383,12 @@ std::string QuantizeReport::to_text() const {
   if (seconds > 0) s += fmt::format(", {:.2f} s on {} threads", seconds, threads);
   s += "\n";
   for (const auto& [name, e] : per_type) s += fmt::format("  {:<8} {:>4} tensors {:>12} bytes\n", name, e.first, e.second);
+  if (outlier_bytes > 0) {
+    const auto with = std::count_if(plans.begin(), plans.end(), [](const TensorPlan& p) { return p.outliers > 0; });
+    s += fmt::format("  outliers {:>4} tensors {:>12} bytes (f16 columns + i32 indices; llama.cpp cannot load this "
+                     "file)\n",
+                     with, outlier_bytes);
+  }
   if (fallbacks) s += fmt::format("{} tensors fell back to another type (see 'why')\n", fallbacks);
   for (const auto& warn : warnings) s += "warning: " + warn + "\n";
   return s;
@@ -305,6 +407,10 @@ nlohmann::ordered_json QuantizeReport::to_json() const {
                                 {"bytes", p.bytes},
                                 {"reason", p.reason}};
     if (!p.fallback.empty()) t["fallback"] = p.fallback;
+    if (p.outliers > 0) {
+      t["outlier_columns"] = p.outliers;
+      t["outlier_bytes"] = p.outlier_bytes;
+    }
     tensors.push_back(t);
   }
   j["tensors"] = tensors;
@@ -312,6 +418,7 @@ nlohmann::ordered_json QuantizeReport::to_json() const {
   j["input_tensor_bytes"] = input_tensor_bytes;
   j["output_tensor_bytes"] = output_tensor_bytes;
   j["output_file_bytes"] = output_file_bytes;
+  j["outlier_bytes"] = outlier_bytes;
   j["bits_per_weight"] = output_bpw();
   j["seconds"] = seconds;
   j["threads"] = threads;

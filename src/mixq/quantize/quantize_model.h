@@ -33,6 +33,11 @@ struct QuantizeOptions {
   int threads = 0;                  // <= 0: all cores
   const ImportanceMatrix* imatrix = nullptr;
   Calibration calibration;          // --calib: range choice for the formats that offer one
+  // --outliers K [--outlier-tensors REGEX]: keep the K columns of largest importance-weighted
+  // magnitude of every quantized 2-D matrix (that the regex finds) in F16 beside it
+  // (formats/outliers.h). 0: none.
+  int outlier_columns = 0;
+  std::string outlier_tensors;      // RE2 pattern, searched in the tensor name; empty: every matrix
   std::function<void(const QuantizeProgress&)> on_progress;
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; no output is left
 };
@@ -42,6 +47,7 @@ struct QuantizeReport {
   int64_t parameters = 0;
   uint64_t input_tensor_bytes = 0, output_tensor_bytes = 0;
   uint64_t output_file_bytes = 0;   // the whole file (planned for a dry run)
+  uint64_t outlier_bytes = 0;       // of output_tensor_bytes: the outlier columns' companion tensors
   double seconds = 0;
   int threads = 1;
   std::vector<std::string> warnings;

@@ -1,0 +1,57 @@
+// Outlier columns: a few input columns of a quantized matrix kept in 16-bit beside it (mixq only).
+//
+// A weight matrix W (rows x n, GGUF shape [n, rows]) quantized with K outlier columns is stored as
+// three tensors:
+//   NAME                 the quantized matrix, its K outlier columns set to 0 before quantizing
+//                        (their importance weight 0 too), so they no longer widen block scales
+//   NAME.outlier_cols    I32 [K]: the column indices, ascending, distinct, each < n
+//   NAME.outlier_vals    F16 [K, rows]: row r holds W[r, cols[0..K)], the exact values rounded to F16
+// and the file carries `mixq.outlier_columns` (u32, the largest K). The product the engine computes
+// is  y = dequant(NAME) . x'  +  vals . x[cols],  where x' is x with the outlier entries zeroed, so
+// whatever NAME's quantizer left in those columns is never read (and the outlier activations do not
+// widen the 8-bit activation blocks either). llama.cpp does not load such files (it refuses tensors
+// it does not expect); `mixq inspect` says so.
+//
+// Choice of columns: the K columns with the largest importance-weighted magnitude
+// w_j * max_r W[r, j]^2 (w_j = the importance matrix's mean squared activation of input j, or 1):
+// the values that set their blocks' scales, scaled by how much their input matters.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "mixq/io/gguf.h"
+
+namespace mixq {
+
+inline constexpr std::string_view kOutlierColsSuffix = ".outlier_cols";
+inline constexpr std::string_view kOutlierValsSuffix = ".outlier_vals";
+inline constexpr std::string_view kOutlierColumnsKey = "mixq.outlier_columns";
+
+inline std::string outlier_cols_name(std::string_view tensor) { return std::string(tensor) + std::string(kOutlierColsSuffix); }
+inline std::string outlier_vals_name(std::string_view tensor) { return std::string(tensor) + std::string(kOutlierValsSuffix); }
+// True for the two companion tensors (NAME.outlier_cols / NAME.outlier_vals).
+bool is_outlier_tensor(std::string_view name);
+
+// The K columns of x (rows x n, row-major F32) with the largest w_j * max_r x[r, j]^2, ascending.
+// importance: n weights or null (all 1). K is capped at n.
+std::vector<int32_t> select_outlier_columns(const float* x, int64_t rows, int64_t n, const float* importance, int k);
+
+// A matrix's outlier columns as the engine uses them.
+struct OutlierColumns {
+  std::vector<int32_t> cols;   // ascending
+  std::vector<float> vals;     // rows x K, row-major (the F16 values widened)
+  int k() const { return static_cast<int>(cols.size()); }
+};
+
+// The outlier columns stored beside tensor t in f, or an empty set when it has none. Throws
+// GgufError naming the tensor when the companion tensors are malformed (one without the other,
+// wrong types or shapes, columns out of range, not ascending or repeated).
+OutlierColumns load_outlier_columns(const GgufFile& f, const GgufTensor& t);
+
+// Whether f stores outlier columns beside any tensor.
+bool has_outlier_columns(const GgufFile& f);
+
+}  // namespace mixq
