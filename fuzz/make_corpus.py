@@ -44,6 +44,13 @@ def main():
     (OUT / "tensor-q4_0.gguf").write_bytes(
         gguf([kv("general.alignment", 4, struct.pack("<I", 64))], [("t", [32], 2, 0), ("u", [32], 2, 64)],
              q4_0 + b"\0" * (64 - len(q4_0)) + q4_0, align=64))
+    # A 2 x 4 matrix with outlier columns 1 and 3 kept beside it (quantize --outliers).
+    cols = struct.pack("<2i", 1, 3)
+    vals = struct.pack("<4H", 0x3C00, 0x4000, 0x4200, 0x4400)  # f16 1, 2, 3, 4
+    (OUT / "outliers.gguf").write_bytes(
+        gguf([kv("mixq.outlier_columns", 4, struct.pack("<I", 2))],
+             [("w", [4, 2], 0, 0), ("w.outlier_cols", [2], 26, 32), ("w.outlier_vals", [2, 2], 1, 64)],
+             struct.pack("<8f", 1, 0, 3, 0, 5, 0, 7, 0) + b"\0" * 0 + cols + b"\0" * 24 + vals))
     (OUT / "v2.gguf").write_bytes(gguf([kv("k", 8, s("v"))], [("t", [4], 0, 0)], f32, version=2))
 
 

@@ -465,7 +465,8 @@ std::vector<TensorPlan> plan_types(const std::vector<TensorDesc>& tensors, const
     p.bytes = static_cast<uint64_t>(rows) * type_traits(p.type).row_bytes(t.shape[0]);
     plans.push_back(std::move(p));
   }
-  for (const auto& [name, type] : opts.plan) {
+  for (const auto& entry : opts.plan) {
+    const std::string& name = entry.first;  // (clang 14 cannot capture a structured binding)
     const auto it = std::find_if(plans.begin(), plans.end(), [&](const TensorPlan& p) { return p.tensor.name == name; });
     if (it == plans.end() || !it->quantize) {
       throw PolicyError(fmt::format("the plan lists '{}', which this model {}: was the plan made for another model?",
