@@ -1,0 +1,84 @@
+// Single-thread throughput of the engine's matrix-product pieces for every kernel set this CPU runs:
+// the 4-row x 2-token integer and F32 kernels, and the per-type row preparation (integer view or
+// F32 decode) that a batched product does once per weight row tile. Row lengths 576 and 1536 are
+// SmolLM2-135M's (n_embd, n_ff).
+// Run: build/bench/mixq_bench_kernels [--benchmark_filter=avx512]
+#include <random>
+#include <string>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "mixq/engine/kernels.h"
+#include "mixq/formats/type_table.h"
+
+namespace {
+
+std::vector<float> gaussian(int64_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& f : v) f = d(rng);
+  return v;
+}
+
+// Four weight rows of `type` and two activation rows, prepared as the engine prepares them.
+struct Operands {
+  mixq::kernels::PreparedRow rows[4];
+  mixq::kernels::PreparedActs acts;
+  Operands(mixq::TypeId type, int64_t n) {
+    const auto& t = mixq::type_traits(type);
+    for (int r = 0; r < 4; ++r) {
+      const auto w = gaussian(n, 1 + static_cast<unsigned>(r));
+      std::vector<uint8_t> bytes(t.row_bytes(n));
+      t.quantize_row(w.data(), bytes.data(), n, nullptr);
+      mixq::kernels::prepare_row(t, bytes.data(), n, rows[r]);
+    }
+    const auto x = gaussian(2 * n, 9);
+    mixq::kernels::prepare_activations(t.act_format, x.data(), 2, n, acts);
+  }
+};
+
+void dot4(benchmark::State& state, const mixq::kernels::KernelSet* k, mixq::TypeId type, int64_t n) {
+  Operands op(type, n);
+  const mixq::kernels::PreparedRow* four[4] = {&op.rows[0], &op.rows[1], &op.rows[2], &op.rows[3]};
+  float out[8];
+  for (auto _ : state) {
+    mixq::kernels::dot4(*k, four, op.acts, 0, 2, out);
+    benchmark::DoNotOptimize(out);
+  }
+  state.SetItemsProcessed(state.iterations() * 8 * n);  // multiply-adds
+}
+
+void prepare(benchmark::State& state, mixq::TypeId type, int64_t n) {
+  const auto& t = mixq::type_traits(type);
+  const auto w = gaussian(n, 3);
+  std::vector<uint8_t> bytes(t.row_bytes(n));
+  t.quantize_row(w.data(), bytes.data(), n, nullptr);
+  mixq::kernels::PreparedRow row;
+  for (auto _ : state) {
+    mixq::kernels::prepare_row(t, bytes.data(), n, row);
+    benchmark::DoNotOptimize(row.q.data());
+    benchmark::DoNotOptimize(row.f.data());
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+}
+
+const bool registered = [] {
+  const mixq::TypeId types[] = {mixq::TypeId::F32, mixq::TypeId::Q8_0, mixq::TypeId::Q4_K, mixq::TypeId::Q4_1};
+  for (int64_t n : {576, 1536}) {
+    for (mixq::TypeId type : types) {
+      const std::string tn = mixq::type_traits(type).name;
+      for (const mixq::kernels::KernelSet* k : mixq::kernels::available_kernel_sets()) {
+        benchmark::RegisterBenchmark(("dot4x2/" + std::string(k->name) + "/" + tn + "/" + std::to_string(n)).c_str(),
+                                     dot4, k, type, n);
+      }
+      benchmark::RegisterBenchmark(("prepare_row/" + tn + "/" + std::to_string(n)).c_str(), prepare, type, n);
+    }
+  }
+  return true;
+}();
+
+}  // namespace
+
+BENCHMARK_MAIN();
