@@ -18,7 +18,7 @@ namespace {
 struct MeasureArgs {
   std::string model, file, out = "measurement.json", imatrix, shard, types, save_imatrix, attention = "f16";
   std::vector<std::string> merge;
-  int n_ctx = 512, chunks = 8, probes = 2, threads = 0, imatrix_chunks = 64;
+  int n_ctx = 512, chunks = 8, probes = 2, threads = 0, imatrix_chunks = 64, outliers = 0;
 };
 
 }  // namespace
@@ -48,6 +48,7 @@ void run_measure(const MeasureArgs& a) {
   o.n_ctx = a.n_ctx;
   o.chunks = a.chunks;
   o.probes = a.probes;
+  o.outliers = a.outliers;
   o.threads = a.threads;
   o.attention = parse_attention_mode(a.attention);
   o.calibration_name = a.file;
@@ -112,6 +113,9 @@ void register_measure(CLI::App& app) {
       ->check(CLI::Range(1, 2))
       ->capture_default_str();
   cmd->add_option("--types", a->types, "Candidate types, comma-separated (default: every type mixq quantizes)");
+  cmd->add_option("--outliers", a->outliers,
+                  "Also measure every block type with K outlier columns kept in f16 (quantize --outliers), so "
+                  "the plan can choose them per tensor");
   cmd->add_option("--shard", a->shard, "i/N: measure only tensors i, i+N, ... (merge the parts with --merge)");
   cmd->add_option("--merge", a->merge, "Merge measurement shards into -o (no model needed)")->expected(1, -1);
   cmd->add_option("-c,--ctx-size", a->n_ctx, "Tokens per chunk")->capture_default_str();

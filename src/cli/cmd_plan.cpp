@@ -18,7 +18,7 @@ struct PlanArgs {
   std::string out = "plan.json", target_size, target_size_of, compat, types;
   std::vector<std::string> tensor_types;
   double target_bpw = 0;
-  bool quiet = false;
+  bool quiet = false, no_outliers = false;
 };
 
 }  // namespace
@@ -88,11 +88,13 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--tensor-type", a->tensor_types, "REGEX=TYPE: fixed choice for the tensors the regex finds (repeatable)");
   cmd->add_option("-o,--output", a->out, "Plan JSON (for mixq quantize --plan)")->capture_default_str();
   cmd->add_flag("-q,--quiet", a->quiet, "Print only the summary line");
+  cmd->add_flag("--no-outliers", a->no_outliers, "Ignore the measurement's outlier candidates (measure --outliers)");
   cmd->callback([a] {
     std::vector<Measurement> parts;
     for (const auto& p : a->measurements) parts.push_back(Measurement::load(p));
     const Measurement m = merge_measurements(parts);
     PlanOptions o = plan_options(a->target_bpw, a->target_size, a->target_size_of, a->compat, a->types, a->tensor_types);
+    o.outliers = !a->no_outliers;
     Plan plan = make_plan(m, o);
     plan.measurement = a->measurements.front();
     for (const auto& r : o.fixed) {

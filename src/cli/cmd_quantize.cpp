@@ -108,11 +108,16 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
   o.calibration = parse_calibration(a.calib, a.symmetric, a.hqq);
   if (a.outliers < 0) throw PolicyError(fmt::format("--outliers {}: give a number of columns, at least 1", a.outliers));
   if (!a.outlier_tensors.empty() && a.outliers == 0) throw PolicyError("--outlier-tensors needs --outliers K");
-  if (a.outliers > 0 && (planned || !a.plan.empty())) {
-    throw PolicyError("--outliers cannot be combined with --plan or --target-*: plans do not count the outlier "
-                      "columns' bytes yet");
+  if (a.outliers > 0 && !a.plan.empty()) {
+    throw PolicyError("the plan decides the outlier columns per tensor (mixq measure --outliers K, then mixq plan): "
+                      "--outliers cannot be combined with --plan");
   }
-  o.outlier_columns = a.outliers;
+  if (a.outliers > 0 && p.compat_llamacpp) {
+    throw PolicyError("--outliers writes tensors llama.cpp does not load: it cannot be combined with --compat llama.cpp");
+  }
+  if (!a.outlier_tensors.empty() && planned) throw PolicyError("--outlier-tensors does not apply to a plan");
+  // With a --target-*, K is what the measurement offers per tensor; the plan then chooses.
+  o.outlier_columns = planned ? 0 : a.outliers;
   o.outlier_tensors = a.outlier_tensors;
   o.threads = a.threads;
   if (!a.threads_pos.empty()) {
@@ -135,6 +140,7 @@ PlanOptions plan_options(double target_bpw, const std::string& target_size, cons
 // general.file_type) becomes the type holding most of the bytes unless DEFAULT_TYPE was given.
 void apply_plan(const Plan& plan, bool default_given, QuantizeOptions& o) {
   o.policy.plan = plan.types();
+  o.plan_outliers = plan.outliers();
   o.policy.plan_label = plan.target.substr(0, 32);
   if (!default_given) {
     std::map<TypeId, uint64_t> bytes;
@@ -185,7 +191,8 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--hqq", a->hqq, "HQQ zero-point refinement (calibration-free) with N iterations, e.g. 20");
   cmd->add_option("--outliers", a->outliers,
                   "Keep the K columns of largest importance-weighted magnitude of every quantized matrix in f16 "
-                  "beside it (mixq-only files: llama.cpp cannot load them)");
+                  "beside it (mixq-only files: llama.cpp cannot load them); with --target-*: offer that to the "
+                  "plan per tensor");
   cmd->add_option("--outlier-tensors", a->outlier_tensors, "With --outliers: only the tensors this regex finds");
   cmd->add_option("--plan", a->plan, "Apply a bit-allocation plan (mixq plan): its types decide the tensors it lists");
   cmd->add_option("--target-bpw", a->target_bpw,
@@ -220,6 +227,7 @@ void register_quantize(CLI::App& app) {
       const std::string text = read_text_file(a->calib_file);
       MeasureOptions mo;
       mo.chunks = a->chunks;
+      mo.outliers = a->outliers;
       mo.threads = opts.threads;
       mo.imatrix = opts.imatrix;
       mo.calibration_name = a->calib_file;

@@ -12,6 +12,7 @@
 #include "mixq/engine/llama_model.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/eval/kld.h"
+#include "mixq/formats/outliers.h"
 #include "mixq/plan/measure.h"
 #include "mixq/plan/plan.h"
 #include "mixq/quantize/quantize_model.h"
@@ -361,6 +362,83 @@ TEST(Engine, EvalFromLayerEqualsTheFullEval) {
   EXPECT_THROW(ctx.eval_from_layer(0, inputs[0].data(), 40, true), std::runtime_error);  // not reset
   ctx.reset();
   EXPECT_THROW(ctx.eval_from_layer(model.hparams().n_layer + 1, inputs[0].data(), 40, true), std::runtime_error);
+}
+
+}  // namespace
+}  // namespace mixq
+
+namespace mixq {
+namespace {
+
+// Outlier candidates (measure --outliers K): their exact error is below the plain type's, their
+// bytes count the companions, the plan can choose them, and quantize --plan writes them at no more
+// than the planned size. --compat llama.cpp never picks them.
+TEST_F(Measure, OutlierCandidatesArePlannedAndWrittenAtThePlannedSize) {
+  MeasureOptions o = options(0, 1);
+  o.outliers = 4;
+  const Measurement m = measure_file(*file_, text_, o, 4, nullptr);
+  EXPECT_EQ(m.outliers, 4);
+  int with = 0;
+  for (const auto& t : m.tensors) {
+    EXPECT_EQ(t.find(TypeId::F16, 4), nullptr) << t.name;  // not a block type
+    const CandidateMeasure* plain = t.find(TypeId::Q4_0);
+    const CandidateMeasure* out = t.find(TypeId::Q4_0, 4);
+    ASSERT_EQ(plain != nullptr, out != nullptr) << t.name;
+    if (!out) continue;
+    ++with;
+    const uint64_t rows = static_cast<uint64_t>(t.n_elements() / t.shape[0]);
+    EXPECT_EQ(out->bytes, plain->bytes);
+    EXPECT_EQ(out->outlier_bytes, 4 * (4 + 2 * rows));
+    EXPECT_LT(out->error, plain->error) << t.name;
+    EXPECT_FALSE(out->kld.has_value());  // probes are made without outliers
+  }
+  EXPECT_GE(with, 30);
+  // The same measurement through JSON.
+  const Measurement mj = Measurement::from_json(m.to_json(), "m");
+  EXPECT_EQ(mj.tensors[0].candidates.size(), m.tensors[0].candidates.size());
+  EXPECT_EQ(mj.outliers, 4);
+
+  // On rows of 64 outliers rarely pay (8 bytes a row for 4 columns); make them look cheap in loss
+  // so the plan takes some, then check the accounting end to end.
+  Measurement cheap = m;
+  for (auto& t : cheap.tensors) {
+    for (auto& c : t.candidates) {
+      if (c.outliers > 0) c.predicted *= 1e-3;
+    }
+  }
+  PlanOptions po;
+  po.target_bytes = 220000;
+  const Plan plan = make_plan(cheap, po);
+  const auto chosen = plan.outliers();
+  ASSERT_GE(chosen.size(), 5u) << plan.to_text();
+  const Plan back = Plan::from_json(plan.to_json(), "p");
+  EXPECT_EQ(back.outliers(), chosen);
+  QuantizeOptions qo;
+  qo.type_label = "plan";
+  qo.policy.plan = plan.types();
+  qo.plan_outliers = chosen;
+  qo.policy.plan_label = plan.target;
+  qo.threads = 2;
+  const fs::path out = dir_ / "planned-outliers.gguf";
+  quantize_model(*file_, out, qo);
+  EXPECT_LE(fs::file_size(out), *po.target_bytes);
+  EXPECT_LE(fs::file_size(out), plan.file_bytes);
+  EXPECT_GE(fs::file_size(out) + 512, plan.file_bytes);  // the header bound is tight
+  const GgufFile f = GgufFile::open(out);
+  for (const auto& t : plan.tensors) {
+    EXPECT_EQ(f.find_tensor(t.name)->type->id, t.type) << t.name;
+    const GgufTensor* cols = f.find_tensor(outlier_cols_name(t.name));
+    EXPECT_EQ(cols != nullptr, t.outliers > 0) << t.name;
+    if (cols) {
+      EXPECT_EQ(cols->shape[0], t.outliers);
+    }
+  }
+  // --compat llama.cpp: no outliers, and a plan that has them cannot be applied under it.
+  po.compat_llamacpp = true;
+  po.target_bytes = 300000;  // ffn_down is f16 there
+  EXPECT_TRUE(make_plan(cheap, po).outliers().empty());
+  qo.policy.compat_llamacpp = true;
+  EXPECT_THROW(plan_model(*file_, qo), PolicyError);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "mixq/eval/perplexity.h"
+#include "mixq/formats/half.h"
 #include "mixq/formats/outliers.h"
 #include "mixq/policy/policy.h"
 #include "mixq/quantize/quantize_model.h"
@@ -24,8 +25,10 @@ uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 // Quantizes rows with the importance weights (as mixq quantize does), dequantizes them and returns
 // the importance-weighted relative squared error; keeps the quantized bytes when `keep` is given.
+// With outlier columns (`cols`), the quantizer sees them as zeros of weight 0 and the
+// reconstruction takes their f16 values, as quantize --outliers writes and the engine reads them.
 double quantize_and_measure(const float* x, int64_t rows, int64_t n, TypeId type, const float* importance,
-                            ThreadPool& pool, std::vector<uint8_t>* keep) {
+                            ThreadPool& pool, std::vector<uint8_t>* keep, const std::vector<int32_t>* cols = nullptr) {
   const TypeTraits& t = type_traits(type);
   if (!t.fits_row(n)) throw std::runtime_error(fmt::format("type {} cannot hold rows of {}", t.name, n));
   const size_t rb = t.row_bytes(n);
@@ -35,15 +38,27 @@ double quantize_and_measure(const float* x, int64_t rows, int64_t n, TypeId type
   std::vector<double> num(static_cast<size_t>(tasks)), den(static_cast<size_t>(tasks));
   pool.parallel_for(tasks, [&](int64_t task) {
     thread_local std::vector<uint8_t> q;
-    thread_local std::vector<float> y;
+    thread_local std::vector<float> y, masked, masked_imp;
     q.resize(rb);
     y.resize(static_cast<size_t>(n));
+    if (cols && importance) {
+      masked_imp.assign(importance, importance + n);
+      for (int32_t c : *cols) masked_imp[static_cast<size_t>(c)] = 0.0f;
+    }
     double a = 0, b = 0;
     for (int64_t r = task * kRowsPerTask; r < std::min(rows, (task + 1) * kRowsPerTask); ++r) {
       const float* xr = x + static_cast<size_t>(r) * static_cast<size_t>(n);
       uint8_t* dst = keep ? keep->data() + static_cast<size_t>(r) * rb : q.data();
-      t.quantize_row(xr, dst, n, importance);
-      t.dequantize_row(dst, y.data(), n);
+      if (cols) {
+        masked.assign(xr, xr + n);
+        for (int32_t c : *cols) masked[static_cast<size_t>(c)] = 0.0f;
+        t.quantize_row(masked.data(), dst, n, importance ? masked_imp.data() : nullptr);
+        t.dequantize_row(dst, y.data(), n);
+        for (int32_t c : *cols) y[static_cast<size_t>(c)] = round_fp16(xr[c]);
+      } else {
+        t.quantize_row(xr, dst, n, importance);
+        t.dequantize_row(dst, y.data(), n);
+      }
       for (int64_t j = 0; j < n; ++j) {
         const double w = importance ? importance[j] : 1.0;
         const double d = static_cast<double>(xr[j]) - y[static_cast<size_t>(j)];
@@ -136,6 +151,10 @@ double probe_kld(const LlamaModel& model, const BaseRun& base, int start, int th
 nlohmann::ordered_json candidate_json(const CandidateMeasure& c) {
   nlohmann::ordered_json j;
   j["type"] = type_traits(c.type).name;
+  if (c.outliers > 0) {
+    j["outliers"] = c.outliers;
+    j["outlier_bytes"] = c.outlier_bytes;
+  }
   j["bytes"] = c.bytes;
   j["error"] = c.error;
   j["predicted_kld"] = c.predicted;
@@ -168,9 +187,9 @@ int64_t TensorMeasure::n_elements() const {
   return n;
 }
 
-const CandidateMeasure* TensorMeasure::find(TypeId t) const {
+const CandidateMeasure* TensorMeasure::find(TypeId t, int outliers) const {
   for (const auto& c : candidates) {
-    if (c.type == t) return &c;
+    if (c.type == t && c.outliers == outliers) return &c;
   }
   return nullptr;
 }
@@ -209,6 +228,8 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
   m.imatrix = opts.imatrix ? opts.imatrix->source : "";
   m.n_ctx = opts.n_ctx;
   m.probes = opts.probes;
+  if (opts.outliers < 0) throw std::runtime_error(fmt::format("outliers {}: want 0 (none) or more", opts.outliers));
+  m.outliers = opts.outliers;
   m.shard = opts.shard;
   m.n_shards = opts.n_shards;
   const std::vector<TypeId> types = opts.types.empty() ? default_candidate_types() : opts.types;
@@ -267,6 +288,11 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
     std::vector<float> x(static_cast<size_t>(rows * n));
     dequantize_rows(t.type->id, t.data, x.data(), rows, n);
     const float* imp = importance_of(opts.imatrix, t.name, n);
+    // Outlier candidates: the columns quantize --outliers would keep (chosen once per tensor).
+    std::vector<int32_t> cols;
+    if (opts.outliers > 0 && t.shape.size() == 2 && n > opts.outliers) {
+      cols = select_outlier_columns(x.data(), rows, n, imp, opts.outliers);
+    }
     for (TypeId type : types) {
       const TypeTraits& tt = type_traits(type);
       if (!tt.fits_row(n)) continue;
@@ -275,16 +301,25 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
       c.bytes = tt.row_bytes(n) * static_cast<uint64_t>(rows);
       c.error = type == t.type->id ? 0.0 : quantize_and_measure(x.data(), rows, n, type, imp, pool, nullptr);
       tm.candidates.push_back(c);
+      if (!cols.empty() && tt.quantized && type != t.type->id) {
+        c.outliers = static_cast<int>(cols.size());
+        c.outlier_bytes = static_cast<uint64_t>(c.outliers) * (4 + 2 * static_cast<uint64_t>(rows));
+        c.error = quantize_and_measure(x.data(), rows, n, type, imp, pool, nullptr, &cols);
+        tm.candidates.push_back(c);
+      }
     }
     if (tm.candidates.empty()) {
       throw std::runtime_error(fmt::format("no candidate type can hold the rows of '{}' ({} values)", t.name, n));
     }
-    std::stable_sort(tm.candidates.begin(), tm.candidates.end(),
-                     [](const auto& a, const auto& b) { return a.bytes < b.bytes; });
+    std::stable_sort(tm.candidates.begin(), tm.candidates.end(), [](const auto& a, const auto& b) {
+      return a.bytes + a.outlier_bytes < b.bytes + b.outlier_bytes;
+    });
 
-    // Probes: the candidate with the largest error, and one with about 1/16 of it.
+    // Probes (among the candidates without outliers): the one with the largest error, and one
+    // with about 1/16 of it.
     int p1 = -1, p2 = -1;
     for (size_t i = 0; i < tm.candidates.size(); ++i) {
+      if (tm.candidates[i].outliers > 0) continue;
       if (tm.candidates[i].error > 0 && (p1 < 0 || tm.candidates[i].error > tm.candidates[static_cast<size_t>(p1)].error)) {
         p1 = static_cast<int>(i);
       }
@@ -294,6 +329,7 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
       double best = INFINITY;
       for (size_t i = 0; i < tm.candidates.size(); ++i) {
         const double e = tm.candidates[i].error;
+        if (tm.candidates[i].outliers > 0) continue;
         if (static_cast<int>(i) == p1 || e <= 0 || e > tm.candidates[static_cast<size_t>(p1)].error / 2) continue;
         if (std::abs(std::log(e) - target) < best) {
           best = std::abs(std::log(e) - target);
@@ -359,6 +395,7 @@ nlohmann::ordered_json Measurement::to_json() const {
   j["n_ctx"] = n_ctx;
   j["chunks"] = chunks;
   j["probes"] = probes;
+  j["outliers"] = outliers;
   j["scored_tokens"] = scored_tokens;
   j["types"] = types;
   j["shard"] = shard;
@@ -405,6 +442,8 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
   m.n_ctx = get<int>(j, "n_ctx", origin);
   m.chunks = get<int>(j, "chunks", origin);
   m.probes = get<int>(j, "probes", origin);
+  m.outliers = j.contains("outliers") ? get<int>(j, "outliers", origin) : 0;
+  if (m.outliers < 0) throw std::runtime_error(fmt::format("{}: 'outliers' is negative", origin));
   m.scored_tokens = get<int64_t>(j, "scored_tokens", origin);
   m.types = get<std::vector<std::string>>(j, "types", origin);
   m.shard = get<int>(j, "shard", origin);
@@ -443,6 +482,16 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
       c.predicted = get<double>(ce, "predicted_kld", cw);
       if (!std::isfinite(c.predicted) || c.predicted < 0) throw std::runtime_error(cw + ": predicted_kld is not a finite value >= 0");
       if (ce.contains("measured_kld")) c.kld = get<double>(ce, "measured_kld", cw);
+      if (ce.contains("outliers")) {
+        c.outliers = get<int>(ce, "outliers", cw);
+        c.outlier_bytes = get<uint64_t>(ce, "outlier_bytes", cw);
+        const int64_t rows = t.n_elements() / t.shape[0];
+        if (c.outliers < 1 || c.outliers >= t.shape[0] || t.shape.size() != 2 ||
+            c.outlier_bytes != static_cast<uint64_t>(c.outliers) * (4 + 2 * static_cast<uint64_t>(rows))) {
+          throw std::runtime_error(fmt::format("{}: {} outlier columns ({} bytes) do not fit shape {}", cw, c.outliers,
+                                               c.outlier_bytes, fmt::join(t.shape, "x")));
+        }
+      }
       const TypeTraits& tt = type_traits(c.type);
       if (!tt.fits_row(t.shape[0]) || tt.row_bytes(t.shape[0]) * static_cast<uint64_t>(t.n_elements() / t.shape[0]) != c.bytes) {
         throw std::runtime_error(fmt::format("{}: {} bytes do not match type {} for shape {}", cw, c.bytes, tt.name,
@@ -478,7 +527,10 @@ Measurement merge_measurements(const std::vector<Measurement>& parts) {
     };
     if (p.model_bytes != m.model_bytes || p.n_tensors != m.n_tensors || p.n_params != m.n_params) throw differs("model");
     if (p.n_shards != m.n_shards) throw differs("shard count");
-    if (p.n_ctx != m.n_ctx || p.chunks != m.chunks || p.probes != m.probes || p.types != m.types) throw differs("settings");
+    if (p.n_ctx != m.n_ctx || p.chunks != m.chunks || p.probes != m.probes || p.types != m.types ||
+        p.outliers != m.outliers) {
+      throw differs("settings");
+    }
     if (p.calibration != m.calibration || p.imatrix != m.imatrix) throw differs("calibration text or imatrix");
     for (int s : p.shards_merged) {
       if (!seen.insert(s).second) throw std::runtime_error(fmt::format("cannot merge: shard {} appears twice", s));

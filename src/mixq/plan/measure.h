@@ -22,7 +22,9 @@
 //
 //   predicted_kld(t, T) = alpha_t * error(t, T) ^ beta_t
 //
-// is fitted through the probes (beta_t = 1 with one probe; clamped to [0.5, 2]). The scored
+// is fitted through the probes (beta_t = 1 with one probe; clamped to [0.5, 2]). Candidates with
+// outlier columns (MeasureOptions::outliers) have their own exact error (the columns merged back)
+// and share the tensor's fit; the probes are made without outliers. The scored
 // positions and log-softmax are llama-perplexity's (second half of each chunk), as `mixq kld`.
 //
 // A measurement can be split over processes or machines (shard i of N measures the tensors whose
@@ -49,7 +51,10 @@ namespace mixq {
 
 struct CandidateMeasure {
   TypeId type = TypeId::F32;
+  int outliers = 0;         // outlier columns kept in f16 beside the tensor (formats/outliers.h)
   uint64_t bytes = 0;       // the tensor's data in this type (without alignment padding)
+  // With outliers: the two companion tensors' data (K * 4 + K * rows * 2), not in `bytes`.
+  uint64_t outlier_bytes = 0;
   double error = 0;         // importance-weighted relative squared error (see the top)
   double predicted = 0;     // predicted mean KLD with this tensor alone in this type
   std::optional<double> kld;  // the measured mean KLD, for the probe types
@@ -64,7 +69,7 @@ struct TensorMeasure {
   std::vector<CandidateMeasure> candidates;  // by increasing bytes
 
   int64_t n_elements() const;
-  const CandidateMeasure* find(TypeId t) const;
+  const CandidateMeasure* find(TypeId t, int outliers = 0) const;
 };
 
 struct Measurement {
@@ -80,6 +85,7 @@ struct Measurement {
   std::string calibration;        // the text's file name
   std::string imatrix;            // the importance matrix's source ("" when computed here)
   int n_ctx = 0, chunks = 0, probes = 0;
+  int outliers = 0;               // K of the outlier candidates (0: none measured)
   int64_t scored_tokens = 0;
   std::vector<std::string> types;  // candidate types
   int shard = 0, n_shards = 1;
@@ -112,6 +118,9 @@ struct MeasureOptions {
   int threads = 0;
   int shard = 0, n_shards = 1;
   std::vector<TypeId> types;    // empty: default_candidate_types()
+  // > 0: every block type is also measured with this many outlier columns kept in f16 (the
+  // quantize --outliers layout, chosen as it chooses them); the plan may then pick them per tensor.
+  int outliers = 0;
   const ImportanceMatrix* imatrix = nullptr;  // null: unit weights everywhere
   std::string calibration_name, model_name;
   uint64_t header_bytes = 0;    // filled by the caller from the output metadata it will write

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <re2/re2.h>
 
+#include "mixq/formats/outliers.h"
 #include "mixq/io/gguf.h"
 #include "mixq/util/json_file.h"
 
@@ -20,10 +21,23 @@ uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 struct Choice {
   TypeId type;
-  uint64_t bytes;   // data bytes
-  uint64_t cost;    // what the budget counts (padded bytes for a size target)
+  uint64_t bytes;   // data bytes (with outlier companions)
+  uint64_t cost;    // what the budget counts (padded bytes and companion header entries for a size target)
   double loss;
+  int outliers = 0;
 };
+
+// Header bytes of the two companion tensors' entries (formats/outliers.h) of tensor `name`:
+// each a name string, n_dims, dims, type and offset.
+uint64_t companion_info_bytes(const std::string& name) {
+  const uint64_t cols = 8 + name.size() + kOutlierColsSuffix.size() + 4 + 8 * 1 + 4 + 8;
+  const uint64_t vals = 8 + name.size() + kOutlierValsSuffix.size() + 4 + 8 * 2 + 4 + 8;
+  return cols + vals;
+}
+
+uint64_t outlier_key_bytes(int k) {
+  return k > 0 ? GgufWriter::key_value_bytes(std::string(kOutlierColumnsKey), GgufValue::u32(static_cast<uint32_t>(k))) : 0;
+}
 
 struct Item {
   size_t tensor;                // index into the measurement's tensors
@@ -191,6 +205,7 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
   plan.tensors.resize(m.tensors.size());
   std::vector<Item> items;
   uint64_t fixed_cost = 0;
+  int possible_outliers = 0;
   std::set<std::string> possible_ext, fixed_ext;
   for (size_t i = 0; i < m.tensors.size(); ++i) {
     const TensorMeasure& t = m.tensors[i];
@@ -225,7 +240,16 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
     std::vector<Choice> cs;
     for (const auto& c : t.candidates) {
       if (!allowed(c.type)) continue;
-      cs.push_back({c.type, c.bytes, cost_of(c.bytes), c.predicted});
+      if (c.outliers > 0) {
+        if (opts.compat_llamacpp || !opts.outliers) continue;  // llama.cpp refuses the companion tensors
+        const uint64_t cols_bytes = 4 * static_cast<uint64_t>(c.outliers), vals_bytes = c.outlier_bytes - cols_bytes;
+        const uint64_t cost = by_size ? cost_of(c.bytes) + cost_of(cols_bytes) + cost_of(vals_bytes) + companion_info_bytes(t.name)
+                                      : c.bytes + c.outlier_bytes;
+        cs.push_back({c.type, c.bytes + c.outlier_bytes, cost, c.predicted, c.outliers});
+        possible_outliers = std::max(possible_outliers, c.outliers);
+      } else {
+        cs.push_back({c.type, c.bytes, cost_of(c.bytes), c.predicted});
+      }
       if (type_traits(c.type).is_extension()) possible_ext.insert(type_traits(c.type).name);
     }
     if (cs.empty()) {
@@ -243,6 +267,9 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
     plan.budget_bytes = *opts.target_bytes;
     plan.target = fmt::format("bytes {}", *opts.target_bytes);
     overhead = align_up(m.header_bytes + extension_key_bytes(all_ext), m.alignment) + m.fixed_bytes + fixed_cost;
+    // Outlier companions: their header entries are in the choices' costs; the key, and the header
+    // padding those entries may cross, are reserved here.
+    if (possible_outliers > 0) overhead += outlier_key_bytes(possible_outliers) + m.alignment - 1;
   } else {
     if (!(*opts.target_bpw > 0) || !std::isfinite(*opts.target_bpw)) throw PlanError("--target-bpw must be a positive number");
     plan.target = fmt::format("bpw {:.4f}", *opts.target_bpw);
@@ -289,21 +316,39 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
     }
   }
   std::set<std::string> used_ext = fixed_ext;
+  int used_outliers = 0;
+  uint64_t companion_headers = 0;
   for (size_t k = 0; k < items.size(); ++k) {
     const Choice& c = items[k].choices[best.pick[k]];
     PlannedTensor& p = plan.tensors[items[k].tensor];
     p.type = c.type;
     p.bytes = c.bytes;
     p.predicted = c.loss;
+    p.outliers = c.outliers;
     if (type_traits(c.type).is_extension()) used_ext.insert(type_traits(c.type).name);
+    if (c.outliers > 0) {
+      used_outliers = std::max(used_outliers, c.outliers);
+      companion_headers += companion_info_bytes(p.name);
+    }
   }
   uint64_t data = m.fixed_bytes, tensor_bytes = m.fixed_bytes_unpadded;
-  for (const auto& p : plan.tensors) {
-    data += align_up(p.bytes, m.alignment);
+  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+    const PlannedTensor& p = plan.tensors[i];
+    if (p.outliers > 0) {  // three tensors, each padded
+      const uint64_t rows = static_cast<uint64_t>(m.tensors[i].n_elements() / m.tensors[i].shape[0]);
+      const uint64_t cols_bytes = 4 * static_cast<uint64_t>(p.outliers), vals_bytes = 2 * rows * static_cast<uint64_t>(p.outliers);
+      data += align_up(p.bytes - cols_bytes - vals_bytes, m.alignment) + align_up(cols_bytes, m.alignment) +
+              align_up(vals_bytes, m.alignment);
+    } else {
+      data += align_up(p.bytes, m.alignment);
+    }
     tensor_bytes += p.bytes;
     plan.predicted_kld += p.predicted;
   }
-  plan.file_bytes = align_up(m.header_bytes + extension_key_bytes(used_ext), m.alignment) + data;
+  plan.file_bytes = align_up(m.header_bytes + extension_key_bytes(used_ext) + outlier_key_bytes(used_outliers) +
+                                 companion_headers,
+                             m.alignment) +
+                    data;
   plan.bpw = 8.0 * static_cast<double>(tensor_bytes) / static_cast<double>(m.n_params);
   plan.measurement = m.model;
   return plan;
@@ -312,6 +357,14 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
 std::map<std::string, TypeId> Plan::types() const {
   std::map<std::string, TypeId> out;
   for (const auto& t : tensors) out[t.name] = t.type;
+  return out;
+}
+
+std::map<std::string, int> Plan::outliers() const {
+  std::map<std::string, int> out;
+  for (const auto& t : tensors) {
+    if (t.outliers > 0) out[t.name] = t.outliers;
+  }
   return out;
 }
 
@@ -331,8 +384,12 @@ nlohmann::ordered_json Plan::to_json() const {
   j["model"] = measurement;
   auto ts = nlohmann::ordered_json::array();
   for (const auto& t : tensors) {
-    ts.push_back({{"name", t.name}, {"type", type_traits(t.type).name}, {"bytes", t.bytes},
-                  {"predicted_kld", t.predicted}, {"fixed", t.fixed}});
+    nlohmann::ordered_json e = {{"name", t.name}, {"type", type_traits(t.type).name}};
+    if (t.outliers > 0) e["outliers"] = t.outliers;
+    e["bytes"] = t.bytes;
+    e["predicted_kld"] = t.predicted;
+    e["fixed"] = t.fixed;
+    ts.push_back(e);
   }
   j["tensors"] = ts;
   return j;
@@ -364,6 +421,11 @@ Plan Plan::from_json(const nlohmann::ordered_json& j, const std::string& origin)
       t.bytes = e.value("bytes", uint64_t{0});
       t.predicted = e.value("predicted_kld", 0.0);
       t.fixed = e.value("fixed", false);
+      t.outliers = e.value("outliers", 0);
+      if (t.outliers < 0) throw PlanError(fmt::format("{}: tensor '{}' has a negative outlier count", origin, t.name));
+      if (t.outliers > 0 && p.compat_llamacpp) {
+        throw PlanError(fmt::format("{}: tensor '{}' keeps outlier columns in a --compat llama.cpp plan", origin, t.name));
+      }
       p.tensors.push_back(std::move(t));
     }
   } catch (const nlohmann::json::exception& e) {
@@ -394,9 +456,11 @@ std::string Plan::to_text() const {
   std::string s = fmt::format("{:<{}}  {:<8} {:>10} {:>12}\n", "tensor", w, "type", "bytes", "pred. KLD");
   std::map<std::string, std::pair<int, uint64_t>> by_type;
   for (const auto& t : tensors) {
-    s += fmt::format("{:<{}}  {:<8} {:>10} {:>12.6f}{}\n", t.name, w, type_traits(t.type).name, t.bytes, t.predicted,
+    const std::string type = t.outliers > 0 ? fmt::format("{}+o{}", type_traits(t.type).name, t.outliers)
+                                            : std::string(type_traits(t.type).name);
+    s += fmt::format("{:<{}}  {:<8} {:>10} {:>12.6f}{}\n", t.name, w, type, t.bytes, t.predicted,
                      t.fixed ? "  (rule)" : "");
-    auto& e = by_type[type_traits(t.type).name];
+    auto& e = by_type[type];
     ++e.first;
     e.second += t.bytes;
   }

@@ -12,7 +12,10 @@
 //      rounded up, so the result always fits; unit = 1 byte for budgets up to max_dp_units bytes,
 //      which makes it the exact optimum), followed by the same greedy pass.
 // The file size counted is the exact size `mixq quantize --plan` writes: the header (plus the
-// mixq.extension_types entry when mixq's own types are chosen), the padded data of every tensor.
+// mixq.extension_types entry when mixq's own types are chosen, and for candidates with outlier
+// columns their two companion tensors' entries and the mixq.outlier_columns key), the padded data
+// of every tensor. Outlier candidates (measured with MeasureOptions::outliers) compete like types;
+// --compat llama.cpp leaves them out.
 // Bits per weight are llama.cpp's: 8 * all tensors' bytes / all tensors' elements.
 #pragma once
 
@@ -38,7 +41,8 @@ class PlanError : public std::runtime_error {
 struct PlanOptions {
   std::optional<double> target_bpw;
   std::optional<uint64_t> target_bytes;     // the whole file
-  bool compat_llamacpp = false;             // only types llama.cpp loads
+  bool compat_llamacpp = false;             // only types llama.cpp loads (and no outlier columns)
+  bool outliers = true;                     // consider the measured outlier candidates
   std::vector<TypeId> allowed;              // empty: every measured type
   std::vector<Rule> fixed;                  // REGEX=TYPE: these tensors get this type, whatever it costs
   int64_t max_dp_units = 400000;            // DP resolution (see the top)
@@ -47,7 +51,8 @@ struct PlanOptions {
 struct PlannedTensor {
   std::string name;
   TypeId type = TypeId::F32;
-  uint64_t bytes = 0;
+  int outliers = 0;          // outlier columns kept in f16 beside it (quantize applies them)
+  uint64_t bytes = 0;        // the tensor's data, with its outlier companions' data
   double predicted = 0;
   bool fixed = false;        // chosen by a user rule
 };
@@ -73,6 +78,8 @@ struct Plan {
   std::string summary() const;     // the last line of to_text()
   // name -> type, what quantize applies.
   std::map<std::string, TypeId> types() const;
+  // name -> outlier columns, for the tensors that keep some.
+  std::map<std::string, int> outliers() const;
 };
 
 // Throws PlanError for an infeasible budget (with the minimum), an incomplete measurement (missing

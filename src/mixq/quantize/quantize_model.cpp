@@ -89,6 +89,31 @@ void plan_outliers(const GgufFile& in, const QuantizeOptions& opts, std::vector<
         "the input keeps outlier columns beside its tensors (mixq quantize --outliers): quantize the model it was "
         "made from instead");
   }
+  if (opts.outlier_columns > 0 && !opts.plan_outliers.empty()) {
+    throw PolicyError("the plan decides the outlier columns per tensor: --outliers cannot be combined with it");
+  }
+  if (!opts.plan_outliers.empty()) {
+    if (opts.policy.compat_llamacpp) throw PolicyError("a plan with outlier columns cannot be applied with --compat llama.cpp");
+    size_t found = 0;
+    for (auto& p : plans) {
+      const auto it = opts.plan_outliers.find(p.tensor.name);
+      if (it == opts.plan_outliers.end()) continue;
+      ++found;
+      const auto& shape = p.tensor.shape;
+      if (!p.quantize || !type_traits(p.type).quantized || shape.size() != 2 || it->second <= 0 ||
+          shape[0] <= it->second) {
+        throw PolicyError(fmt::format("the plan keeps {} outlier columns of '{}', which is not a 2-D matrix quantized "
+                                      "to a block type with longer rows: was the plan made for another model?",
+                                      it->second, p.tensor.name));
+      }
+      p.outliers = it->second;
+      p.outlier_bytes = static_cast<uint64_t>(p.outliers) * 4 + static_cast<uint64_t>(p.outliers) * 2 * shape[1];
+    }
+    if (found != opts.plan_outliers.size()) {
+      throw PolicyError("the plan keeps outlier columns of tensors this model does not have");
+    }
+    return;
+  }
   if (opts.outlier_columns <= 0) return;
   if (opts.policy.compat_llamacpp) {
     throw PolicyError("--outliers writes tensors llama.cpp does not load: it cannot be combined with --compat llama.cpp");
@@ -176,9 +201,9 @@ void set_output_metadata(GgufWriter& w, const GgufFile& in, const QuantizeOption
   } else {
     w.remove("general.file_type");
   }
-  if (opts.outlier_columns > 0) {
-    w.set(std::string(kOutlierColumnsKey), GgufValue::u32(static_cast<uint32_t>(opts.outlier_columns)));
-  }
+  int k = opts.outlier_columns;
+  for (const auto& [name, n] : opts.plan_outliers) k = std::max(k, n);
+  if (k > 0) w.set(std::string(kOutlierColumnsKey), GgufValue::u32(static_cast<uint32_t>(k)));
   w.set("mixq.quantize.type", GgufValue::string(opts.type_label));
   w.set("mixq.quantize.policy", GgufValue::string(policy_json(opts).dump()));
   if (opts.imatrix) {

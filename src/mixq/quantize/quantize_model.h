@@ -9,6 +9,7 @@
 #include <atomic>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,9 @@ struct QuantizeOptions {
   // (formats/outliers.h). 0: none.
   int outlier_columns = 0;
   std::string outlier_tensors;      // RE2 pattern, searched in the tensor name; empty: every matrix
+  // A plan's outlier columns per tensor (mixq plan over a measurement with outlier candidates):
+  // these tensors get exactly this many, the others none. Not combined with outlier_columns.
+  std::map<std::string, int> plan_outliers;
   std::function<void(const QuantizeProgress&)> on_progress;
   const std::atomic<bool>* cancel = nullptr;  // set (e.g. by SIGINT) to stop; no output is left
 };
