@@ -46,6 +46,20 @@ QuantizeOptions options(TypeId type, int outliers, const std::string& regex = ""
   return o;
 }
 
+// Tensor t of f as floats, its outlier columns (if any) replaced by their F16 values.
+std::vector<float> merged_floats(const GgufFile& f, const GgufTensor& t) {
+  const int64_t n = t.row_length(), rows = t.n_rows();
+  std::vector<float> out(static_cast<size_t>(n * rows));
+  dequantize_rows(t.type->id, t.data, out.data(), rows, n);
+  const OutlierColumns oc = load_outlier_columns(f, t);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int c = 0; c < oc.k(); ++c) {
+      out[static_cast<size_t>(r * n + oc.cols[static_cast<size_t>(c)])] = oc.vals[static_cast<size_t>(r * oc.k() + c)];
+    }
+  }
+  return out;
+}
+
 // The file with every outlier tensor merged back into one F32 matrix (its quantized columns
 // dequantized, the outlier columns replaced by their F16 values) and no companion tensors; the
 // other tensors are copied as stored.
@@ -60,17 +74,11 @@ void write_merged(const GgufFile& in, const std::filesystem::path& out) {
     kept.push_back(&t);
   }
   for (const GgufTensor* t : kept) {
-    const OutlierColumns oc = load_outlier_columns(in, *t);
-    if (oc.k() == 0) {
+    if (in.find_tensor(outlier_cols_name(t->name)) == nullptr) {
       w.write_tensor_data(t->bytes());
       continue;
     }
-    const int64_t n = t->row_length(), rows = t->n_rows();
-    std::vector<float> f(static_cast<size_t>(n * rows));
-    dequantize_rows(t->type->id, t->data, f.data(), rows, n);
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int c = 0; c < oc.k(); ++c) f[static_cast<size_t>(r * n + oc.cols[static_cast<size_t>(c)])] = oc.vals[static_cast<size_t>(r * oc.k() + c)];
-    }
+    const std::vector<float> f = merged_floats(in, *t);
     w.write_tensor_data({reinterpret_cast<const uint8_t*>(f.data()), f.size() * sizeof(float)});
   }
   w.finish();
@@ -129,14 +137,7 @@ TEST(Outliers, EngineComputesTheMergedMatrixProduct) {
 
 // sum over a tensor of (reconstruction - original)^2, with its outlier columns merged in.
 double squared_error(const GgufFile& q, const GgufTensor& orig) {
-  const GgufTensor* t = q.find_tensor(orig.name);
-  const int64_t n = t->row_length(), rows = t->n_rows();
-  std::vector<float> f(static_cast<size_t>(n * rows));
-  dequantize_rows(t->type->id, t->data, f.data(), rows, n);
-  const OutlierColumns oc = load_outlier_columns(q, *t);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int c = 0; c < oc.k(); ++c) f[static_cast<size_t>(r * n + oc.cols[static_cast<size_t>(c)])] = oc.vals[static_cast<size_t>(r * oc.k() + c)];
-  }
+  const std::vector<float> f = merged_floats(q, *q.find_tensor(orig.name));
   const auto* x = reinterpret_cast<const float*>(orig.data);
   double e = 0;
   for (size_t i = 0; i < f.size(); ++i) e += (static_cast<double>(f[i]) - x[i]) * (static_cast<double>(f[i]) - x[i]);

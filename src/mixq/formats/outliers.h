@@ -35,6 +35,17 @@ inline std::string outlier_vals_name(std::string_view tensor) { return std::stri
 // True for the two companion tensors (NAME.outlier_cols / NAME.outlier_vals).
 bool is_outlier_tensor(std::string_view name);
 
+// Data bytes of the companions of a matrix with `rows` rows and k outlier columns.
+inline uint64_t outlier_cols_bytes(int k) { return 4 * static_cast<uint64_t>(k); }
+inline uint64_t outlier_vals_bytes(int k, int64_t rows) { return 2 * static_cast<uint64_t>(k) * static_cast<uint64_t>(rows); }
+inline uint64_t outlier_bytes(int k, int64_t rows) { return outlier_cols_bytes(k) + outlier_vals_bytes(k, rows); }
+
+// Whether a tensor of this shape, stored in `type`, can keep k outlier columns: a 2-D matrix
+// quantized to a block type, with rows longer than k.
+inline bool can_keep_outlier_columns(const std::vector<int64_t>& shape, const TypeTraits& type, int k) {
+  return k > 0 && shape.size() == 2 && type.quantized && shape[0] > k;
+}
+
 // The K columns of x (rows x n, row-major F32) with the largest w_j * max_r x[r, j]^2, ascending.
 // importance: n weights or null (all 1). K is capped at n.
 std::vector<int32_t> select_outlier_columns(const float* x, int64_t rows, int64_t n, const float* importance, int k);

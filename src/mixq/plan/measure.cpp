@@ -301,9 +301,9 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
       c.bytes = tt.row_bytes(n) * static_cast<uint64_t>(rows);
       c.error = type == t.type->id ? 0.0 : quantize_and_measure(x.data(), rows, n, type, imp, pool, nullptr);
       tm.candidates.push_back(c);
-      if (!cols.empty() && tt.quantized && type != t.type->id) {
-        c.outliers = static_cast<int>(cols.size());
-        c.outlier_bytes = static_cast<uint64_t>(c.outliers) * (4 + 2 * static_cast<uint64_t>(rows));
+      if (!cols.empty() && type != t.type->id && can_keep_outlier_columns(t.shape, tt, opts.outliers)) {
+        c.outliers = opts.outliers;
+        c.outlier_bytes = outlier_bytes(c.outliers, rows);
         c.error = quantize_and_measure(x.data(), rows, n, type, imp, pool, nullptr, &cols);
         tm.candidates.push_back(c);
       }
@@ -485,9 +485,8 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
       if (ce.contains("outliers")) {
         c.outliers = get<int>(ce, "outliers", cw);
         c.outlier_bytes = get<uint64_t>(ce, "outlier_bytes", cw);
-        const int64_t rows = t.n_elements() / t.shape[0];
-        if (c.outliers < 1 || c.outliers >= t.shape[0] || t.shape.size() != 2 ||
-            c.outlier_bytes != static_cast<uint64_t>(c.outliers) * (4 + 2 * static_cast<uint64_t>(rows))) {
+        if (!can_keep_outlier_columns(t.shape, type_traits(c.type), c.outliers) ||
+            c.outlier_bytes != outlier_bytes(c.outliers, t.n_elements() / t.shape[0])) {
           throw std::runtime_error(fmt::format("{}: {} outlier columns ({} bytes) do not fit shape {}", cw, c.outliers,
                                                c.outlier_bytes, fmt::join(t.shape, "x")));
         }

@@ -35,6 +35,14 @@ uint64_t companion_info_bytes(const std::string& name) {
   return cols + vals;
 }
 
+// Data bytes of a tensor as the file lays it out: its data and, with k outlier columns, the two
+// companions', each padded to the alignment.
+uint64_t padded_data_bytes(uint64_t main, int k, int64_t rows, uint64_t alignment) {
+  if (k == 0) return align_up(main, alignment);
+  return align_up(main, alignment) + align_up(outlier_cols_bytes(k), alignment) +
+         align_up(outlier_vals_bytes(k, rows), alignment);
+}
+
 uint64_t outlier_key_bytes(int k) {
   return k > 0 ? GgufWriter::key_value_bytes(std::string(kOutlierColumnsKey), GgufValue::u32(static_cast<uint32_t>(k))) : 0;
 }
@@ -238,12 +246,12 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
       continue;
     }
     std::vector<Choice> cs;
+    const int64_t rows = t.n_elements() / t.shape[0];
     for (const auto& c : t.candidates) {
       if (!allowed(c.type)) continue;
       if (c.outliers > 0) {
         if (opts.compat_llamacpp || !opts.outliers) continue;  // llama.cpp refuses the companion tensors
-        const uint64_t cols_bytes = 4 * static_cast<uint64_t>(c.outliers), vals_bytes = c.outlier_bytes - cols_bytes;
-        const uint64_t cost = by_size ? cost_of(c.bytes) + cost_of(cols_bytes) + cost_of(vals_bytes) + companion_info_bytes(t.name)
+        const uint64_t cost = by_size ? padded_data_bytes(c.bytes, c.outliers, rows, m.alignment) + companion_info_bytes(t.name)
                                       : c.bytes + c.outlier_bytes;
         cs.push_back({c.type, c.bytes + c.outlier_bytes, cost, c.predicted, c.outliers});
         possible_outliers = std::max(possible_outliers, c.outliers);
@@ -334,14 +342,9 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
   uint64_t data = m.fixed_bytes, tensor_bytes = m.fixed_bytes_unpadded;
   for (size_t i = 0; i < plan.tensors.size(); ++i) {
     const PlannedTensor& p = plan.tensors[i];
-    if (p.outliers > 0) {  // three tensors, each padded
-      const uint64_t rows = static_cast<uint64_t>(m.tensors[i].n_elements() / m.tensors[i].shape[0]);
-      const uint64_t cols_bytes = 4 * static_cast<uint64_t>(p.outliers), vals_bytes = 2 * rows * static_cast<uint64_t>(p.outliers);
-      data += align_up(p.bytes - cols_bytes - vals_bytes, m.alignment) + align_up(cols_bytes, m.alignment) +
-              align_up(vals_bytes, m.alignment);
-    } else {
-      data += align_up(p.bytes, m.alignment);
-    }
+    const int64_t rows = m.tensors[i].n_elements() / m.tensors[i].shape[0];
+    data += padded_data_bytes(p.bytes - (p.outliers > 0 ? outlier_bytes(p.outliers, rows) : 0), p.outliers, rows,
+                              m.alignment);
     tensor_bytes += p.bytes;
     plan.predicted_kld += p.predicted;
   }

@@ -80,43 +80,23 @@ nlohmann::ordered_json policy_json(const QuantizeOptions& opts) {
   return j;
 }
 
-// --outliers: which planned tensors get outlier columns, and how many (the companion tensors'
-// bytes go into the plan). Only 2-D matrices that are quantized to a block type and whose rows are
-// longer than K.
+// Which planned tensors keep outlier columns, and how many: a plan's choice per tensor
+// (opts.plan_outliers), or --outliers K for every matrix that can keep them (and that
+// --outlier-tensors finds). The companions' bytes go into the plan.
 void plan_outliers(const GgufFile& in, const QuantizeOptions& opts, std::vector<TensorPlan>& plans) {
   if (has_outlier_columns(in)) {
     throw PolicyError(
         "the input keeps outlier columns beside its tensors (mixq quantize --outliers): quantize the model it was "
         "made from instead");
   }
-  if (opts.outlier_columns > 0 && !opts.plan_outliers.empty()) {
+  const bool from_plan = !opts.plan_outliers.empty();
+  if (opts.outlier_columns > 0 && from_plan) {
     throw PolicyError("the plan decides the outlier columns per tensor: --outliers cannot be combined with it");
   }
-  if (!opts.plan_outliers.empty()) {
-    if (opts.policy.compat_llamacpp) throw PolicyError("a plan with outlier columns cannot be applied with --compat llama.cpp");
-    size_t found = 0;
-    for (auto& p : plans) {
-      const auto it = opts.plan_outliers.find(p.tensor.name);
-      if (it == opts.plan_outliers.end()) continue;
-      ++found;
-      const auto& shape = p.tensor.shape;
-      if (!p.quantize || !type_traits(p.type).quantized || shape.size() != 2 || it->second <= 0 ||
-          shape[0] <= it->second) {
-        throw PolicyError(fmt::format("the plan keeps {} outlier columns of '{}', which is not a 2-D matrix quantized "
-                                      "to a block type with longer rows: was the plan made for another model?",
-                                      it->second, p.tensor.name));
-      }
-      p.outliers = it->second;
-      p.outlier_bytes = static_cast<uint64_t>(p.outliers) * 4 + static_cast<uint64_t>(p.outliers) * 2 * shape[1];
-    }
-    if (found != opts.plan_outliers.size()) {
-      throw PolicyError("the plan keeps outlier columns of tensors this model does not have");
-    }
-    return;
-  }
-  if (opts.outlier_columns <= 0) return;
+  if (opts.outlier_columns <= 0 && !from_plan) return;
   if (opts.policy.compat_llamacpp) {
-    throw PolicyError("--outliers writes tensors llama.cpp does not load: it cannot be combined with --compat llama.cpp");
+    throw PolicyError("outlier columns are tensors llama.cpp does not load: they cannot be combined with --compat "
+                      "llama.cpp");
   }
   std::unique_ptr<RE2> re;
   if (!opts.outlier_tensors.empty()) {
@@ -126,16 +106,30 @@ void plan_outliers(const GgufFile& in, const QuantizeOptions& opts, std::vector<
                                     opts.outlier_tensors, re->error()));
     }
   }
+  size_t found = 0;
   for (auto& p : plans) {
-    const TypeTraits& to = type_traits(p.type);
-    const auto& shape = p.tensor.shape;
-    if (!p.quantize || !to.quantized || p.type == p.tensor.stored_type || shape.size() != 2 ||
-        shape[0] <= opts.outlier_columns || !type_traits(p.tensor.stored_type).can_dequantize()) {
+    int k = opts.outlier_columns;
+    if (from_plan) {
+      const auto it = opts.plan_outliers.find(p.tensor.name);
+      if (it == opts.plan_outliers.end()) continue;
+      ++found;
+      k = it->second;
+    } else if (re && !RE2::PartialMatch(p.tensor.name, *re)) {
       continue;
     }
-    if (re && !RE2::PartialMatch(p.tensor.name, *re)) continue;
-    p.outliers = opts.outlier_columns;
-    p.outlier_bytes = static_cast<uint64_t>(p.outliers) * 4 + static_cast<uint64_t>(p.outliers) * 2 * shape[1];
+    const bool can = p.quantize && p.type != p.tensor.stored_type &&
+                     can_keep_outlier_columns(p.tensor.shape, type_traits(p.type), k);
+    if (!can) {
+      if (!from_plan) continue;
+      throw PolicyError(fmt::format("the plan keeps {} outlier columns of '{}', which is not a 2-D matrix quantized "
+                                    "to a block type with longer rows: was the plan made for another model?",
+                                    k, p.tensor.name));
+    }
+    p.outliers = k;
+    p.outlier_bytes = outlier_bytes(k, p.tensor.shape[1]);
+  }
+  if (found != opts.plan_outliers.size()) {
+    throw PolicyError("the plan keeps outlier columns of tensors this model does not have");
   }
 }
 
