@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mixq/engine/registry.h"
 #include "mixq/eval/perplexity.h"
 #include "progress.h"
 
@@ -30,7 +31,7 @@ void register_perplexity(CLI::App& app) {
     std::stringstream ss;
     ss << in.rdbuf();
     const GgufFile f = GgufFile::open(o->model);
-    const LlamaModel model(f);
+    const std::unique_ptr<Model> model = load_model(f);
     const Tokenizer tok = Tokenizer::from_gguf(f);
     Progress bar("perplexity");
     PerplexityOptions opts{o->n_ctx, o->chunks, o->threads, nullptr};
@@ -40,7 +41,7 @@ void register_perplexity(CLI::App& app) {
       bar.update(static_cast<size_t>(done), static_cast<size_t>(total), fmt::format("PPL {:.4f}", ppl),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     };
-    const PerplexityResult r = perplexity(model, tok, ss.str(), opts);
+    const PerplexityResult r = perplexity(*model, tok, ss.str(), opts);
     bar.finish();
     fmt::print("{} chunks of {} tokens, {} tokens scored, {:.1f} s\n", r.chunks, o->n_ctx, r.scored_tokens, r.seconds);
     fmt::print("Final estimate: PPL = {:.4f} +/- {:.5f}\n", r.ppl, r.ppl_error);

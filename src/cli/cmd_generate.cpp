@@ -4,7 +4,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
-#include "mixq/engine/llama_model.h"
+#include "mixq/engine/registry.h"
 #include "mixq/engine/sampler.h"
 #include "mixq/engine/tokenizer.h"
 
@@ -33,31 +33,32 @@ void register_generate(CLI::App& app) {
   cmd->callback([o] {
     if (o->prompt.empty()) throw std::runtime_error("the prompt is empty: give -p TEXT");
     const GgufFile f = GgufFile::open(o->model);
-    const LlamaModel model(f);
+    const std::unique_ptr<Model> model = load_model(f);
     const Tokenizer tok = Tokenizer::from_gguf(f);
     const std::vector<int32_t> prompt = tok.encode(o->prompt, true);
-    const int n_ctx = o->ctx > 0 ? o->ctx : std::min(model.hparams().n_ctx_train, static_cast<int>(prompt.size()) + o->n);
+    const int n_ctx = o->ctx > 0 ? o->ctx : model->max_context() > 0 ? std::min(model->max_context(), static_cast<int>(prompt.size()) + o->n)
+                                                       : static_cast<int>(prompt.size()) + o->n;
     if (static_cast<int>(prompt.size()) >= n_ctx) {
       throw std::runtime_error(fmt::format("the prompt has {} tokens, the context only {}", prompt.size(), n_ctx));
     }
-    LlamaContext ctx(model, n_ctx, o->threads);
-    ctx.set_attention(parse_attention_mode(o->attention));
+    const std::unique_ptr<Context> ctx = model->new_context(n_ctx, o->threads);
+    ctx->set_attention(parse_attention_mode(o->attention));
     Sampler sampler({o->temp, o->top_k, o->top_p, o->seed});
     // The prompt as typed (the tokenizer's leading space is not echoed).
     fmt::print("{}", o->prompt);
     std::fflush(stdout);
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<float>* logits = &ctx.eval(prompt, false);
+    const std::vector<float>* logits = &ctx->eval(prompt, false);
     const auto t1 = std::chrono::steady_clock::now();
     int generated = 0;
-    for (; generated < o->n && ctx.n_past() < n_ctx; ++generated) {
-      const int32_t next = sampler.sample(logits->data(), ctx.n_vocab());
+    for (; generated < o->n && ctx->n_past() < n_ctx; ++generated) {
+      const int32_t next = sampler.sample(logits->data(), ctx->n_vocab());
       if (next == tok.eos()) break;
       fmt::print("{}", tok.decode_token(next));
       std::fflush(stdout);  // stream tokens as they come
       std::fflush(stdout);
-      if (ctx.n_past() + 1 > n_ctx) break;
-      logits = &ctx.eval({next}, false);
+      if (ctx->n_past() + 1 > n_ctx) break;
+      logits = &ctx->eval({next}, false);
     }
     const auto t2 = std::chrono::steady_clock::now();
     const double prompt_s = std::chrono::duration<double>(t1 - t0).count();

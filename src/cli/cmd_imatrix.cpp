@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mixq/engine/registry.h"
 #include "mixq/calib/imatrix_collect.h"
 #include "progress.h"
 
@@ -27,7 +28,7 @@ void run_imatrix(const ImatrixOpts& o) {
                        "--output-format dat for the legacy format\n", o.out);
   }
   const GgufFile f = GgufFile::open(o.model);
-  const LlamaModel model(f);
+  const std::unique_ptr<Model> model = load_model(f);
   const Tokenizer tok = Tokenizer::from_gguf(f);
   ImatrixOptions opts;
   opts.n_ctx = o.n_ctx;
@@ -43,7 +44,7 @@ void run_imatrix(const ImatrixOpts& o) {
     bar.update(static_cast<size_t>(done), static_cast<size_t>(total), o.no_ppl ? std::string() : fmt::format("PPL {:.4f}", ppl),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   };
-  const ImatrixResult r = collect_imatrix(model, tok, text, opts);
+  const ImatrixResult r = collect_imatrix(*model, tok, text, opts);
   bar.finish();
   if (o.format == "dat") {
     write_imatrix_dat(r.matrix, o.out);

@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "mixq/engine/registry.h"
 #include "mixq/eval/kld.h"
 #include "progress.h"
 
@@ -89,14 +90,14 @@ void run(const Opts& o, bool ctx_given) {
     opts.n_ctx = info.n_ctx;
   }
   const GgufFile mf = GgufFile::open(o.model);
-  const LlamaModel model(mf);
+  const std::unique_ptr<Model> model = load_model(mf);
   const Tokenizer tok = Tokenizer::from_gguf(mf);
   std::optional<GgufFile> bf;
-  std::optional<LlamaModel> base;
+  std::unique_ptr<Model> base;
   std::optional<Tokenizer> base_tok;
   if (!o.base.empty()) {
     bf.emplace(GgufFile::open(o.base));
-    base.emplace(*bf);
+    base = load_model(*bf);
     base_tok.emplace(Tokenizer::from_gguf(*bf));
   }
 
@@ -119,11 +120,11 @@ void run(const Opts& o, bool ctx_given) {
   std::optional<PerplexityResult> saved;
   try {
     if (base) {
-      result = kl_divergence(*base, *base_tok, model, tok, text, opts);
+      result = kl_divergence(*base, *base_tok, *model, tok, text, opts);
     } else if (!o.base_logits.empty()) {
-      result = kl_divergence_from_file(o.base_logits, model, tok, text, opts);
+      result = kl_divergence_from_file(o.base_logits, *model, tok, text, opts);
     } else {
-      saved = save_base_logits(model, tok, text, o.save_base, opts);
+      saved = save_base_logits(*model, tok, text, o.save_base, opts);
     }
   } catch (const KldCancelled& e) {
     bar.finish();

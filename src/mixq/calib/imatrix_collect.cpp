@@ -85,7 +85,7 @@ ImportanceMatrix ImatrixCollector::matrix(int64_t chunk_count, int64_t chunk_siz
   return m;
 }
 
-ImatrixResult collect_imatrix(const LlamaModel& model, const Tokenizer& tok, const std::string& text,
+ImatrixResult collect_imatrix(const Model& model, const Tokenizer& tok, const std::string& text,
                               const ImatrixOptions& opts) {
   const auto start = std::chrono::steady_clock::now();
   if (opts.n_ctx < kMinTokens) {
@@ -94,7 +94,7 @@ ImatrixResult collect_imatrix(const LlamaModel& model, const Tokenizer& tok, con
                                          kMinTokens, opts.n_ctx));
   }
   const TextChunks chunks = split_text(tok, text, opts.n_ctx, opts.max_chunks);
-  const int n_vocab = model.hparams().n_vocab;
+  const int n_vocab = model.n_vocab();
   const size_t used = static_cast<size_t>(chunks.n_chunks) * static_cast<size_t>(chunks.n_ctx);
   for (size_t i = 0; i < used && i < chunks.tokens.size(); ++i) {
     if (chunks.tokens[i] < 0 || chunks.tokens[i] >= n_vocab) {
@@ -105,8 +105,8 @@ ImatrixResult collect_imatrix(const LlamaModel& model, const Tokenizer& tok, con
   }
 
   ImatrixCollector collector(opts.process_output, opts.f32_sums);
-  LlamaContext ctx(model, chunks.n_ctx, opts.threads);
-  ctx.set_matmul_observer(collector.observer());
+  const std::unique_ptr<Context> ctx = model.new_context(chunks.n_ctx, opts.threads);
+  ctx->set_matmul_observer(collector.observer());
   // Logits of every position are needed for the perplexity and for the head's inputs.
   const bool all_logits = opts.compute_ppl || opts.process_output;
 
@@ -114,8 +114,8 @@ ImatrixResult collect_imatrix(const LlamaModel& model, const Tokenizer& tok, con
   double nll = 0, nll2 = 0;
   int64_t count = 0;
   for (int c = 0; c < chunks.n_chunks; ++c) {
-    ctx.reset();
-    const std::vector<float>& logits = ctx.eval(chunks.input(c), all_logits);
+    ctx->reset();
+    const std::vector<float>& logits = ctx->eval(chunks.input(c), all_logits);
     r.tokens += chunks.n_ctx;
     if (opts.compute_ppl) {
       const int32_t* targets = chunks.targets(c);

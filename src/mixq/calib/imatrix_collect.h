@@ -32,12 +32,12 @@
 #include <vector>
 
 #include "mixq/calib/imatrix.h"
-#include "mixq/engine/llama_model.h"
+#include "mixq/engine/model.h"
 #include "mixq/engine/tokenizer.h"
 
 namespace mixq {
 
-// Accumulates the squared inputs of matrix products (install observer() on a LlamaContext).
+// Accumulates the squared inputs of matrix products (install observer() on a Context).
 class ImatrixCollector {
  public:
   // f32_sums: keep the running sums in float, rounding after every token, as llama-imatrix does
@@ -50,7 +50,7 @@ class ImatrixCollector {
   bool collects(const std::string& weight, int n_tokens) const;
   // Adds one product's input rows (n_tokens x n_per_row, F32); ignored when !collects().
   void add(const GgufTensor& weight, const float* x, int n_tokens);
-  LlamaContext::MatmulObserver observer() {
+  MatmulObserver observer() {
     return [this](const GgufTensor& w, const float* x, int n) { add(w, x, n); };
   }
 
@@ -92,7 +92,7 @@ struct ImatrixResult {
 
 // Throws std::runtime_error when the text is shorter than two contexts, n_ctx is below 16, or a
 // token is outside the model's vocabulary.
-ImatrixResult collect_imatrix(const LlamaModel& model, const Tokenizer& tok, const std::string& text,
+ImatrixResult collect_imatrix(const Model& model, const Tokenizer& tok, const std::string& text,
                               const ImatrixOptions& opts);
 
 // Write llama.cpp's formats (see the top of this file). Both need m.sums (a matrix collected or

@@ -553,16 +553,16 @@ void check_same_vocabulary(const Tokenizer& base, int base_n_vocab, const Tokeni
   }
 }
 
-KldResult kl_divergence(const LlamaModel& base, const Tokenizer& base_tok, const LlamaModel& model,
+KldResult kl_divergence(const Model& base, const Tokenizer& base_tok, const Model& model,
                         const Tokenizer& tok, const std::string& text, const KldOptions& opts) {
   const auto start = std::chrono::steady_clock::now();
-  check_same_vocabulary(base_tok, base.hparams().n_vocab, tok, model.hparams().n_vocab);
+  check_same_vocabulary(base_tok, base.n_vocab(), tok, model.n_vocab());
   const TextChunks chunks = split_text(tok, text, opts.n_ctx, opts.max_chunks);
   const size_t n_used = static_cast<size_t>(chunks.n_chunks) * static_cast<size_t>(chunks.n_ctx);
   check_same_tokens(base_tok.encode(text, true), chunks.tokens, n_used, "the base's tokens", "the model's tokens",
                     "the tokenizers differ, so the models' vocabularies are not the same");
   std::optional<BaseLogitsWriter> writer;
-  if (!opts.save_base.empty()) writer.emplace(opts.save_base, chunks, base.hparams().n_vocab);
+  if (!opts.save_base.empty()) writer.emplace(opts.save_base, chunks, base.n_vocab());
   ChunkRunner base_runner(base, chunks, opts.threads, opts.attention);
   Comparer cmp(opts.threads);
   KldResult r;
@@ -584,16 +584,16 @@ KldResult kl_divergence(const LlamaModel& base, const Tokenizer& base_tok, const
 
 BaseLogitsInfo read_base_logits_info(const fs::path& path) { return BaseLogitsReader(path).info(); }
 
-KldResult kl_divergence_from_file(const fs::path& base_logits, const LlamaModel& model, const Tokenizer& tok,
+KldResult kl_divergence_from_file(const fs::path& base_logits, const Model& model, const Tokenizer& tok,
                                   const std::string& text, const KldOptions& opts) {
   const auto start = std::chrono::steady_clock::now();
   BaseLogitsReader reader(base_logits);
   const BaseLogitsInfo& info = reader.info();
   const std::string where = fmt::format("the base logits '{}'", base_logits.string());
-  if (info.n_vocab != model.hparams().n_vocab) {
+  if (info.n_vocab != model.n_vocab()) {
     throw std::runtime_error(fmt::format("{} are over a vocabulary of {} tokens, the model has {}: the vocabularies "
                                          "differ",
-                                         where, info.n_vocab, model.hparams().n_vocab));
+                                         where, info.n_vocab, model.n_vocab()));
   }
   if (info.bos_first != tok.add_bos_token() || (info.bos_first && info.bos != tok.bos())) {
     throw std::runtime_error(fmt::format("{} were made with another BOS handling than the model's vocabulary: the "
@@ -632,11 +632,11 @@ KldResult kl_divergence_from_file(const fs::path& base_logits, const LlamaModel&
   return r;
 }
 
-PerplexityResult save_base_logits(const LlamaModel& base, const Tokenizer& tok, const std::string& text,
+PerplexityResult save_base_logits(const Model& base, const Tokenizer& tok, const std::string& text,
                                   const fs::path& out, const KldOptions& opts) {
   const auto start = std::chrono::steady_clock::now();
   const TextChunks chunks = split_text(tok, text, opts.n_ctx, opts.max_chunks);
-  BaseLogitsWriter writer(out, chunks, base.hparams().n_vocab);
+  BaseLogitsWriter writer(out, chunks, base.n_vocab());
   Comparer cmp(opts.threads);
   std::vector<float> base_lp;
   // The NLLs as a comparison computes them (renormalized float32 log-probabilities), so this PPL is

@@ -114,17 +114,17 @@ void check_same_vocabulary(const Tokenizer& base, int base_n_vocab, const Tokeni
 
 // Runs the base and the model over the same chunks (one chunk of each at a time). Throws
 // std::runtime_error for mismatched vocabularies or a text shorter than two contexts.
-KldResult kl_divergence(const LlamaModel& base, const Tokenizer& base_tok, const LlamaModel& model,
+KldResult kl_divergence(const Model& base, const Tokenizer& base_tok, const Model& model,
                         const Tokenizer& tok, const std::string& text, const KldOptions& opts);
 
 // Compares the model with a base run stored by save_base_logits / opts.save_base. Throws
 // std::runtime_error when the file is missing, truncated or corrupt, or was made for other tokens,
 // another n_ctx (opts.n_ctx is ignored: the file's is used) or another vocabulary size.
-KldResult kl_divergence_from_file(const std::filesystem::path& base_logits, const LlamaModel& model,
+KldResult kl_divergence_from_file(const std::filesystem::path& base_logits, const Model& model,
                                   const Tokenizer& tok, const std::string& text, const KldOptions& opts);
 
 // Runs the base alone and stores its log-probabilities at `out`; returns its perplexity.
-PerplexityResult save_base_logits(const LlamaModel& base, const Tokenizer& tok, const std::string& text,
+PerplexityResult save_base_logits(const Model& base, const Tokenizer& tok, const std::string& text,
                                   const std::filesystem::path& out, const KldOptions& opts);
 
 // The header of a stored base run (validated against the file size when read).

@@ -33,10 +33,10 @@ TextChunks split_text(const Tokenizer& tok, const std::string& text, int n_ctx, 
   return t;
 }
 
-ChunkRunner::ChunkRunner(const LlamaModel& model, const TextChunks& chunks, int threads, AttentionMode attention)
-    : chunks_(chunks), ctx_(model, chunks.n_ctx, threads) {
-  ctx_.set_attention(attention);
-  const int n_vocab = ctx_.n_vocab();
+ChunkRunner::ChunkRunner(const Model& model, const TextChunks& chunks, int threads, AttentionMode attention)
+    : chunks_(chunks), ctx_(model.new_context(chunks.n_ctx, threads)) {
+  ctx_->set_attention(attention);
+  const int n_vocab = ctx_->n_vocab();
   const size_t n = static_cast<size_t>(chunks.n_chunks) * static_cast<size_t>(chunks.n_ctx);
   for (size_t i = 0; i < n && i < chunks.tokens.size(); ++i) {
     if (chunks.tokens[i] < 0 || chunks.tokens[i] >= n_vocab) {
@@ -48,18 +48,18 @@ ChunkRunner::ChunkRunner(const LlamaModel& model, const TextChunks& chunks, int 
 }
 
 ChunkLogits ChunkRunner::run(int c) {
-  ctx_.reset();
-  const std::vector<float>& logits = ctx_.eval(chunks_.input(c), true);
+  ctx_->reset();
+  const std::vector<float>& logits = ctx_->eval(chunks_.input(c), true);
   ChunkLogits out;
   out.chunk = c;
   out.rows = chunks_.rows_per_chunk();
-  out.n_vocab = ctx_.n_vocab();
+  out.n_vocab = ctx_->n_vocab();
   out.logits = logits.data() + static_cast<size_t>(chunks_.first()) * static_cast<size_t>(out.n_vocab);
   out.targets = chunks_.targets(c);
   return out;
 }
 
-void run_chunks(const LlamaModel& model, const TextChunks& chunks, int threads,
+void run_chunks(const Model& model, const TextChunks& chunks, int threads,
                 const std::function<void(const ChunkLogits&)>& fn, AttentionMode attention) {
   ChunkRunner runner(model, chunks, threads, attention);
   for (int c = 0; c < chunks.n_chunks; ++c) fn(runner.run(c));
@@ -81,7 +81,7 @@ void LogSoftmax::all(float* out) const {
   for (int v = 0; v < n_; ++v) out[v] = static_cast<float>((*this)(v));
 }
 
-PerplexityResult perplexity(const LlamaModel& model, const Tokenizer& tok, const std::string& text,
+PerplexityResult perplexity(const Model& model, const Tokenizer& tok, const std::string& text,
                             const PerplexityOptions& opts) {
   const auto start = std::chrono::steady_clock::now();
   const TextChunks chunks = split_text(tok, text, opts.n_ctx, opts.max_chunks);

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "mixq/engine/llama_model.h"
+#include "mixq/engine/model.h"
 #include "mixq/engine/tokenizer.h"
 
 namespace mixq {
@@ -58,18 +58,18 @@ struct ChunkLogits {
 class ChunkRunner {
  public:
   // Throws std::runtime_error when a token of the chunks is outside the model's vocabulary.
-  ChunkRunner(const LlamaModel& model, const TextChunks& chunks, int threads,
+  ChunkRunner(const Model& model, const TextChunks& chunks, int threads,
               AttentionMode attention = AttentionMode::kLlamaCppF16);
   // Chunk c's scored rows; valid until the next run().
   ChunkLogits run(int c);
 
  private:
   const TextChunks& chunks_;
-  LlamaContext ctx_;
+  std::unique_ptr<Context> ctx_;
 };
 
 // Runs the model over chunks 0 .. n_chunks-1 (one fresh sequence each) and calls fn after each.
-void run_chunks(const LlamaModel& model, const TextChunks& chunks, int threads,
+void run_chunks(const Model& model, const TextChunks& chunks, int threads,
                 const std::function<void(const ChunkLogits&)>& fn,
                 AttentionMode attention = AttentionMode::kLlamaCppF16);
 
@@ -105,7 +105,7 @@ struct PerplexityResult {
 };
 
 // Throws std::runtime_error when the text is shorter than two contexts.
-PerplexityResult perplexity(const LlamaModel& model, const Tokenizer& tok, const std::string& text,
+PerplexityResult perplexity(const Model& model, const Tokenizer& tok, const std::string& text,
                             const PerplexityOptions& opts);
 
 }  // namespace mixq

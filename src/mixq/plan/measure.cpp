@@ -93,43 +93,43 @@ struct BaseRun {
   std::vector<std::vector<float>> log_probs;                  // [chunk][rows * n_vocab]
 };
 
-BaseRun run_base(const LlamaModel& model, const TextChunks& chunks, int threads, AttentionMode attention) {
-  const auto& hp = model.hparams();
+BaseRun run_base(const Model& model, const TextChunks& chunks, int threads, AttentionMode attention) {
+  const int V = model.n_vocab(), width = model.layer_state_width();
   BaseRun b;
   b.chunks = &chunks;
-  LlamaContext ctx(model, chunks.n_ctx, threads);
-  ctx.set_attention(attention);
+  const std::unique_ptr<Context> ctx = model.new_context(chunks.n_ctx, threads);
+  ctx->set_attention(attention);
   for (int c = 0; c < chunks.n_chunks; ++c) {
-    auto& inputs = b.layer_inputs.emplace_back(static_cast<size_t>(hp.n_layer) + 1);
-    ctx.set_layer_observer([&](int l, const float* x, int n) {
-      inputs[static_cast<size_t>(l)].assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(hp.n_embd));
+    auto& inputs = b.layer_inputs.emplace_back(static_cast<size_t>(model.n_layer()) + 1);
+    ctx->set_layer_observer([&](int l, const float* x, int n) {
+      inputs[static_cast<size_t>(l)].assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(width));
     });
-    ctx.reset();
-    const auto& logits = ctx.eval(chunks.input(c), true);
-    auto& lp = b.log_probs.emplace_back(static_cast<size_t>(chunks.rows_per_chunk()) * hp.n_vocab);
+    ctx->reset();
+    const auto& logits = ctx->eval(chunks.input(c), true);
+    auto& lp = b.log_probs.emplace_back(static_cast<size_t>(chunks.rows_per_chunk()) * V);
     for (int r = 0; r < chunks.rows_per_chunk(); ++r) {
-      const float* row = logits.data() + static_cast<size_t>(chunks.first() + r) * hp.n_vocab;
-      LogSoftmax(row, hp.n_vocab).all(lp.data() + static_cast<size_t>(r) * hp.n_vocab);
+      const float* row = logits.data() + static_cast<size_t>(chunks.first() + r) * V;
+      LogSoftmax(row, V).all(lp.data() + static_cast<size_t>(r) * V);
     }
   }
   return b;
 }
 
-// Mean KL(base || model) over the scored rows, with `model` differing from the base only from
-// layer `start` on.
-double probe_kld(const LlamaModel& model, const BaseRun& base, int start, int threads, AttentionMode attention,
-                 ThreadPool& pool) {
-  const auto& hp = model.hparams();
+// Mean KL(base || model with `original` read as `probe`) over the scored rows; the probe changes
+// nothing before block `start`.
+double probe_kld(const Model& model, const GgufTensor& original, const GgufTensor& probe, const BaseRun& base,
+                 int start, int threads, AttentionMode attention, ThreadPool& pool) {
   const TextChunks& chunks = *base.chunks;
-  LlamaContext ctx(model, chunks.n_ctx, threads);
-  ctx.set_attention(attention);
-  const int rows = chunks.rows_per_chunk(), V = hp.n_vocab;
+  const std::unique_ptr<Context> ctx = model.new_context(chunks.n_ctx, threads);
+  ctx->set_attention(attention);
+  ctx->override_weight(original, &probe);
+  const int rows = chunks.rows_per_chunk(), V = model.n_vocab();
   double total = 0;
   for (int c = 0; c < chunks.n_chunks; ++c) {
-    ctx.reset();
+    ctx->reset();
     const std::vector<float>& logits =
-        start == 0 ? ctx.eval(chunks.input(c), true)
-                   : ctx.eval_from_layer(start, base.layer_inputs[static_cast<size_t>(c)][static_cast<size_t>(start)].data(),
+        start == 0 ? ctx->eval(chunks.input(c), true)
+                   : ctx->eval_from_layer(start, base.layer_inputs[static_cast<size_t>(c)][static_cast<size_t>(start)].data(),
                                          chunks.n_ctx, true);
     std::vector<double> per_row(static_cast<size_t>(rows));
     pool.parallel_for(rows, [&](int64_t r) {
@@ -205,7 +205,7 @@ std::vector<TypeId> default_candidate_types() {
   return out;
 }
 
-Measurement measure_model(const GgufFile& file, const LlamaModel& model, const Tokenizer& tok,
+Measurement measure_model(const GgufFile& file, const Model& model, const Tokenizer& tok,
                           const std::string& calibration_text, const MeasureOptions& opts) {
   const auto start_time = std::chrono::steady_clock::now();
   if (opts.n_shards < 1 || opts.shard < 0 || opts.shard >= opts.n_shards) {
@@ -217,7 +217,6 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
                                          "model it was made from",
                                          file.label()));
   }
-  const auto& hp = model.hparams();
   Measurement m;
   m.model = opts.model_name;
   m.model_bytes = file.file_size();
@@ -243,12 +242,7 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
 
   // Where each engine tensor sits: the first layer whose output it changes.
   std::map<const GgufTensor*, int> start_layer;
-  start_layer[model.token_embd] = 0;
-  if (model.output != model.token_embd) start_layer[model.output] = hp.n_layer;
-  for (int l = 0; l < hp.n_layer; ++l) {
-    const auto& L = model.layers[static_cast<size_t>(l)];
-    for (const GgufTensor* p : {L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down}) start_layer[p] = l;
-  }
+  for (const WeightUse& w : model.weights()) start_layer.emplace(w.tensor, w.layer);
 
   const auto descs = tensor_descs(file);
   const ModelInfo info = model_info_from_gguf(file, descs);
@@ -263,9 +257,9 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
       continue;
     }
     if (!start_layer.count(&t)) {
-      throw std::runtime_error(fmt::format("tensor '{}' is quantizable but the LLaMA engine does not use it: "
-                                           "measure supports LLaMA-family models",
-                                           t.name));
+      throw std::runtime_error(fmt::format("tensor '{}' is quantizable but the {} graph does not use it: it cannot "
+                                           "be measured",
+                                           t.name, model.architecture()));
     }
     if (quantizable++ % opts.n_shards == opts.shard) todo.push_back(i);
   }
@@ -346,15 +340,7 @@ Measurement measure_model(const GgufFile& file, const LlamaModel& model, const T
       probe.type = &type_traits(c.type);
       probe.data = bytes.data();
       probe.nbytes = bytes.size();
-      LlamaModel variant = model;
-      if (variant.token_embd == &t) variant.token_embd = &probe;
-      if (variant.output == &t) variant.output = &probe;
-      for (auto& L : variant.layers) {
-        for (const GgufTensor** q : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down}) {
-          if (*q == &t) *q = &probe;
-        }
-      }
-      c.kld = probe_kld(variant, base, start_layer.at(&t), opts.threads, opts.attention, pool);
+      c.kld = probe_kld(model, t, probe, base, start_layer.at(&t), opts.threads, opts.attention, pool);
     }
     // The fit: kld = alpha * error^beta through the probes.
     if (p1 >= 0) {
@@ -557,12 +543,14 @@ Measurement merge_measurements(const std::vector<Measurement>& parts) {
 }  // namespace mixq
 
 #include "mixq/calib/imatrix_collect.h"
+#include "mixq/engine/registry.h"
 
 namespace mixq {
 
 Measurement measure_file(const GgufFile& file, const std::string& calibration_text, MeasureOptions opts,
                          int imatrix_chunks, ImportanceMatrix* collected) {
-  const LlamaModel model(file);
+  const std::unique_ptr<Model> loaded = load_model(file);
+  const Model& model = *loaded;
   const Tokenizer tok = Tokenizer::from_gguf(file);
   ImportanceMatrix local;
   if (!opts.imatrix) {

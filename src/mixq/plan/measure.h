@@ -42,7 +42,7 @@
 #include <nlohmann/json.hpp>
 
 #include "mixq/calib/imatrix.h"
-#include "mixq/engine/llama_model.h"
+#include "mixq/engine/model.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/formats/type_table.h"
 #include "mixq/io/gguf.h"
@@ -135,7 +135,7 @@ std::vector<TypeId> default_candidate_types();
 
 // Measures every quantizable tensor of the shard. Throws std::runtime_error for a model the engine
 // cannot run, a text shorter than two contexts, or an unknown type.
-Measurement measure_model(const GgufFile& file, const LlamaModel& model, const Tokenizer& tok,
+Measurement measure_model(const GgufFile& file, const Model& model, const Tokenizer& tok,
                           const std::string& calibration_text, const MeasureOptions& opts);
 
 }  // namespace mixq

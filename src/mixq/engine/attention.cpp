@@ -1,0 +1,110 @@
+#include "mixq/engine/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "mixq/formats/half.h"
+
+namespace mixq {
+
+AttentionMode parse_attention_mode(const std::string& name) {
+  if (name == "f16") return AttentionMode::kLlamaCppF16;
+  if (name == "tiled") return AttentionMode::kTiled;
+  if (name == "f32") return AttentionMode::kF32;
+  throw std::runtime_error(fmt::format("unknown attention mode '{}': use f16 (llama.cpp's reference numerics, the "
+                                       "default), tiled (F32 tiles over an F16 cache, newer llama.cpp) or f32",
+                                       name));
+}
+
+KvCache::KvCache(int n_layer, int n_ctx, AttentionShape shape) : shape_(shape), n_ctx_(n_ctx) {
+  stride_ = (n_ctx + kernels::kAttnTile - 1) / kernels::kAttnTile * kernels::kAttnTile;
+  const size_t kvd = static_cast<size_t>(shape.kv_dim()), layers = static_cast<size_t>(n_layer);
+  k_.assign(static_cast<size_t>(stride_) * kvd * layers, 0.0f);
+  v_.assign(static_cast<size_t>(n_ctx) * kvd * layers, 0.0f);
+}
+
+void KvCache::store(int layer, int pos, int n, const float* k, const float* v, AttentionMode mode) {
+  const int kvd = shape_.kv_dim();
+  float* kc = k_.data() + static_cast<size_t>(layer) * static_cast<size_t>(stride_) * kvd;
+  float* vc = v_.data() + static_cast<size_t>(layer) * static_cast<size_t>(n_ctx_) * kvd;
+  const bool f16 = mode != AttentionMode::kF32;
+  for (int t = 0; t < n; ++t) {
+    const size_t p = static_cast<size_t>(pos + t);
+    for (int i = 0; i < kvd; ++i) {
+      const float kv = k[t * kvd + i];
+      kc[static_cast<size_t>(i) * static_cast<size_t>(stride_) + p] = f16 ? round_fp16(kv) : kv;
+      vc[p * kvd + i] = f16 ? round_fp16(v[t * kvd + i]) : v[t * kvd + i];
+    }
+  }
+}
+
+void KvCache::attend(int layer, int pos, int n, const float* q, AttentionMode mode, const kernels::KernelSet& ks,
+                     ThreadPool& pool, float* att) const {
+  const int kvd = shape_.kv_dim(), hd = shape_.head_dim, e = shape_.q_dim(), n_head = shape_.n_head;
+  const int group = n_head / shape_.n_head_kv;
+  const float att_scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float* kc = k_.data() + static_cast<size_t>(layer) * static_cast<size_t>(stride_) * kvd;
+  const float* vc = v_.data() + static_cast<size_t>(layer) * static_cast<size_t>(n_ctx_) * kvd;
+  const int stride = stride_;
+  if (mode == AttentionMode::kLlamaCppF16) {
+    // llama.cpp's F16 flash attention, tasks of four consecutive tokens of one head (the kernel
+    // interleaves their sequential parts).
+    const int groups = (n + 3) / 4;
+    pool.parallel_for(static_cast<int64_t>(groups) * n_head, [&](int64_t task) {
+      const int t0 = static_cast<int>(task / n_head) * 4, h = static_cast<int>(task % n_head);
+      const int kvh = h / group;
+      const float* kt = kc + static_cast<size_t>(kvh) * hd * static_cast<size_t>(stride);
+      const float* vh = vc + static_cast<size_t>(kvh) * hd;
+      thread_local std::vector<float> scratch;
+      scratch.resize(8 * static_cast<size_t>(pos + t0 + 4 + 8));
+      auto qp = [&](int t) { return &q[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd]; };
+      auto op = [&](int t) { return &att[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd]; };
+      if (t0 + 4 <= n) {
+        const float* qs[4] = {qp(t0), qp(t0 + 1), qp(t0 + 2), qp(t0 + 3)};
+        float* outs[4] = {op(t0), op(t0 + 1), op(t0 + 2), op(t0 + 3)};
+        const int lens[4] = {pos + t0 + 1, pos + t0 + 2, pos + t0 + 3, pos + t0 + 4};
+        ks.attn_f16_x4(qs, kt, stride, vh, kvd, hd, lens, att_scale, scratch.data(), outs);
+      } else {
+        for (int t = t0; t < n; ++t) {
+          ks.attn_f16(qp(t), kt, stride, vh, kvd, hd, pos + t + 1, att_scale, scratch.data(), op(t));
+        }
+      }
+    });
+    return;
+  }
+  // Tiled F32 flash attention (kTiled, and kF32 over its F32 cache): F32 Q, tiles of 64 cached
+  // positions, online softmax with the running maximum, sums of each tile's exponentials in
+  // double, F32 accumulation of V in position order.
+  pool.parallel_for(static_cast<int64_t>(n) * n_head, [&](int64_t task) {
+    constexpr int kTile = kernels::kAttnTile;
+    const int t = static_cast<int>(task / n_head), h = static_cast<int>(task % n_head);
+    const int kvh = h / group, len = pos + t + 1;
+    const float* qh = &q[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd];
+    const float* kt = kc + static_cast<size_t>(kvh) * hd * static_cast<size_t>(stride);
+    float* out = &att[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd];
+    std::fill(out, out + hd, 0.0f);
+    float s_tile[kTile];
+    float m = -INFINITY, sum = 0.0f;
+    for (int p0 = 0; p0 < len; p0 += kTile) {
+      const int tl = std::min(kTile, len - p0);
+      ks.attn_scores(qh, kt + p0, stride, hd, s_tile);
+      float tile_max = -INFINITY;
+      for (int p = 0; p < tl; ++p) tile_max = std::max(tile_max, s_tile[p] *= att_scale);
+      if (tile_max > m) {
+        const float ms = std::exp(m - tile_max);
+        for (int i = 0; i < hd; ++i) out[i] *= ms;
+        sum *= ms;
+        m = tile_max;
+      }
+      sum = static_cast<float>(static_cast<double>(sum) + ks.exp_sum(s_tile, tl, m));
+      ks.attn_accumulate(s_tile, tl, vc + static_cast<size_t>(p0) * kvd + static_cast<size_t>(kvh) * hd, kvd, hd, out);
+    }
+    const float inv = 1.0f / sum;
+    for (int i = 0; i < hd; ++i) out[i] *= inv;
+  });
+}
+
+}  // namespace mixq

@@ -1,0 +1,109 @@
+#include "mixq/engine/matmul.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "mixq/engine/model.h"
+
+namespace mixq {
+
+MatMul::MatMul(const Model& model, ThreadPool& pool) : model_(model), pool_(pool), kernels_(&kernels::best_kernels()) {}
+
+void MatMul::override_weight(const GgufTensor& original, const GgufTensor* replacement) {
+  if (replacement == nullptr) {
+    overrides_.erase(&original);
+    return;
+  }
+  if (replacement->shape != original.shape) {
+    throw std::runtime_error(fmt::format("override of {}: the replacement has another shape", original.name));
+  }
+  overrides_[&original] = replacement;
+  invalidate();
+}
+
+const kernels::PreparedActs& MatMul::prepared(ActFormat f, const float* x, int n_tokens, int64_t n) {
+  PreparedSlot& slot = prepared_[static_cast<int>(f)];
+  if (!slot.valid || slot.source != x || slot.acts.n_tokens != n_tokens || slot.acts.n != n) {
+    kernels::prepare_activations(f, x, n_tokens, n, slot.acts);
+    slot.source = x;
+    slot.valid = true;
+  }
+  return slot.acts;
+}
+
+void MatMul::get_rows(const GgufTensor& weight, const int32_t* ids, int n, float* out) {
+  const GgufTensor& w = resolve(weight);
+  const int64_t e = w.row_length();
+  const size_t row = w.type->row_bytes(e);
+  const OutlierColumns* oc = model_.outliers_of(w);
+  for (int t = 0; t < n; ++t) {
+    const int32_t id = ids[t];
+    if (id < 0 || id >= w.n_rows()) throw std::runtime_error(fmt::format("eval: token id {} out of range", id));
+    float* o = out + static_cast<size_t>(t) * static_cast<size_t>(e);
+    w.type->dequantize_row(w.data + static_cast<size_t>(id) * row, o, e);
+    if (oc != nullptr) {
+      for (int c = 0; c < oc->k(); ++c) {
+        o[oc->cols[static_cast<size_t>(c)]] = oc->vals[static_cast<size_t>(id) * static_cast<size_t>(oc->k()) + static_cast<size_t>(c)];
+      }
+    }
+  }
+}
+
+void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, float* y) {
+  if (observer_) observer_(weight, x, n_tokens);
+  const GgufTensor& w = resolve(weight);
+  const int64_t in = w.row_length(), out = w.n_rows();
+  const size_t row_bytes = w.type->row_bytes(in);
+  const OutlierColumns* oc = model_.outliers_of(w);
+  if (oc != nullptr) {
+    x_masked_.assign(x, x + static_cast<size_t>(n_tokens) * static_cast<size_t>(in));
+    for (int t = 0; t < n_tokens; ++t) {
+      for (int32_t c : oc->cols) x_masked_[static_cast<size_t>(t) * static_cast<size_t>(in) + static_cast<size_t>(c)] = 0.0f;
+    }
+    kernels::prepare_activations(w.type->act_format, x_masked_.data(), n_tokens, in, masked_acts_);
+  }
+  const kernels::PreparedActs& acts = oc != nullptr ? masked_acts_ : prepared(w.type->act_format, x, n_tokens, in);
+  const kernels::KernelSet& k = *kernels_;
+  constexpr int64_t kRowsPerTask = 8;
+  pool_.parallel_for((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+    thread_local std::vector<kernels::PreparedRow> rows(kRowsPerTask);
+    const int64_t r0 = task * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+    for (int64_t r = r0; r < r1; ++r) {
+      kernels::prepare_row(*w.type, w.data + static_cast<size_t>(r) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
+    }
+    for (int t = 0; t < n_tokens; t += 2) {
+      const int nt = std::min(2, n_tokens - t);
+      int64_t r = r0;
+      for (; r + 4 <= r1; r += 4) {
+        const kernels::PreparedRow* four[4] = {&rows[static_cast<size_t>(r - r0)], &rows[static_cast<size_t>(r - r0 + 1)],
+                                               &rows[static_cast<size_t>(r - r0 + 2)], &rows[static_cast<size_t>(r - r0 + 3)]};
+        float out4[8];
+        kernels::dot4(k, four, acts, t, nt, out4);
+        for (int j = 0; j < nt; ++j) {
+          std::copy(out4 + 4 * j, out4 + 4 * j + 4, y + static_cast<size_t>(t + j) * static_cast<size_t>(out) + r);
+        }
+      }
+      for (; r < r1; ++r) {
+        for (int j = 0; j < nt; ++j) {
+          y[static_cast<size_t>(t + j) * static_cast<size_t>(out) + r] = kernels::dot(k, rows[static_cast<size_t>(r - r0)], acts, t + j);
+        }
+      }
+    }
+    if (oc != nullptr) {
+      const int kc = oc->k();
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* v = oc->vals.data() + static_cast<size_t>(r) * static_cast<size_t>(kc);
+        for (int t = 0; t < n_tokens; ++t) {
+          const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(in);
+          float s = 0.0f;
+          for (int c = 0; c < kc; ++c) s += v[c] * xt[oc->cols[static_cast<size_t>(c)]];
+          y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] += s;
+        }
+      }
+    }
+  });
+}
+
+}  // namespace mixq

@@ -1,0 +1,74 @@
+// The matrix product every architecture uses: y (n_tokens x rows of w) = x (n_tokens x row
+// length) times w's rows, for any weight type, through the per-type kernels (engine/kernels.h).
+//
+// - Activations are prepared once per input (F16/BF16 rounding, Q8_0 / Q8_1 / Q8_K blocks as ggml
+//   quantizes them) and reused by every product that reads the same input until invalidate().
+// - Each thread task decodes (or unpacks) a tile of 8 weight rows once and applies it to every
+//   token, 4 rows x 2 tokens per kernel call.
+// - Outlier columns (formats/outliers.h): the quantized rows see the input without the outlier
+//   entries; those go through the F16 columns in F32 after the main product.
+// - An observer sees every (weight, input) pair first (importance matrices); overrides replace a
+//   weight by another tensor of the same shape (measurement probes).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <unordered_map>
+#include <vector>
+
+#include "mixq/engine/kernels.h"
+#include "mixq/formats/outliers.h"
+#include "mixq/io/gguf.h"
+#include "mixq/util/thread_pool.h"
+
+namespace mixq {
+
+class Model;
+
+// Called before every matrix product with the weight (as the model names it, before overrides)
+// and its input (n_tokens rows of the weight's row length, F32).
+using MatmulObserver = std::function<void(const GgufTensor& weight, const float* x, int n_tokens)>;
+
+class MatMul {
+ public:
+  MatMul(const Model& model, ThreadPool& pool);
+
+  void operator()(const GgufTensor& w, const float* x, int n_tokens, float* y);
+  // Rows `ids` of an embedding matrix, decoded to F32 (n x row length), outlier columns restored.
+  void get_rows(const GgufTensor& w, const int32_t* ids, int n, float* out);
+  // The input buffers may have changed: prepare activations again on the next product.
+  void invalidate() {
+    for (auto& p : prepared_) p.valid = false;
+  }
+
+  void set_kernels(const kernels::KernelSet& k) { kernels_ = &k; }
+  const kernels::KernelSet& kernel_set() const { return *kernels_; }
+  void set_observer(MatmulObserver obs) { observer_ = std::move(obs); }
+  void override_weight(const GgufTensor& original, const GgufTensor* replacement);
+  // The tensor read in place of w (w itself unless overridden).
+  const GgufTensor& resolve(const GgufTensor& w) const {
+    if (overrides_.empty()) return w;
+    const auto it = overrides_.find(&w);
+    return it == overrides_.end() ? w : *it->second;
+  }
+
+ private:
+  const kernels::PreparedActs& prepared(ActFormat f, const float* x, int n_tokens, int64_t n);
+
+  const Model& model_;
+  ThreadPool& pool_;
+  const kernels::KernelSet* kernels_;
+  MatmulObserver observer_;
+  std::unordered_map<const GgufTensor*, const GgufTensor*> overrides_;
+  struct PreparedSlot {
+    kernels::PreparedActs acts;
+    const float* source = nullptr;
+    bool valid = false;
+  };
+  PreparedSlot prepared_[kActFormats];  // one per ActFormat
+  // A weight with outlier columns: its input with those entries zeroed, prepared for it alone.
+  std::vector<float> x_masked_;
+  kernels::PreparedActs masked_acts_;
+};
+
+}  // namespace mixq

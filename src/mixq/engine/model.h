@@ -1,0 +1,135 @@
+// The model interface: what every command (perplexity, kld, imatrix, measure, generate) needs from
+// an architecture, and nothing more. An architecture is one file pair (llama_model.*, rwkv_model.*,
+// ...) with a Model (hyperparameters and tensor views into the memory-mapped file, validated on
+// load) and a Context (one sequence's state: a KV cache for attention models, a recurrent state for
+// RWKV). The registry (engine/registry.h) picks the architecture from `general.architecture`.
+//
+// The ops every architecture shares live in their own files: the matrix product with its
+// activation preparation, threads, outlier columns and observers (engine/matmul.h), and attention
+// with its KV cache (engine/attention.h). A graph file then reads as the graph alone.
+//
+// Layers. A model is a stack of n_layer() blocks between an input (embedding) and an output head.
+// What crosses a block boundary is layer_state_width() floats per token: the residual stream for
+// LLaMA, the residual stream plus what later blocks read from block 0 for RWKV-7. A layer
+// observer sees that state entering each block; eval_from_layer restarts a fresh sequence from
+// it. Measurement probes use this to rerun only the blocks a changed tensor can influence.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mixq/engine/attention.h"
+#include "mixq/engine/kernels.h"
+#include "mixq/engine/matmul.h"
+#include "mixq/formats/outliers.h"
+#include "mixq/io/gguf.h"
+#include "mixq/util/thread_pool.h"
+
+namespace mixq {
+
+class Context;
+
+// A weight matrix the graph multiplies by (or looks rows up in), and the first block whose output
+// it changes: 0 .. n_layer-1, or n_layer for the output head.
+struct WeightUse {
+  const GgufTensor* tensor = nullptr;
+  int layer = 0;
+};
+
+class Model {
+ public:
+  explicit Model(const GgufFile& file) : file_(file) {}
+  virtual ~Model() = default;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const GgufFile& file() const { return file_; }
+  // The `general.architecture` value this model was loaded as ("llama", "rwkv7", ...).
+  virtual std::string architecture() const = 0;
+  virtual int n_vocab() const = 0;
+  virtual int n_layer() const = 0;
+  // Floats per token crossing a block boundary (see the header comment).
+  virtual int layer_state_width() const = 0;
+  // The longest sequence a context can hold, or 0 when unbounded (recurrent models).
+  virtual int max_context() const { return 0; }
+  // Every matrix of the graph with the block it enters (measure's probes, imatrix).
+  virtual std::vector<WeightUse> weights() const = 0;
+  // A fresh sequence state. n_ctx bounds the tokens it holds (KV-cache models allocate for it).
+  virtual std::unique_ptr<Context> new_context(int n_ctx, int n_threads) const = 0;
+
+  // The outlier columns kept in F16 beside a weight (quantize --outliers), or null.
+  const OutlierColumns* outliers_of(const GgufTensor& w) const {
+    const auto it = outliers_.find(&w);
+    return it == outliers_.end() ? nullptr : &it->second;
+  }
+
+ protected:
+  // Reads the outlier companions of every matrix in weights(); derived constructors call it last.
+  void load_outliers();
+
+ private:
+  const GgufFile& file_;
+  std::unordered_map<const GgufTensor*, OutlierColumns> outliers_;
+};
+
+// One sequence's state and scratch, bound to one model.
+class Context {
+ public:
+  Context(const Model& model, int n_ctx, int n_threads);
+  virtual ~Context() = default;
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  // Runs tokens at positions [n_past, n_past + n) and returns their logits (n x n_vocab,
+  // row-major) when all_logits, else only the last token's.
+  virtual const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits) = 0;
+  // Evaluates a fresh sequence (the context must be empty or reset) from block `start`
+  // (0 .. n_layer) with x (n x layer_state_width), the state entering that block as a layer
+  // observer saw it. A model that differs from another only from block `start` on gives the same
+  // logits as a full eval.
+  virtual const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) = 0;
+  // Forgets the sequence (KV cache / recurrent state back to empty).
+  virtual void reset() = 0;
+  // Attention numerics; models without attention ignore it.
+  virtual void set_attention(AttentionMode mode) {}
+
+  int n_past() const { return n_past_; }
+  int n_ctx() const { return n_ctx_; }
+  int n_vocab() const { return model_.n_vocab(); }
+  const Model& model() const { return model_; }
+
+  // The kernel set (default: kernels::best_kernels(), which MIXQ_KERNELS can override).
+  void set_kernels(const kernels::KernelSet& k) { mm_.set_kernels(k); }
+  const kernels::KernelSet& kernel_set() const { return mm_.kernel_set(); }
+  // Called before every matrix product with the weight and its input: what an importance matrix
+  // collects. Null: no observer.
+  void set_matmul_observer(MatmulObserver obs) { mm_.set_observer(std::move(obs)); }
+  // Called with the state entering each block l and, with l = n_layer, entering the head.
+  using LayerObserver = std::function<void(int layer, const float* x, int n_tokens)>;
+  void set_layer_observer(LayerObserver obs) { layer_observer_ = std::move(obs); }
+  // The graph reads `replacement` wherever it reads `original` (same shape, any type): a
+  // measurement probe of one tensor in another type, without touching the model. Null restores.
+  void override_weight(const GgufTensor& original, const GgufTensor* replacement) {
+    mm_.override_weight(original, replacement);
+  }
+
+ protected:
+  void observe_layer(int layer, const float* x, int n) {
+    if (layer_observer_) layer_observer_(layer, x, n);
+  }
+  // Throws unless n tokens fit after n_past (when the model bounds the context) and n > 0.
+  void check_batch(int n) const;
+
+  const Model& model_;
+  int n_ctx_;
+  int n_past_ = 0;
+  ThreadPool pool_;
+  MatMul mm_;
+  LayerObserver layer_observer_;
+};
+
+}  // namespace mixq

@@ -1,0 +1,48 @@
+#include "mixq/engine/registry.h"
+
+#include <functional>
+#include <stdexcept>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "mixq/engine/llama_model.h"
+
+namespace mixq {
+
+namespace {
+
+struct Architecture {
+  const char* name;
+  std::function<std::unique_ptr<Model>(const GgufFile&)> load;
+};
+
+const std::vector<Architecture>& architectures() {
+  static const std::vector<Architecture> table = {
+      {"llama", [](const GgufFile& f) { return std::make_unique<LlamaModel>(f); }},
+  };
+  return table;
+}
+
+}  // namespace
+
+std::vector<std::string> supported_architectures() {
+  std::vector<std::string> out;
+  for (const auto& a : architectures()) out.emplace_back(a.name);
+  return out;
+}
+
+std::unique_ptr<Model> load_model(const GgufFile& file) {
+  const GgufValue* arch = file.find("general.architecture");
+  if (!arch || arch->type() != GgufValueType::STRING) {
+    throw std::runtime_error(fmt::format("{}: no general.architecture key", file.label()));
+  }
+  const std::string name = arch->as_string();
+  for (const auto& a : architectures()) {
+    if (name == a.name) return a.load(file);
+  }
+  throw std::runtime_error(fmt::format("{}: architecture '{}' is not supported (supported: {})", file.label(), name,
+                                       fmt::join(supported_architectures(), ", ")));
+}
+
+}  // namespace mixq
