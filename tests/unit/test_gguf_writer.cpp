@@ -124,8 +124,7 @@ TEST(GgufWriter, UnfinishedWriteLeavesNoFile) {
 }
 
 TEST(GgufWriter, LlamaCppFileRewritesIdentically) {
-  MIXQ_REQUIRE_SHARED("stories260K/stories260K-f32.llamacpp.gguf");
-  const auto src_path = test::shared_data_dir() / "stories260K/stories260K-f32.llamacpp.gguf";
+  const auto src_path = test::stories260K_gguf();
   const GgufFile src = GgufFile::open(src_path);
   EXPECT_EQ(src.metadata().size(), 19u);
   EXPECT_EQ(src.tensors().size(), 48u);

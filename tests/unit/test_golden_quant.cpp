@@ -103,6 +103,47 @@ TEST(GoldenQuant, DequantizeMatchesGgmlBitForBit) {
   fmt::print("dequantized {} golden files bit for bit; no codec yet for:{}\n", checked, skipped);
 }
 
+// The engine's integer views (codes, one scale and one offset per 16 values: what the int8 kernels
+// multiply) against ggml's own dequantization of ggml's bytes. The kernel tests compare the views
+// with mixq's dequantizers, which for the k-quants read the same views; this is the independent
+// check: scale * q + offset must give ggml's floats exactly (as values: a zero code over a negative
+// scale is -0 in ggml and +0 after adding a zero offset, which no sum can tell apart).
+TEST(GoldenQuant, IntegerViewsReproduceGgmlsFloats) {
+  MIXQ_REQUIRE_SHARED("quant-golden/manifest.tsv");
+  const auto dir = test::shared_data_dir() / "quant-golden";
+  std::set<std::string> types;
+  for (const auto& row : read_manifest(dir)) {
+    const TypeTraits* t = find_type(row.type_id);
+    ASSERT_NE(t, nullptr) << row.type;
+    if (t->unpack_row == nullptr) continue;
+    const auto q = test::read_raw<uint8_t>(dir / (row.file + ".q"));
+    const auto expect = test::read_raw<uint32_t>(dir / (row.file + ".deq.f32"));
+    ASSERT_EQ(expect.size(), static_cast<size_t>(kRows * kCols));
+    std::vector<int8_t> codes(kCols);
+    std::vector<float> scale(kCols / 16), offset(kCols / 16);
+    int64_t mismatches = 0, first = -1;
+    for (int64_t r = 0; r < kRows; ++r) {
+      t->unpack_row(q.data() + static_cast<size_t>(r) * t->row_bytes(kCols), codes.data(), scale.data(), offset.data(), kCols);
+      for (int64_t i = 0; i < kCols; ++i) {
+        const float v = scale[static_cast<size_t>(i / 16)] * static_cast<float>(codes[static_cast<size_t>(i)]) +
+                        offset[static_cast<size_t>(i / 16)];
+        float want;
+        std::memcpy(&want, &expect[static_cast<size_t>(r * kCols + i)], 4);
+        if (v != want) {
+          if (first < 0) first = r * kCols + i;
+          ++mismatches;
+        }
+      }
+    }
+    EXPECT_EQ(mismatches, 0) << row.file << ": " << mismatches << " values differ, first at index " << first;
+    types.insert(row.type);
+  }
+  // Every k-quant and legacy integer type the engine runs through the int8 kernels.
+  for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_nl", "iq4_xs"}) {
+    EXPECT_TRUE(types.count(name)) << name << ": no integer view was checked against ggml";
+  }
+}
+
 TEST(GoldenQuant, QuantizeErrorNoWorseThanGgml) {
   MIXQ_REQUIRE_SHARED("quant-golden/manifest.tsv");
   const auto dir = test::shared_data_dir() / "quant-golden";

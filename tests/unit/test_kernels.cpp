@@ -1,5 +1,6 @@
 // The engine's kernels against independent references: every integer view against the type's own
-// dequantizer (bit for bit), the activation quantizers against the Q8_1 / Q8_K codecs (ggml's
+// dequantizer (bit for bit; the k-quant dequantizers read those views, so the independent check of
+// the views is GoldenQuant.IntegerViewsReproduceGgmlsFloats, against ggml's own floats), the activation quantizers against the Q8_1 / Q8_K codecs (ggml's
 // activation formats), and every kernel set against the scalar set and against a double-precision
 // dot of the dequantized operands, on random data.
 #include <algorithm>
@@ -257,7 +258,9 @@ TEST(Kernels, AttentionKernelsAgreeAcrossSets) {
   }
 }
 
-TEST(Kernels, TheBestSetIsTheFastestAvailable) {
+// Which sets a CPU is offered, and that the default is the last (widest) of them: an order, not a
+// speed (bench/ measures speed).
+TEST(Kernels, EveryCpuGetsTheWidestSetItRuns) {
   const auto sets = kernels::available_kernel_sets();
   ASSERT_FALSE(sets.empty());
   EXPECT_STREQ(sets.front()->name, "scalar");

@@ -15,8 +15,7 @@ namespace mixq {
 namespace {
 
 TEST(LlamaEngine, Stories260KGreedyTextMatchesTheKnownText) {
-  MIXQ_REQUIRE_SHARED("stories260K/stories260K-f32.llamacpp.gguf");
-  const GgufFile f = GgufFile::open(test::shared_data_dir() / "stories260K/stories260K-f32.llamacpp.gguf");
+  const GgufFile f = GgufFile::open(test::stories260K_gguf());
   const LlamaModel model(f);
   const Tokenizer tok = Tokenizer::from_gguf(f);
   LlamaContext ctx(model, 256, 2);
@@ -49,8 +48,7 @@ TEST(LlamaEngine, GenerateCommandGreedyAndBadPrompt) {
 }
 
 TEST(LlamaEngine, BadInputIsAClearError) {
-  MIXQ_REQUIRE_SHARED("stories260K/stories260K-f32.llamacpp.gguf");
-  const GgufFile f = GgufFile::open(test::shared_data_dir() / "stories260K/stories260K-f32.llamacpp.gguf");
+  const GgufFile f = GgufFile::open(test::stories260K_gguf());
   const LlamaModel model(f);
   const Tokenizer tok = Tokenizer::from_gguf(f);
   try {
@@ -167,8 +165,8 @@ namespace {
 // The three attention modes compute the same model: perplexities within rounding of each other,
 // and the mode names parse (or fail with the choices).
 TEST(LlamaEngine, AttentionModesAgree) {
-  MIXQ_REQUIRE_SHARED("stories260K/stories260K-f32.llamacpp.gguf");
-  const GgufFile f = GgufFile::open(test::shared_data_dir() / "stories260K/stories260K-f32.llamacpp.gguf");
+  MIXQ_REQUIRE_SHARED("wikitext-2-raw/wiki.test.raw");
+  const GgufFile f = GgufFile::open(test::stories260K_gguf());
   const LlamaModel model(f);
   const Tokenizer tok = Tokenizer::from_gguf(f);
   std::ifstream in(test::shared_data_dir() / "wikitext-2-raw/wiki.test.raw", std::ios::binary);

@@ -340,8 +340,7 @@ TEST_F(Measure, QuantizeAppliesThePlanAtThePlannedSize) {
 }
 
 TEST(Engine, EvalFromLayerEqualsTheFullEval) {
-  MIXQ_REQUIRE_SHARED(kModelRel);
-  const GgufFile f = GgufFile::open(test::shared_data_dir() / kModelRel);
+  const GgufFile f = GgufFile::open(test::stories260K_gguf());
   const LlamaModel model(f);
   std::vector<int32_t> tokens;
   for (int i = 0; i < 40; ++i) tokens.push_back((i * 37 + 1) % model.hparams().n_vocab);

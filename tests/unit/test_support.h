@@ -27,6 +27,10 @@ inline std::filesystem::path shared_data_dir() {
 
 inline std::filesystem::path source_dir() { return MIXQ_SOURCE_DIR; }
 
+// The bundled stories260K GGUF (assets/, byte-identical to the shared copy written by llama.cpp):
+// tests that need only a real model run on it without the shared data.
+inline std::filesystem::path stories260K_gguf() { return source_dir() / "assets/stories260K/stories260K-f32.gguf"; }
+
 // Skips the current test with a clear message when the shared data (or one file in it) is absent.
 #define MIXQ_REQUIRE_SHARED(rel)                                                              \
   do {                                                                                        \

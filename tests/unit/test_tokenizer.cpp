@@ -196,9 +196,8 @@ TEST(Tokenizer, TinyBytePairVocabulary) {
 }
 
 TEST(Tokenizer, Stories260KRoundTrip) {
-  MIXQ_REQUIRE_SHARED("stories260K/stories260K-f32.llamacpp.gguf");
   const Tokenizer tok =
-      Tokenizer::from_gguf(GgufFile::open(test::shared_data_dir() / "stories260K/stories260K-f32.llamacpp.gguf"));
+      Tokenizer::from_gguf(GgufFile::open(test::stories260K_gguf()));
   const std::string text = "Once upon a time, there was a little girl named Lily.";
   const auto ids = tok.encode(text, true);
   ASSERT_FALSE(ids.empty());
