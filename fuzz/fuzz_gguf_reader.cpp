@@ -5,7 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "mixq/formats/outliers.h"
+#include "mixq/io/outlier_columns.h"
 #include "mixq/io/gguf.h"
 #include "mixq/io/inspect.h"
 

@@ -9,7 +9,7 @@
 
 #include "mixq/engine/llama_model.h"
 #include "mixq/formats/half.h"
-#include "mixq/formats/outliers.h"
+#include "mixq/io/outlier_columns.h"
 #include "mixq/quantize/quantize_model.h"
 #include "test_support.h"
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "mixq/engine/kernels.h"
-#include "mixq/formats/outliers.h"
+#include "mixq/io/outlier_columns.h"
 #include "mixq/io/gguf.h"
 #include "mixq/util/thread_pool.h"
 

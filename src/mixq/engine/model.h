@@ -25,7 +25,7 @@
 #include "mixq/engine/attention.h"
 #include "mixq/engine/kernels.h"
 #include "mixq/engine/matmul.h"
-#include "mixq/formats/outliers.h"
+#include "mixq/io/outlier_columns.h"
 #include "mixq/io/gguf.h"
 #include "mixq/util/thread_pool.h"
 

@@ -15,6 +15,7 @@
 // Choice of columns: the K columns with the largest importance-weighted magnitude
 // w_j * max_r W[r, j]^2 (w_j = the importance matrix's mean squared activation of input j, or 1):
 // the values that set their blocks' scales, scaled by how much their input matters.
+// Reading the companions of a file: io/outlier_columns.h.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,7 @@
 #include <string_view>
 #include <vector>
 
-#include "mixq/io/gguf.h"
+#include "mixq/formats/type_table.h"
 
 namespace mixq {
 
@@ -49,20 +50,5 @@ inline bool can_keep_outlier_columns(const std::vector<int64_t>& shape, const Ty
 // The K columns of x (rows x n, row-major F32) with the largest w_j * max_r x[r, j]^2, ascending.
 // importance: n weights or null (all 1). K is capped at n.
 std::vector<int32_t> select_outlier_columns(const float* x, int64_t rows, int64_t n, const float* importance, int k);
-
-// A matrix's outlier columns as the engine uses them.
-struct OutlierColumns {
-  std::vector<int32_t> cols;   // ascending
-  std::vector<float> vals;     // rows x K, row-major (the F16 values widened)
-  int k() const { return static_cast<int>(cols.size()); }
-};
-
-// The outlier columns stored beside tensor t in f, or an empty set when it has none. Throws
-// GgufError naming the tensor when the companion tensors are malformed (one without the other,
-// wrong types or shapes, columns out of range, not ascending or repeated).
-OutlierColumns load_outlier_columns(const GgufFile& f, const GgufTensor& t);
-
-// Whether f stores outlier columns beside any tensor.
-bool has_outlier_columns(const GgufFile& f);
 
 }  // namespace mixq

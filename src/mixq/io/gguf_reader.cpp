@@ -1,4 +1,4 @@
-// GGUF parsing with validation. Rules, each with a test in tests/unit/test_gguf_malformed.cpp:
+// GGUF parsing with validation. Rules, each with a test in tests/unit/test_gguf_validation.cpp:
 // - magic "GGUF"; version 2 or 3 (v1 used 32-bit counts and is not supported); a version that
 //   reads as a byte-swapped 2 or 3 means a big-endian file, which is refused;
 // - every count and length is checked against the bytes left before anything is allocated, so a

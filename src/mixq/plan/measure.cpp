@@ -11,7 +11,7 @@
 
 #include "mixq/eval/perplexity.h"
 #include "mixq/formats/half.h"
-#include "mixq/formats/outliers.h"
+#include "mixq/io/outlier_columns.h"
 #include "mixq/policy/policy.h"
 #include "mixq/quantize/quantize_model.h"
 #include "mixq/util/json_file.h"

@@ -11,7 +11,7 @@
 #include <re2/re2.h>
 
 #include "mixq/formats/half.h"
-#include "mixq/formats/outliers.h"
+#include "mixq/io/outlier_columns.h"
 #include "mixq/policy/presets.h"
 #include "mixq/util/thread_pool.h"
 
