@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -73,6 +74,12 @@ struct TypeTraits {
   ActFormat act_format = ActFormat::F32;  // the engine's activation format for this weight type
   UnpackRowFn unpack_row = nullptr;       // null: the engine dequantizes rows to F32 instead
   CalibQuantizeRowFn quantize_row_calib = nullptr;  // null: --calib does not apply (own search only)
+  bool weight = true;          // false: an activation format (Q8_1, Q8_K), never a stored weight type
+  int llama_ftype = -1;        // llama.cpp's general.file_type for a model mostly of this type, or -1
+  // The next type up in precision (presets' "one step more precise"), or none at the top.
+  std::optional<TypeId> more_precise;
+  // What llama-quantize substitutes when rows do not fill this type's blocks, or none.
+  std::optional<TypeId> llamacpp_fallback;
 
   bool is_extension() const { return static_cast<uint32_t>(id) >= kFirstExtensionTypeId; }
   bool can_quantize() const { return quantize_row != nullptr; }

@@ -198,7 +198,8 @@ std::vector<TypeId> default_candidate_types() {
   std::vector<TypeId> out;
   for (const auto& t : all_types()) {
     if (!t.can_quantize() || !t.can_dequantize()) continue;
-    if (t.id == TypeId::Q8_1 || t.id == TypeId::Q8_K || t.id == TypeId::TQ1_0 || t.id == TypeId::TQ2_0) continue;
+    // Ternary types are for ternary-trained models: on ordinary weights they are never a good choice.
+    if (!t.weight || t.id == TypeId::TQ1_0 || t.id == TypeId::TQ2_0) continue;
     if (!t.quantized && t.id != TypeId::F32 && t.id != TypeId::F16 && t.id != TypeId::BF16) continue;
     out.push_back(t.id);
   }

@@ -63,21 +63,6 @@ bool glob_matches_tensor(const std::string& glob, const std::string& name) {
   return false;
 }
 
-// Types llama.cpp falls back to when rows do not fill a block (llama-quant.cpp), then F16.
-std::optional<TypeId> llamacpp_fallback(TypeId t) {
-  switch (t) {
-    case TypeId::TQ1_0: case TypeId::TQ2_0: return TypeId::Q4_0;
-    case TypeId::IQ2_XXS: case TypeId::IQ2_XS: case TypeId::IQ2_S: case TypeId::IQ3_XXS: case TypeId::IQ3_S:
-    case TypeId::IQ1_S: case TypeId::IQ1_M: case TypeId::IQ4_XS:
-      return TypeId::IQ4_NL;
-    case TypeId::Q2_K: case TypeId::Q3_K: return TypeId::Q4_0;
-    case TypeId::Q4_K: return TypeId::Q5_0;
-    case TypeId::Q5_K: return TypeId::Q5_1;
-    case TypeId::Q6_K: return TypeId::Q8_0;
-    default: return std::nullopt;
-  }
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -91,14 +76,13 @@ TypeId parse_type_name(const std::string& name) {
   std::string n = lower(name);
   if (auto it = kAliases.find(n); it != kAliases.end()) n = it->second;
   const TypeTraits* t = find_type(n);
-  // Q8_1 and Q8_K exist for activations (dot products), not for stored weights.
-  if (t && (t->id == TypeId::Q8_1 || t->id == TypeId::Q8_K)) {
+  if (t && !t->weight) {
     throw PolicyError(fmt::format("type '{}' is an activation type, not a weight type", name));
   }
   if (!t || !t->can_quantize()) {
     std::string known;
     for (const auto& row : all_types()) {
-      if (row.can_quantize() && row.id != TypeId::Q8_1 && row.id != TypeId::Q8_K) known += (known.empty() ? "" : ", ") + std::string(row.name);
+      if (row.can_quantize() && row.weight) known += (known.empty() ? "" : ", ") + std::string(row.name);
     }
     throw PolicyError(fmt::format("unknown type '{}'{}; types mixq can write: {} (aliases: int8, fp16, fp32)", name,
                                   t ? " (mixq can read it but not write it)" : "", known));
@@ -310,24 +294,7 @@ bool is_quantizable(const TensorDesc& t, const ModelInfo&) {
   return true;
 }
 
-TypeId one_step_more_precise(TypeId t) {
-  switch (t) {
-    case TypeId::Q2_K: return TypeId::Q3_K;
-    case TypeId::Q3_K: return TypeId::Q4_K;
-    case TypeId::Q4_K: case TypeId::IQ4_XS: return TypeId::Q5_K;
-    case TypeId::Q5_K: return TypeId::Q6_K;
-    case TypeId::Q6_K: return TypeId::Q8_0;
-    case TypeId::Q4_0: case TypeId::IQ4_NL: return TypeId::Q5_0;
-    case TypeId::Q4_1: return TypeId::Q5_1;
-    case TypeId::Q5_0: case TypeId::Q5_1: return TypeId::Q8_0;
-    case TypeId::LB2: return TypeId::LB3;
-    case TypeId::LB3: return TypeId::NF4;
-    case TypeId::NF4: return TypeId::I8_MM;
-    case TypeId::Q8_0: case TypeId::I8_ROW: case TypeId::I8_MM: return TypeId::F16;
-    case TypeId::BF16: case TypeId::F16: return TypeId::F32;
-    default: return t;
-  }
-}
+TypeId one_step_more_precise(TypeId t) { return type_traits(t).more_precise.value_or(t); }
 
 // ---------------------------------------------------------------------------------------------
 // Planning
@@ -370,7 +337,7 @@ const Rule* first_match(const std::vector<Rule>& rules, const TensorDesc& t, con
 TypeId fallback_for(TypeId requested, int64_t row, bool compat, std::string& why) {
   const TypeTraits& req = type_traits(requested);
   TypeId t = requested;
-  if (auto fb = llamacpp_fallback(requested)) {
+  if (auto fb = req.llamacpp_fallback) {
     t = *fb;
     if (type_traits(t).fits_row(row)) {
       why = fmt::format("rows of {} do not fill {} blocks of {}; llama.cpp's fallback {}", row, req.name,
@@ -382,7 +349,7 @@ TypeId fallback_for(TypeId requested, int64_t row, bool compat, std::string& why
   const TypeTraits* best = nullptr;
   for (const auto& c : all_types()) {
     if (!c.can_quantize() || !c.fits_row(row) || (c.is_extension() && (compat || !req.is_extension()))) continue;
-    if (c.id == TypeId::Q8_K || c.id == TypeId::Q8_1 || c.id == TypeId::BF16) continue;  // not weight types
+    if (!c.weight || c.id == TypeId::BF16) continue;  // BF16: never offered as a narrower fallback
     const double bpw = c.bits_per_weight(row);
     if (bpw + 1e-9 < want_bpw) continue;
     if (!best || bpw < best->bits_per_weight(row)) best = &c;

@@ -34,24 +34,8 @@ int64_t meta_int(const GgufFile& f, const std::string& key, int64_t fallback) {
 
 // llama.cpp's general.file_type for a model that is mostly `t` (LLAMA_FTYPE_MOSTLY_*).
 std::optional<uint32_t> llama_ftype_for(TypeId t) {
-  switch (t) {
-    case TypeId::F32: return 0;
-    case TypeId::F16: return 1;
-    case TypeId::Q4_0: return 2;
-    case TypeId::Q4_1: return 3;
-    case TypeId::Q8_0: return 7;
-    case TypeId::Q5_0: return 8;
-    case TypeId::Q5_1: return 9;
-    case TypeId::Q2_K: return 10;
-    case TypeId::Q3_K: return 12;
-    case TypeId::Q4_K: return 15;
-    case TypeId::Q5_K: return 17;
-    case TypeId::Q6_K: return 18;
-    case TypeId::IQ4_NL: return 25;
-    case TypeId::IQ4_XS: return 30;
-    case TypeId::BF16: return 32;
-    default: return std::nullopt;
-  }
+  const int f = type_traits(t).llama_ftype;
+  return f < 0 ? std::nullopt : std::optional<uint32_t>(static_cast<uint32_t>(f));
 }
 
 std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format("{}", fmt::join(shape, "x")); }
