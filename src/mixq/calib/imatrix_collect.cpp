@@ -95,14 +95,7 @@ ImatrixResult collect_imatrix(const Model& model, const Tokenizer& tok, const st
   }
   const TextChunks chunks = split_text(tok, text, opts.n_ctx, opts.max_chunks);
   const int n_vocab = model.n_vocab();
-  const size_t used = static_cast<size_t>(chunks.n_chunks) * static_cast<size_t>(chunks.n_ctx);
-  for (size_t i = 0; i < used && i < chunks.tokens.size(); ++i) {
-    if (chunks.tokens[i] < 0 || chunks.tokens[i] >= n_vocab) {
-      throw std::runtime_error(fmt::format("token {} (id {}) is outside the model's vocabulary of {} tokens: the "
-                                           "tokenizer does not match the model",
-                                           i, chunks.tokens[i], n_vocab));
-    }
-  }
+  chunks.check_vocabulary(n_vocab);
 
   ImatrixCollector collector(opts.process_output, opts.f32_sums);
   const std::unique_ptr<Context> ctx = model.new_context(chunks.n_ctx, opts.threads);

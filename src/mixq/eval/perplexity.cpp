@@ -15,6 +15,17 @@ std::vector<int32_t> TextChunks::input(int c) const {
   return chunk;
 }
 
+void TextChunks::check_vocabulary(int n_vocab) const {
+  const size_t used = static_cast<size_t>(n_chunks) * static_cast<size_t>(n_ctx);
+  for (size_t i = 0; i < used && i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= n_vocab) {
+      throw std::runtime_error(fmt::format("token {} (id {}) is outside the model's vocabulary of {} tokens: the "
+                                           "tokenizer does not match the model",
+                                           i, tokens[i], n_vocab));
+    }
+  }
+}
+
 TextChunks split_text(const Tokenizer& tok, const std::string& text, int n_ctx, int max_chunks) {
   if (n_ctx < 4) throw std::runtime_error(fmt::format("the context size (-c) must be at least 4, got {}", n_ctx));
   TextChunks t;
@@ -36,15 +47,7 @@ TextChunks split_text(const Tokenizer& tok, const std::string& text, int n_ctx, 
 ChunkRunner::ChunkRunner(const Model& model, const TextChunks& chunks, int threads, AttentionMode attention)
     : chunks_(chunks), ctx_(model.new_context(chunks.n_ctx, threads)) {
   ctx_->set_attention(attention);
-  const int n_vocab = ctx_->n_vocab();
-  const size_t n = static_cast<size_t>(chunks.n_chunks) * static_cast<size_t>(chunks.n_ctx);
-  for (size_t i = 0; i < n && i < chunks.tokens.size(); ++i) {
-    if (chunks.tokens[i] < 0 || chunks.tokens[i] >= n_vocab) {
-      throw std::runtime_error(fmt::format("token {} (id {}) is outside the model's vocabulary of {} tokens: the "
-                                           "tokenizer does not match the model",
-                                           i, chunks.tokens[i], n_vocab));
-    }
-  }
+  chunks.check_vocabulary(ctx_->n_vocab());
 }
 
 ChunkLogits ChunkRunner::run(int c) {

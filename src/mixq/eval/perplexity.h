@@ -37,6 +37,9 @@ struct TextChunks {
   std::vector<int32_t> input(int c) const;
   // The rows_per_chunk() tokens that the scored rows of chunk c predict.
   const int32_t* targets(int c) const { return text_tokens(c) + first() + 1; }
+  // Throws std::runtime_error when a token the chunks use is outside a vocabulary of n_vocab
+  // tokens (the tokenizer does not match the model).
+  void check_vocabulary(int n_vocab) const;
 };
 
 // Tokenizes the text (BOS first when tok.add_bos_token()) and plans the chunks; max_chunks 0: all.

@@ -266,6 +266,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
   }
 
   const TextChunks chunks = split_text(tok, calibration_text, opts.n_ctx, opts.chunks);
+  chunks.check_vocabulary(model.n_vocab());
   m.chunks = chunks.n_chunks;
   m.scored_tokens = chunks.scored_tokens();
   const BaseRun base = run_base(model, chunks, opts.threads, opts.attention);
