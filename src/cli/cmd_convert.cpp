@@ -11,6 +11,7 @@ void register_convert(CLI::App& app) {
                                  "an rwkv.cpp file or a Hugging Face safetensors directory");
   struct Opts {
     std::string in, out, outtype, tokenizer;
+    bool clean_stale = false;
   };
   auto opts = std::make_shared<Opts>();
   cmd->add_option("INPUT", opts->in, "Input model file (format detected from its first bytes) or model directory")
@@ -20,7 +21,13 @@ void register_convert(CLI::App& app) {
                   "f32: dequantize every tensor; f16/bf16: store float matrices in that type (1-D tensors stay "
                   "f32); omitted: keep every type");
   cmd->add_option("--tokenizer", opts->tokenizer, "llama2.c tokenizer.bin (default: tokenizer.bin beside the checkpoint)");
+  add_clean_stale_flag(cmd, opts->clean_stale);
   cmd->callback([opts] {
+    std::vector<NamedPath> inputs = {{"INPUT", opts->in}, {"--tokenizer", opts->tokenizer}};
+    // The tokenizer found beside a llama2.c checkpoint when --tokenizer is not given.
+    const auto beside = std::filesystem::path(opts->in).parent_path();
+    for (const char* name : {"tokenizer.bin", "tok512.bin"}) inputs.push_back({"the tokenizer", beside / name});
+    check_outputs(inputs, {{"OUTPUT", opts->out}}, opts->clean_stale);
     std::optional<TypeId> outtype;
     if (!opts->outtype.empty()) outtype = require_type(opts->outtype).id;
     const ConvertResult r = convert_to_gguf({opts->in, opts->out, outtype, opts->tokenizer});

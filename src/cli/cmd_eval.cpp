@@ -1,4 +1,5 @@
 #include <chrono>
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -7,9 +8,32 @@
 #include "commands.h"
 #include "mixq/engine/registry.h"
 #include "mixq/eval/perplexity.h"
+#include "mixq/io/tensor_check.h"
 #include "progress.h"
 
 namespace mixq::cli {
+
+void explain_failure(const GgufFile& f, const std::string& label, const std::runtime_error& e) {
+  // The engine does not check weights; when an evaluation fails, a non-finite weight is the
+  // likeliest cause worth naming.
+  if (const auto bad = find_non_finite_tensor(f)) {
+    throw std::runtime_error(fmt::format("{}: '{}' is broken: {} (re-convert or re-quantize it from a good source)",
+                                         e.what(), label, *bad));
+  }
+  throw e;
+}
+
+void throw_non_finite(const GgufFile& f, const std::string& label) {
+  std::fflush(stdout);
+  if (const auto bad = find_non_finite_tensor(f)) {
+    throw std::runtime_error(fmt::format("'{}': the result is not a number because {}: the model is broken (re-convert "
+                                         "or re-quantize it from a good source)",
+                                         label, *bad));
+  }
+  throw std::runtime_error(fmt::format("'{}': the result is not a finite number, though every tensor is finite "
+                                       "(an overflow in the forward pass?)",
+                                       label));
+}
 
 void register_perplexity(CLI::App& app) {
   auto* cmd = app.add_subcommand("perplexity", "Perplexity of a model on a text, as llama-perplexity computes it");
@@ -22,14 +46,13 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("MODEL", o->model, "Model (GGUF)")->required();
   cmd->add_option("-f,--file", o->file, "Text file (e.g. wiki.test.raw)")->required();
   cmd->add_option("-c,--ctx-size", o->n_ctx, "Context per chunk")->capture_default_str();
-  cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
-  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all; negative is refused)");
+  cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
   cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
   cmd->callback([o] {
-    std::ifstream in(o->file, std::ios::binary);
-    if (!in) throw std::runtime_error(fmt::format("cannot read '{}'", o->file));
-    std::stringstream ss;
-    ss << in.rdbuf();
+    check_chunks(o->chunks, "--chunks");
+    checked_threads(o->threads);
+    const std::string text = read_text_file(o->file);
     const GgufFile f = GgufFile::open(o->model);
     const std::unique_ptr<Model> model = load_model(f);
     const Tokenizer tok = Tokenizer::from_gguf(f);
@@ -41,10 +64,17 @@ void register_perplexity(CLI::App& app) {
       bar.update(static_cast<size_t>(done), static_cast<size_t>(total), fmt::format("PPL {:.4f}", ppl),
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     };
-    const PerplexityResult r = perplexity(*model, tok, ss.str(), opts);
+    PerplexityResult r;
+    try {
+      r = perplexity(*model, tok, text, opts);
+    } catch (const std::runtime_error& e) {
+      bar.finish();
+      explain_failure(f, o->model, e);
+    }
     bar.finish();
     fmt::print("{} chunks of {} tokens, {} tokens scored, {:.1f} s\n", r.chunks, o->n_ctx, r.scored_tokens, r.seconds);
     fmt::print("Final estimate: PPL = {:.4f} +/- {:.5f}\n", r.ppl, r.ppl_error);
+    if (!std::isfinite(r.ppl)) throw_non_finite(f, o->model);
   });
 }
 

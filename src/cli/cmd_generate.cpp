@@ -1,4 +1,6 @@
 #include <chrono>
+#include <climits>
+#include <cmath>
 #include <cstdio>
 
 #include <fmt/format.h>
@@ -28,16 +30,29 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--top-p", o->top_p, "Top-p (1: off)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   cmd->add_option("-c,--ctx-size", o->ctx, "Context (default: the model's, at most prompt + n)");
-  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
   cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
   cmd->callback([o] {
     if (o->prompt.empty()) throw std::runtime_error("the prompt is empty: give -p TEXT");
+    checked_threads(o->threads);
+    if (o->n < 0) throw std::runtime_error(fmt::format("-n {}: give a number of tokens >= 0", o->n));
+    if (!std::isfinite(o->temp) || o->temp < 0) {
+      throw std::runtime_error(fmt::format("--temp {}: give a finite temperature >= 0 (0: greedy)", o->temp));
+    }
+    if (!(o->top_p > 0 && o->top_p <= 1)) {
+      throw std::runtime_error(fmt::format("--top-p {}: give a probability in (0, 1] (1: off)", o->top_p));
+    }
+    if (o->top_k < 0) throw std::runtime_error(fmt::format("--top-k {}: give a count >= 0 (0: off)", o->top_k));
+    if (o->ctx < 0) throw std::runtime_error(fmt::format("-c {}: give a context >= 1 (0: the model's)", o->ctx));
     const GgufFile f = GgufFile::open(o->model);
     const std::unique_ptr<Model> model = load_model(f);
     const Tokenizer tok = Tokenizer::from_gguf(f);
     const std::vector<int32_t> prompt = tok.encode(o->prompt, true);
-    const int n_ctx = o->ctx > 0 ? o->ctx : model->max_context() > 0 ? std::min(model->max_context(), static_cast<int>(prompt.size()) + o->n)
-                                                       : static_cast<int>(prompt.size()) + o->n;
+    // In 64 bits: prompt + n overflows int for -n near INT_MAX.
+    const int64_t wanted = static_cast<int64_t>(prompt.size()) + o->n;
+    const int n_ctx = o->ctx > 0               ? o->ctx
+                      : model->max_context() > 0 ? static_cast<int>(std::min<int64_t>(model->max_context(), wanted))
+                                               : static_cast<int>(std::min<int64_t>(wanted, INT_MAX));
     if (static_cast<int>(prompt.size()) >= n_ctx) {
       throw std::runtime_error(fmt::format("the prompt has {} tokens, the context only {}", prompt.size(), n_ctx));
     }

@@ -18,10 +18,13 @@ namespace {
 struct ImatrixOpts {
   std::string model, file, out = "imatrix.gguf", format = "gguf";
   int n_ctx = 512, chunks = 0, threads = 0;
-  bool process_output = false, no_ppl = false, f64_sums = false;
+  bool process_output = false, no_ppl = false, f64_sums = false, clean_stale = false;
 };
 
 void run_imatrix(const ImatrixOpts& o) {
+  check_outputs({{"MODEL", o.model}, {"-f", o.file}}, {{"-o", o.out}}, o.clean_stale);
+  check_chunks(o.chunks, "--chunks");
+  checked_threads(o.threads);
   const std::string text = read_text_file(o.file);
   if (o.format == "gguf" && !o.out.ends_with(".gguf")) {
     fmt::print(stderr, "mixq: warning: writing the GGUF imatrix format to '{}' (no .gguf suffix); use "
@@ -66,8 +69,9 @@ void register_imatrix(CLI::App& app) {
   cmd->add_option("-f,--file", o->file, "Calibration text file")->required();
   cmd->add_option("-o,--output", o->out, "Output file")->capture_default_str();
   cmd->add_option("-c,--ctx-size", o->n_ctx, "Tokens per chunk")->capture_default_str();
-  cmd->add_option("--chunks", o->chunks, "Process only the first N chunks (0: all)");
-  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--chunks", o->chunks, "Process only the first N chunks (0: all; negative is refused)");
+  cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
+  add_clean_stale_flag(cmd, o->clean_stale);
   cmd->add_option("--output-format", o->format, "gguf (llama.cpp's GGUF imatrix) or dat (legacy)")
       ->check(CLI::IsMember({"gguf", "dat"}))
       ->capture_default_str();

@@ -3,7 +3,6 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -16,6 +15,7 @@
 #include "commands.h"
 #include "mixq/engine/registry.h"
 #include "mixq/eval/kld.h"
+#include "mixq/io/tensor_check.h"
 #include "progress.h"
 
 namespace mixq::cli {
@@ -23,39 +23,19 @@ namespace mixq::cli {
 namespace {
 
 constexpr int kExitGateFailed = 3;
-constexpr int kExitInterrupted = 130;
-
-std::atomic<bool> g_kld_interrupted{false};
-extern "C" void on_kld_interrupt(int) { g_kld_interrupted = true; }
 
 struct Opts {
   std::string model, base, base_logits, save_base, file, max_ppl_increase;
   int n_ctx = 512, chunks = 0, threads = 0;
   std::string attention = "f16";
-  bool json = false;
+  bool json = false, clean_stale = false;
   std::optional<double> max_kld;
 };
 
-// SIGINT / SIGTERM set a flag that the evaluation checks after every chunk (so a --save-base file
-// is never left half-written); restored on scope exit.
-class InterruptScope {
- public:
-  InterruptScope() {
-    g_kld_interrupted = false;
-    old_int_ = std::signal(SIGINT, on_kld_interrupt);
-    old_term_ = std::signal(SIGTERM, on_kld_interrupt);
-  }
-  ~InterruptScope() {
-    std::signal(SIGINT, old_int_);
-    std::signal(SIGTERM, old_term_);
-  }
-
- private:
-  void (*old_int_)(int);
-  void (*old_term_)(int);
-};
-
 void run(const Opts& o, bool ctx_given) {
+  check_outputs({{"MODEL", o.model}, {"--base", o.base}, {"--base-logits", o.base_logits}, {"-f", o.file}},
+                {{"--save-base", o.save_base}}, o.clean_stale);
+  checked_threads(o.threads);
   const bool compare = !o.base.empty() || !o.base_logits.empty();
   if (!o.base.empty() && !o.base_logits.empty()) throw std::runtime_error("give either --base or --base-logits, not both");
   if (!o.base_logits.empty() && !o.save_base.empty()) {
@@ -109,12 +89,8 @@ void run(const Opts& o, bool ctx_given) {
     bar.update(static_cast<size_t>(p.done), static_cast<size_t>(p.total), what,
                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   };
-  std::optional<InterruptScope> interrupts;
-  if (!o.save_base.empty()) {
-    interrupts.emplace();
-    opts.cancel = &g_kld_interrupted;
-    opts.save_base = o.save_base;
-  }
+  // An interruption is handled by main()'s handler, which removes the --save-base temporary file.
+  if (!o.save_base.empty()) opts.save_base = o.save_base;
 
   std::optional<KldResult> result;
   std::optional<PerplexityResult> saved;
@@ -126,18 +102,24 @@ void run(const Opts& o, bool ctx_given) {
     } else {
       saved = save_base_logits(*model, tok, text, o.save_base, opts);
     }
-  } catch (const KldCancelled& e) {
+  } catch (const std::runtime_error& e) {
     bar.finish();
-    std::fflush(stdout);
-    fmt::print(stderr, "mixq: {}\n", e.what());
-    throw CLI::RuntimeError(kExitInterrupted);
+    if (bf) {
+      if (const auto bad = find_non_finite_tensor(*bf)) explain_failure(*bf, o.base, e);
+    }
+    explain_failure(mf, o.model, e);
   } catch (...) {
     bar.finish();
     throw;
   }
   bar.finish();
-  interrupts.reset();
 
+  if (saved && !std::isfinite(saved->ppl)) throw_non_finite(mf, o.model);
+  if (result) {
+    const KldStats& st = result->stats;
+    if (bf && !std::isfinite(st.ppl_base.value)) throw_non_finite(*bf, o.base);
+    if (!std::isfinite(st.ppl_model.value) || !std::isfinite(st.kld.value)) throw_non_finite(mf, o.model);
+  }
   if (saved) {
     if (o.json) {
       nlohmann::ordered_json j;
@@ -218,7 +200,8 @@ void register_kld(CLI::App& app) {
   auto* ctx = cmd->add_option("-c,--ctx-size", o->n_ctx, "Context per chunk (with --base-logits: the file's)")
                   ->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
-  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
+  add_clean_stale_flag(cmd, o->clean_stale);
   cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the text report");
   cmd->add_option("--max-ppl-increase", o->max_ppl_increase,

@@ -19,6 +19,7 @@ struct MeasureArgs {
   std::string model, file, out = "measurement.json", imatrix, shard, types, save_imatrix, attention = "f16";
   std::vector<std::string> merge;
   int n_ctx = 512, chunks = 8, probes = 2, threads = 0, imatrix_chunks = 64, outliers = 0;
+  bool clean_stale = false;
 };
 
 }  // namespace
@@ -35,6 +36,12 @@ std::vector<TypeId> parse_type_list(const std::string& list) {
 }
 
 void run_measure(const MeasureArgs& a) {
+  std::vector<NamedPath> inputs = {{"MODEL", a.model}, {"-f", a.file}, {"--imatrix", a.imatrix}};
+  for (const auto& p : a.merge) inputs.push_back({"--merge", p});
+  check_outputs(inputs, {{"-o", a.out}, {"--save-imatrix", a.save_imatrix}}, a.clean_stale);
+  check_chunks(a.chunks, "--chunks");
+  check_chunks(a.imatrix_chunks, "--imatrix-chunks");
+  checked_threads(a.threads);
   if (!a.merge.empty()) {
     std::vector<Measurement> parts;
     for (const auto& p : a.merge) parts.push_back(Measurement::load(p));
@@ -119,7 +126,8 @@ void register_measure(CLI::App& app) {
   cmd->add_option("--shard", a->shard, "i/N: measure only tensors i, i+N, ... (merge the parts with --merge)");
   cmd->add_option("--merge", a->merge, "Merge measurement shards into -o (no model needed)")->expected(1, -1);
   cmd->add_option("-c,--ctx-size", a->n_ctx, "Tokens per chunk")->capture_default_str();
-  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  cmd->add_option("-t,--threads", a->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
+  add_clean_stale_flag(cmd, a->clean_stale);
   cmd->add_option("--attention", a->attention, "Attention numerics: f16 (llama.cpp's), tiled, f32")->capture_default_str();
   cmd->callback([a] { run_measure(*a); });
 }

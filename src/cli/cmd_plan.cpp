@@ -1,5 +1,6 @@
 // `mixq plan`: the type of every tensor that minimizes the predicted loss under a budget
 // (plan/plan.h), from a measurement (mixq measure).
+#include <cmath>
 #include <filesystem>
 
 #include <fmt/format.h>
@@ -18,7 +19,7 @@ struct PlanArgs {
   std::string out = "plan.json", target_size, target_size_of, compat, types;
   std::vector<std::string> tensor_types;
   double target_bpw = 0;
-  bool quiet = false, no_outliers = false;
+  bool quiet = false, no_outliers = false, clean_stale = false;
 };
 
 }  // namespace
@@ -46,13 +47,21 @@ uint64_t parse_size(const std::string& text) {
   if (pos == 0 || pos != num.size() || !(v > 0)) {
     throw std::runtime_error(fmt::format("size '{}': write bytes (304320) or with a suffix (297KiB, 1.5MiB, 2G)", text));
   }
-  return static_cast<uint64_t>(v * static_cast<double>(mult));
+  // Converting a double at or above 2^64 to uint64_t is undefined (in practice 0: "budget 0").
+  const double bytes = v * static_cast<double>(mult);
+  if (!(bytes < 0x1p63)) {
+    throw std::runtime_error(fmt::format("size '{}' is beyond any file mixq can write (2^63 bytes)", text));
+  }
+  return static_cast<uint64_t>(bytes);
 }
 
 PlanOptions plan_options(double target_bpw, const std::string& target_size, const std::string& target_size_of,
                          const std::string& compat, const std::string& types, const std::vector<std::string>& rules) {
   PlanOptions o;
   int targets = (target_bpw > 0) + !target_size.empty() + !target_size_of.empty();
+  if (std::isnan(target_bpw) || target_bpw < 0 || std::isinf(target_bpw) || target_bpw > 64) {
+    throw std::runtime_error(fmt::format("--target-bpw {}: give bits per weight in (0, 64]", target_bpw));
+  }
   if (targets != 1) throw std::runtime_error("give exactly one of --target-bpw, --target-size, --target-size-of");
   if (target_bpw > 0) o.target_bpw = target_bpw;
   if (!target_size.empty()) o.target_bytes = parse_size(target_size);
@@ -85,15 +94,20 @@ void register_plan(CLI::App& app) {
   cmd->add_option("--target-size-of", a->target_size_of, "At most the size of this file (e.g. llama.cpp's Q4_K_M)");
   cmd->add_option("--compat", a->compat, "llama.cpp: only types llama.cpp loads");
   cmd->add_option("--types", a->types, "Allowed types, comma-separated (default: every measured type)");
-  cmd->add_option("--tensor-type", a->tensor_types, "REGEX=TYPE: fixed choice for the tensors the regex finds (repeatable)");
+  cmd->add_option("--tensor-type", a->tensor_types, "REGEX=TYPE: fixed choice for the tensors the regex finds (repeatable)")
+      ->allow_extra_args(false);
   cmd->add_option("-o,--output", a->out, "Plan JSON (for mixq quantize --plan)")->capture_default_str();
   cmd->add_flag("-q,--quiet", a->quiet, "Print only the summary line");
   cmd->add_flag("--no-outliers", a->no_outliers, "Ignore the measurement's outlier candidates (measure --outliers)");
+  add_clean_stale_flag(cmd, a->clean_stale);
   cmd->callback([a] {
+    std::vector<NamedPath> inputs = {{"--target-size-of", a->target_size_of}};
+    for (const auto& m : a->measurements) inputs.push_back({"MEASUREMENT", m});
+    check_outputs(inputs, {{"-o", a->out}}, a->clean_stale);
+    PlanOptions o = plan_options(a->target_bpw, a->target_size, a->target_size_of, a->compat, a->types, a->tensor_types);
     std::vector<Measurement> parts;
     for (const auto& p : a->measurements) parts.push_back(Measurement::load(p));
     const Measurement m = merge_measurements(parts);
-    PlanOptions o = plan_options(a->target_bpw, a->target_size, a->target_size_of, a->compat, a->types, a->tensor_types);
     o.outliers = !a->no_outliers;
     Plan plan = make_plan(m, o);
     plan.measurement = a->measurements.front();

@@ -1,4 +1,3 @@
-#include <csignal>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -12,20 +11,18 @@
 #include "mixq/plan/plan.h"
 #include "mixq/policy/presets.h"
 #include "mixq/quantize/quantize_model.h"
+#include "mixq/util/json_file.h"
 #include "progress.h"
 
 namespace mixq::cli {
 
 namespace {
 
-std::atomic<bool> g_interrupted{false};
-extern "C" void on_interrupt(int) { g_interrupted = true; }
-
 struct QuantizeArgs {
   std::string input, output, type, threads_pos;
   std::vector<std::string> tensor_types, layers;
   std::string tensor_type_file, config, output_tensor_type, token_embedding_type, imatrix, report_json, compat;
-  bool pure = false, leave_output = false, allow_requantize = false, dry_run = false;
+  bool pure = false, leave_output = false, allow_requantize = false, dry_run = false, clean_stale = false;
   int threads = 0;
   // --plan, or the one-step allocation (--target-* with -f).
   std::string plan, calib_file, target_size, target_size_of, types, save_plan, save_measurement;
@@ -56,13 +53,11 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
   QuantizeOptions o;
   PolicyOptions& p = o.policy;
   if (!a.config.empty()) {
-    std::ifstream f(a.config);
-    if (!f) throw PolicyError(fmt::format("cannot read --config '{}'", a.config));
     nlohmann::ordered_json j;  // rules keep the file's order: the first match wins
     try {
-      j = nlohmann::ordered_json::parse(f);
-    } catch (const nlohmann::ordered_json::parse_error& e) {
-      throw PolicyError(fmt::format("--config '{}' is not valid JSON: {}", a.config, e.what()));
+      j = read_json_file(a.config, "--config");
+    } catch (const std::runtime_error& e) {
+      throw PolicyError(e.what());
     }
     apply_policy_config(j, p, a.config);
   }
@@ -168,12 +163,16 @@ void register_quantize(CLI::App& app) {
                   "Type (q4_k, q8_0, nf4, i8_row, lb3, ...) or preset (Q4_K_M, Q3_K_S, boundary[:TYPE], "
                   "ssm-conservative, ...), case-insensitive; llama-quantize's names mean its mixes");
   cmd->add_option("THREADS", a->threads_pos, "Threads (as llama-quantize's trailing argument)");
+  // One value per occurrence, as llama-quantize reads it: `--tensor-type X=Y IN OUT TYPE` must
+  // leave IN OUT TYPE to the positionals.
   cmd->add_option("--tensor-type", a->tensor_types,
-                  "REGEX=TYPE: tensors whose name the regex finds get TYPE (first match wins; repeatable)");
+                  "REGEX=TYPE: tensors whose name the regex finds get TYPE (first match wins; repeatable)")
+      ->allow_extra_args(false);
   cmd->add_option("--tensor-type-file", a->tensor_type_file, "File of REGEX=TYPE lines ('#' comments)");
   cmd->add_option("--layers", a->layers,
                   "SPEC[/COMPONENT]=TYPE: layer-position rule; SPEC first:N, last:N, A-B, N, every:N; COMPONENT "
-                  "attn, ffn, attn_v, ffn_down, embed, output, norm, ssm, time_mix, channel_mix, ... (repeatable)");
+                  "attn, ffn, attn_v, ffn_down, embed, output, norm, ssm, time_mix, channel_mix, ... (repeatable)")
+      ->allow_extra_args(false);
   cmd->add_option("--config", a->config, "Policy JSON: default, preset, rules {PATTERN: TYPE}, <N>bit_layers, layers");
   cmd->add_option("--output-tensor-type", a->output_tensor_type, "Type of output.weight");
   cmd->add_option("--token-embedding-type", a->token_embedding_type, "Type of token_embd.weight");
@@ -184,7 +183,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("--dry-run", a->dry_run, "Print the per-tensor plan, size and bits per weight; write nothing");
   cmd->add_option("--report-json", a->report_json, "Write the per-tensor report as JSON to this file");
   cmd->add_option("--compat", a->compat, "llama.cpp: refuse types llama.cpp cannot load");
-  cmd->add_option("-t,--threads", a->threads, "Threads (default: all cores)");
+  cmd->add_option("-t,--threads", a->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
   cmd->add_option("--calib", a->calib,
                   "Scale choice for nf4, i8_row, i8_mm, lb3, lb2: search (default), minmax, percentile[:P], mse");
   cmd->add_flag("--symmetric", a->symmetric, "Zero-point formats (i8_mm, lb3, lb2): zero point fixed at the middle code");
@@ -206,8 +205,18 @@ void register_quantize(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--save-plan", a->save_plan, "One step: also write the plan");
   cmd->add_option("--save-measurement", a->save_measurement, "One step: also write the measurement");
+  add_clean_stale_flag(cmd, a->clean_stale);
   cmd->callback([a] {
+    std::vector<NamedPath> outputs = {{"--report-json", a->report_json}, {"--save-plan", a->save_plan},
+                                      {"--save-measurement", a->save_measurement}};
+    if (!a->dry_run) outputs.insert(outputs.begin(), {"OUTPUT", a->output});
+    check_outputs({{"INPUT", a->input}, {"--imatrix", a->imatrix}, {"--plan", a->plan}, {"--config", a->config},
+                   {"--tensor-type-file", a->tensor_type_file}, {"-f", a->calib_file},
+                   {"--target-size-of", a->target_size_of}},
+                  outputs, a->clean_stale);
+    checked_threads(a->threads);
     QuantizeOptions opts = build_options(*a);
+    checked_threads(opts.threads);
     const bool one_step = a->target_bpw > 0 || !a->target_size.empty() || !a->target_size_of.empty();
     if (one_step && a->calib_file.empty()) throw PolicyError("--target-bpw / --target-size need -f CALIBRATION_TEXT");
     if (!a->calib_file.empty() && !one_step) throw PolicyError("-f needs a target: --target-bpw B or --target-size S");
@@ -254,28 +263,18 @@ void register_quantize(CLI::App& app) {
     if (a->dry_run) {
       rep = plan_model(in, opts);
     } else {
-      if (std::filesystem::exists(a->output) && std::filesystem::equivalent(a->input, a->output)) {
-        throw PolicyError("OUTPUT is the same file as INPUT: choose another output path");
-      }
+      // Interruptions: the handler main() installs removes the temporary files (io/atomic_file.h).
       Progress bar("quantize");
       opts.on_progress = [&](const QuantizeProgress& p) {
         bar.update(p.index, p.total, p.plan->tensor.name, p.seconds);
       };
-      g_interrupted = false;
-      opts.cancel = &g_interrupted;
-      auto old_int = std::signal(SIGINT, on_interrupt);
-      auto old_term = std::signal(SIGTERM, on_interrupt);
       try {
         rep = quantize_model(in, a->output, opts);
       } catch (...) {
         bar.finish();
-        std::signal(SIGINT, old_int);
-        std::signal(SIGTERM, old_term);
         throw;
       }
       bar.finish();
-      std::signal(SIGINT, old_int);
-      std::signal(SIGTERM, old_term);
     }
     fmt::print("{}", rep.to_text());
     if (plan && rep.output_file_bytes > plan->budget_bytes && plan->target.starts_with("bytes")) {
@@ -283,9 +282,7 @@ void register_quantize(CLI::App& app) {
                          "from what mixq measure counted (another --imatrix?)\n",
                  rep.output_file_bytes, plan->budget_bytes);
     }
-    if (!a->report_json.empty()) {
-      std::ofstream(a->report_json) << rep.to_json().dump(2) << "\n";
-    }
+    if (!a->report_json.empty()) write_file_atomically(a->report_json, rep.to_json().dump(2) + "\n");
     if (!a->dry_run) fmt::print("wrote {}\n", a->output);
   });
 }

@@ -4,11 +4,14 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "mixq/io/atomic_file.h"
 #include "mixq/quantize/quantize_model.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"mixq: mixed-precision quantization toolkit (GGUF, GGML types, NF4, INT8, 2/3-bit)"};
   app.require_subcommand(1);
+  // From here on an interruption removes every temporary file before exiting (io/atomic_file.h).
+  mixq::install_interrupt_cleanup();
   mixq::cli::register_inspect(app);
   mixq::cli::register_convert(app);
   mixq::cli::register_quantize(app);

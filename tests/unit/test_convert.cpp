@@ -548,6 +548,48 @@ TEST(ConvertSafetensors, MalformedDirectoriesAreClearErrors) {
   wordpiece.tokenizer["model"]["type"] = "WordPiece";
   wordpiece.write(dir);
   expect_error({dir, out, std::nullopt, {}}, "WordPiece");
+  // Absurd layer counts are checked against the weights before anything is sized from them
+  // (2^31 layers used to allocate until memory ran out).
+  TinyHf many_layers = m;
+  many_layers.config["num_hidden_layers"] = int64_t{1} << 31;
+  many_layers.write(dir);
+  expect_error({dir, out, std::nullopt, {}}, "hold no layer 2147483647");
+  many_layers.config["num_hidden_layers"] = 2;
+  many_layers.write(dir);
+  expect_error({dir, out, std::nullopt, {}}, "hold no layer 1");
+  // Deeply nested values (the error messages print them) are refused while parsing.
+  for (const char* key : {"architectures", "rope_scaling"}) {
+    m.write(dir);
+    std::ofstream(dir / "config.json") << "{\"" << key << "\": " << std::string(100000, '[') << std::string(100000, ']')
+                                        << "}";
+    expect_error({dir, out, std::nullopt, {}}, "nests deeper than");
+  }
+  {
+    m.write(dir);
+    const std::string deep_header = "{\"x\": {\"dtype\": \"F32\", \"shape\": " + std::string(100000, '[') +
+                                    std::string(100000, ']') + ", \"data_offsets\": [0, 0]}}";
+    std::vector<uint8_t> b;
+    put<uint64_t>(b, deep_header.size());
+    put_str(b, deep_header);
+    write_file(dir / "model.safetensors", b);
+    expect_error({dir, out, std::nullopt, {}}, "nests deeper than");
+  }
+  {
+    m.write(dir);
+    std::ofstream(dir / "tokenizer.json") << "{\"added_tokens\": [{\"id\": " << std::string(100000, '[')
+                                          << std::string(100000, ']') << "}]}";
+    expect_error({dir, out, std::nullopt, {}}, "nests deeper than");
+  }
+  // A sharded index must name files inside the directory.
+  for (const char* shard : {"../outside.safetensors", "/etc/passwd", "sub/../../x.safetensors"}) {
+    m.write(dir);
+    fs::rename(dir / "model.safetensors", dir / "inside.safetensors");
+    json index = {{"weight_map", {{"model.norm.weight", "inside.safetensors"}, {"lm_head.weight", shard}}}};
+    std::ofstream(dir / "model.safetensors.index.json") << index.dump();
+    expect_error({dir, out, std::nullopt, {}}, "outside the model directory");
+    fs::remove(dir / "model.safetensors.index.json");
+    fs::remove(dir / "inside.safetensors");
+  }
   m.write(dir);
   std::ofstream(dir / "config.json") << "{ not json";
   expect_error({dir, out, std::nullopt, {}}, "not valid JSON");

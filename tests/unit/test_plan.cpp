@@ -202,6 +202,35 @@ TEST(Plan, JsonRoundTripAndBadFiles) {
   EXPECT_THROW(Measurement::from_json(j, "x"), std::runtime_error);
   EXPECT_THROW(Measurement::from_json(nlohmann::ordered_json::parse("{\"format\":\"other\"}"), "x"), std::runtime_error);
   EXPECT_THROW(Plan::from_json(nlohmann::ordered_json::parse("[1,2]"), "x"), PlanError);
+  // Padding assumes a power-of-two alignment; 48 would give sizes no file has.
+  j = m.to_json();
+  j["alignment"] = 48;
+  EXPECT_THROW(Measurement::from_json(j, "x"), std::runtime_error);
+}
+
+TEST(Plan, DpMemoryIsBoundedAndThePlanUnchanged) {
+  // The choice table is one byte per tensor and budget unit (400 KB per tensor at full
+  // resolution). Forced into a small table, the DP recovers its choices in pieces and must give
+  // the same plan, ties included, with its memory bounded by the table plus O(log n) rows.
+  std::mt19937 rng(11);
+  Measurement m = synthetic(300, {TypeId::Q4_0, TypeId::Q5_0, TypeId::Q8_0, TypeId::F16}, rng);
+  // Equal losses make ties, where a different reconstruction could pick differently.
+  for (size_t i = 0; i < m.tensors.size(); i += 7) m.tensors[i].candidates[1].predicted = m.tensors[i].candidates[2].predicted;
+  for (const uint64_t target : {uint64_t{300000}, uint64_t{420000}}) {
+    PlanOptions full;
+    full.target_bytes = target;
+    full.max_dp_units = 20000;
+    PlanOptions small = full;
+    small.max_dp_table_bytes = 20001 * 8;  // 8 tensors' rows at once
+    const Plan a = make_plan(m, full), b = make_plan(m, small);
+    EXPECT_EQ(a.to_json(), b.to_json());
+    EXPECT_EQ(a.method, b.method);
+    const uint64_t one_table = 300ull * 20001;
+    EXPECT_GE(a.dp_peak_bytes, one_table);
+    // The table (8 rows) and at most 2 * (log2(300 / 8) + 3) dp rows of doubles.
+    EXPECT_LE(b.dp_peak_bytes, 8ull * 20001 + 2 * 9 * 20001 * 8) << b.dp_peak_bytes;
+    EXPECT_LT(b.dp_peak_bytes, one_table / 2);
+  }
 }
 
 // The real model: measured once per test suite with two candidate types and small settings.

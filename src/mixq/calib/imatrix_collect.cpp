@@ -1,5 +1,7 @@
 #include "mixq/calib/imatrix_collect.h"
 
+#include "mixq/io/atomic_file.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -218,27 +220,7 @@ void write_imatrix_dat(const ImportanceMatrix& m, const std::filesystem::path& p
   put_i32(static_cast<int32_t>(dataset.size()));
   out += dataset;
 
-  // Written beside the target, then renamed into place.
-  std::filesystem::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::FILE* f = std::fopen(tmp.c_str(), "wb");
-    if (!f) throw std::runtime_error(fmt::format("cannot write '{}': {}", tmp.string(), std::strerror(errno)));
-    const bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size();
-    const bool closed = std::fclose(f) == 0;
-    if (!ok || !closed) {
-      std::error_code ec;
-      std::filesystem::remove(tmp, ec);
-      throw std::runtime_error(fmt::format("cannot write '{}' (disk full?)", tmp.string()));
-    }
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    const std::string why = ec.message();
-    std::filesystem::remove(tmp, ec);
-    throw std::runtime_error(fmt::format("cannot rename '{}' to '{}': {}", tmp.string(), path.string(), why));
-  }
+  write_file_atomically(path, out);
 }
 
 }  // namespace mixq

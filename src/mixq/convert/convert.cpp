@@ -12,6 +12,7 @@
 #include "mixq/convert/llama2c.h"
 #include "mixq/convert/rwkv_cpp.h"
 #include "mixq/convert/safetensors.h"
+#include "mixq/io/atomic_file.h"
 
 namespace mixq {
 
@@ -76,10 +77,14 @@ ConvertResult convert_to_gguf(const ConvertRequest& req) {
   }
   ConvertResult r;
   r.format = detect_model_format(req.input);
+  std::optional<uint64_t> written;
   switch (r.format) {
-    case ModelFormat::Gguf:
-      r.tensors = convert_gguf(GgufFile::open(req.input), req.output, req.outtype).tensors;
+    case ModelFormat::Gguf: {
+      const auto stats = convert_gguf(GgufFile::open(req.input), req.output, req.outtype);
+      r.tensors = stats.tensors;
+      written = stats.bytes_written;
       break;
+    }
     case ModelFormat::RwkvCpp:
       r.tensors = convert_rwkv_cpp(req.input, req.output, req.outtype);
       break;
@@ -91,24 +96,26 @@ ConvertResult convert_to_gguf(const ConvertRequest& req) {
       r.tensors = convert_safetensors_dir(req.input, req.output, req.outtype, r.warnings);
       break;
   }
-  r.bytes_written = fs::file_size(req.output);
+  if (!written) {
+    // A FIFO or a device has no size to read back.
+    std::error_code ec;
+    const auto size = fs::file_size(req.output, ec);
+    written = ec ? 0 : size;
+  }
+  r.bytes_written = *written;
   return r;
 }
 
 GgufSource::GgufSource(const fs::path& input, const fs::path& near, const fs::path& tokenizer)
     : path_(input), format_(detect_model_format(input)) {
   if (format_ == ModelFormat::Gguf) return;
-  path_ = near;
-  path_ += fmt::format(".mixq-src-{}.gguf", ::getpid());
-  temporary_ = true;
+  // Registered before it exists: an interruption during the conversion or anything after it
+  // removes it (io/atomic_file.h).
+  temporary_ = std::make_unique<TemporaryPath>(near, "-src.gguf");
+  path_ = temporary_->path();
   convert_to_gguf({input, path_, std::nullopt, tokenizer});
 }
 
-GgufSource::~GgufSource() {
-  if (temporary_) {
-    std::error_code ec;
-    fs::remove(path_, ec);
-  }
-}
+GgufSource::~GgufSource() = default;
 
 }  // namespace mixq

@@ -3,11 +3,12 @@
 //   a file starting with "ggmf"  -> rwkv.cpp's legacy format (rwkv_cpp.h)
 //   a directory with config.json -> a Hugging Face safetensors model (safetensors.h)
 //   anything else                -> a llama2.c checkpoint (llama2c.h) + tokenizer.bin
-// Every output goes through GgufWriter (temporary file, renamed when complete); bad input throws
+// Every output goes through GgufWriter and so AtomicFile (io/atomic_file.h); bad input throws
 // std::runtime_error (or GgufError / TypeError) saying what is wrong and where.
 #pragma once
 
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,8 @@
 #include "mixq/formats/type_table.h"
 
 namespace mixq {
+
+class TemporaryPath;
 
 enum class ModelFormat { Gguf, RwkvCpp, Llama2c, SafetensorsDir };
 
@@ -53,7 +56,7 @@ class GgufSource {
  private:
   std::filesystem::path path_;
   ModelFormat format_;
-  bool temporary_ = false;
+  std::unique_ptr<TemporaryPath> temporary_;
 };
 
 }  // namespace mixq

@@ -53,7 +53,7 @@ ConvertStats convert_gguf(const GgufFile& in, const std::filesystem::path& out, 
     in.drop_pages(t);
   }
   w.finish();
-  stats.bytes_written = std::filesystem::file_size(out);
+  stats.bytes_written = w.bytes_written();
   return stats;
 }
 

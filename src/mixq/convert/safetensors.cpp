@@ -5,12 +5,14 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <stdexcept>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "mixq/io/gguf.h"
+#include "mixq/util/json_file.h"
 
 namespace mixq {
 
@@ -38,13 +40,11 @@ std::optional<TypeId> float_type(const std::string& dtype) {
 }
 
 json read_json(const fs::path& p) {
-  std::ifstream f(p);
-  if (!f) throw std::runtime_error(fmt::format("cannot read '{}'", p.string()));
-  try {
-    return json::parse(f);
-  } catch (const json::parse_error& e) {
-    throw std::runtime_error(fmt::format("'{}' is not valid JSON: {}", p.string(), e.what()));
-  }
+  std::ifstream f(p, std::ios::binary);
+  if (!f || fs::is_directory(p)) throw std::runtime_error(fmt::format("cannot read '{}'", p.string()));
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return parse_json_text<json>(ss.str(), fmt::format("'{}'", p.string()));
 }
 
 // config.json values, with errors that name the file and the key.
@@ -345,8 +345,9 @@ std::vector<SafetensorsTensor> read_safetensors(const MappedFile& file, const st
   if (n > b.size() - 8) fail(fmt::format("header length {} runs past the end of the file ({} bytes)", n, b.size()));
   json header;
   try {
-    header = json::parse(b.begin() + 8, b.begin() + 8 + static_cast<std::ptrdiff_t>(n));
-  } catch (const json::parse_error& e) {
+    header = parse_json_text<json>(
+        std::string_view(reinterpret_cast<const char*>(b.data()) + 8, static_cast<size_t>(n)), "its text");
+  } catch (const std::runtime_error& e) {
     fail(std::string("header is not JSON: ") + e.what());
   }
   if (!header.is_object()) fail("header is not a JSON object");
@@ -411,7 +412,16 @@ size_t convert_safetensors_dir(const fs::path& dir, const fs::path& out, std::op
     }
     for (const auto& [name, file] : index["weight_map"].items()) {
       if (!file.is_string()) throw std::runtime_error(fmt::format("weight_map entry '{}' is not a file name", name));
-      const fs::path p = dir / file.get<std::string>();
+      // A model directory is a unit: an index naming files elsewhere (../, /etc/...) would make
+      // the converter read whatever the index's author chose.
+      const fs::path rel = fs::path(file.get<std::string>()).lexically_normal();
+      if (rel.empty() || rel.is_absolute() || rel.has_root_name() || *rel.begin() == "..") {
+        throw std::runtime_error(fmt::format("'{}': weight_map entry '{}' names '{}', outside the model directory; "
+                                             "shards must be files in '{}'",
+                                             (dir / "model.safetensors.index.json").string(), name,
+                                             file.get<std::string>(), dir.string()));
+      }
+      const fs::path p = dir / rel;
       if (std::find(shards.begin(), shards.end(), p) == shards.end()) shards.push_back(p);
     }
   } else if (fs::exists(dir / "model.safetensors")) {
@@ -437,6 +447,16 @@ size_t convert_safetensors_dir(const fs::path& dir, const fs::path& out, std::op
     }
   }
 
+  // The expected-tensor list below grows with num_hidden_layers: check the number against the
+  // weights first, so an absurd config.json is an error rather than an allocation of everything.
+  if (h.n_layer > 0 &&
+      (static_cast<uint64_t>(h.n_layer) > by_gguf_name.size() ||
+       !by_gguf_name.contains(fmt::format("blk.{}.attn_norm.weight", h.n_layer - 1)))) {
+    throw std::runtime_error(fmt::format("'{}' has \"num_hidden_layers\": {}, but the weights in '{}' hold no layer {} "
+                                         "(model.layers.{}.input_layernorm.weight): fix config.json or the weights",
+                                         (dir / "config.json").string(), h.n_layer, dir.string(), h.n_layer - 1,
+                                         h.n_layer - 1));
+  }
   struct Planned {
     std::string name;
     const Source* src;

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "mixq/io/atomic_file.h"
 #include "mixq/util/thread_pool.h"
 
 namespace mixq {
@@ -74,14 +75,10 @@ long double expected_size(const Header& h) {
 
 std::string errno_text() { return std::strerror(errno); }
 
-// Writes a stored base run to a temporary file beside `out`, renamed to `out` by finish().
+// Writes a stored base run through an AtomicFile: nothing appears at `out` before finish().
 class BaseLogitsWriter {
  public:
-  BaseLogitsWriter(const fs::path& out, const TextChunks& chunks, int n_vocab) : out_(out) {
-    const fs::path dir = out.has_parent_path() ? out.parent_path() : fs::path(".");
-    tmp_ = dir / fmt::format(".{}.tmp-{}", out.filename().string(), ::getpid());
-    f_ = std::fopen(tmp_.c_str(), "wb");
-    if (!f_) throw std::runtime_error(fmt::format("cannot write '{}': {}", out.string(), errno_text()));
+  BaseLogitsWriter(const fs::path& out, const TextChunks& chunks, int n_vocab) : file_(out) {
     Header h{};
     std::memcpy(h.magic, kMagic, 8);
     h.version = kVersion;
@@ -97,57 +94,34 @@ class BaseLogitsWriter {
     const size_t n_tokens = static_cast<size_t>(chunks.n_chunks) * static_cast<size_t>(chunks.n_ctx);
     sum.add(chunks.tokens.data(), n_tokens * 4);
     const uint64_t check = sum.value();
-    write(&h, sizeof h);
-    write(chunks.tokens.data(), n_tokens * 4);
-    write(&check, 8);
+    file_.write(&h, sizeof h);
+    file_.write(chunks.tokens.data(), n_tokens * 4);
+    file_.write(&check, 8);
     floats_per_chunk_ = row_floats(h);
     chunks_left_ = chunks.n_chunks;
   }
   BaseLogitsWriter(const BaseLogitsWriter&) = delete;
   BaseLogitsWriter& operator=(const BaseLogitsWriter&) = delete;
-  ~BaseLogitsWriter() {
-    if (f_) std::fclose(f_);
-    if (!done_) {
-      std::error_code ec;
-      fs::remove(tmp_, ec);
-    }
-  }
 
   void write_chunk(const std::vector<float>& log_probs) {
     if (log_probs.size() != floats_per_chunk_ || chunks_left_ <= 0) throw std::logic_error("base logits: bad chunk");
     Checksum sum;
     sum.add(log_probs.data(), log_probs.size() * 4);
     const uint64_t check = sum.value();
-    write(log_probs.data(), log_probs.size() * 4);
-    write(&check, 8);
+    file_.write(log_probs.data(), log_probs.size() * 4);
+    file_.write(&check, 8);
     --chunks_left_;
   }
 
   void finish() {
     if (chunks_left_ != 0) throw std::logic_error("base logits: chunks missing");
-    if (std::fflush(f_) != 0 || ::fsync(::fileno(f_)) != 0) fail();
-    const int rc = std::fclose(f_);
-    f_ = nullptr;
-    if (rc != 0) fail();
-    std::error_code ec;
-    fs::rename(tmp_, out_, ec);
-    if (ec) throw std::runtime_error(fmt::format("cannot write '{}': {}", out_.string(), ec.message()));
-    done_ = true;
+    file_.commit();
   }
 
  private:
-  void write(const void* p, size_t n) {
-    if (n && std::fwrite(p, 1, n, f_) != n) fail();
-  }
-  [[noreturn]] void fail() {
-    throw std::runtime_error(fmt::format("cannot write '{}': {}", out_.string(), errno_text()));
-  }
-
-  fs::path out_, tmp_;
-  std::FILE* f_ = nullptr;
+  AtomicFile file_;
   uint64_t floats_per_chunk_ = 0;
   int chunks_left_ = 0;
-  bool done_ = false;
 };
 
 // Reads a stored base run; the header, the tokens and the file size are checked on opening, each

@@ -18,7 +18,8 @@
 //   i32 tokens[n_chunks * n_ctx]: the text's tokens of the scored chunks (before the BOS replacement)
 //   u64 checksum of the header and the tokens
 //   per chunk: f32 log_probs[(n_ctx - 1 - first) * n_vocab], u64 checksum of those bytes
-// It is written to a temporary file beside the destination and renamed when complete.
+// It is written through AtomicFile (io/atomic_file.h): a temporary file beside the destination,
+// renamed when complete.
 #pragma once
 
 #include <atomic>

@@ -18,9 +18,12 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "mixq/formats/type_table.h"
+#include "mixq/io/atomic_file.h"
 #include "mixq/io/mapped_file.h"
 
 namespace mixq {
@@ -149,7 +152,8 @@ class GgufFile {
 //   GgufWriter w(path);  w.set(...);  w.add_tensor(...) for each;  w.write_tensor_data(...) in the
 //   same order;  w.finish();
 // Nothing appears at `path` until finish() succeeds; a writer destroyed before that (an
-// exception, an error) removes its temporary file.
+// exception, an error) removes its temporary file. The file is written through AtomicFile
+// (io/atomic_file.h), which sets the rules for symlinks, devices and interruptions.
 class GgufWriter {
  public:
   explicit GgufWriter(std::filesystem::path path, uint32_t alignment = kGgufDefaultAlignment);
@@ -171,6 +175,8 @@ class GgufWriter {
   void finish();
 
   const std::filesystem::path& path() const { return path_; }
+  // Bytes written so far (the file's size after finish()).
+  uint64_t bytes_written() const { return position_; }
   // Total size the finished file will have.
   uint64_t planned_file_size() const;
   // The header (magic .. last tensor info) before its alignment padding.
@@ -183,11 +189,12 @@ class GgufWriter {
   void record_extension_type(const std::string& name);
   void write_bytes(const void* p, size_t n);
   void pad_to(uint64_t position);
-  void fail(const std::string& what);
 
-  std::filesystem::path path_, tmp_path_;
+  std::filesystem::path path_;
   uint32_t alignment_;
   std::vector<GgufKeyValue> kv_;
+  std::unordered_map<std::string, size_t> key_index_;  // kv_ position of each key
+  std::unordered_set<std::string> tensor_names_;
   struct Pending {
     std::string name;
     std::vector<int64_t> shape;
@@ -197,7 +204,7 @@ class GgufWriter {
   std::vector<Pending> tensors_;
   uint64_t data_size_ = 0;
   size_t next_tensor_ = 0;
-  std::FILE* file_ = nullptr;
+  std::unique_ptr<AtomicFile> file_;
   uint64_t position_ = 0;
   uint64_t data_start_ = 0;
   bool header_written_ = false, finished_ = false;

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "mixq/io/gguf.h"
+#include "mixq/io/atomic_file.h"
 
 namespace mixq {
 
@@ -78,19 +79,11 @@ GgufWriter::GgufWriter(std::filesystem::path path, uint32_t alignment)
   if (alignment_ == 0 || (alignment_ & (alignment_ - 1)) != 0) {
     throw GgufError(fmt::format("alignment {} is not a power of two", alignment_));
   }
-  // The temporary file sits beside the target so the final rename is atomic (same file system).
-  tmp_path_ = path_;
-  tmp_path_ += fmt::format(".mixq-tmp-{}", ::getpid());
   if (alignment_ != kGgufDefaultAlignment) set("general.alignment", GgufValue::u32(alignment_));
 }
 
-GgufWriter::~GgufWriter() {
-  if (file_) std::fclose(file_);
-  if (!finished_) {
-    std::error_code ec;
-    std::filesystem::remove(tmp_path_, ec);
-  }
-}
+// The AtomicFile removes its temporary file when destroyed unfinished.
+GgufWriter::~GgufWriter() = default;
 
 void GgufWriter::set(std::string key, GgufValue value) {
   if (header_written_) throw GgufError("metadata cannot change after tensor data has been written");
@@ -105,17 +98,21 @@ void GgufWriter::set(std::string key, GgufValue value) {
     }
     alignment_ = static_cast<uint32_t>(value.as_uint());
   }
-  for (auto& kv : kv_) {
-    if (kv.key == key) {
-      kv.value = std::move(value);
-      return;
-    }
+  // An index by key keeps copying a file with many keys linear.
+  if (const auto it = key_index_.find(key); it != key_index_.end()) {
+    kv_[it->second].value = std::move(value);
+    return;
   }
+  key_index_.emplace(key, kv_.size());
   kv_.push_back({std::move(key), std::move(value)});
 }
 
 void GgufWriter::remove(std::string_view key) {
-  std::erase_if(kv_, [&](const GgufKeyValue& kv) { return kv.key == key; });
+  const auto it = key_index_.find(std::string(key));
+  if (it == key_index_.end()) return;
+  kv_.erase(kv_.begin() + static_cast<std::ptrdiff_t>(it->second));
+  key_index_.clear();
+  for (size_t i = 0; i < kv_.size(); ++i) key_index_.emplace(kv_[i].key, i);
 }
 
 void GgufWriter::copy_metadata(const GgufFile& src) {
@@ -130,9 +127,7 @@ void GgufWriter::add_tensor(std::string name, std::vector<int64_t> shape, TypeId
   if (shape.empty() || shape.size() > kGgufMaxDims) {
     throw GgufError(fmt::format("tensor '{}' has {} dimensions (GGUF allows 1 to {})", name, shape.size(), kGgufMaxDims));
   }
-  for (const auto& t : tensors_) {
-    if (t.name == name) throw GgufError(fmt::format("duplicate tensor name '{}'", name));
-  }
+  if (tensor_names_.contains(name)) throw GgufError(fmt::format("duplicate tensor name '{}'", name));
   const TypeTraits& tt = type_traits(type);
   if (!tt.fits_row(shape[0])) {
     throw GgufError(fmt::format("tensor '{}': rows of {} values do not fill whole {} blocks of {}", name, shape[0],
@@ -141,6 +136,7 @@ void GgufWriter::add_tensor(std::string name, std::vector<int64_t> shape, TypeId
   int64_t rows = 1;
   for (size_t d = 1; d < shape.size(); ++d) rows *= shape[d];
   const uint64_t nbytes = static_cast<uint64_t>(rows) * tt.row_bytes(shape[0]);
+  tensor_names_.insert(name);
   tensors_.push_back({std::move(name), std::move(shape), &tt, data_size_, nbytes});
   data_size_ = align_up(data_size_ + nbytes, alignment_);
   if (tt.is_extension()) record_extension_type(tt.name);
@@ -149,9 +145,9 @@ void GgufWriter::add_tensor(std::string name, std::vector<int64_t> shape, TypeId
 void GgufWriter::record_extension_type(const std::string& name) {
   // A reader must be able to tell, from metadata alone, that GGML tools cannot load this file.
   std::vector<GgufValue> names;
-  if (const auto it = std::find_if(kv_.begin(), kv_.end(), [](auto& kv) { return kv.key == kExtensionTypesKey; });
-      it != kv_.end() && it->value.type() == GgufValueType::ARRAY) {
-    names = it->value.as_array();
+  if (const auto it = key_index_.find(std::string(kExtensionTypesKey));
+      it != key_index_.end() && kv_[it->second].value.type() == GgufValueType::ARRAY) {
+    names = kv_[it->second].value.as_array();
   }
   for (const auto& n : names) {
     if (n.type() == GgufValueType::STRING && n.as_string() == name) return;
@@ -177,14 +173,12 @@ uint64_t GgufWriter::planned_file_size() const {
   return align_up(header, alignment_) + data_size_;
 }
 
-void GgufWriter::fail(const std::string& what) {
-  const int err = errno;
-  throw GgufError(fmt::format("cannot write '{}': {}: {}{}", path_.string(), what, std::strerror(err),
-                              err == ENOSPC ? " (the disk is full: free space or choose another output path)" : ""));
-}
-
 void GgufWriter::write_bytes(const void* p, size_t n) {
-  if (n && std::fwrite(p, 1, n, file_) != n) fail("write failed");
+  try {
+    file_->write(p, n);
+  } catch (const std::runtime_error& e) {
+    throw GgufError(e.what());
+  }
   position_ += n;
 }
 
@@ -194,8 +188,11 @@ void GgufWriter::pad_to(uint64_t position) {
 }
 
 void GgufWriter::write_header() {
-  file_ = std::fopen(tmp_path_.c_str(), "wb");
-  if (!file_) fail("cannot create the temporary file " + tmp_path_.string());
+  try {
+    file_ = std::make_unique<AtomicFile>(path_);
+  } catch (const std::runtime_error& e) {
+    throw GgufError(e.what());
+  }
   Encoder e;
   e.scalar<uint32_t>(0x46554747);
   e.scalar<uint32_t>(kWriteVersion);
@@ -238,16 +235,12 @@ void GgufWriter::finish() {
   if (next_tensor_ != tensors_.size()) {
     throw GgufError(fmt::format("{} of {} tensors were written", next_tensor_, tensors_.size()));
   }
-  if (std::fflush(file_) != 0) fail("flush failed");
-  if (::fsync(::fileno(file_)) != 0) fail("sync failed");
-  const int rc = std::fclose(file_);
-  file_ = nullptr;
-  if (rc != 0) fail("close failed");
-  std::error_code ec;
-  std::filesystem::rename(tmp_path_, path_, ec);
-  if (ec) {
-    throw GgufError(fmt::format("cannot move the finished file into place at '{}': {}", path_.string(), ec.message()));
+  try {
+    file_->commit();
+  } catch (const std::runtime_error& e) {
+    throw GgufError(e.what());
   }
+  file_.reset();
   finished_ = true;
 }
 

@@ -424,7 +424,12 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
   m.fixed_bytes_unpadded = get<uint64_t>(j, "fixed_bytes_unpadded", origin);
   m.header_bytes = get<uint64_t>(j, "header_bytes", origin);
   m.alignment = get<uint32_t>(j, "alignment", origin);
-  if (m.alignment == 0) throw std::runtime_error(fmt::format("{}: alignment 0", origin));
+  // Every padded size in the plan assumes GGUF's rule (a power of two); another number gives
+  // sizes no file can have.
+  if (m.alignment == 0 || (m.alignment & (m.alignment - 1)) != 0) {
+    throw std::runtime_error(fmt::format("{}: alignment {} is not a power of two (GGUF alignments are 32, 64, ...)",
+                                         origin, m.alignment));
+  }
   m.calibration = get<std::string>(j, "calibration", origin);
   m.imatrix = get<std::string>(j, "imatrix", origin);
   m.n_ctx = get<int>(j, "n_ctx", origin);

@@ -149,35 +149,101 @@ Selection solve_lagrangian(const std::vector<Item>& items, uint64_t budget, doub
   return s;
 }
 
-Selection solve_dp(const std::vector<Item>& items, uint64_t budget, int64_t max_units, uint64_t& unit_out) {
-  const uint64_t unit = std::max<uint64_t>(1, (budget + static_cast<uint64_t>(max_units) - 1) / static_cast<uint64_t>(max_units));
-  unit_out = unit;
-  const size_t W = static_cast<size_t>(budget / unit);
-  const double inf = std::numeric_limits<double>::infinity();
-  std::vector<double> dp(W + 1, 0.0), next(W + 1);
-  std::vector<std::vector<uint8_t>> choice(items.size(), std::vector<uint8_t>(W + 1, 0));
-  for (size_t i = 0; i < items.size(); ++i) {
-    std::fill(next.begin(), next.end(), inf);
-    for (size_t c = 0; c < items[i].choices.size() && c < 256; ++c) {
-      const size_t w = static_cast<size_t>((items[i].choices[c].cost + unit - 1) / unit);
-      const double l = items[i].choices[c].loss;
-      for (size_t cap = w; cap <= W; ++cap) {
+// The DP over items [first, last): dp[cap] = least loss of the items so far within cap units.
+// With `choice`, row i - first records which candidate gave each dp[cap] of item i.
+class KnapsackDp {
+ public:
+  KnapsackDp(const std::vector<Item>& items, uint64_t unit, size_t W, uint64_t table_bytes)
+      : items_(items), unit_(unit), W_(W), table_rows_(std::max<size_t>(1, table_bytes / (W + 1))) {}
+
+  size_t units(size_t i, size_t c) const { return static_cast<size_t>((items_[i].choices[c].cost + unit_ - 1) / unit_); }
+
+  void step(size_t i, const std::vector<double>& dp, std::vector<double>& next, uint8_t* choice) const {
+    std::fill(next.begin(), next.end(), std::numeric_limits<double>::infinity());
+    for (size_t c = 0; c < items_[i].choices.size() && c < 256; ++c) {
+      const size_t w = units(i, c);
+      const double l = items_[i].choices[c].loss;
+      for (size_t cap = w; cap <= W_; ++cap) {
         const double v = dp[cap - w] + l;
         if (v < next[cap]) {
           next[cap] = v;
-          choice[i][cap] = static_cast<uint8_t>(c);
+          if (choice) choice[cap] = static_cast<uint8_t>(c);
         }
       }
     }
-    dp.swap(next);
   }
+
+  std::vector<double> forward(size_t first, size_t last, std::vector<double> dp) {
+    std::vector<double> next(W_ + 1);
+    note(2);
+    for (size_t i = first; i < last; ++i) {
+      step(i, dp, next, nullptr);
+      dp.swap(next);
+    }
+    return dp;
+  }
+
+  // Fills pick[first, last) for the optimum that ends at `cap` units after item last - 1, given
+  // dp as it stood before item `first`; returns the units left before item `first`. The choice
+  // table is kept for at most table_rows_ items at once: longer ranges are split, and the dp at
+  // the split point recomputed from `dp_first`. Every dp row is computed by the same operations
+  // in the same order as one pass would, so the choices (ties included) are identical.
+  size_t reconstruct(size_t first, size_t last, const std::vector<double>& dp_first, size_t cap,
+                     std::vector<size_t>& pick) {
+    if (last - first <= table_rows_) {
+      std::vector<uint8_t> table((last - first) * (W_ + 1));
+      table_peak_ = std::max<uint64_t>(table_peak_, table.size());
+      std::vector<double> dp = dp_first, next(W_ + 1);
+      note(2);
+      for (size_t i = first; i < last; ++i) {
+        step(i, dp, next, table.data() + (i - first) * (W_ + 1));
+        dp.swap(next);
+      }
+      // The optimum is finite at every split point; only an infeasible budget fails here.
+      if (!std::isfinite(dp[cap])) throw PlanError("internal: the DP found no feasible plan");
+      for (size_t i = last; i-- > first;) {
+        pick[i] = table[(i - first) * (W_ + 1) + cap];
+        cap -= units(i, pick[i]);
+      }
+      done(2);
+      return cap;
+    }
+    const size_t mid = first + (last - first) / 2;
+    const std::vector<double> dp_mid = forward(first, mid, dp_first);
+    done(1);  // forward's scratch row is gone; dp_mid stays while the right half is solved
+    const size_t cap_mid = reconstruct(mid, last, dp_mid, cap, pick);
+    done(1);
+    return reconstruct(first, mid, dp_first, cap_mid, pick);
+  }
+
+  // Peak bytes held by the DP: the choice table and the dp rows alive at once.
+  uint64_t peak_bytes() const { return table_peak_ + peak_rows_ * (W_ + 1) * sizeof(double); }
+
+ private:
+  void note(int rows) {
+    rows_ += rows;
+    peak_rows_ = std::max(peak_rows_, rows_);
+  }
+  void done(int rows) { rows_ -= rows; }
+
+  const std::vector<Item>& items_;
+  uint64_t unit_;
+  size_t W_;
+  size_t table_rows_;
+  uint64_t table_peak_ = 0;
+  int64_t rows_ = 1, peak_rows_ = 1;  // the caller's initial row
+};
+
+Selection solve_dp(const std::vector<Item>& items, uint64_t budget, int64_t max_units, uint64_t table_bytes,
+                   uint64_t& unit_out, uint64_t& peak_bytes) {
+  const uint64_t unit = std::max<uint64_t>(1, (budget + static_cast<uint64_t>(max_units) - 1) / static_cast<uint64_t>(max_units));
+  unit_out = unit;
+  const size_t W = static_cast<size_t>(budget / unit);
+  KnapsackDp dp(items, unit, W, table_bytes);
+  const std::vector<double> start(W + 1, 0.0);
   std::vector<size_t> pick(items.size());
-  size_t cap = W;
-  if (!std::isfinite(dp[cap])) throw PlanError("internal: the DP found no feasible plan");
-  for (size_t i = items.size(); i-- > 0;) {
-    pick[i] = choice[i][cap];
-    cap -= static_cast<size_t>((items[i].choices[pick[i]].cost + unit - 1) / unit);
-  }
+  dp.reconstruct(0, items.size(), start, W, pick);
+  peak_bytes = dp.peak_bytes();
   Selection s = evaluate(items, std::move(pick));
   greedy_fill(items, budget, s);
   return s;
@@ -317,7 +383,7 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
   plan.lambda = lambda;
   if (opts.max_dp_units > 0) {
     uint64_t unit = 1;
-    Selection dp = solve_dp(items, budget, opts.max_dp_units, unit);
+    Selection dp = solve_dp(items, budget, opts.max_dp_units, opts.max_dp_table_bytes, unit, plan.dp_peak_bytes);
     if (dp.loss < best.loss - 1e-15 * std::abs(best.loss)) {
       best = dp;
       plan.method = unit == 1 ? "dp (exact)" : fmt::format("dp ({}-byte units)+greedy", unit);

@@ -46,6 +46,10 @@ struct PlanOptions {
   std::vector<TypeId> allowed;              // empty: every measured type
   std::vector<Rule> fixed;                  // REGEX=TYPE: these tensors get this type, whatever it costs
   int64_t max_dp_units = 400000;            // DP resolution (see the top)
+  // Bytes the DP's choice table may take (one byte per tensor and budget unit). Above it the
+  // choices are recovered in pieces, recomputing DP rows (time grows by a log factor; the plan
+  // is the same), so memory stays at this plus O(log tensors) rows of max_dp_units doubles.
+  uint64_t max_dp_table_bytes = uint64_t{256} << 20;
 };
 
 struct PlannedTensor {
@@ -69,6 +73,7 @@ struct Plan {
   std::string target;                  // "bpw 4.50" / "bytes 304320"
   std::string measurement;             // its file name
   bool compat_llamacpp = false;
+  uint64_t dp_peak_bytes = 0;          // memory the DP held at its peak (not saved)
 
   nlohmann::ordered_json to_json() const;
   static Plan from_json(const nlohmann::ordered_json& j, const std::string& origin);

@@ -353,7 +353,7 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
   }
   if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
   w.finish();
-  rep.output_file_bytes = std::filesystem::file_size(out);
+  rep.output_file_bytes = w.bytes_written();  // the target may be a FIFO or a device
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return rep;
 }

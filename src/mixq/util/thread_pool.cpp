@@ -1,5 +1,10 @@
 #include "mixq/util/thread_pool.h"
 
+#include <stdexcept>
+#include <system_error>
+
+#include <fmt/format.h>
+
 namespace mixq {
 
 int resolve_threads(int n) {
@@ -10,7 +15,26 @@ int resolve_threads(int n) {
 
 ThreadPool::ThreadPool(int n_threads) {
   const int n = resolve_threads(n_threads);
-  for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+  if (n > kMaxThreads) {
+    throw std::runtime_error(fmt::format("{} threads requested: at most {} (use -t N with a smaller N)", n, kMaxThreads));
+  }
+  workers_.reserve(static_cast<size_t>(n));
+  try {
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { worker_loop(); });
+  } catch (const std::system_error& e) {
+    // The started workers wait for work that will never come: stop them, or they outlive us.
+    const size_t started = workers_.size() + 1;
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+    throw std::runtime_error(fmt::format("cannot start thread {} of {}: {} (the system's thread or memory limit; use "
+                                         "-t N with a smaller N)",
+                                         started, n, e.what()));
+  }
 }
 
 ThreadPool::~ThreadPool() {

@@ -12,10 +12,15 @@
 
 namespace mixq {
 
+// More threads than this only add scheduling overhead on any machine mixq targets; the cap also
+// keeps a typo (-t 100000) from exhausting the process's address space with thread stacks.
+inline constexpr int kMaxThreads = 512;
+
 class ThreadPool {
  public:
   // n_threads <= 0: all hardware threads. The calling thread takes part in every loop, so a pool
-  // of n threads starts n - 1 workers.
+  // of n threads starts n - 1 workers. Throws std::runtime_error for more than kMaxThreads, or
+  // when the system cannot start a thread (after stopping the ones it started).
   explicit ThreadPool(int n_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
