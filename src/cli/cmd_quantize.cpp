@@ -36,6 +36,10 @@ struct QuantizeArgs {
 };
 
 std::vector<std::string> read_rule_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw PolicyError(fmt::format("cannot read --tensor-type-file '{}': it is a directory; give a file", path));
+  }
   std::ifstream f(path);
   if (!f) throw PolicyError(fmt::format("cannot read --tensor-type-file '{}'", path));
   std::vector<std::string> rules;
@@ -215,6 +219,8 @@ void register_quantize(CLI::App& app) {
                    {"--target-size-of", a->target_size_of}},
                   outputs, a->clean_stale);
     checked_threads(a->threads);
+    check_chunks(a->chunks, "--chunks");
+    check_chunks(a->imatrix_chunks, "--imatrix-chunks");
     QuantizeOptions opts = build_options(*a);
     checked_threads(opts.threads);
     const bool one_step = a->target_bpw > 0 || !a->target_size.empty() || !a->target_size_of.empty();

@@ -238,7 +238,9 @@ void write_file_atomically(const fs::path& path, std::string_view bytes) {
 }
 
 TemporaryPath::TemporaryPath(const fs::path& near, std::string_view suffix) {
-  path_ = temporary_name(resolve_links(near), suffix);
+  const OutputTarget t = classify_output(near);
+  // Beside /dev/null or a FIFO there is no place for a file: use the temporary directory.
+  path_ = temporary_name(t.kind == OutputKind::Replace ? t.path : fs::temp_directory_path() / t.path.filename(), suffix);
   slot_ = register_path(path_);
 }
 

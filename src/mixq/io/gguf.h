@@ -145,6 +145,7 @@ class GgufFile {
   uint64_t file_size_ = 0;
   std::vector<GgufKeyValue> kv_;
   std::vector<GgufTensor> tensors_;
+  std::unordered_map<std::string, size_t> key_index_, tensor_index_;  // positions in kv_ / tensors_
   friend class GgufParser;
 };
 

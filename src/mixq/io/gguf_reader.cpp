@@ -280,21 +280,23 @@ GgufFile GgufFile::open(const std::filesystem::path& path) {
 GgufFile GgufFile::parse(std::span<const uint8_t> bytes, std::string label) {
   GgufFile f;
   GgufParser(bytes, label).parse(f);
+  // Lookups by name happen once per tensor in several places: indexed, they stay linear for
+  // files with very many keys or tensors.
+  f.key_index_.reserve(f.kv_.size());
+  for (size_t i = 0; i < f.kv_.size(); ++i) f.key_index_.emplace(f.kv_[i].key, i);
+  f.tensor_index_.reserve(f.tensors_.size());
+  for (size_t i = 0; i < f.tensors_.size(); ++i) f.tensor_index_.emplace(f.tensors_[i].name, i);
   return f;
 }
 
 const GgufValue* GgufFile::find(std::string_view key) const {
-  for (const auto& kv : kv_) {
-    if (kv.key == key) return &kv.value;
-  }
-  return nullptr;
+  const auto it = key_index_.find(std::string(key));
+  return it == key_index_.end() ? nullptr : &kv_[it->second].value;
 }
 
 const GgufTensor* GgufFile::find_tensor(std::string_view name) const {
-  for (const auto& t : tensors_) {
-    if (t.name == name) return &t;
-  }
-  return nullptr;
+  const auto it = tensor_index_.find(std::string(name));
+  return it == tensor_index_.end() ? nullptr : &tensors_[it->second];
 }
 
 std::vector<std::string> GgufFile::extension_types_used() const {
