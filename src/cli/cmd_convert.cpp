@@ -24,9 +24,13 @@ void register_convert(CLI::App& app) {
   add_clean_stale_flag(cmd, opts->clean_stale);
   cmd->callback([opts] {
     std::vector<NamedPath> inputs = {{"INPUT", opts->in}, {"--tokenizer", opts->tokenizer}};
-    // The tokenizer found beside a llama2.c checkpoint when --tokenizer is not given.
-    const auto beside = std::filesystem::path(opts->in).parent_path();
-    for (const char* name : {"tokenizer.bin", "tok512.bin"}) inputs.push_back({"the tokenizer", beside / name});
+    // A llama2.c checkpoint without --tokenizer reads the tokenizer found beside it.
+    std::error_code ec;
+    if (opts->tokenizer.empty() && std::filesystem::is_regular_file(opts->in, ec) &&
+        detect_model_format(opts->in) == ModelFormat::Llama2c) {
+      const auto beside = std::filesystem::path(opts->in).parent_path();
+      for (const char* name : {"tokenizer.bin", "tok512.bin"}) inputs.push_back({"the tokenizer", beside / name});
+    }
     check_outputs(inputs, {{"OUTPUT", opts->out}}, opts->clean_stale);
     std::optional<TypeId> outtype;
     if (!opts->outtype.empty()) outtype = require_type(opts->outtype).id;

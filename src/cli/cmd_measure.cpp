@@ -115,7 +115,7 @@ void register_measure(CLI::App& app) {
   cmd->add_option("--imatrix-chunks", a->imatrix_chunks, "Chunks of the text to collect the importance matrix on (0: all)")
       ->capture_default_str();
   cmd->add_option("--save-imatrix", a->save_imatrix, "Also write the collected importance matrix (GGUF)");
-  cmd->add_option("--chunks", a->chunks, "Calibration chunks the probe runs are scored on")->capture_default_str();
+  cmd->add_option("--chunks", a->chunks, "Calibration chunks the probe runs are scored on (0: all)")->capture_default_str();
   cmd->add_option("--probes", a->probes, "Real KL-divergence runs per tensor that calibrate the proxy (1 or 2)")
       ->check(CLI::Range(1, 2))
       ->capture_default_str();

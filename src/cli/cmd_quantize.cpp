@@ -204,7 +204,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--target-size-of", a->target_size_of, "One step (with -f): at most the size of this file");
   cmd->add_option("-f,--file", a->calib_file, "Calibration text for the one-step allocation");
   cmd->add_option("--types", a->types, "One step: allowed types, comma-separated (default: all)");
-  cmd->add_option("--chunks", a->chunks, "One step: calibration chunks for the probe runs")->capture_default_str();
+  cmd->add_option("--chunks", a->chunks, "One step: calibration chunks for the probe runs (0: all)")->capture_default_str();
   cmd->add_option("--imatrix-chunks", a->imatrix_chunks, "One step: chunks to collect the importance matrix on (0: all)")
       ->capture_default_str();
   cmd->add_option("--save-plan", a->save_plan, "One step: also write the plan");
