@@ -211,7 +211,8 @@ void register_kld(CLI::App& app) {
       "Reports PPL of both models, their ratio, mean/median/percentile KLD, same top token and the change in the\n"
       "probability of the right token (Δp), per scored token as llama-perplexity --kl-divergence does; the base\n"
       "is stored without clamping. Exit status: 0 done (gates passed), 1 error, 3 a quality gate failed\n"
-      "(--max-ppl-increase / --max-kld; the report is printed first), 130 interrupted.");
+      "(--max-ppl-increase / --max-kld; the report is printed first), 130 interrupted (SIGINT; 143 SIGTERM,\n"
+      "129 SIGHUP), with no output left behind.");
   cmd->callback([o, ctx] { run(*o, ctx->count() > 0); });
 }
 

@@ -59,13 +59,13 @@ class GgufParser {
       fail(fmt::format("tensor count {} is larger than the file can hold", n_tensors), 8);
     }
 
-    std::unordered_set<std::string> keys;
     f.kv_.reserve(n_kv);
     for (uint64_t i = 0; i < n_kv; ++i) {
       const size_t at = pos_;
       std::string key = read_string("metadata key");
       if (key.empty()) fail(fmt::format("metadata key #{} is empty", i), at);
-      if (!keys.insert(key).second) fail(fmt::format("duplicate metadata key '{}'", key), at);
+      // The index find() uses, built here so lookups work during the parse.
+      if (!f.key_index_.emplace(key, f.kv_.size()).second) fail(fmt::format("duplicate metadata key '{}'", key), at);
       need(4, "value type of '" + key + "'");
       const uint32_t type = read_u32();
       GgufValue v = read_value(type, key, 0);
@@ -282,8 +282,6 @@ GgufFile GgufFile::parse(std::span<const uint8_t> bytes, std::string label) {
   GgufParser(bytes, label).parse(f);
   // Lookups by name happen once per tensor in several places: indexed, they stay linear for
   // files with very many keys or tensors.
-  f.key_index_.reserve(f.kv_.size());
-  for (size_t i = 0; i < f.kv_.size(); ++i) f.key_index_.emplace(f.kv_[i].key, i);
   f.tensor_index_.reserve(f.tensors_.size());
   for (size_t i = 0; i < f.tensors_.size(); ++i) f.tensor_index_.emplace(f.tensors_[i].name, i);
   return f;
