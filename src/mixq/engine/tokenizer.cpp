@@ -39,11 +39,12 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   }
   t.model_ = model->as_string();
   const bool spm = t.model_ == "llama";
-  if (!spm && t.model_ != "gpt2") {
-    throw std::runtime_error(fmt::format("{}: tokenizer model '{}' is not supported yet (supported: llama, gpt2)",
+  t.rwkv_ = t.model_ == "rwkv";
+  if (!spm && !t.rwkv_ && t.model_ != "gpt2") {
+    throw std::runtime_error(fmt::format("{}: tokenizer model '{}' is not supported yet (supported: llama, gpt2, rwkv)",
                                          f.label(), t.model_));
   }
-  if (!spm) {
+  if (!spm && !t.rwkv_) {
     // llama.cpp's names for the pre-tokenizers implemented here (see encode_bpe_fragment).
     const GgufValue* pre = f.find("tokenizer.ggml.pre");
     t.pre_ = pre ? pre->as_string() : "";
@@ -60,6 +61,16 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     }
   }
   for (const auto& v : tokens->as_array()) t.tokens_.push_back(v.as_string());
+  if (t.rwkv_) {
+    for (size_t i = 0; i < t.tokens_.size(); ++i) {
+      try {
+        t.tokens_[i] = rwkv_unescape_token(t.tokens_[i]);
+      } catch (const std::invalid_argument& e) {
+        throw std::runtime_error(fmt::format("{}: tokenizer.ggml.tokens[{}]: {}", f.label(), i, e.what()));
+      }
+      t.rwkv_max_len_ = std::max(t.rwkv_max_len_, t.tokens_[i].size());
+    }
+  }
   const size_t n = t.tokens_.size();
   t.scores_.assign(n, 0.0f);
   t.types_.assign(n, 1);
@@ -95,6 +106,10 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   std::stable_sort(t.specials_.begin(), t.specials_.end(),
                    [&](int32_t a, int32_t b) { return t.tokens_[a].size() > t.tokens_[b].size(); });
   std::fill(std::begin(t.byte_tokens_), std::end(t.byte_tokens_), -1);
+  if (t.rwkv_) {
+    for (int b = 0; b < 256; ++b) t.byte_tokens_[b] = t.find(std::string(1, static_cast<char>(b)));
+    return t;
+  }
   if (spm) {
     for (size_t i = 0; i < n; ++i) {
       if (t.types_[i] == kTypeByte && t.tokens_[i].size() == 6) {
@@ -291,7 +306,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) cons
   bool after_special = true;  // SentencePiece adds a space before text that starts a sequence
   auto plain = [&](std::string_view fragment) {
     if (fragment.empty()) return;
-    if (bpe) {
+    if (rwkv_) {
+      encode_rwkv_fragment(fragment, out);
+    } else if (bpe) {
       encode_bpe_fragment(fragment, out);
     } else {
       std::string s = add_space_prefix_ && after_special ? " " : "";
@@ -333,6 +350,7 @@ std::string Tokenizer::decode_token(int32_t id) const {
   const std::string& t = tokens_[static_cast<size_t>(id)];
   const int32_t type = types_[static_cast<size_t>(id)];
   if (type == kTypeControl) return {};
+  if (rwkv_) return t;
   if (pre_kind_ != Pre::kNone) {
     if (type == kTypeUserDefined) return t;  // stored as plain text, not in the byte alphabet
     std::string s;
@@ -356,6 +374,75 @@ std::string Tokenizer::decode_token(int32_t id) const {
       i += kSpaceMark.size();
     } else {
       s += t[i++];
+    }
+  }
+  return s;
+}
+
+// Longest token first at each position, as llama.cpp's RWKV tokenizer (and RWKV's own
+// TRIE_TOKENIZER) do; a byte no token starts with becomes unk (or is dropped without one).
+void Tokenizer::encode_rwkv_fragment(std::string_view text, std::vector<int32_t>& out) const {
+  for (size_t at = 0; at < text.size();) {
+    size_t len = std::min(rwkv_max_len_, text.size() - at);
+    int32_t id = -1;
+    for (; len > 0; --len) {
+      if ((id = find(text.substr(at, len))) >= 0) break;
+    }
+    if (id >= 0) {
+      out.push_back(id);
+      at += len;
+      continue;
+    }
+    if (unk_ >= 0) out.push_back(unk_);
+    ++at;
+  }
+}
+
+std::string rwkv_escape_token(std::string_view bytes) {
+  std::string s;
+  for (const char ch : bytes) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '\\') {
+      s += "\\\\";
+    } else if (c == '\t') {
+      s += "\\t";
+    } else if (c == '\n') {
+      s += "\\n";
+    } else if (c == '\r') {
+      s += "\\r";
+    } else if (c >= 0x20 && c < 0x7f) {
+      s += ch;
+    } else {
+      s += fmt::format("\\x{:02x}", c);
+    }
+  }
+  return s;
+}
+
+std::string rwkv_unescape_token(std::string_view escaped) {
+  auto hex = [&](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    throw std::invalid_argument(fmt::format("bad \\x escape in token '{}'", escaped));
+  };
+  std::string s;
+  for (size_t i = 0; i < escaped.size(); ++i) {
+    if (escaped[i] != '\\') {
+      s += escaped[i];
+      continue;
+    }
+    if (++i == escaped.size()) throw std::invalid_argument(fmt::format("token '{}' ends in a lone backslash", escaped));
+    switch (escaped[i]) {
+      case 't': s += '\t'; break;
+      case 'n': s += '\n'; break;
+      case 'r': s += '\r'; break;
+      case 'x':
+        if (escaped.size() - i < 3) throw std::invalid_argument(fmt::format("bad \\x escape in token '{}'", escaped));
+        s += static_cast<char>(hex(escaped[i + 1]) * 16 + hex(escaped[i + 2]));
+        i += 2;
+        break;
+      default: s += escaped[i]; break;
     }
   }
   return s;
