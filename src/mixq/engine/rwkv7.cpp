@@ -81,19 +81,19 @@ void RwkvContext::time_mix_v7(int l, int n) {
   float* y = xr_.data();  // spent after the receptance product
   pool_.parallel_for(hp.n_head, [&](int64_t h) {
     float* state = s.wkv.data() + static_cast<size_t>(h) * S * S;
+    std::vector<float> b(S);
     for (size_t t = 0; t < un; ++t) {
       const size_t base = t * E + static_cast<size_t>(h) * S;
       const float *r = &r_[base], *w = &w_[base], *k = &k_[base], *v = &v_[base], *kk = &kk_[base], *a = &a_[base];
+      for (size_t j = 0; j < S; ++j) b[j] = kk[j] * a[j];
       for (size_t i = 0; i < S; ++i) {
         float* row = state + i * S;
-        float sa = 0;
-        for (size_t j = 0; j < S; ++j) sa += -kk[j] * row[j];
-        float out = 0;
-        for (size_t j = 0; j < S; ++j) {
-          row[j] = row[j] * w[j] + v[i] * k[j] + sa * (kk[j] * a[j]);
-          out += row[j] * r[j];
-        }
-        y[base + i] = out;
+        // The state before this token's update, read along -kk; then the update; then the
+        // readout by r. Two separate dot products (8 partial sums each) let them vectorize.
+        const float sa = -rwkv::dot(kk, row, S);
+        const float vi = v[i];
+        for (size_t j = 0; j < S; ++j) row[j] = row[j] * w[j] + vi * k[j] + sa * b[j];
+        y[base + i] = rwkv::dot(row, r, S);
       }
     }
   });
