@@ -10,7 +10,7 @@ void register_convert(CLI::App& app) {
                                  "Convert a model to GGUF: a GGUF (type changes), a llama2.c checkpoint (+ tokenizer.bin), "
                                  "an rwkv.cpp file or a Hugging Face safetensors directory");
   struct Opts {
-    std::string in, out, outtype, tokenizer;
+    std::string in, out, outtype, tokenizer, layout;
   };
   auto opts = std::make_shared<Opts>();
   cmd->add_option("INPUT", opts->in, "Input model file (format detected from its first bytes) or model directory")
@@ -20,10 +20,16 @@ void register_convert(CLI::App& app) {
                   "f32: dequantize every tensor; f16/bf16: store float matrices in that type (1-D tensors stay "
                   "f32); omitted: keep every type");
   cmd->add_option("--tokenizer", opts->tokenizer, "llama2.c tokenizer.bin (default: tokenizer.bin beside the checkpoint)");
+  cmd->add_option("--layout", opts->layout,
+                  "RWKV-7: write rwkv.cpp's tensor layout (emb.weight, blocks.N.att.*) or llama.cpp's "
+                  "(token_embd.weight, blk.N.time_mix_*); the engine reads both")
+      ->check(CLI::IsMember({"rwkv.cpp", "llama.cpp"}));
   cmd->callback([opts] {
     std::optional<TypeId> outtype;
     if (!opts->outtype.empty()) outtype = require_type(opts->outtype).id;
-    const ConvertResult r = convert_to_gguf({opts->in, opts->out, outtype, opts->tokenizer});
+    const ConvertRequest req{opts->in, opts->out, outtype, opts->tokenizer};
+    const auto layout = parse_rwkv_layout(opts->layout);
+    const ConvertResult r = layout ? convert_to_gguf(req, *layout) : convert_to_gguf(req);
     for (const auto& w : r.warnings) fmt::print(stderr, "mixq: warning: {}\n", w);
     fmt::print("wrote {} from a {} model: {} tensors, {} bytes\n", opts->out, model_format_name(r.format), r.tensors,
                r.bytes_written);

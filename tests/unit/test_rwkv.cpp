@@ -1,6 +1,7 @@
 // The RWKV graphs (engine/rwkv_model.h) against rwkv.cpp's expected logits for its tiny test
 // models, on the files mixq's own converter writes from rwkv.cpp's.
 #include <cmath>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -10,9 +11,11 @@
 #include <fmt/format.h>
 
 #include "mixq/convert/convert.h"
+#include "mixq/convert/rwkv_layout.h"
 #include "mixq/engine/registry.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/io/gguf.h"
+#include "mixq/io/rwkv_vocab.h"
 #include "mixq/policy/presets.h"
 #include "mixq/quantize/quantize_model.h"
 #include "test_support.h"
@@ -572,6 +575,71 @@ TEST(RwkvPolicy, BoundaryPresets) {
   const auto small = plan_types(tiny, model_info_from_tensors(tiny, "rwkv7", 0, 0, 0, 0), o);
   EXPECT_EQ(type_of(small, "blocks.0.att.key.weight"), "q8_0");
   EXPECT_EQ(type_of(small, "blocks.5.att.key.weight"), "q5_0");
+}
+
+// ---------------------------------------------------------------------------------------------
+// llama.cpp's RWKV-7 layout (convert/rwkv_layout.h)
+
+TEST(RwkvLayout, LlamaCppLayoutLoadsAndRoundTrips) {
+  MIXQ_REQUIRE_SHARED("rwkv-tiny/tiny-rwkv-7v0-834K-Q5_1.bin");
+  const auto dir = fresh_dir("rwkv-layout");
+  const auto expected = test::read_raw<float>(rwkv_dir() / "expected-logits-7v0-834K.bin");
+  for (const char* format : {"FP32", "Q5_1"}) {
+    SCOPED_TRACE(format);
+    const fs::path src = rwkv_dir() / fmt::format("tiny-rwkv-7v0-834K-{}.bin", format);
+    const fs::path rc = dir / fmt::format("rc-{}.gguf", format), lc = dir / fmt::format("lc-{}.gguf", format),
+                   back = dir / fmt::format("back-{}.gguf", format);
+    convert_to_gguf({src, rc, std::nullopt, {}});
+    convert_to_gguf({src, lc, std::nullopt, {}}, RwkvLayout::LlamaCpp);
+    convert_to_gguf({lc, back, std::nullopt, {}}, RwkvLayout::RwkvCpp);
+    const GgufFile a = GgufFile::open(rc), l = GgufFile::open(lc), b = GgufFile::open(back);
+    EXPECT_EQ(rwkv_layout_of(l), RwkvLayout::LlamaCpp);
+    EXPECT_EQ(rwkv_layout_of(b), RwkvLayout::RwkvCpp);
+    // Same bytes under llama.cpp's names, plus the unused block-0 value LoRA.
+    EXPECT_EQ(l.tensors().size(), a.tensors().size() + 3);
+    for (const GgufTensor& t : a.tensors()) {
+      const GgufTensor* m = l.find_tensor(rwkv7_tensor_name(t.name, RwkvLayout::LlamaCpp));
+      ASSERT_NE(m, nullptr) << t.name;
+      EXPECT_EQ(m->type->id, t.type->id) << t.name;
+      EXPECT_TRUE(std::equal(t.data, t.data + t.nbytes, m->data, m->data + m->nbytes)) << t.name;
+      // And back: names, shapes, types and bytes as rwkv.cpp's layout had them.
+      const GgufTensor* r = b.find_tensor(t.name);
+      ASSERT_NE(r, nullptr) << t.name;
+      EXPECT_EQ(r->shape, t.shape) << t.name;
+      EXPECT_TRUE(std::equal(t.data, t.data + t.nbytes, r->data, r->data + r->nbytes)) << t.name;
+    }
+    EXPECT_EQ(b.tensors().size(), a.tensors().size());
+    EXPECT_EQ(l.find_tensor("blk.0.time_mix_lerp_fused.weight")->shape, (std::vector<int64_t>{64, 1, 1, 6}));
+    EXPECT_EQ(l.find_tensor("blk.0.time_mix_r_k.weight")->shape, (std::vector<int64_t>{64}));
+    EXPECT_EQ(l.find("rwkv7.wkv.head_size")->as_int(), 64);
+    // The engine gives the same logits from both layouts.
+    const auto from_rc = prompt_logits(rc), from_lc = prompt_logits(lc);
+    EXPECT_EQ(from_rc, from_lc);
+    EXPECT_LE(compare(from_lc.data(), expected).max_abs, std::string(format) == "FP32" ? 1e-4 : 0.01);
+  }
+  // Quantizing the llama.cpp layout touches the same matrices as llama-quantize would.
+  const GgufFile l = GgufFile::open(dir / "lc-FP32.gguf");
+  QuantizeOptions opts;
+  opts.policy.default_type = TypeId::Q8_0;
+  opts.threads = 2;
+  const QuantizeReport rep = quantize_model(l, dir / "lc-q8.gguf", opts);
+  for (const TensorPlan& p : rep.plans) {
+    const std::string& n = p.tensor.name;
+    const bool matrix = n == "token_embd.weight" || n == "output.weight" || n.find("time_mix_key") != std::string::npos ||
+                        n.find("time_mix_value") != std::string::npos || n.find("time_mix_receptance") != std::string::npos ||
+                        n.find("time_mix_output") != std::string::npos || n.find("channel_mix_key") != std::string::npos ||
+                        n.find("channel_mix_value") != std::string::npos;
+    EXPECT_EQ(p.type == TypeId::Q8_0, matrix) << n;
+  }
+  EXPECT_LE(compare(prompt_logits(dir / "lc-q8.gguf").data(), expected).kld, 2e-5);
+  // Only RWKV-7 has a llama.cpp layout here.
+  try {
+    convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP32.bin", dir / "v5.gguf", std::nullopt, {}}, RwkvLayout::LlamaCpp);
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("converts RWKV-7 files"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "v5.gguf"));
 }
 
 }  // namespace

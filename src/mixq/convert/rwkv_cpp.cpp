@@ -7,10 +7,10 @@
 
 #include <fmt/format.h>
 
-#include "mixq/engine/tokenizer.h"
 #include "mixq/io/byte_cursor.h"
 #include "mixq/io/gguf.h"
 #include "mixq/io/mapped_file.h"
+#include "mixq/io/rwkv_vocab.h"
 
 namespace mixq {
 

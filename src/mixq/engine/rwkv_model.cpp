@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "mixq/convert/rwkv_layout.h"
 #include "mixq/engine/rwkv_ops.h"
 
 namespace mixq {
@@ -90,6 +91,10 @@ RwkvModel::RwkvModel(const GgufFile& f) : Model(f) {
     throw std::runtime_error(
         fmt::format("{}: RWKV generation '{}' is not supported (supported: rwkv4, rwkv5 (5.2), rwkv7)", f.label(), a));
   }
+  // RWKV-7 files may use llama.cpp's names and shapes (convert/rwkv_layout.h): names below are
+  // rwkv.cpp's, N() gives the file's.
+  const RwkvLayout layout = hp_.version == 7 ? rwkv_layout_of(f) : RwkvLayout::RwkvCpp;
+  const auto N = [&](const std::string& rwkvcpp) { return rwkv7_tensor_name(rwkvcpp, layout); };
   const TensorLookup T(f);
   hp_.n_layer = static_cast<int>(metadata_int(f, a + ".block_count"));
   hp_.n_embd = static_cast<int>(metadata_int(f, a + ".embedding_length"));
@@ -98,28 +103,28 @@ RwkvModel::RwkvModel(const GgufFile& f) : Model(f) {
                                          hp_.n_layer, hp_.n_embd));
   }
   const int64_t E = hp_.n_embd;
-  hp_.n_vocab = static_cast<int>(T.rows_of("emb.weight", E));
+  hp_.n_vocab = static_cast<int>(T.rows_of(N("emb.weight"), E));
   if (const GgufValue* v = f.find(a + ".vocab_size"); v && v->is_integer() && v->as_int() != hp_.n_vocab) {
-    throw std::runtime_error(fmt::format("{}: tensor emb.weight has {} rows but {}.vocab_size is {}", f.label(),
+    throw std::runtime_error(fmt::format("{}: tensor {} has {} rows but {}.vocab_size is {}", f.label(), N("emb.weight"),
                                          hp_.n_vocab, a, v->as_int()));
   }
   const int64_t V = hp_.n_vocab;
-  emb = T.require("emb.weight", {E, V});
-  head = T.require("head.weight", {E, V});
-  ln0_w = T.vector("blocks.0.ln0.weight", E);
-  ln0_b = T.vector("blocks.0.ln0.bias", E);
-  ln_out_w = T.vector("ln_out.weight", E);
-  ln_out_b = T.vector("ln_out.bias", E);
-  hp_.n_ff = static_cast<int>(T.rows_of("blocks.0.ffn.key.weight", E));
+  emb = T.require(N("emb.weight"), {E, V});
+  head = T.require(N("head.weight"), {E, V});
+  ln0_w = T.vector(N("blocks.0.ln0.weight"), E);
+  ln0_b = T.vector(N("blocks.0.ln0.bias"), E);
+  ln_out_w = T.vector(N("ln_out.weight"), E);
+  ln_out_b = T.vector(N("ln_out.bias"), E);
+  hp_.n_ff = static_cast<int>(T.rows_of(N("blocks.0.ffn.key.weight"), E));
   const int64_t F = hp_.n_ff;
 
   if (hp_.version == 5) {
-    if (!T.find("blocks.0.att.gate.weight")) {
+    if (!T.find(N("blocks.0.att.gate.weight"))) {
       throw std::runtime_error(fmt::format("{}: missing tensor blocks.0.att.gate.weight (RWKV-5.0/5.1 files, without "
                                            "the gate, are not supported; RWKV-5.2 is)",
                                            f.label()));
     }
-    const GgufTensor* decay = T.find("blocks.0.att.time_decay");
+    const GgufTensor* decay = T.find(N("blocks.0.att.time_decay"));
     if (!decay) throw std::runtime_error(fmt::format("{}: missing tensor blocks.0.att.time_decay", f.label()));
     if (decay->shape.size() != 3 || decay->shape[0] != 1 || decay->shape[1] <= 0 || decay->shape[1] * decay->shape[2] != E) {
       throw std::runtime_error(fmt::format("{}: tensor blocks.0.att.time_decay has shape [{}], expected [1, head size, "
@@ -128,18 +133,28 @@ RwkvModel::RwkvModel(const GgufFile& f) : Model(f) {
     }
     hp_.head_size = static_cast<int>(decay->shape[1]);
   } else if (hp_.version == 7) {
-    const GgufTensor* r_k = T.find("blocks.0.att.r_k");
-    if (!r_k) throw std::runtime_error(fmt::format("{}: missing tensor blocks.0.att.r_k", f.label()));
-    if (r_k->shape.size() != 2 || r_k->shape[0] <= 0 || r_k->shape[0] * r_k->shape[1] != E) {
-      throw std::runtime_error(fmt::format("{}: tensor blocks.0.att.r_k has shape [{}], expected [head size, heads] "
-                                           "with head size x heads = {}",
-                                           f.label(), fmt::join(r_k->shape, ", "), E));
+    // rwkv.cpp keeps r_k as [head size, heads]; llama.cpp flattens it and records the head size.
+    const std::string r_k_name = N("blocks.0.att.r_k");
+    const GgufTensor* r_k = T.find(r_k_name);
+    if (!r_k) throw std::runtime_error(fmt::format("{}: missing tensor {}", f.label(), r_k_name));
+    if (layout == RwkvLayout::LlamaCpp) {
+      hp_.head_size = static_cast<int>(metadata_int(f, a + ".wkv.head_size"));
+      if (hp_.head_size <= 0 || E % hp_.head_size != 0) {
+        throw std::runtime_error(fmt::format("{}: {}.wkv.head_size {} does not divide {}.embedding_length {}", f.label(), a,
+                                             hp_.head_size, a, E));
+      }
+    } else {
+      if (r_k->shape.size() != 2 || r_k->shape[0] <= 0 || r_k->shape[0] * r_k->shape[1] != E) {
+        throw std::runtime_error(fmt::format("{}: tensor {} has shape [{}], expected [head size, heads] with head size "
+                                             "x heads = {}",
+                                             f.label(), r_k_name, fmt::join(r_k->shape, ", "), E));
+      }
+      hp_.head_size = static_cast<int>(r_k->shape[0]);
     }
-    hp_.head_size = static_cast<int>(r_k->shape[0]);
-    hp_.d_w = static_cast<int>(T.rows_of("blocks.0.att.w1", E));
-    hp_.d_a = static_cast<int>(T.rows_of("blocks.0.att.a1", E));
-    hp_.d_g = static_cast<int>(T.rows_of("blocks.0.att.g1", E));
-    hp_.d_v = hp_.n_layer > 1 ? static_cast<int>(T.rows_of("blocks.1.att.v1", E)) : 0;
+    hp_.d_w = static_cast<int>(T.rows_of(N("blocks.0.att.w1"), E));
+    hp_.d_a = static_cast<int>(T.rows_of(N("blocks.0.att.a1"), E));
+    hp_.d_g = static_cast<int>(T.rows_of(N("blocks.0.att.g1"), E));
+    hp_.d_v = hp_.n_layer > 1 ? static_cast<int>(T.rows_of(N("blocks.1.att.v1"), E)) : 0;
   }
   if (hp_.head_size > 0) {
     hp_.n_head = static_cast<int>(E / hp_.head_size);
@@ -153,57 +168,58 @@ RwkvModel::RwkvModel(const GgufFile& f) : Model(f) {
   for (int l = 0; l < hp_.n_layer; ++l) {
     const std::string b = fmt::format("blocks.{}.", l);
     Layer L{};
-    L.ln1_w = T.vector(b + "ln1.weight", E);
-    L.ln1_b = T.vector(b + "ln1.bias", E);
-    L.ln2_w = T.vector(b + "ln2.weight", E);
-    L.ln2_b = T.vector(b + "ln2.bias", E);
-    L.att_receptance = T.require(b + "att.receptance.weight", {E, E});
-    L.att_key = T.require(b + "att.key.weight", {E, E});
-    L.att_value = T.require(b + "att.value.weight", {E, E});
-    L.att_output = T.require(b + "att.output.weight", {E, E});
-    L.ffn_key = T.require(b + "ffn.key.weight", {E, F});
-    L.ffn_value = T.require(b + "ffn.value.weight", {F, E});
+    L.ln1_w = T.vector(N(b + "ln1.weight"), E);
+    L.ln1_b = T.vector(N(b + "ln1.bias"), E);
+    L.ln2_w = T.vector(N(b + "ln2.weight"), E);
+    L.ln2_b = T.vector(N(b + "ln2.bias"), E);
+    L.att_receptance = T.require(N(b + "att.receptance.weight"), {E, E});
+    L.att_key = T.require(N(b + "att.key.weight"), {E, E});
+    L.att_value = T.require(N(b + "att.value.weight"), {E, E});
+    L.att_output = T.require(N(b + "att.output.weight"), {E, E});
+    L.ffn_key = T.require(N(b + "ffn.key.weight"), {E, F});
+    L.ffn_value = T.require(N(b + "ffn.value.weight"), {F, E});
     if (hp_.version == 4 || hp_.version == 5) {
-      L.att_mix_k = T.vector(b + "att.time_mix_k", E);
-      L.att_mix_v = T.vector(b + "att.time_mix_v", E);
-      L.att_mix_r = T.vector(b + "att.time_mix_r", E);
-      L.ffn_mix_k = T.vector(b + "ffn.time_mix_k", E);
-      L.ffn_mix_r = T.vector(b + "ffn.time_mix_r", E);
-      L.ffn_receptance = T.require(b + "ffn.receptance.weight", {E, E});
+      L.att_mix_k = T.vector(N(b + "att.time_mix_k"), E);
+      L.att_mix_v = T.vector(N(b + "att.time_mix_v"), E);
+      L.att_mix_r = T.vector(N(b + "att.time_mix_r"), E);
+      L.ffn_mix_k = T.vector(N(b + "ffn.time_mix_k"), E);
+      L.ffn_mix_r = T.vector(N(b + "ffn.time_mix_r"), E);
+      L.ffn_receptance = T.require(N(b + "ffn.receptance.weight"), {E, E});
     }
     if (hp_.version == 4) {
-      L.att_time_first = T.vector(b + "att.time_first", E);
-      L.att_time_decay = T.vector(b + "att.time_decay", E);
+      L.att_time_first = T.vector(N(b + "att.time_first"), E);
+      L.att_time_decay = T.vector(N(b + "att.time_decay"), E);
     }
     if (hp_.version == 5) {
-      L.att_mix_g = T.vector(b + "att.time_mix_g", E);
-      L.att_time_decay = T.require(b + "att.time_decay", {1, S, H});
-      L.att_time_faaaa = T.require(b + "att.time_faaaa", {1, S, H});
-      L.att_gate = T.require(b + "att.gate.weight", {E, E});
+      L.att_mix_g = T.vector(N(b + "att.time_mix_g"), E);
+      L.att_time_decay = T.require(N(b + "att.time_decay"), {1, S, H});
+      L.att_time_faaaa = T.require(N(b + "att.time_faaaa"), {1, S, H});
+      L.att_gate = T.require(N(b + "att.gate.weight"), {E, E});
     }
     if (hp_.version == 5 || hp_.version == 7) {
-      L.att_ln_x_w = T.vector(b + "att.ln_x.weight", E);
-      L.att_ln_x_b = T.vector(b + "att.ln_x.bias", E);
+      L.att_ln_x_w = T.vector(N(b + "att.ln_x.weight"), E);
+      L.att_ln_x_b = T.vector(N(b + "att.ln_x.bias"), E);
     }
     if (hp_.version == 7) {
-      L.x_rwkvag = T.require(b + "att.x_rwkvag", {E, 1, 6});
-      L.w0 = T.vector(b + "att.w0", E);
-      L.a0 = T.vector(b + "att.a0", E);
-      L.k_k = T.vector(b + "att.k_k", E);
-      L.k_a = T.vector(b + "att.k_a", E);
-      L.r_k = T.require(b + "att.r_k", {S, H});
-      L.w1 = T.require(b + "att.w1", {E, hp_.d_w});
-      L.w2 = T.require(b + "att.w2", {hp_.d_w, E});
-      L.a1 = T.require(b + "att.a1", {E, hp_.d_a});
-      L.a2 = T.require(b + "att.a2", {hp_.d_a, E});
-      L.g1 = T.require(b + "att.g1", {E, hp_.d_g});
-      L.g2 = T.require(b + "att.g2", {hp_.d_g, E});
-      if (l > 0) {  // block 0 makes v_first; the others mix it in
-        L.v0 = T.vector(b + "att.v0", E);
-        L.v1 = T.require(b + "att.v1", {E, hp_.d_v});
-        L.v2 = T.require(b + "att.v2", {hp_.d_v, E});
+      L.x_rwkvag = layout == RwkvLayout::LlamaCpp ? T.require(N(b + "att.x_rwkvag"), {E, 1, 1, 6})
+                                                  : T.require(N(b + "att.x_rwkvag"), {E, 1, 6});
+      L.w0 = T.vector(N(b + "att.w0"), E);
+      L.a0 = T.vector(N(b + "att.a0"), E);
+      L.k_k = T.vector(N(b + "att.k_k"), E);
+      L.k_a = T.vector(N(b + "att.k_a"), E);
+      L.r_k = layout == RwkvLayout::LlamaCpp ? T.vector(N(b + "att.r_k"), E) : T.require(N(b + "att.r_k"), {S, H});
+      L.w1 = T.require(N(b + "att.w1"), {E, hp_.d_w});
+      L.w2 = T.require(N(b + "att.w2"), {hp_.d_w, E});
+      L.a1 = T.require(N(b + "att.a1"), {E, hp_.d_a});
+      L.a2 = T.require(N(b + "att.a2"), {hp_.d_a, E});
+      L.g1 = T.require(N(b + "att.g1"), {E, hp_.d_g});
+      L.g2 = T.require(N(b + "att.g2"), {hp_.d_g, E});
+      if (l > 0) {  // block 0 makes v_first; the others mix it in (llama.cpp files carry an unused block-0 set)
+        L.v0 = T.vector(N(b + "att.v0"), E);
+        L.v1 = T.require(N(b + "att.v1"), {E, hp_.d_v});
+        L.v2 = T.require(N(b + "att.v2"), {hp_.d_v, E});
       }
-      L.ffn_x_k = T.vector(b + "ffn.x_k", E);
+      L.ffn_x_k = T.vector(N(b + "ffn.x_k"), E);
     }
     layers.push_back(L);
   }

@@ -1,6 +1,8 @@
 // RWKV-4, RWKV-5.2 and RWKV-7 behind the model interface (engine/model.h), from GGUF files that
 // keep rwkv.cpp's tensor names and layouts (convert/rwkv_cpp.h): "emb.weight",
-// "blocks.N.att.key.weight", "head.weight", ... with general.architecture rwkv4 / rwkv5 / rwkv7.
+// "blocks.N.att.key.weight", "head.weight", ... with general.architecture rwkv4 / rwkv5 / rwkv7;
+// RWKV-7 also in llama.cpp's layout ("token_embd.weight", "blk.N.time_mix_key.weight", ...;
+// convert/rwkv_layout.h). Error messages name the tensors as the file does.
 //
 // Shared by the three generations (this file and rwkv_model.cpp): embedding -> LayerNorm ln0 ->
 // per block [LayerNorm ln1 -> time mixing -> residual, LayerNorm ln2 -> channel mixing ->

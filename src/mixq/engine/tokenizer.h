@@ -14,7 +14,7 @@
 // alphabet back to bytes; invalid UTF-8 in the input survives the round trip byte for byte.
 //
 // RWKV ("rwkv", llama.cpp's name for RWKV vocabularies): every token is a byte string, stored
-// escaped (rwkv_escape_token); text is cut greedily into the longest token at each position, with
+// escaped (io/rwkv_vocab.h); text is cut greedily into the longest token at each position, with
 // no BOS. A 256-token byte-level vocabulary (id = byte value) is the special case rwkv.cpp's
 // tiny models use.
 //
@@ -32,12 +32,6 @@
 #include "mixq/io/gguf.h"
 
 namespace mixq {
-
-// The spelling of a byte-string token in an "rwkv" vocabulary, as llama.cpp reads it: printable
-// ASCII as itself, backslash as \\, tab / newline / return as \t \n \r, other bytes as \xhh.
-std::string rwkv_escape_token(std::string_view bytes);
-// The bytes of an escaped token; throws std::invalid_argument for a bad escape.
-std::string rwkv_unescape_token(std::string_view escaped);
 
 class Tokenizer {
  public:
