@@ -10,7 +10,7 @@ void register_convert(CLI::App& app) {
                                  "Convert a model to GGUF: a GGUF (type changes), a llama2.c checkpoint (+ tokenizer.bin), "
                                  "an rwkv.cpp file or a Hugging Face safetensors directory");
   struct Opts {
-    std::string in, out, outtype, tokenizer;
+    std::string in, out, outtype, tokenizer, layout;
     bool clean_stale = false;
   };
   auto opts = std::make_shared<Opts>();
@@ -22,6 +22,10 @@ void register_convert(CLI::App& app) {
                   "f32); omitted: keep every type");
   cmd->add_option("--tokenizer", opts->tokenizer, "llama2.c tokenizer.bin (default: tokenizer.bin beside the checkpoint)");
   add_clean_stale_flag(cmd, opts->clean_stale);
+  cmd->add_option("--layout", opts->layout,
+                  "RWKV-7: write rwkv.cpp's tensor layout (emb.weight, blocks.N.att.*) or llama.cpp's "
+                  "(token_embd.weight, blk.N.time_mix_*); the engine reads both")
+      ->check(CLI::IsMember({"rwkv.cpp", "llama.cpp"}));
   cmd->callback([opts] {
     std::vector<NamedPath> inputs = {{"INPUT", opts->in}, {"--tokenizer", opts->tokenizer}};
     // A llama2.c checkpoint without --tokenizer reads the tokenizer found beside it.
@@ -34,7 +38,9 @@ void register_convert(CLI::App& app) {
     check_outputs(inputs, {{"OUTPUT", opts->out}}, opts->clean_stale);
     std::optional<TypeId> outtype;
     if (!opts->outtype.empty()) outtype = require_type(opts->outtype).id;
-    const ConvertResult r = convert_to_gguf({opts->in, opts->out, outtype, opts->tokenizer});
+    const ConvertRequest req{opts->in, opts->out, outtype, opts->tokenizer};
+    const auto layout = parse_rwkv_layout(opts->layout);
+    const ConvertResult r = layout ? convert_to_gguf(req, *layout) : convert_to_gguf(req);
     for (const auto& w : r.warnings) fmt::print(stderr, "mixq: warning: {}\n", w);
     fmt::print("wrote {} from a {} model: {} tensors, {} bytes\n", opts->out, model_format_name(r.format), r.tensors,
                r.bytes_written);

@@ -164,7 +164,7 @@ void register_quantize(CLI::App& app) {
       ->required();
   cmd->add_option("OUTPUT", a->output, "Output GGUF (written to a temporary file, renamed when complete)")->required();
   cmd->add_option("DEFAULT_TYPE", a->type,
-                  "Type (q4_k, q8_0, nf4, i8_row, lb3, ...) or preset (Q4_K_M, Q3_K_S, boundary[:TYPE], "
+                  "Type (q4_k, q8_0, nf4, i8_row, lb3, ...) or preset (Q4_K_M, Q3_K_S, boundary[:TYPE[:EDGE]], "
                   "ssm-conservative, ...), case-insensitive; llama-quantize's names mean its mixes");
   cmd->add_option("THREADS", a->threads_pos, "Threads (as llama-quantize's trailing argument)");
   // One value per occurrence, as llama-quantize reads it: `--tensor-type X=Y IN OUT TYPE` must

@@ -70,6 +70,25 @@ fs::path default_tokenizer(const fs::path& checkpoint) {
 
 }  // namespace
 
+ConvertResult convert_to_gguf(const ConvertRequest& req, RwkvLayout layout) {
+  // Convert as usual (unless the input already is GGUF in the wanted types), then relayout.
+  ConvertResult r;
+  r.format = detect_model_format(req.input);
+  const bool direct = r.format == ModelFormat::Gguf && !req.outtype;
+  ConvertRequest first = req;
+  first.output += fmt::format(".mixq-layout-{}.gguf", ::getpid());
+  if (!direct) r.warnings = convert_to_gguf(first).warnings;
+  try {
+    r.tensors = convert_rwkv_layout(GgufFile::open(direct ? req.input : first.output), req.output, layout);
+  } catch (...) {
+    if (!direct) fs::remove(first.output);
+    throw;
+  }
+  if (!direct) fs::remove(first.output);
+  r.bytes_written = fs::file_size(req.output);
+  return r;
+}
+
 ConvertResult convert_to_gguf(const ConvertRequest& req) {
   if (req.outtype && *req.outtype != TypeId::F32 && *req.outtype != TypeId::F16 && *req.outtype != TypeId::BF16) {
     throw TypeError(fmt::format("convert writes f32, f16 or bf16, not {}; use `mixq quantize` for block types",

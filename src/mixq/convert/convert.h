@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "mixq/convert/rwkv_layout.h"
 #include "mixq/formats/type_table.h"
 
 namespace mixq {
@@ -39,6 +40,8 @@ struct ConvertResult {
 };
 
 ConvertResult convert_to_gguf(const ConvertRequest& req);
+// The same, then the RWKV-7 tensors in `layout` (rwkv.cpp's or llama.cpp's names, rwkv_layout.h).
+ConvertResult convert_to_gguf(const ConvertRequest& req, RwkvLayout layout);
 
 // A GGUF view of any supported input: the input itself when it is GGUF, otherwise a conversion
 // (F32 matrices) written to a temporary file beside `near`, removed when this object goes away.

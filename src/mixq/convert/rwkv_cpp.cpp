@@ -10,6 +10,7 @@
 #include "mixq/io/byte_cursor.h"
 #include "mixq/io/gguf.h"
 #include "mixq/io/mapped_file.h"
+#include "mixq/io/rwkv_vocab.h"
 
 namespace mixq {
 
@@ -115,6 +116,16 @@ size_t convert_rwkv_cpp(const std::filesystem::path& input, const std::filesyste
   // keep no tensor that shows the head size.)
   if (const RwkvTensor* faaaa = find("blocks.0.att.time_faaaa"); faaaa && faaaa->shape.size() == 3) {
     w.set(arch + ".wkv.head_size", GgufValue::u32(static_cast<uint32_t>(faaaa->shape[1])));
+  }
+  // rwkv.cpp files carry no vocabulary. A 256-token model is byte-level (rwkv.cpp's tiny models:
+  // token id = byte value), which the engine's "rwkv" tokenizer spells as 256 one-byte tokens;
+  // other vocabularies (World, Pile) would need their tokenizer files, which the format lacks.
+  if (n_vocab == 256) {
+    std::vector<std::string> bytes;
+    for (int b = 0; b < 256; ++b) bytes.push_back(rwkv_escape_token(std::string(1, static_cast<char>(b))));
+    w.set("tokenizer.ggml.model", GgufValue::string("rwkv"));
+    w.set("tokenizer.ggml.tokens", GgufValue::string_array(bytes));
+    w.set("tokenizer.ggml.add_bos_token", GgufValue::boolean(false));
   }
   w.set("mixq.source.format", GgufValue::string("rwkv.cpp"));
   w.set("mixq.source.file_version", GgufValue::u32(static_cast<uint32_t>(version)));

@@ -5,7 +5,8 @@
 // Q5_0, Q5_1, Q8_0. Metadata: general.architecture "rwkv4" / "rwkv5" / "rwkv6" / "rwkv7" (from
 // the tensors each generation introduced), <arch>.block_count, .embedding_length, .vocab_size,
 // .feed_forward_length, .wkv.head_size (RWKV-5/6), and mixq.source.{format, file_version,
-// data_type}. Names are not mapped to llama.cpp's RWKV names: its graphs want fused tensors.
+// data_type}; for a 256-token (byte-level) vocabulary, tokenizer.ggml.model "rwkv" with one token
+// per byte (id = byte value, no BOS). Names are not mapped to llama.cpp's RWKV names: its graphs want fused tensors.
 #pragma once
 
 #include <filesystem>

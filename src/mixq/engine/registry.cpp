@@ -7,6 +7,7 @@
 #include <fmt/ranges.h>
 
 #include "mixq/engine/llama_model.h"
+#include "mixq/engine/rwkv_model.h"
 
 namespace mixq {
 
@@ -20,6 +21,9 @@ struct Architecture {
 const std::vector<Architecture>& architectures() {
   static const std::vector<Architecture> table = {
       {"llama", [](const GgufFile& f) { return std::make_unique<LlamaModel>(f); }},
+      {"rwkv4", [](const GgufFile& f) { return std::make_unique<RwkvModel>(f); }},
+      {"rwkv5", [](const GgufFile& f) { return std::make_unique<RwkvModel>(f); }},
+      {"rwkv7", [](const GgufFile& f) { return std::make_unique<RwkvModel>(f); }},
   };
   return table;
 }

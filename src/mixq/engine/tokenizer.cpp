@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "mixq/engine/unicode.h"
+#include "mixq/io/rwkv_vocab.h"
 
 namespace mixq {
 
@@ -39,11 +40,12 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   }
   t.model_ = model->as_string();
   const bool spm = t.model_ == "llama";
-  if (!spm && t.model_ != "gpt2") {
-    throw std::runtime_error(fmt::format("{}: tokenizer model '{}' is not supported yet (supported: llama, gpt2)",
+  t.rwkv_ = t.model_ == "rwkv";
+  if (!spm && !t.rwkv_ && t.model_ != "gpt2") {
+    throw std::runtime_error(fmt::format("{}: tokenizer model '{}' is not supported yet (supported: llama, gpt2, rwkv)",
                                          f.label(), t.model_));
   }
-  if (!spm) {
+  if (!spm && !t.rwkv_) {
     // llama.cpp's names for the pre-tokenizers implemented here (see encode_bpe_fragment).
     const GgufValue* pre = f.find("tokenizer.ggml.pre");
     t.pre_ = pre ? pre->as_string() : "";
@@ -60,6 +62,16 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     }
   }
   for (const auto& v : tokens->as_array()) t.tokens_.push_back(v.as_string());
+  if (t.rwkv_) {
+    for (size_t i = 0; i < t.tokens_.size(); ++i) {
+      try {
+        t.tokens_[i] = rwkv_unescape_token(t.tokens_[i]);
+      } catch (const std::invalid_argument& e) {
+        throw std::runtime_error(fmt::format("{}: tokenizer.ggml.tokens[{}]: {}", f.label(), i, e.what()));
+      }
+      t.rwkv_max_len_ = std::max(t.rwkv_max_len_, t.tokens_[i].size());
+    }
+  }
   const size_t n = t.tokens_.size();
   t.scores_.assign(n, 0.0f);
   t.types_.assign(n, 1);
@@ -95,6 +107,10 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   std::stable_sort(t.specials_.begin(), t.specials_.end(),
                    [&](int32_t a, int32_t b) { return t.tokens_[a].size() > t.tokens_[b].size(); });
   std::fill(std::begin(t.byte_tokens_), std::end(t.byte_tokens_), -1);
+  if (t.rwkv_) {
+    for (int b = 0; b < 256; ++b) t.byte_tokens_[b] = t.find(std::string(1, static_cast<char>(b)));
+    return t;
+  }
   if (spm) {
     for (size_t i = 0; i < n; ++i) {
       if (t.types_[i] == kTypeByte && t.tokens_[i].size() == 6) {
@@ -291,7 +307,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_bos) cons
   bool after_special = true;  // SentencePiece adds a space before text that starts a sequence
   auto plain = [&](std::string_view fragment) {
     if (fragment.empty()) return;
-    if (bpe) {
+    if (rwkv_) {
+      encode_rwkv_fragment(fragment, out);
+    } else if (bpe) {
       encode_bpe_fragment(fragment, out);
     } else {
       std::string s = add_space_prefix_ && after_special ? " " : "";
@@ -333,6 +351,7 @@ std::string Tokenizer::decode_token(int32_t id) const {
   const std::string& t = tokens_[static_cast<size_t>(id)];
   const int32_t type = types_[static_cast<size_t>(id)];
   if (type == kTypeControl) return {};
+  if (rwkv_) return t;
   if (pre_kind_ != Pre::kNone) {
     if (type == kTypeUserDefined) return t;  // stored as plain text, not in the byte alphabet
     std::string s;
@@ -359,6 +378,25 @@ std::string Tokenizer::decode_token(int32_t id) const {
     }
   }
   return s;
+}
+
+// Longest token first at each position, as llama.cpp's RWKV tokenizer (and RWKV's own
+// TRIE_TOKENIZER) do; a byte no token starts with becomes unk (or is dropped without one).
+void Tokenizer::encode_rwkv_fragment(std::string_view text, std::vector<int32_t>& out) const {
+  for (size_t at = 0; at < text.size();) {
+    size_t len = std::min(rwkv_max_len_, text.size() - at);
+    int32_t id = -1;
+    for (; len > 0; --len) {
+      if ((id = find(text.substr(at, len))) >= 0) break;
+    }
+    if (id >= 0) {
+      out.push_back(id);
+      at += len;
+      continue;
+    }
+    if (unk_ >= 0) out.push_back(unk_);
+    ++at;
+  }
 }
 
 std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {

@@ -13,7 +13,12 @@
 // letter is not a token is dropped (llama.cpp and HF tokenizers do the same). Decoding maps the
 // alphabet back to bytes; invalid UTF-8 in the input survives the round trip byte for byte.
 //
-// Both: control and user-defined tokens written literally in the text are kept whole. BOS is added
+// RWKV ("rwkv", llama.cpp's name for RWKV vocabularies): every token is a byte string, stored
+// escaped (io/rwkv_vocab.h); text is cut greedily into the longest token at each position, with
+// no BOS. A 256-token byte-level vocabulary (id = byte value) is the special case rwkv.cpp's
+// tiny models use.
+//
+// All: control and user-defined tokens written literally in the text are kept whole. BOS is added
 // when the caller asks for it and the vocabulary wants it (tokenizer.ggml.add_bos_token; when absent
 // true for "llama", false for "gpt2", as in llama.cpp).
 #pragma once
@@ -57,6 +62,7 @@ class Tokenizer {
   void encode_spm_fragment(std::string_view text, std::vector<int32_t>& out) const;
   void encode_bpe_fragment(std::string_view text, std::vector<int32_t>& out) const;
   void encode_bpe_word(std::string_view word, std::vector<int32_t>& out) const;
+  void encode_rwkv_fragment(std::string_view text, std::vector<int32_t>& out) const;
   int32_t find(std::string_view piece) const;
 
   std::string model_;
@@ -72,6 +78,8 @@ class Tokenizer {
   int32_t bos_ = -1, eos_ = -1, unk_ = -1, pad_ = -1;
   bool add_bos_ = true;
   bool add_space_prefix_ = true;
+  bool rwkv_ = false;          // "rwkv": tokens_ hold the unescaped bytes
+  size_t rwkv_max_len_ = 0;    // the longest token, in bytes
 };
 
 }  // namespace mixq

@@ -282,11 +282,16 @@ ModelInfo model_info_from_tensors(const std::vector<TensorDesc>& tensors, const 
 bool is_quantizable(const TensorDesc& t, const ModelInfo&) {
   // As llama-quantize: only matrices whose name ends in "weight", minus the ones models need
   // precise (positional tables, SSM convolution and state parameters, RWKV mixing vectors).
-  if (t.shape.size() < 2) return false;
+  // Dimensions as ggml_n_dims counts them: trailing unit axes ([n, 1, 1]: a vector) do not count.
+  size_t dims = t.shape.size();
+  while (dims > 1 && t.shape[dims - 1] == 1) --dims;
+  if (dims < 2) return false;
   if (!t.name.ends_with("weight")) return false;
   static constexpr std::string_view kNever[] = {
       "pos_embd", "token_types", "ssm_conv1d", "shortconv.conv", "time_mix_first", "time_mix_w0", "time_mix_w1",
       "time_mix_w2", "time_mix_decay_w1", "time_mix_decay_w2", "time_mix_lerp_fused", "attn_rel_b", "norm",
+      // RWKV-7's other low-rank matrices, as llama-quantize keeps them
+      "time_mix_a1", "time_mix_a2", "time_mix_v1", "time_mix_v2", "time_mix_g1", "time_mix_g2",
   };
   for (auto s : kNever) {
     if (t.name.find(s) != std::string::npos) return false;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cctype>
 
+#include <fmt/format.h>
+
 namespace mixq {
 
 namespace {
@@ -115,12 +117,16 @@ std::string upper(std::string s) {
   return s;
 }
 
-// boundary[:TYPE]: every quantizable tensor TYPE (default q4_K), the first and last two layers
-// and the head one step more precise.
-Preset boundary_preset(TypeId base) {
-  const TypeId up = one_step_more_precise(base);
-  Preset p{"boundary:" + std::string(type_traits(base).name), base, {}, 15,
-           "first and last two layers one step more precise than the base type"};
+// boundary[:TYPE[:EDGE]]: every quantizable tensor TYPE (default q4_K), the first and last two
+// layers and the head EDGE (default: one step more precise than TYPE), e.g. "boundary:q4_k:q6_k"
+// or "boundary:nf4:i8_row". The embedding is not a layer: it gets TYPE.
+Preset boundary_preset(TypeId base, std::optional<TypeId> edge = std::nullopt) {
+  const TypeId up = edge ? *edge : one_step_more_precise(base);
+  Preset p{"boundary:" + std::string(type_traits(base).name) + (edge ? ":" + std::string(type_traits(*edge).name) : ""),
+           base, {}, 15,
+           edge ? fmt::format("first and last two layers and the head {}, the rest {}", type_traits(up).name,
+                              type_traits(base).name)
+                : "first and last two layers one step more precise than the base type"};
   p.rules.push_back(When("preset boundary: head").head().to(up));
   p.rules.push_back(When("preset boundary: first 2 layers").layers(K::First, 2).to(up));
   p.rules.push_back(When("preset boundary: last 2 layers").layers(K::Last, 2).to(up));
@@ -158,7 +164,12 @@ std::optional<Preset> find_preset(const std::string& name) {
     if (n == m.name) return Preset{m.name, m.default_type, llama_mix_rules(m.name), m.ftype, m.description};
   }
   if (n == "BOUNDARY") return boundary_preset(TypeId::Q4_K);
-  if (n.rfind("BOUNDARY:", 0) == 0) return boundary_preset(parse_type_name(name.substr(9)));
+  if (n.rfind("BOUNDARY:", 0) == 0) {
+    const std::string types = name.substr(9);
+    const size_t colon = types.find(':');
+    if (colon == std::string::npos) return boundary_preset(parse_type_name(types));
+    return boundary_preset(parse_type_name(types.substr(0, colon)), parse_type_name(types.substr(colon + 1)));
+  }
   if (n == "SSM-CONSERVATIVE" || n == "CONSERVATIVE") return ssm_preset(false);
   if (n == "SSM-AGGRESSIVE" || n == "AGGRESSIVE") return ssm_preset(true);
   return std::nullopt;
@@ -167,7 +178,7 @@ std::optional<Preset> find_preset(const std::string& name) {
 std::vector<std::string> preset_names() {
   std::vector<std::string> names;
   for (const auto& m : kLlamaMixes) names.push_back(m.name);
-  names.insert(names.end(), {"boundary[:TYPE]", "ssm-conservative", "ssm-aggressive"});
+  names.insert(names.end(), {"boundary[:TYPE[:EDGE]]", "ssm-conservative", "ssm-aggressive"});
   return names;
 }
 

@@ -15,6 +15,7 @@ struct ComponentRow {
   const char* alias;        // Hugging Face-style path after "layers.N."
   const char* alt_alias;    // a second spelling ("ssm.in_proj" for Mamba's "mixer.in_proj"), or null
   const char* group;        // the group it belongs to
+  const char* role = nullptr;  // a second group across groups (RWKV's "key" in both mixes)
 };
 
 // Order matters where markers overlap: the first row whose marker is found wins.
@@ -35,6 +36,23 @@ constexpr ComponentRow kComponents[] = {
     {Component::SsmA, "ssm_a", "ssm_a", "mixer.A_log", "ssm.A_log", "ssm"},
     {Component::SsmD, "ssm_d", "ssm_d", "mixer.D", "ssm.D", "ssm"},
     {Component::SsmOut, "ssm_out", "ssm_out", "mixer.out_proj", "ssm.out_proj", "ssm"},
+    // RWKV matrices: llama.cpp's names, then rwkv.cpp's (kept as they are by `mixq convert`).
+    {Component::TimeMixReceptance, "time_mix_receptance", "time_mix_receptance", "attention.receptance", nullptr, "time_mix", "receptance"},
+    {Component::TimeMixKey, "time_mix_key", "time_mix_key", "attention.key", nullptr, "time_mix", "key"},
+    {Component::TimeMixValue, "time_mix_value", "time_mix_value", "attention.value", nullptr, "time_mix", "value"},
+    {Component::TimeMixGate, "time_mix_gate", "time_mix_gate", "attention.gate", nullptr, "time_mix", "gate"},
+    {Component::TimeMixOutput, "time_mix_output", "time_mix_output", "attention.output", nullptr, "time_mix"},
+    {Component::ChannelMixReceptance, "channel_mix_receptance", "channel_mix_receptance", "feed_forward.receptance", nullptr, "channel_mix", "receptance"},
+    {Component::ChannelMixKey, "channel_mix_key", "channel_mix_key", "feed_forward.key", nullptr, "channel_mix", "key"},
+    {Component::ChannelMixValue, "channel_mix_value", "channel_mix_value", "feed_forward.value", nullptr, "channel_mix", "value"},
+    {Component::TimeMixReceptance, "time_mix_receptance", ".att.receptance.", "attention.receptance", nullptr, "time_mix", "receptance"},
+    {Component::TimeMixKey, "time_mix_key", ".att.key.", "attention.key", nullptr, "time_mix", "key"},
+    {Component::TimeMixValue, "time_mix_value", ".att.value.", "attention.value", nullptr, "time_mix", "value"},
+    {Component::TimeMixGate, "time_mix_gate", ".att.gate.", "attention.gate", nullptr, "time_mix", "gate"},
+    {Component::TimeMixOutput, "time_mix_output", ".att.output.", "attention.output", nullptr, "time_mix"},
+    {Component::ChannelMixReceptance, "channel_mix_receptance", ".ffn.receptance.", "feed_forward.receptance", nullptr, "channel_mix", "receptance"},
+    {Component::ChannelMixKey, "channel_mix_key", ".ffn.key.", "feed_forward.key", nullptr, "channel_mix", "key"},
+    {Component::ChannelMixValue, "channel_mix_value", ".ffn.value.", "feed_forward.value", nullptr, "channel_mix", "value"},
     {Component::TimeMix, "time_mix", "time_mix", "attention", nullptr, "time_mix"},
     {Component::ChannelMix, "channel_mix", "channel_mix", "feed_forward", nullptr, "channel_mix"},
     // rwkv.cpp names, kept as they are by `mixq convert`
@@ -71,7 +89,7 @@ std::vector<Component> parse_component_group(std::string_view group) {
   if (group == "output" || group == "head") return {Component::Output};
   std::vector<Component> out;
   for (const auto& row : kComponents) {
-    if ((group == row.group || group == row.name) &&
+    if ((group == row.group || group == row.name || (row.role && group == row.role)) &&
         std::find(out.begin(), out.end(), row.component) == out.end()) {
       out.push_back(row.component);
     }
@@ -81,7 +99,8 @@ std::vector<Component> parse_component_group(std::string_view group) {
     throw std::invalid_argument(
         "unknown component '" + std::string(group) +
         "'; known: attn, attn_q, attn_k, attn_v, attn_o, attn_qkv, ffn, ffn_gate, ffn_up, ffn_down, embed, output, "
-        "norm, ssm, ssm_in, ssm_conv1d, ssm_x, ssm_dt, ssm_a, ssm_d, ssm_out, time_mix, channel_mix");
+        "norm, ssm, ssm_in, ssm_conv1d, ssm_x, ssm_dt, ssm_a, ssm_d, ssm_out, time_mix, channel_mix, receptance, key, "
+        "value, gate, time_mix_{receptance,key,value,gate,output}, channel_mix_{receptance,key,value}");
   }
   return out;
 }

@@ -12,15 +12,21 @@ namespace mixq {
 
 enum class Component {
   AttnQ, AttnK, AttnV, AttnOut, AttnQkv, FfnGate, FfnUp, FfnDown, Embed, Output, Norm,
-  SsmIn, SsmConv, SsmX, SsmDt, SsmA, SsmD, SsmOut, TimeMix, ChannelMix, Other,
+  SsmIn, SsmConv, SsmX, SsmDt, SsmA, SsmD, SsmOut, TimeMix, ChannelMix,
+  // RWKV's matrices (TimeMix / ChannelMix: its other time- and channel-mixing tensors).
+  TimeMixReceptance, TimeMixKey, TimeMixValue, TimeMixGate, TimeMixOutput,
+  ChannelMixReceptance, ChannelMixKey, ChannelMixValue,
+  Other,
 };
 
 // Component names as users write them in rules.
 const char* component_name(Component c);
 
 // A group name a rule may use for several components: "attn" (q, k, v, o, qkv), "ffn" (gate, up,
-// down), "ssm" (all SSM parts), "embed", "output" ("head"), "norm", "time_mix", "channel_mix",
-// or one component's own name ("attn_v", "ffn_down", "ssm_in", ...). Throws std::invalid_argument
+// down), "ssm" (all SSM parts), "embed", "output" ("head"), "norm", "time_mix", "channel_mix"
+// (RWKV: every time- / channel-mixing tensor), "receptance", "key", "value", "gate" (RWKV: that
+// matrix in both mixes), or one component's own name ("attn_v", "ffn_down", "ssm_in",
+// "time_mix_key", "channel_mix_value", ...). Throws std::invalid_argument
 // for unknown names, listing the known ones.
 std::vector<Component> parse_component_group(std::string_view group);
 
