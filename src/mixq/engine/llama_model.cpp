@@ -12,12 +12,6 @@ namespace mixq {
 
 namespace {
 
-int64_t require_int(const GgufFile& f, const std::string& key) {
-  const GgufValue* v = f.find(key);
-  if (!v || !v->is_integer()) throw std::runtime_error(fmt::format("{}: missing metadata key {}", f.label(), key));
-  return v->as_int();
-}
-
 const GgufTensor* require_tensor(const GgufFile& f, const std::string& name, std::vector<int64_t> shape) {
   const GgufTensor* t = f.find_tensor(name);
   if (!t) throw std::runtime_error(fmt::format("{}: missing tensor {}", f.label(), name));
@@ -56,24 +50,8 @@ LlamaModel::LlamaModel(const GgufFile& f) : Model(f) {
   if (a != "llama") {
     throw std::runtime_error(fmt::format("{}: architecture '{}' is not supported (supported: llama)", f.label(), a));
   }
-  hp_.n_embd = static_cast<int>(require_int(f, "llama.embedding_length"));
-  hp_.n_layer = static_cast<int>(require_int(f, "llama.block_count"));
-  hp_.n_head = static_cast<int>(require_int(f, "llama.attention.head_count"));
-  hp_.n_ff = static_cast<int>(require_int(f, "llama.feed_forward_length"));
-  hp_.n_head_kv = f.find("llama.attention.head_count_kv") ? static_cast<int>(require_int(f, "llama.attention.head_count_kv"))
-                                                          : hp_.n_head;
-  hp_.n_ctx_train = f.find("llama.context_length") ? static_cast<int>(require_int(f, "llama.context_length")) : 2048;
-  if (hp_.n_embd <= 0 || hp_.n_layer <= 0 || hp_.n_head <= 0 || hp_.n_head_kv <= 0 || hp_.n_embd % hp_.n_head ||
-      hp_.n_head % hp_.n_head_kv) {
-    throw std::runtime_error(fmt::format("{}: inconsistent llama hyperparameters", f.label()));
-  }
-  hp_.n_rot = f.find("llama.rope.dimension_count") ? static_cast<int>(require_int(f, "llama.rope.dimension_count"))
-                                                   : hp_.head_dim();
-  if (const GgufValue* v = f.find("llama.rope.freq_base")) hp_.rope_freq_base = static_cast<float>(v->as_float());
-  if (const GgufValue* v = f.find("llama.attention.layer_norm_rms_epsilon")) hp_.rms_eps = static_cast<float>(v->as_float());
-  const GgufTensor* emb = f.find_tensor("token_embd.weight");
-  if (!emb || emb->shape.size() != 2) throw std::runtime_error(fmt::format("{}: missing tensor token_embd.weight", f.label()));
-  hp_.n_vocab = static_cast<int>(emb->shape[1]);
+  // Every hyperparameter checked against the others and the tensors (llama_hparams.cpp).
+  hp_ = read_llama_hparams(f);
   const int64_t e = hp_.n_embd, kv = hp_.kv_dim(), ff = hp_.n_ff, voc = hp_.n_vocab;
   token_embd = require_tensor(f, "token_embd.weight", {e, voc});
   output_norm = require_tensor(f, "output_norm.weight", {e});

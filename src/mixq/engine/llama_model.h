@@ -24,6 +24,11 @@ struct LlamaHParams {
   int kv_dim() const { return head_dim() * n_head_kv; }
 };
 
+// Reads the llama.* hyperparameters of f and checks each against the others and the tensors
+// (llama_hparams.cpp lists the rules). Throws std::runtime_error naming the key, the file and
+// what was expected.
+LlamaHParams read_llama_hparams(const GgufFile& f);
+
 class LlamaModel : public Model {
  public:
   // Throws std::runtime_error naming what is missing (architecture, keys, tensors, shapes).
