@@ -1,6 +1,9 @@
 #include "mixq/engine/tokenizer.h"
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
 #include <queue>
 #include <stdexcept>
 
@@ -29,6 +32,42 @@ uint64_t pair_key(int32_t left, int32_t right) {
   return static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32 | static_cast<uint32_t>(right);
 }
 
+// The byte a SentencePiece byte token stands for: exactly "<0x" + two hex digits + ">", else -1.
+int parse_byte_token(std::string_view t) {
+  if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return -1;
+  auto hex = [](char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  const int hi = hex(t[3]), lo = hex(t[4]);
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+// An array key whose elements all have one of the wanted types; null when absent.
+const std::vector<GgufValue>* typed_array(const GgufFile& f, const char* key, bool (*ok)(const GgufValue&),
+                                          const char* expected) {
+  const GgufValue* v = f.find(key);
+  if (v == nullptr) return nullptr;
+  if (v->type() != GgufValueType::ARRAY) {
+    throw std::runtime_error(fmt::format("{}: {} is a {}, expected an array of {}", f.label(), key,
+                                         gguf_value_type_name(v->type()), expected));
+  }
+  const auto& a = v->as_array();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!ok(a[i])) {
+      throw std::runtime_error(fmt::format("{}: {}[{}] is a {}, expected {}", f.label(), key, i,
+                                           gguf_value_type_name(a[i].type()), expected));
+    }
+  }
+  return &a;
+}
+
+bool is_string(const GgufValue& v) { return v.type() == GgufValueType::STRING; }
+bool is_number(const GgufValue& v) { return v.is_integer() || v.is_float(); }
+bool is_int(const GgufValue& v) { return v.is_integer(); }
+
 }  // namespace
 
 Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
@@ -37,6 +76,10 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   const GgufValue* tokens = f.find("tokenizer.ggml.tokens");
   if (!model || !tokens) {
     throw std::runtime_error(fmt::format("{}: no tokenizer in the metadata (tokenizer.ggml.model / .tokens)", f.label()));
+  }
+  if (model->type() != GgufValueType::STRING) {
+    throw std::runtime_error(fmt::format("{}: tokenizer.ggml.model is a {}, expected a string (llama or gpt2)", f.label(),
+                                         gguf_value_type_name(model->type())));
   }
   t.model_ = model->as_string();
   const bool spm = t.model_ == "llama";
@@ -48,6 +91,10 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   if (!spm && !t.rwkv_) {
     // llama.cpp's names for the pre-tokenizers implemented here (see encode_bpe_fragment).
     const GgufValue* pre = f.find("tokenizer.ggml.pre");
+    if (pre != nullptr && pre->type() != GgufValueType::STRING) {
+      throw std::runtime_error(fmt::format("{}: tokenizer.ggml.pre is a {}, expected a string", f.label(),
+                                           gguf_value_type_name(pre->type())));
+    }
     t.pre_ = pre ? pre->as_string() : "";
     if (t.pre_ == "gpt-2") {
       t.pre_kind_ = Pre::kGpt2;
@@ -61,7 +108,7 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
                                            f.label(), t.pre_, kSupportedPre));
     }
   }
-  for (const auto& v : tokens->as_array()) t.tokens_.push_back(v.as_string());
+  for (const auto& v : *typed_array(f, "tokenizer.ggml.tokens", is_string, "strings")) t.tokens_.push_back(v.as_string());
   if (t.rwkv_) {
     for (size_t i = 0; i < t.tokens_.size(); ++i) {
       try {
@@ -73,19 +120,53 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
     }
   }
   const size_t n = t.tokens_.size();
+  if (n == 0) throw std::runtime_error(fmt::format("{}: tokenizer.ggml.tokens is empty, expected a vocabulary", f.label()));
+  if (n > static_cast<size_t>(INT32_MAX)) {
+    throw std::runtime_error(fmt::format("{}: tokenizer.ggml.tokens lists {} tokens, more than a token id can index",
+                                         f.label(), n));
+  }
+  // Per-token arrays: one entry per token, or absent (scores 0, every token normal).
+  auto same_length = [&](const char* key, size_t size) {
+    if (size != n) {
+      throw std::runtime_error(fmt::format("{}: {} has {} entries, but tokenizer.ggml.tokens has {}: expected one per "
+                                           "token",
+                                           f.label(), key, size, n));
+    }
+  };
   t.scores_.assign(n, 0.0f);
   t.types_.assign(n, 1);
-  if (const GgufValue* s = f.find("tokenizer.ggml.scores")) {
-    const auto& a = s->as_array();
-    for (size_t i = 0; i < n && i < a.size(); ++i) t.scores_[i] = static_cast<float>(a[i].as_float());
+  if (const auto* a = typed_array(f, "tokenizer.ggml.scores", is_number, "numbers")) {
+    same_length("tokenizer.ggml.scores", a->size());
+    for (size_t i = 0; i < n; ++i) {
+      t.scores_[i] = static_cast<float>((*a)[i].as_float());
+      if (std::isnan(t.scores_[i])) {
+        throw std::runtime_error(fmt::format("{}: tokenizer.ggml.scores[{}] is NaN, expected a number", f.label(), i));
+      }
+    }
   }
-  if (const GgufValue* ty = f.find("tokenizer.ggml.token_type")) {
-    const auto& a = ty->as_array();
-    for (size_t i = 0; i < n && i < a.size(); ++i) t.types_[i] = static_cast<int32_t>(a[i].as_int());
+  if (const auto* a = typed_array(f, "tokenizer.ggml.token_type", is_int, "integers")) {
+    same_length("tokenizer.ggml.token_type", a->size());
+    for (size_t i = 0; i < n; ++i) {
+      const int64_t ty = (*a)[i].type() == GgufValueType::UINT64 && (*a)[i].as_uint() > INT32_MAX ? -1 : (*a)[i].as_int();
+      t.types_[i] = ty < INT32_MIN || ty > INT32_MAX ? -1 : static_cast<int32_t>(ty);
+    }
   }
-  auto id_key = [&](const char* key, int32_t fallback) {
+  // Special token ids: in range, or "none" (-1; 0xFFFFFFFF as a u32). A default outside a small
+  // vocabulary means none.
+  auto id_key = [&](const char* key, int32_t fallback) -> int32_t {
     const GgufValue* v = f.find(key);
-    return v && v->is_integer() ? static_cast<int32_t>(v->as_int()) : fallback;
+    if (v == nullptr) return fallback >= 0 && static_cast<size_t>(fallback) < n ? fallback : -1;
+    if (!v->is_integer()) {
+      throw std::runtime_error(
+          fmt::format("{}: {} is a {}, expected a token id", f.label(), key, gguf_value_type_name(v->type())));
+    }
+    const uint64_t u = v->type() == GgufValueType::UINT64 ? v->as_uint() : static_cast<uint64_t>(v->as_int());
+    if (u == UINT64_MAX || u == UINT32_MAX) return -1;
+    if (u >= n) {
+      throw std::runtime_error(fmt::format("{}: {} is {}, but the vocabulary has {} tokens: expected an id from 0 to {}",
+                                           f.label(), key, v->to_string(), n, n - 1));
+    }
+    return static_cast<int32_t>(u);
   };
   t.bos_ = id_key("tokenizer.ggml.bos_token_id", spm ? 1 : -1);
   t.eos_ = id_key("tokenizer.ggml.eos_token_id", spm ? 2 : -1);
@@ -113,16 +194,21 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& f) {
   }
   if (spm) {
     for (size_t i = 0; i < n; ++i) {
-      if (t.types_[i] == kTypeByte && t.tokens_[i].size() == 6) {
-        t.byte_tokens_[std::stoi(t.tokens_[i].substr(3, 2), nullptr, 16)] = static_cast<int32_t>(i);
+      if (t.types_[i] != kTypeByte) continue;
+      const int byte = parse_byte_token(t.tokens_[i]);
+      if (byte < 0) {
+        throw std::runtime_error(fmt::format("{}: token {} '{}' is a byte token (tokenizer.ggml.token_type {}), but "
+                                             "byte tokens are spelled <0xHH> with two hex digits",
+                                             f.label(), i, t.tokens_[i], kTypeByte));
       }
+      t.byte_tokens_[byte] = static_cast<int32_t>(i);
     }
     return t;
   }
   for (int b = 0; b < 256; ++b) t.byte_tokens_[b] = t.find(unicode::byte_piece(static_cast<uint8_t>(b)));
   const GgufValue* merges = f.find("tokenizer.ggml.merges");
   if (!merges) throw std::runtime_error(fmt::format("{}: a gpt2 tokenizer without tokenizer.ggml.merges", f.label()));
-  const auto& list = merges->as_array();
+  const auto& list = *typed_array(f, "tokenizer.ggml.merges", is_string, "strings (\"left right\")");
   t.merges_.reserve(list.size());
   for (size_t rank = 0; rank < list.size(); ++rank) {
     const std::string& m = list[rank].as_string();
@@ -201,7 +287,10 @@ void Tokenizer::encode_spm_fragment(std::string_view text, std::vector<int32_t>&
       self(self, it->second.second);
       return;
     }
-    for (unsigned char c : piece) out.push_back(byte_tokens_[c] >= 0 ? byte_tokens_[c] : unk_);
+    // A byte without a byte token becomes the unknown token, or is dropped when there is none.
+    for (unsigned char c : piece) {
+      if (const int32_t id = byte_tokens_[c] >= 0 ? byte_tokens_[c] : unk_; id >= 0) out.push_back(id);
+    }
   };
   if (sym.empty()) return;
   for (int i = 0; i != -1; i = sym[i].next) emit(emit, i);
@@ -365,8 +454,8 @@ std::string Tokenizer::decode_token(int32_t id) const {
     }
     return s;
   }
-  if (type == kTypeByte && t.size() == 6) {
-    return std::string(1, static_cast<char>(std::stoi(t.substr(3, 2), nullptr, 16)));
+  if (type == kTypeByte) {
+    if (const int byte = parse_byte_token(t); byte >= 0) return std::string(1, static_cast<char>(byte));
   }
   std::string s;
   for (size_t i = 0; i < t.size();) {
