@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds a libFuzzer target (clang, ASan + UBSan) and runs it.
-#   scripts/fuzz.sh [SECONDS=60] [TARGET=fuzz_gguf_reader | fuzz_file_readers]
-# Seeds for fuzz_gguf_reader: fuzz/corpus/ (small GGUFs written by tests/tools). fuzz_file_readers
+#   scripts/fuzz.sh [SECONDS=60] [TARGET=fuzz_gguf_reader | fuzz_file_readers | fuzz_model]
+# Seeds for fuzz_gguf_reader: fuzz/corpus/ (small GGUFs written by fuzz/make_corpus.py). fuzz_model
+# (load as a LLaMA model with its tokenizer, two tokens through the forward pass) gets the same
+# seeds, among them tiny llama models, plus the bundled stories260K model. fuzz_file_readers
 # (importance matrices and stored KLD bases; the first byte picks the reader) is seeded with
 # llama.cpp's imatrix from ../shared/data and a small stored base written by mixq when available.
 # New inputs go to a scratch copy.
@@ -14,8 +16,12 @@ CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWit
 ninja -C build-fuzz "$target" >/dev/null
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+max_len=65536
 if [ "$target" = fuzz_gguf_reader ]; then
   cp fuzz/corpus/* "$work/" 2>/dev/null || true
+elif [ "$target" = fuzz_model ]; then
+  cp fuzz/corpus/* assets/stories260K/stories260K-f32.gguf "$work/"
+  max_len=$(stat -c %s assets/stories260K/stories260K-f32.gguf)
 else
   shared=${MIXQ_SHARED_DATA:-../shared/data}
   if [ -f "$shared/reference-figures/stories260K-calib40.imatrix.gguf" ]; then
@@ -29,5 +35,5 @@ else
     rm -f "$work/text.txt" "$work/base.kld"
   fi
 fi
-build-fuzz/fuzz/"$target" "$work" -max_total_time="$seconds" -max_len=65536 -rss_limit_mb=2048 \
+build-fuzz/fuzz/"$target" "$work" -max_total_time="$seconds" -max_len="$max_len" -rss_limit_mb=2048 \
   -timeout=10 -print_final_stats=1 2>&1 | grep -E "^(#[0-9]+.*DONE|stat::|INFO: seed|==[0-9]+==ERROR|SUMMARY)" || true
