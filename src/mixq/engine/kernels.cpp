@@ -17,6 +17,14 @@ namespace {
 
 int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
+// A rounded code as int8. Finite activations give |v| <= 127; non-finite ones (a model whose
+// activations overflowed) or subnormal block maxima (1 / d overflows to inf) would make the
+// plain cast undefined behaviour: they saturate to +-127, NaN to 0.
+int8_t saturate_int8(float v) {
+  if (v >= -127.0f && v <= 127.0f) return static_cast<int8_t>(v);
+  return v > 0.0f ? int8_t{127} : v < 0.0f ? int8_t{-127} : int8_t{0};
+}
+
 // Q8_0 as ggml's quantize_row_q8_0_ref: d = amax / 127 (stored as f16), codes round(x / d) from the
 // unrounded d. A last partial block (row lengths that are not a multiple of 32) counts only its
 // values; the padding codes are zero.
@@ -28,7 +36,7 @@ void quantize_q8_0(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* d
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     const float ds = round_fp16(d);
-    for (int64_t i = i0; i < i0 + 32; ++i) q[i] = i < i1 ? static_cast<int8_t>(std::roundf(x[i] * id)) : 0;
+    for (int64_t i = i0; i < i0 + 32; ++i) q[i] = i < i1 ? saturate_int8(std::roundf(x[i] * id)) : 0;
     int sums[2] = {0, 0};
     for (int g = 0; g < 2; ++g) {
       for (int64_t i = i0 + 16 * g; i < i0 + 16 * g + 16; ++i) sums[g] += q[i];
