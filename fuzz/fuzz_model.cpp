@@ -1,5 +1,6 @@
 // libFuzzer entry point for the model path past the reader: a byte string that parses as GGUF is
-// loaded as a LLaMA model (hyperparameters against the tensors, outlier-column companions) with
+// loaded as the model it names (engine/registry.h; for llama: hyperparameters against the
+// tensors, outlier-column companions) with
 // its tokenizer, a short text is encoded and decoded, and two tokens run through the forward pass
 // (the second attends to the first). Every step must either work or throw std::runtime_error
 // with a message; anything else (a crash, a sanitizer report, std::bad_alloc, std::out_of_range,
@@ -9,12 +10,13 @@
 // kMaxElements weights are skipped, so each input runs in milliseconds.
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "mixq/engine/llama_model.h"
+#include "mixq/engine/registry.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/io/gguf.h"
 
@@ -32,7 +34,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       elements += t.n_elements();
       if (t.n_elements() > kMaxElements || elements > kMaxElements) return 0;
     }
-    const mixq::LlamaModel model(f);
+    const std::unique_ptr<mixq::Model> model = mixq::load_model(f);
     std::vector<int32_t> ids;
     try {
       const mixq::Tokenizer tok = mixq::Tokenizer::from_gguf(f);
@@ -42,19 +44,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     } catch (const std::runtime_error&) {
       // A model without a usable tokenizer still runs on token ids.
     }
-    const int n_vocab = model.hparams().n_vocab;
+    const int n_vocab = model->n_vocab();
     std::vector<int32_t> tokens;
     for (int32_t id : ids) {
       if (tokens.size() < 2 && id >= 0 && id < n_vocab) tokens.push_back(id);
     }
     while (tokens.size() < 2) tokens.push_back(static_cast<int32_t>(tokens.size()) % n_vocab);
-    mixq::LlamaContext ctx(model, 4, 1);
+    const std::unique_ptr<mixq::Context> ctx = model->new_context(4, 1);
     // The three attention paths, chosen by the input so one corpus covers them all.
     static constexpr mixq::AttentionMode kModes[] = {mixq::AttentionMode::kLlamaCppF16, mixq::AttentionMode::kTiled,
                                                      mixq::AttentionMode::kF32};
-    ctx.set_attention(kModes[size % 3]);
-    ctx.eval({tokens[0]}, false);
-    const std::vector<float>& logits = ctx.eval({tokens[1]}, true);
+    ctx->set_attention(kModes[size % 3]);
+    ctx->eval({tokens[0]}, false);
+    const std::vector<float>& logits = ctx->eval({tokens[1]}, true);
     float sum = 0.0f;
     for (float v : logits) sum += v;
     volatile float sink = sum;

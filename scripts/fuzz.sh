@@ -2,7 +2,7 @@
 # Builds a libFuzzer target (clang, ASan + UBSan) and runs it.
 #   scripts/fuzz.sh [SECONDS=60] [TARGET=fuzz_gguf_reader | fuzz_file_readers | fuzz_model]
 # Seeds for fuzz_gguf_reader: fuzz/corpus/ (small GGUFs written by fuzz/make_corpus.py). fuzz_model
-# (load as a LLaMA model with its tokenizer, two tokens through the forward pass) gets the same
+# (load as the model the file names, with its tokenizer, two tokens through the forward pass) gets the same
 # seeds, among them tiny llama models, plus the bundled stories260K model. fuzz_file_readers
 # (importance matrices and stored KLD bases; the first byte picks the reader) is seeded with
 # llama.cpp's imatrix from ../shared/data and a small stored base written by mixq when available.
