@@ -18,6 +18,10 @@
 namespace mixq {
 namespace {
 
+// Rows name only the columns that apply; the others keep TypeTraits' defaults (GCC's -Wextra would
+// ask for every field of every row).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 // One row per type; the columns are TypeTraits' fields (type_table.h says what each means). Rows
 // without a codec can still be sized (inspect, copy) but not converted. Keep the rows in id order.
 constexpr TypeTraits kTypeTable[] = {
@@ -60,6 +64,7 @@ constexpr TypeTraits kTypeTable[] = {
     {.id = TypeId::LB3, .name = "lb3", .family = "lowbit", .block_size = 64, .block_bytes = 28, .row_header_bytes = 0, .quantized = true, .quantize_row = lowbit::quantize_row_lb3, .dequantize_row = lowbit::dequantize_row_lb3, .description = "3-bit packed 8 per 3 bytes, f16 scale+zero per 64", .quantize_row_calib = lowbit::quantize_row_lb3_calib, .more_precise = TypeId::NF4},
     {.id = TypeId::LB2, .name = "lb2", .family = "lowbit", .block_size = 64, .block_bytes = 20, .row_header_bytes = 0, .quantized = true, .quantize_row = lowbit::quantize_row_lb2, .dequantize_row = lowbit::dequantize_row_lb2, .description = "2-bit packed 4 per byte, f16 scale+zero per 64", .quantize_row_calib = lowbit::quantize_row_lb2_calib, .more_precise = TypeId::LB3},
 };
+#pragma GCC diagnostic pop
 
 bool iequals(std::string_view a, std::string_view b) {
   return a.size() == b.size() &&
