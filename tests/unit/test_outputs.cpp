@@ -28,7 +28,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string q(const fs::path& p) { return "'" + p.string() + "'"; }
+std::string q(const fs::path& p) { return fmt::format("'{}'", p.string()); }
 
 std::string slurp(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);
@@ -387,7 +387,7 @@ TEST_F(Outputs, ThreadPoolThatCannotStartItsThreadsFailsCleanly) {
 
 TEST_F(Outputs, ThreadCountIsCappedWithAClearError) {
   const fs::path m = model(), t = text();
-  for (const std::string args : {"perplexity " + q(m) + " -f " + q(t) + " -c 64 --chunks 1 -t 100000",
+  for (const std::string& args : {"perplexity " + q(m) + " -f " + q(t) + " -c 64 --chunks 1 -t 100000",
                                  "perplexity " + q(m) + " -f " + q(t) + " -c 64 --chunks 1 -t -3",
                                  "generate " + q(m) + " -p Once -n 2 -t 5000"}) {
     const auto r = test::run_cli(args);
@@ -491,7 +491,7 @@ TEST_F(Outputs, NonFiniteWeightsNameTheTensorAndFail) {
   ASSERT_TRUE(hit.has_value());
   EXPECT_NE(hit->find("blk.1.ffn_up.weight"), std::string::npos) << *hit;
   EXPECT_FALSE(find_non_finite_tensor(GgufFile::open(m)).has_value());
-  for (const std::string args : {"perplexity " + q(bad) + " -f " + q(t) + " -c 64 --chunks 1",
+  for (const std::string& args : {"perplexity " + q(bad) + " -f " + q(t) + " -c 64 --chunks 1",
                                  "kld " + q(bad) + " --base " + q(m) + " -f " + q(t) + " -c 64 --chunks 1"}) {
     const auto r = test::run_cli(args);
     EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.output;
