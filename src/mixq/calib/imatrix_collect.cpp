@@ -128,9 +128,9 @@ ImatrixResult collect_imatrix(const Model& model, const Tokenizer& tok, const st
   r.scored_tokens = count;
   if (count > 1) {
     const double mean = nll / static_cast<double>(count);
-    r.ppl = std::exp(mean);
-    const double var = nll2 / static_cast<double>(count) - mean * mean;
-    r.ppl_error = var > 0 ? std::sqrt(var / static_cast<double>(count - 1)) * r.ppl : 0;
+    const PplEstimate e = ppl_from_nll(mean, nll2 / static_cast<double>(count) - mean * mean, count);
+    r.ppl = e.ppl;
+    r.ppl_error = e.error;
   }
   r.matrix = collector.matrix(chunks.n_chunks, chunks.n_ctx, opts.datasets);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

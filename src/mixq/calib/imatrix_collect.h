@@ -2,7 +2,7 @@
 // formats.
 //
 // Collection: the text is tokenized once (BOS first when the vocabulary adds one) and cut into
-// chunks of n_ctx tokens, exactly as for perplexity (eval/perplexity.h: split_text; the first token
+// chunks of n_ctx tokens, exactly as for perplexity (eval/chunks.h: split_text; the first token
 // of every chunk becomes BOS when the vocabulary adds BOS). Each chunk is evaluated as a fresh
 // sequence and every matrix product of the forward pass is observed: for the weight it multiplies,
 // every input row (token) adds x[j]^2 to column j's sum (a float running sum, as llama-imatrix

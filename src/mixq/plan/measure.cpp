@@ -9,7 +9,8 @@
 
 #include <fmt/format.h>
 
-#include "mixq/eval/perplexity.h"
+#include "mixq/eval/chunks.h"
+#include "mixq/eval/scores.h"
 #include "mixq/formats/half.h"
 #include "mixq/io/outlier_columns.h"
 #include "mixq/policy/policy.h"
@@ -115,8 +116,8 @@ BaseRun run_base(const Model& model, const TextChunks& chunks, int threads, Atte
   return b;
 }
 
-// Mean KL(base || model with `original` read as `probe`) over the scored rows; the probe changes
-// nothing before block `start`.
+// Mean KL(base || model with `original` read as `probe`) over the scored rows (per row as kld.h
+// computes it: scores.h's kl_row); the probe changes nothing before block `start`.
 double probe_kld(const Model& model, const GgufTensor& original, const GgufTensor& probe, const BaseRun& base,
                  int start, int threads, AttentionMode attention, ThreadPool& pool) {
   const TextChunks& chunks = *base.chunks;
@@ -132,16 +133,13 @@ double probe_kld(const Model& model, const GgufTensor& original, const GgufTenso
                    : ctx->eval_from_layer(start, base.layer_inputs[static_cast<size_t>(c)][static_cast<size_t>(start)].data(),
                                          chunks.n_ctx, true);
     std::vector<double> per_row(static_cast<size_t>(rows));
+    std::vector<float> lq(static_cast<size_t>(rows) * V);
     pool.parallel_for(rows, [&](int64_t r) {
       const float* row = logits.data() + static_cast<size_t>(chunks.first() + r) * V;
-      const LogSoftmax ls(row, V);
+      float* q = lq.data() + static_cast<size_t>(r) * V;
+      LogSoftmax(row, V).all(q);
       const float* lb = base.log_probs[static_cast<size_t>(c)].data() + static_cast<size_t>(r) * V;
-      double k = 0;
-      for (int v = 0; v < V; ++v) {
-        const double b = lb[v];
-        k += std::exp(b) * (b - ls(v));
-      }
-      per_row[static_cast<size_t>(r)] = k;
+      per_row[static_cast<size_t>(r)] = kl_row(lb, q, V).kld;
     });
     for (double k : per_row) total += k;
   }
