@@ -39,71 +39,14 @@
 #include <string>
 #include <vector>
 
-#include <nlohmann/json.hpp>
-
 #include "mixq/calib/imatrix.h"
 #include "mixq/engine/model.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/formats/type_table.h"
 #include "mixq/io/gguf.h"
+#include "mixq/plan/measurement.h"
 
 namespace mixq {
-
-struct CandidateMeasure {
-  TypeId type = TypeId::F32;
-  int outliers = 0;         // outlier columns kept in f16 beside the tensor (formats/outliers.h)
-  uint64_t bytes = 0;       // the tensor's data in this type (without alignment padding)
-  // With outliers: the two companion tensors' data (K * 4 + K * rows * 2), not in `bytes`.
-  uint64_t outlier_bytes = 0;
-  double error = 0;         // importance-weighted relative squared error (see the top)
-  double predicted = 0;     // predicted mean KLD with this tensor alone in this type
-  std::optional<double> kld;  // the measured mean KLD, for the probe types
-};
-
-struct TensorMeasure {
-  std::string name;
-  std::vector<int64_t> shape;
-  TypeId stored = TypeId::F32;
-  int index = 0;            // position among the file's tensors
-  double alpha = 0, beta = 1;
-  std::vector<CandidateMeasure> candidates;  // by increasing bytes
-
-  int64_t n_elements() const;
-  const CandidateMeasure* find(TypeId t, int outliers = 0) const;
-};
-
-struct Measurement {
-  // The model and the settings (checked when shards are merged).
-  std::string model;              // file name as given
-  uint64_t model_bytes = 0;
-  int n_tensors = 0;              // all tensors of the file
-  int64_t n_params = 0;           // all tensors' elements (bits per weight are over these)
-  uint64_t fixed_bytes = 0;       // tensors that are never quantized (norms): data, padded
-  uint64_t fixed_bytes_unpadded = 0;
-  uint64_t header_bytes = 0;      // the output header without mixq.extension_types, unpadded
-  uint32_t alignment = kGgufDefaultAlignment;
-  std::string calibration;        // the text's file name
-  std::string imatrix;            // the importance matrix's source ("" when computed here)
-  int n_ctx = 0, chunks = 0, probes = 0;
-  int outliers = 0;               // K of the outlier candidates (0: none measured)
-  int64_t scored_tokens = 0;
-  std::vector<std::string> types;  // candidate types
-  int shard = 0, n_shards = 1;
-  std::vector<int> shards_merged;  // after a merge: the shards it holds
-  double seconds = 0;
-  std::vector<TensorMeasure> tensors;  // quantizable tensors measured, in file order
-
-  nlohmann::ordered_json to_json() const;
-  static Measurement from_json(const nlohmann::ordered_json& j, const std::string& origin);
-  // Reads a measurement file; throws std::runtime_error naming the file and what is wrong.
-  static Measurement load(const std::filesystem::path& path);
-  // Writes to a temporary file and renames it.
-  void save(const std::filesystem::path& path) const;
-};
-
-// Merges shards of one measurement (same model, settings and shard count; each shard once).
-// Throws std::runtime_error naming the difference or the missing shards.
-Measurement merge_measurements(const std::vector<Measurement>& parts);
 
 struct MeasureProgress {
   int done = 0, total = 0;   // tensors
@@ -138,9 +81,6 @@ std::vector<TypeId> default_candidate_types();
 Measurement measure_model(const GgufFile& file, const Model& model, const Tokenizer& tok,
                           const std::string& calibration_text, const MeasureOptions& opts);
 
-}  // namespace mixq
-
-namespace mixq {
 
 // What `mixq measure` and the one-step `mixq quantize --target-bpw -f` run: the engine's model and
 // tokenizer from `file`; an importance matrix collected from the text's first `imatrix_chunks`
