@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <fmt/format.h>
@@ -190,6 +191,64 @@ TEST(Kernels, EverySetMatchesTheReferenceOnEveryType) {
     }
   }
   EXPECT_GE(checked, 40);
+}
+
+// The in-place decode kernels (RowDotFn) of every set against the reference (the integer view and
+// the scalar kernel), on random rows with an outlier weight, for every type that has one. Both sum
+// the same exact integer group sums in F32, in different orders: each side's rounding error is at
+// most (terms) * eps * sum |terms|, so the bound below is that of two F32 sums of the reference's
+// terms (scale * dx * group sum, offset * dsum); a wrong code, scale or group is far outside it.
+TEST(Kernels, FastPathsMatchTheReferenceOnEveryType) {
+  int checked = 0;
+  std::vector<std::string> covered;
+  for (const kernels::KernelSet* k : kernels::available_kernel_sets()) {
+    for (const TypeTraits& t : all_types()) {
+      const kernels::RowDotFn fast = kernels::row_dot_for(*k, t.id);
+      if (fast == nullptr) continue;
+      ASSERT_TRUE(engine_runs(t) && t.unpack_row != nullptr) << t.name;
+      covered.push_back(fmt::format("{}:{}", k->name, t.name));
+      for (int64_t n : lengths_for(t)) {
+        for (uint32_t seed = 0; seed < 3; ++seed) {
+          const auto w = random_row(n, 31 + 7 * seed + static_cast<uint32_t>(n), seed == 1 ? 0.0f : 9.0f);
+          std::vector<uint8_t> bytes(t.row_bytes(n));
+          t.quantize_row(w.data(), bytes.data(), n, nullptr);
+          kernels::PreparedRow row;
+          kernels::prepare_row(t, bytes.data(), n, row);
+          const auto x = random_row(n * 3, 77 + seed + static_cast<uint32_t>(n), seed == 2 ? -30.0f : 0.0f);
+          kernels::PreparedActs a;
+          kernels::prepare_activations(t.act_format, x.data(), 3, n, a);
+          for (int tok = 0; tok < 3; ++tok) {
+            const float ref = kernels::dot(kernels::scalar_kernels(), row, a, tok);
+            double mag = 0;
+            const int8_t* aq = a.q_row(tok);
+            for (int64_t g = 0; g < a.n_pad / 16; ++g) {
+              int64_t s = 0;
+              for (int64_t i = 16 * g; i < 16 * g + 16; ++i) s += int64_t{row.q[static_cast<size_t>(i)]} * aq[i];
+              mag += std::fabs(double{row.scale[static_cast<size_t>(g)]} * a.dx_row(tok)[g] * static_cast<double>(s));
+              mag += std::fabs(double{row.offset[static_cast<size_t>(g)]} * a.dsum_row(tok)[g]);
+            }
+            const double terms = static_cast<double>(a.n_pad / 16) * 2 + 16;
+            const double bound = 2 * terms * std::ldexp(1.0, -24) * mag;
+            const float got = fast(bytes.data(), n, a.q_row(tok), a.dx_row(tok), a.dsum_row(tok));
+            EXPECT_NEAR(got, ref, bound) << k->name << " " << t.name << " n=" << n << " seed=" << seed << " tok=" << tok;
+            ++checked;
+          }
+        }
+      }
+    }
+  }
+  // On an AVX-512 machine every type of the decode tables is covered (the engine's fast paths).
+  if (kernels::avx512_kernels() != nullptr) {
+    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs"}) {
+      EXPECT_NE(std::find(covered.begin(), covered.end(), fmt::format("avx512:{}", name)), covered.end()) << name;
+    }
+  }
+  if (kernels::avx2_kernels() != nullptr) {
+    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q4_K", "q6_K"}) {
+      EXPECT_NE(std::find(covered.begin(), covered.end(), fmt::format("avx2:{}", name)), covered.end()) << name;
+    }
+  }
+  if (kernels::avx2_kernels() != nullptr) EXPECT_GT(checked, 0);
 }
 
 TEST(Kernels, AttentionKernelsAgreeAcrossSets) {

@@ -1,14 +1,20 @@
 // The reference LLaMA forward pass on the real stories260K model.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
+#include <string>
 
 #include <fmt/format.h>
 
+#include "mixq/engine/kernels.h"
 #include "mixq/engine/llama_model.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/eval/perplexity.h"
+#include "synthetic_model.h"
 #include "test_support.h"
 
 namespace mixq {
@@ -195,6 +201,84 @@ TEST(LlamaEngine, AttentionModesAgree) {
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("f16"), std::string::npos) << e.what();
   }
+}
+
+}  // namespace
+}  // namespace mixq
+
+namespace mixq {
+namespace {
+
+// The decode path (a few tokens: in-place kernels reading rows as stored) computes the same model
+// as the unpacking path: a synthetic LLaMA quantized to every type with an in-place kernel on
+// this CPU, tokens evaluated one at a time with the fastest set, then with the same set without
+// its in-place kernels, then as one batch (the prefill path). The dot products differ only in F32
+// summation order (Kernels.FastPathsMatchTheReferenceOnEveryType bounds that per row), so the
+// logits agree to rounding; a wrong block decode would move them by their own size.
+TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
+  namespace fs = std::filesystem;
+  const kernels::KernelSet& best = kernels::best_kernels();
+  if (best.row_dot == nullptr) GTEST_SKIP() << "no in-place decode kernels on this CPU";
+  const fs::path dir = test::temp_dir() / "decode_fast_path";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  test::write_synthetic_llama(dir / "f32.gguf", {.n_layers = 2, .n_embd = 256, .n_head = 4, .n_head_kv = 2, .n_ff = 512, .n_vocab = 256});
+  struct Mix {
+    const char* main;
+    const char* extra;
+  };
+  // Between them, every type of the AVX-512 table (the AVX2 one is a subset).
+  const Mix mixes[] = {
+      {"q4_k", "--tensor-type attn_q=q6_k --tensor-type attn_k=q5_0 --tensor-type attn_v=q8_0 --tensor-type ffn_down=q4_0 --output-tensor-type q6_k"},
+      {"q5_k", "--tensor-type attn_q=q2_k --tensor-type attn_k=q3_k --tensor-type attn_v=q4_1 --tensor-type ffn_down=q5_1 --output-tensor-type iq4_xs"},
+      {"iq4_nl", "--tensor-type ffn_up=iq4_xs --output-tensor-type q8_0 --token-embedding-type q8_0"},
+  };
+  std::set<std::string> exercised;
+  for (const Mix& mix : mixes) {
+    const fs::path q = dir / (std::string(mix.main) + ".gguf");
+    const auto r = test::run_cli(fmt::format("quantize --pure '{}' '{}' {} {}", (dir / "f32.gguf").string(), q.string(), mix.main, mix.extra));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const GgufFile f = GgufFile::open(q);
+    for (const GgufTensor& t : f.tensors()) {
+      if (t.name != "token_embd.weight" && kernels::row_dot_for(best, t.type->id) != nullptr) exercised.insert(t.type->name);
+    }
+    const LlamaModel model(f);
+    kernels::KernelSet unpacking = best;
+    unpacking.row_dot = nullptr;
+    const std::vector<int32_t> ids = {1, 17, 200, 33, 5, 99};
+    auto one_at_a_time = [&](const kernels::KernelSet& k) {
+      LlamaContext c(model, 16, 1);
+      c.set_kernels(k);
+      std::vector<float> all;
+      for (int32_t id : ids) {
+        const auto& l = c.eval({id}, false);
+        all.insert(all.end(), l.begin(), l.end());
+      }
+      return all;
+    };
+    const auto fast = one_at_a_time(best), slow = one_at_a_time(unpacking);
+    LlamaContext batch(model, 16, 1);
+    batch.set_kernels(best);
+    const auto& b = batch.eval(ids, true);
+    ASSERT_EQ(fast.size(), b.size());
+    double scale = 0, d_slow = 0, d_batch = 0;
+    for (size_t i = 0; i < fast.size(); ++i) {
+      scale = std::max(scale, std::fabs(double{slow[i]}));
+      d_slow = std::max(d_slow, std::fabs(double{fast[i]} - slow[i]));
+      d_batch = std::max(d_batch, std::fabs(double{fast[i]} - b[i]));
+    }
+    EXPECT_GT(scale, 0.1) << mix.main;
+    EXPECT_LE(d_slow, 1e-4 * scale) << mix.main << ": in-place against unpacked rows";
+    EXPECT_LE(d_batch, 1e-4 * scale) << mix.main << ": one at a time against one batch";
+    std::printf("%s: max |logit| %.3g, in-place vs unpacked %.3g, vs batch %.3g\n", mix.main, scale, d_slow, d_batch);
+  }
+  // Every type with an in-place kernel in this set ran as a matrix product.
+  for (const TypeTraits& t : all_types()) {
+    if (kernels::row_dot_for(best, t.id) != nullptr) {
+      EXPECT_TRUE(exercised.count(t.name)) << t.name << " not exercised";
+    }
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

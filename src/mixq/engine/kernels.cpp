@@ -174,7 +174,7 @@ void attn_f16_x4_scalar(const float* const q[4], const float* kt, int64_t kstrid
 constexpr KernelSet kScalar{"scalar", dot_int8_scalar, dot_f32_scalar, dot_int8_x4_scalar, dot_f32_x4_scalar,
                             exp_sum_scalar, attn_scores_scalar,
                             attn_accumulate_scalar, attn_f16_scalar,
-                            attn_f16_x4_scalar};
+                            attn_f16_x4_scalar, nullptr};
 
 }  // namespace
 

@@ -58,6 +58,17 @@ struct PreparedRow {
 };
 void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow& out);
 
+// In-place decode (kernels_rowdot_avx512.cpp, kernels_rowdot_avx2.cpp): dot(weight row as stored
+// in the file, activation row) straight from the type's block layout, without the integer view.
+// row: n values of one weight type (n fills whole blocks); a, dx, dsum: one activation row in the
+// type's activation format, as prepare_activations lays it out (PreparedActs::q_row etc.). The
+// integer sums are the ones the reference (prepare_row + dot_int8) forms; only the F32 summation
+// order differs. The decode path of matmul (a few tokens) uses them; prefill keeps the unpacked
+// rows, which pay for themselves over many tokens.
+using RowDotFn = float (*)(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum);
+// Slots of a row_dot table: GGML type ids below this (the extension types have no fast path).
+inline constexpr uint32_t kRowDotSlots = 40;
+
 struct KernelSet {
   const char* name;
   // Integer kernel over n_pad values (a multiple of 32).
@@ -89,7 +100,16 @@ struct KernelSet {
   // attn_f16 for four queries of the same head (scratch: 8 * (max len + 8) floats).
   void (*attn_f16_x4)(const float* const q[4], const float* kt, int64_t kstride, const float* v, int64_t vstride,
                       int hd, const int len[4], float scale, float* scratch, float* const out[4]);
+  // In-place decode kernels by type id (kRowDotSlots entries, null where a type has no fast path),
+  // or null for a set without any (the scalar reference).
+  const RowDotFn* row_dot;
 };
+
+// The in-place decode kernel of set k for a weight type, or null.
+inline RowDotFn row_dot_for(const KernelSet& k, TypeId id) {
+  const auto i = static_cast<uint32_t>(id);
+  return k.row_dot != nullptr && i < kRowDotSlots ? k.row_dot[i] : nullptr;
+}
 inline constexpr int kAttnTile = 64;
 
 // The kernel sets this CPU can run, the reference first.
@@ -116,5 +136,9 @@ const KernelSet* avx2_kernels();
 // AVX-512 kernels (kernels_avx512.cpp: F + BW + VL + VNNI matrix products, the AVX2 attention);
 // null where the build or the CPU lacks them.
 const KernelSet* avx512_kernels();
+// The in-place decode tables of those sets (kRowDotSlots entries each); only the sets above call
+// them, after their CPU checks.
+const RowDotFn* avx2_row_dot_table();
+const RowDotFn* avx512_row_dot_table();
 
 }  // namespace mixq::kernels

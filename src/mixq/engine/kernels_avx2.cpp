@@ -412,7 +412,7 @@ MIXQ_AVX2 void attn_f16_x4_avx2(const float* const q[4], const float* kt, int64_
 }
 
 const KernelSet kAvx2{"avx2", dot_int8_avx2, dot_f32_avx2, dot_int8_x4_avx2, dot_f32_x4_avx2, exp_sum_avx2, attn_scores_avx2, attn_accumulate_avx2,
-                      attn_f16_avx2, attn_f16_x4_avx2};
+                      attn_f16_avx2, attn_f16_x4_avx2, nullptr};
 
 }  // namespace
 
@@ -421,7 +421,13 @@ const KernelSet* avx2_kernels() {
   // F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not know "f16c".
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c ? &kAvx2 : nullptr;
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)) return nullptr;
+  static const KernelSet k = [] {
+    KernelSet s = kAvx2;
+    s.row_dot = avx2_row_dot_table();
+    return s;
+  }();
+  return &k;
 }
 #else
 const KernelSet* avx2_kernels() { return nullptr; }

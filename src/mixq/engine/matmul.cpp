@@ -66,8 +66,48 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
   }
   const kernels::PreparedActs& acts = oc != nullptr ? masked_acts_ : prepared(w.type->act_format, x, n_tokens, in);
   const kernels::KernelSet& k = *kernels_;
+  // The outlier columns' share of rows [r0, r1), in F32 after the main product.
+  const auto add_outliers = [&](int64_t r0, int64_t r1) {
+    if (oc == nullptr) return;
+    const int kc = oc->k();
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* v = oc->vals.data() + static_cast<size_t>(r) * static_cast<size_t>(kc);
+      for (int t = 0; t < n_tokens; ++t) {
+        const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(in);
+        float s = 0.0f;
+        for (int c = 0; c < kc; ++c) s += v[c] * xt[oc->cols[static_cast<size_t>(c)]];
+        y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] += s;
+      }
+    }
+  };
+  // Products this small cost less than waking the workers: the calling thread does them alone.
+  const bool inline_run = in * out * n_tokens < kInlineMacs;
+  const auto run = [&](int64_t tasks, const std::function<void(int64_t)>& fn) {
+    if (inline_run) {
+      for (int64_t i = 0; i < tasks; ++i) fn(i);
+    } else {
+      pool_.parallel_for(tasks, fn);
+    }
+  };
+
+  // Decode (a few tokens): each row is read once, as stored, by the type's in-place kernel.
+  if (const kernels::RowDotFn row_dot = n_tokens <= kRowDotMaxTokens ? kernels::row_dot_for(k, w.type->id) : nullptr) {
+    constexpr int64_t kRowsPerBlock = 16;
+    run((out + kRowsPerBlock - 1) / kRowsPerBlock, [&](int64_t task) {
+      const int64_t r0 = task * kRowsPerBlock, r1 = std::min(out, r0 + kRowsPerBlock);
+      for (int64_t r = r0; r < r1; ++r) {
+        const uint8_t* row = w.data + static_cast<size_t>(r) * row_bytes;
+        for (int t = 0; t < n_tokens; ++t) {
+          y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] = row_dot(row, in, acts.q_row(t), acts.dx_row(t), acts.dsum_row(t));
+        }
+      }
+      add_outliers(r0, r1);
+    });
+    return;
+  }
+
   constexpr int64_t kRowsPerTask = 8;
-  pool_.parallel_for((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+  run((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     thread_local std::vector<kernels::PreparedRow> rows(kRowsPerTask);
     const int64_t r0 = task * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
     for (int64_t r = r0; r < r1; ++r) {
@@ -91,18 +131,7 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
         }
       }
     }
-    if (oc != nullptr) {
-      const int kc = oc->k();
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* v = oc->vals.data() + static_cast<size_t>(r) * static_cast<size_t>(kc);
-        for (int t = 0; t < n_tokens; ++t) {
-          const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(in);
-          float s = 0.0f;
-          for (int c = 0; c < kc; ++c) s += v[c] * xt[oc->cols[static_cast<size_t>(c)]];
-          y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] += s;
-        }
-      }
-    }
+    add_outliers(r0, r1);
   });
 }
 

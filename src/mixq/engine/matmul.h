@@ -5,6 +5,10 @@
 //   quantizes them) and reused by every product that reads the same input until invalidate().
 // - Each thread task decodes (or unpacks) a tile of 8 weight rows once and applies it to every
 //   token, 4 rows x 2 tokens per kernel call.
+// - Decode (at most kRowDotMaxTokens tokens) of a type with an in-place kernel (kernels.h, RowDotFn)
+//   reads each row as stored instead: no unpacking, one pass over the weight's bytes.
+// - Products under kInlineMacs multiply-accumulates run on the calling thread alone (a wake-up of
+//   the pool costs more than they do).
 // - Outlier columns (formats/outliers.h): the quantized rows see the input without the outlier
 //   entries; those go through the F16 columns in F32 after the main product.
 // - An observer sees every (weight, input) pair first (importance matrices); overrides replace a
@@ -28,6 +32,9 @@ class Model;
 // Called before every matrix product with the weight (as the model names it, before overrides)
 // and its input (n_tokens rows of the weight's row length, F32).
 using MatmulObserver = std::function<void(const GgufTensor& weight, const float* x, int n_tokens)>;
+
+inline constexpr int kRowDotMaxTokens = 3;
+inline constexpr int64_t kInlineMacs = int64_t{1} << 18;
 
 class MatMul {
  public:

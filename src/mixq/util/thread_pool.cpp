@@ -1,11 +1,41 @@
 #include "mixq/util/thread_pool.h"
 
+#include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <system_error>
+#include <utility>
 
 #include <fmt/format.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace mixq {
+
+namespace {
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until done() or kSpinMicros have passed; returns done().
+template <class Pred>
+bool spin_until(Pred done) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) return done();
+  }
+}
+
+}  // namespace
 
 int resolve_threads(int n) {
   if (n > 0) return n;
@@ -46,39 +76,65 @@ ThreadPool::~ThreadPool() {
   for (auto& w : workers_) w.join();
 }
 
-void ThreadPool::run_items() {
+void ThreadPool::run_items(uint32_t generation) {
+  uint64_t c = claim_.load(std::memory_order_acquire);
   for (;;) {
-    int64_t i;
-    {
-      std::lock_guard lock(mu_);
-      if (next_ >= n_ || error_) return;
-      i = next_++;
+    // A claim succeeds only while its loop is current and has items left; then n_ and fn_ are
+    // that loop's (the loop cannot end before the claimed item finishes).
+    if (static_cast<uint32_t>(c >> 32) != generation) return;
+    const int64_t i = static_cast<int64_t>(c & 0xffffffffu);
+    if (i >= n_.load(std::memory_order_relaxed)) return;
+    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    if (!failed_.load(std::memory_order_relaxed)) {
+      try {
+        (*fn_.load(std::memory_order_relaxed))(i);
+      } catch (...) {
+        std::lock_guard lock(error_mu_);
+        if (!error_) error_ = std::current_exception();
+        failed_ = true;
+      }
     }
-    try {
-      (*fn_)(i);
-    } catch (...) {
-      std::lock_guard lock(mu_);
-      if (!error_) error_ = std::current_exception();
+    if (finished_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_.load(std::memory_order_relaxed)) {
+      { std::lock_guard lock(mu_); }
+      done_.notify_all();
     }
+    c = claim_.load(std::memory_order_acquire);
   }
 }
 
 void ThreadPool::worker_loop() {
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
-    {
+    const auto ready = [&] { return stop_.load() || generation_.load() != seen; };
+    if (!spin_until(ready)) {
       std::unique_lock lock(mu_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      ++active_;
+      ++sleepers_;
+      wake_.wait(lock, ready);
+      --sleepers_;
     }
-    run_items();
-    {
-      std::lock_guard lock(mu_);
-      --active_;
-    }
-    done_.notify_all();
+    if (stop_) return;
+    seen = generation_.load();
+    run_items(seen);
+  }
+}
+
+void ThreadPool::run_loop(int64_t n, const std::function<void(int64_t)>& fn) {
+  n_.store(n, std::memory_order_relaxed);
+  fn_.store(&fn, std::memory_order_relaxed);
+  finished_.store(0, std::memory_order_relaxed);
+  failed_.store(false, std::memory_order_relaxed);
+  const uint32_t g = generation_.load() + 1;
+  claim_.store(static_cast<uint64_t>(g) << 32, std::memory_order_release);
+  generation_.store(g);
+  if (sleepers_.load() > 0) {
+    { std::lock_guard lock(mu_); }
+    wake_.notify_all();
+  }
+  run_items(g);
+  const auto all_done = [&] { return finished_.load(std::memory_order_acquire) == n; };
+  if (!spin_until(all_done)) {
+    std::unique_lock lock(mu_);
+    done_.wait(lock, all_done);
   }
 }
 
@@ -88,26 +144,20 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn)
     for (int64_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  {
-    std::lock_guard lock(mu_);
-    fn_ = &fn;
-    n_ = n;
-    next_ = 0;
-    error_ = nullptr;
-    ++generation_;
+  error_ = nullptr;
+  // Item indices live in 32 bits of the claim word: longer loops run as consecutive pieces.
+  constexpr int64_t kPiece = int64_t{1} << 31;
+  for (int64_t base = 0; base < n && !failed_; base += kPiece) {
+    const int64_t len = std::min(kPiece, n - base);
+    if (base == 0) {
+      run_loop(len, fn);
+    } else {
+      const std::function<void(int64_t)> shifted = [&](int64_t i) { fn(base + i); };
+      run_loop(len, shifted);
+    }
   }
-  wake_.notify_all();
-  run_items();
-  std::exception_ptr err;
-  {
-    std::unique_lock lock(mu_);
-    done_.wait(lock, [&] { return active_ == 0 && (next_ >= n_ || error_); });
-    // A worker that wakes late finds no items left; make sure none is still inside fn.
-    fn_ = nullptr;
-    n_ = 0;
-    err = error_;
-  }
-  if (err) std::rethrow_exception(err);
+  failed_ = false;
+  if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
 }
 
 }  // namespace mixq
