@@ -1,5 +1,5 @@
 // Single-thread throughput of the engine's matrix-product pieces for every kernel set this CPU runs:
-// the 4-row x 2-token integer and F32 kernels, and the per-type row preparation (integer view or
+// the in-place decode kernels (row_dot/SET/TYPE), the 4-row x 2-token integer and F32 kernels, and the per-type row preparation (integer view or
 // F32 decode) that a batched product does once per weight row tile. Row lengths 576 and 1536 are
 // SmolLM2-135M's (n_embd, n_ff).
 // Run: build/bench/mixq_bench_kernels [--benchmark_filter=avx512]
@@ -63,6 +63,41 @@ void prepare(benchmark::State& state, mixq::TypeId type, int64_t n) {
   }
   state.SetItemsProcessed(state.iterations() * n);
 }
+
+// The in-place decode kernel (RowDotFn) over 64 rows of the type (a 64-row slice of a weight
+// matrix, 1536 values each: it stays in L2, so this is the kernel's compute rate, not memory's).
+void row_dot(benchmark::State& state, mixq::kernels::RowDotFn fn, mixq::TypeId type, int64_t n) {
+  const auto& t = mixq::type_traits(type);
+  constexpr int kRows = 64;
+  const size_t rb = t.row_bytes(n);
+  std::vector<uint8_t> bytes(rb * kRows);
+  for (int r = 0; r < kRows; ++r) {
+    const auto w = gaussian(n, 3 + static_cast<unsigned>(r));
+    t.quantize_row(w.data(), bytes.data() + rb * static_cast<size_t>(r), n, nullptr);
+  }
+  const auto x = gaussian(n, 9);
+  mixq::kernels::PreparedActs acts;
+  mixq::kernels::prepare_activations(t.act_format, x.data(), 1, n, acts);
+  float out = 0;
+  for (auto _ : state) {
+    for (int r = 0; r < kRows; ++r) out += fn(bytes.data() + rb * static_cast<size_t>(r), n, acts.q_row(0), acts.dx_row(0), acts.dsum_row(0));
+    benchmark::DoNotOptimize(out);
+  }
+  state.SetItemsProcessed(state.iterations() * kRows * n);  // multiply-adds
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(rb) * kRows);
+}
+
+const bool registered_row_dot = [] {
+  for (const mixq::kernels::KernelSet* k : mixq::kernels::available_kernel_sets()) {
+    for (const mixq::TypeTraits& t : mixq::all_types()) {
+      if (const auto fn = mixq::kernels::row_dot_for(*k, t.id)) {
+        benchmark::RegisterBenchmark(("row_dot/" + std::string(k->name) + "/" + t.name + "/1536").c_str(), row_dot, fn, t.id,
+                                     int64_t{1536});
+      }
+    }
+  }
+  return true;
+}();
 
 const bool registered = [] {
   const mixq::TypeId types[] = {mixq::TypeId::F32, mixq::TypeId::Q8_0, mixq::TypeId::Q4_K, mixq::TypeId::Q4_1};

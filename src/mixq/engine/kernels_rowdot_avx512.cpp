@@ -25,6 +25,7 @@
 
 #include <array>
 #include <cstring>
+#include <type_traits>
 
 #include "mixq/formats/iq4.h"
 #include "mixq/formats/kquants/kquants.h"
@@ -127,6 +128,54 @@ struct DecIQ4NL {
   MIXQ_RD static __m256i codes(const Block& b, __m256i lut) { return _mm256_shuffle_epi8(lut, nibbles32(b.qs)); }
 };
 
+// Four blocks of nibbles at once: their 16-byte fields in the four 128-bit lanes, split into low
+// and high nibbles in one pass, then each block's low and high halves put back in value order
+// (c0: blocks 0 and 1, c1: blocks 2 and 3).
+template <class Block>
+MIXQ_RD inline void nibbles4(const Block* b, __m512i& c0, __m512i& c1) {
+  __m512i raw = _mm512_castsi128_si512(load128(b[0].qs));
+  raw = _mm512_inserti32x4(raw, load128(b[1].qs), 1);
+  raw = _mm512_inserti32x4(raw, load128(b[2].qs), 2);
+  raw = _mm512_inserti32x4(raw, load128(b[3].qs), 3);
+  const __m512i m = _mm512_set1_epi8(0x0f);
+  const __m512i lo = _mm512_and_si512(raw, m), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m);
+  c0 = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), hi);
+  c1 = _mm512_permutex2var_epi64(lo, _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15), hi);
+}
+// The fifth bits of two blocks as a 64-bit byte mask (bit i: byte i of their 64 codes).
+template <class Block>
+MIXQ_RD inline __mmask64 fifth2(const Block* b) {
+  return _cvtu64_mask64(static_cast<uint64_t>(bits32(b[0].qh)) | static_cast<uint64_t>(bits32(b[1].qh)) << 32);
+}
+template <class Dec>
+MIXQ_RD inline void codes4(const typename Dec::Block* b, __m512i lut512, __m256i lut, __m512i& c0, __m512i& c1) {
+  using B = typename Dec::Block;
+  if constexpr (std::is_same_v<Dec, DecQ8_0>) {
+    c0 = _mm512_inserti64x4(_mm512_castsi256_si512(load256(b[0].qs)), load256(b[1].qs), 1);
+    c1 = _mm512_inserti64x4(_mm512_castsi256_si512(load256(b[2].qs)), load256(b[3].qs), 1);
+  } else {
+    nibbles4<B>(b, c0, c1);
+    if constexpr (std::is_same_v<Dec, DecIQ4NL>) {
+      c0 = _mm512_shuffle_epi8(lut512, c0);
+      c1 = _mm512_shuffle_epi8(lut512, c1);
+    }
+    if constexpr (std::is_same_v<Dec, DecQ5_0> || std::is_same_v<Dec, DecQ5_1>) {
+      const __m512i sixteen = _mm512_set1_epi8(16);
+      c0 = _mm512_mask_add_epi8(c0, fifth2<B>(b), c0, sixteen);
+      c1 = _mm512_mask_add_epi8(c1, fifth2<B>(b + 2), c1, sixteen);
+    }
+    if constexpr (std::is_same_v<Dec, DecQ4_0>) {
+      c0 = _mm512_sub_epi8(c0, _mm512_set1_epi8(8));
+      c1 = _mm512_sub_epi8(c1, _mm512_set1_epi8(8));
+    }
+    if constexpr (std::is_same_v<Dec, DecQ5_0>) {
+      c0 = _mm512_sub_epi8(c0, _mm512_set1_epi8(16));
+      c1 = _mm512_sub_epi8(c1, _mm512_set1_epi8(16));
+    }
+  }
+  (void)lut;
+}
+
 template <class Dec>
 MIXQ_RD float rowdot_legacy(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
   const auto* blk = static_cast<const typename Dec::Block*>(row);
@@ -135,27 +184,35 @@ MIXQ_RD float rowdot_legacy(const void* row, int64_t n, const int8_t* a, const f
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   float macc = 0.0f;
   int64_t b = 0;
-  // Four blocks per step (two ZMM products), the block factors d * dx spread over their 8 lanes.
+  // Four blocks per step (two ZMM products), the block factors d * dx spread over their 8 lanes;
+  // the four f16 scales (and minimums) converted in one instruction.
+  const __m512i lut512 = _mm512_broadcast_i32x4(_mm256_castsi256_si128(lut));
+  __m256 macc8 = _mm256_setzero_ps();
   for (; b + 4 <= nb; b += 4) {
-    const __m512i q0 = _mm512_inserti64x4(_mm512_castsi256_si512(Dec::codes(blk[b], lut)), Dec::codes(blk[b + 1], lut), 1);
-    const __m512i q1 = _mm512_inserti64x4(_mm512_castsi256_si512(Dec::codes(blk[b + 2], lut)), Dec::codes(blk[b + 3], lut), 1);
+    __m512i q0, q1;
+    codes4<Dec>(blk + b, lut512, lut, q0, q1);
     const __m512i a0 = load512(a + 32 * b), a1 = load512(a + 32 * b + 64);
     const __m512i p0 = Dec::kSigned ? dot_s(q0, a0) : dot_u(q0, a0);
     const __m512i p1 = Dec::kSigned ? dot_s(q1, a1) : dot_u(q1, a1);
-    const __m128 d = _mm_setr_ps(h2f(blk[b].d), h2f(blk[b + 1].d), h2f(blk[b + 2].d), h2f(blk[b + 3].d));
-    const __m128 f = _mm_mul_ps(d, _mm_setr_ps(dx[2 * b], dx[2 * b + 2], dx[2 * b + 4], dx[2 * b + 6]));
-    const __m512 f0 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1),
-                                            _mm512_castps128_ps512(f));
-    const __m512 f1 = _mm512_permutexvar_ps(_mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3),
-                                            _mm512_castps128_ps512(f));
+    const __m128 d = _mm_cvtph_ps(_mm_setr_epi16(static_cast<short>(blk[b].d), static_cast<short>(blk[b + 1].d),
+                                                 static_cast<short>(blk[b + 2].d), static_cast<short>(blk[b + 3].d), 0, 0, 0, 0));
+    const __m256 dx8 = _mm256_loadu_ps(dx + 2 * b);  // dx per 16 values: one per block at even entries
+    const __m512 f = _mm512_castps128_ps512(_mm_mul_ps(d, _mm256_castps256_ps128(_mm256_permutevar8x32_ps(dx8, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)))));
+    const __m512 f0 = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1), f);
+    const __m512 f1 = _mm512_permutexvar_ps(_mm512_setr_epi32(2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3), f);
     acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), f0, acc0);
     acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), f1, acc1);
     if constexpr (Dec::kAffine) {
-      for (int k = 0; k < 4; ++k) {
-        const float m = h2f(blk[b + k].m);
-        macc += m * dsum[2 * (b + k)] + m * dsum[2 * (b + k) + 1];
-      }
+      const __m128 m = _mm_cvtph_ps(_mm_setr_epi16(static_cast<short>(blk[b].m), static_cast<short>(blk[b + 1].m),
+                                                   static_cast<short>(blk[b + 2].m), static_cast<short>(blk[b + 3].m), 0, 0, 0, 0));
+      const __m256 m8 = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(m), _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3));
+      macc8 = _mm256_fmadd_ps(m8, _mm256_loadu_ps(dsum + 2 * b), macc8);
     }
+  }
+  if constexpr (Dec::kAffine) {
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(macc8), _mm256_extractf128_ps(macc8, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    macc += _mm_cvtss_f32(_mm_add_ss(s4, _mm_movehdup_ps(s4)));
   }
   __m256 acc2 = _mm256_setzero_ps();
   for (; b < nb; ++b) {
