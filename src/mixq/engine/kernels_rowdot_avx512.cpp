@@ -159,18 +159,18 @@ MIXQ_RD inline void codes4(const typename Dec::Block* b, __m512i lut512, __m256i
       c0 = _mm512_shuffle_epi8(lut512, c0);
       c1 = _mm512_shuffle_epi8(lut512, c1);
     }
-    if constexpr (std::is_same_v<Dec, DecQ5_0> || std::is_same_v<Dec, DecQ5_1>) {
-      const __m512i sixteen = _mm512_set1_epi8(16);
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    if constexpr (std::is_same_v<Dec, DecQ5_1>) {  // code = nibble + 16 * fifth bit
       c0 = _mm512_mask_add_epi8(c0, fifth2<B>(b), c0, sixteen);
       c1 = _mm512_mask_add_epi8(c1, fifth2<B>(b + 2), c1, sixteen);
+    }
+    if constexpr (std::is_same_v<Dec, DecQ5_0>) {  // code - 16 = nibble - 16 where the fifth bit is clear
+      c0 = _mm512_mask_sub_epi8(c0, _knot_mask64(fifth2<B>(b)), c0, sixteen);
+      c1 = _mm512_mask_sub_epi8(c1, _knot_mask64(fifth2<B>(b + 2)), c1, sixteen);
     }
     if constexpr (std::is_same_v<Dec, DecQ4_0>) {
       c0 = _mm512_sub_epi8(c0, _mm512_set1_epi8(8));
       c1 = _mm512_sub_epi8(c1, _mm512_set1_epi8(8));
-    }
-    if constexpr (std::is_same_v<Dec, DecQ5_0>) {
-      c0 = _mm512_sub_epi8(c0, _mm512_set1_epi8(16));
-      c1 = _mm512_sub_epi8(c1, _mm512_set1_epi8(16));
     }
   }
   (void)lut;
