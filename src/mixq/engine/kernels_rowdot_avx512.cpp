@@ -367,13 +367,22 @@ MIXQ_RD float rowdot_q3k(const void* row, int64_t n, const int8_t* a, const floa
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
     const auto* B = static_cast<const kq::BlockQ3K*>(row) + sb;
     const int8_t* as = a + sb * kq::kSuperBlock;
-    alignas(64) int32_t s6[16];
-    for (int j = 0; j < 16; ++j) {
-      const int low = j < 8 ? B->scales[j] & 0xF : B->scales[j - 8] >> 4;
-      const int high = (B->scales[8 + j % 4] >> (2 * (j / 4))) & 3;
-      s6[j] = (low | (high << 4)) - 32;
-    }
-    const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(h2f(B->d)), _mm512_cvtepi32_ps(_mm512_load_si512(s6))),
+    // Scale j: low 4 bits from the low (j < 8) or high nibble of byte j % 8, high 2 bits from
+    // bits 2 * (j / 4) of byte 8 + j % 4; stored + 32.
+    uint64_t lo8;
+    uint32_t hi4;
+    std::memcpy(&lo8, B->scales, 8);
+    std::memcpy(&hi4, B->scales + 8, 4);
+    const __m128i m4x = _mm_set1_epi8(0x0f);
+    const __m128i l = _mm_cvtsi64_si128(static_cast<long long>(lo8));
+    const __m128i low = _mm_unpacklo_epi64(_mm_and_si128(l, m4x), _mm_and_si128(_mm_srli_epi16(l, 4), m4x));
+    const __m128i h = _mm_set1_epi32(static_cast<int>(hi4));
+    __m128i high = _mm_mask_mov_epi8(h, 0x00f0, _mm_srli_epi16(h, 2));
+    high = _mm_mask_mov_epi8(high, 0x0f00, _mm_srli_epi16(h, 4));
+    high = _mm_mask_mov_epi8(high, 0xf000, _mm_srli_epi16(h, 6));
+    high = _mm_slli_epi16(_mm_and_si128(high, _mm_set1_epi8(3)), 4);
+    const __m128i s6 = _mm_sub_epi8(_mm_or_si128(low, high), _mm_set1_epi8(32));
+    const __m512 f = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(h2f(B->d)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(s6))),
                                    _mm512_set1_ps(dx[sb * 16]));
     const __m512i hm = _mm512_broadcast_i64x4(load256(B->hmask));
     for (int h = 0; h < 2; ++h) {
