@@ -8,7 +8,8 @@
 # Default models: SmolLM2-135M as Q4_K_M, Q8_0 and Q4_1 (the PyPI Q4_1 file from
 # scripts/fetch_models.sh; the others quantized from its F32 dequantization with mixq quantize,
 # cached in .cache/bench). LLAMA_BENCH=path/to/llama-bench (default: the oracle build in
-# ~/.cache/mixq/oracles/llama.cpp-build, see docs/BENCHMARKS.md); THREADS="1 2"; GEN=128 (tg size);
+# ~/.cache/mixq/oracles/llama.cpp-build, see docs/BENCHMARKS.md); THREADS="1 2"; GEN=128 (tg sizes,
+# e.g. GEN="64 128");
 # PROMPT=512; REPS=3. Without llama-bench, only mixq's rates are printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +51,9 @@ for m in "${models[@]}"; do
   bytes=$(stat -L -c %s "$m")
   echo "== $(basename "$m") ($bytes bytes)"
   for t in $threads; do
-    for test in "pp $prompt 0" "tg 0 $gen"; do
+    tests=("pp $prompt 0")
+    for g in $gen; do tests+=("tg 0 $g"); done
+    for test in "${tests[@]}"; do
       read -r kind p n <<< "$test"
       size=$([ "$kind" = pp ] && echo "$p" || echo "$n")
       mine=$("$decode" "$m" -t "$t" -p "$p" -n "$n" -r "$reps" | sed -E 's/.*: ([0-9.]+) \+- ([0-9.]+) tok\/s/\1 \2/')

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <random>
 #include <set>
 #include <string>
 
@@ -12,6 +13,8 @@
 
 #include "mixq/engine/kernels.h"
 #include "mixq/engine/llama_model.h"
+#include "mixq/engine/matmul.h"
+#include "mixq/util/thread_pool.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/eval/perplexity.h"
 #include "synthetic_model.h"
@@ -213,8 +216,8 @@ namespace {
 // as the unpacking path: a synthetic LLaMA quantized to every type with an in-place kernel on
 // this CPU, tokens evaluated one at a time with the fastest set, then with the same set without
 // its in-place kernels, then as one batch (the prefill path). The dot products differ only in F32
-// summation order (Kernels.FastPathsMatchTheReferenceOnEveryType bounds that per row), so the
-// logits agree to rounding; a wrong block decode would move them by their own size.
+// summation order (Kernels.FastPathsMatchTheReferenceOnEveryType bounds that per row): each matrix
+// product agrees to rounding, and so do the logits, up to activation codes that flip.
 TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
   namespace fs = std::filesystem;
   const kernels::KernelSet& best = kernels::best_kernels();
@@ -245,6 +248,31 @@ TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
     const LlamaModel model(f);
     kernels::KernelSet unpacking = best;
     unpacking.row_dot = nullptr;
+    // Every matrix product of the model, 1 to 3 tokens: the in-place path against the unpacking
+    // one on the same prepared activations, to the F32 summation order (relative to the row's
+    // largest output).
+    ThreadPool pool(2);
+    MatMul fast_mm(model, pool), slow_mm(model, pool);
+    slow_mm.set_kernels(unpacking);
+    for (const WeightUse& use : model.weights()) {
+      const GgufTensor& w = *use.tensor;
+      if (w.name == "token_embd.weight") continue;  // looked up, not multiplied (untied output)
+      for (int nt = 1; nt <= kRowDotMaxTokens; ++nt) {
+        std::vector<float> x(static_cast<size_t>(nt * w.row_length()));
+        std::mt19937 rng(static_cast<uint32_t>(nt + w.n_rows()));
+        std::normal_distribution<float> g;
+        for (auto& v : x) v = g(rng);
+        std::vector<float> y1(static_cast<size_t>(nt * w.n_rows())), y2(y1.size());
+        fast_mm(w, x.data(), nt, y1.data());
+        slow_mm(w, x.data(), nt, y2.data());
+        double big = 0, diff = 0;
+        for (size_t i = 0; i < y1.size(); ++i) {
+          big = std::max(big, std::fabs(double{y2[i]}));
+          diff = std::max(diff, std::fabs(double{y1[i]} - y2[i]));
+        }
+        EXPECT_LE(diff, 1e-5 * big) << w.name << " (" << w.type->name << ") nt=" << nt;
+      }
+    }
     const std::vector<int32_t> ids = {1, 17, 200, 33, 5, 99};
     auto one_at_a_time = [&](const kernels::KernelSet& k) {
       LlamaContext c(model, 16, 1);
@@ -268,8 +296,12 @@ TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
       d_batch = std::max(d_batch, std::fabs(double{fast[i]} - b[i]));
     }
     EXPECT_GT(scale, 0.1) << mix.main;
-    EXPECT_LE(d_slow, 1e-4 * scale) << mix.main << ": in-place against unpacked rows";
-    EXPECT_LE(d_batch, 1e-4 * scale) << mix.main << ": one at a time against one batch";
+    // Whole-model logits: the products above differ in their last bits, and the next layer
+    // quantizes its input to 8 bits again, so a value that sits on a rounding boundary can move
+    // one code (seen: 0.8% of the largest logit with the avx2 set). Anything larger is not
+    // rounding; a wrong kernel moves logits by their own size.
+    EXPECT_LE(d_slow, 3e-2 * scale) << mix.main << ": in-place against unpacked rows";
+    EXPECT_LE(d_batch, 3e-2 * scale) << mix.main << ": one at a time against one batch";
     std::printf("%s: max |logit| %.3g, in-place vs unpacked %.3g, vs batch %.3g\n", mix.main, scale, d_slow, d_batch);
   }
   // Every type with an in-place kernel in this set ran as a matrix product.
