@@ -92,9 +92,12 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
 
   // Decode (a few tokens): each row is read once, as stored, by the type's in-place kernel.
   if (const kernels::RowDotFn row_dot = n_tokens <= kRowDotMaxTokens ? kernels::row_dot_for(k, w.type->id) : nullptr) {
-    constexpr int64_t kRowsPerBlock = 16;
-    run((out + kRowsPerBlock - 1) / kRowsPerBlock, [&](int64_t task) {
-      const int64_t r0 = task * kRowsPerBlock, r1 = std::min(out, r0 + kRowsPerBlock);
+    // About 8 blocks per thread (at least 16 rows each): enough for the threads to even out, few
+    // enough that claiming them (an atomic on a line the threads share) stays off the profile.
+    const int64_t wanted = inline_run ? 1 : 8 * static_cast<int64_t>(pool_.size());
+    const int64_t rows_per_block = std::max<int64_t>(16, ((out + wanted - 1) / wanted + 15) / 16 * 16);
+    run((out + rows_per_block - 1) / rows_per_block, [&](int64_t task) {
+      const int64_t r0 = task * rows_per_block, r1 = std::min(out, r0 + rows_per_block);
       for (int64_t r = r0; r < r1; ++r) {
         const uint8_t* row = w.data + static_cast<size_t>(r) * row_bytes;
         for (int t = 0; t < n_tokens; ++t) {
