@@ -257,7 +257,7 @@ TEST(Kernels, FastPathsMatchTheReferenceOnEveryType) {
     }
   }
   if (kernels::avx2_kernels() != nullptr) {
-    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q4_K", "q6_K"}) {
+    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs"}) {
       EXPECT_NE(std::find(covered.begin(), covered.end(), fmt::format("avx2:{}", name)), covered.end()) << name;
     }
   }

@@ -194,6 +194,124 @@ MIXQ_RD2 float rowdot_q6k(const void* row, int64_t n, const int8_t* a, const flo
   return hsum(acc);
 }
 
+// 16-bit lanes shifted right by a run-time count.
+MIXQ_RD2 inline __m256i shr16(__m256i v, int count) { return _mm256_srl_epi16(v, _mm_cvtsi32_si128(count)); }
+// [a x 8 | b x 8] as int16 lanes: the scales of the two 16-value groups of a 32-code step.
+MIXQ_RD2 inline __m256i two_scales(int a, int b) {
+  return _mm256_set_m128i(_mm_set1_epi16(static_cast<short>(b)), _mm_set1_epi16(static_cast<short>(a)));
+}
+// Minimums' share: sum over the 16 groups of m[g] * dsum[g] (m as 16 floats in two vectors).
+MIXQ_RD2 inline __m256 mins16(__m256 m_lo, __m256 m_hi, const float* dsum, __m256 macc) {
+  return _mm256_fmadd_ps(m_hi, _mm256_loadu_ps(dsum + 8), _mm256_fmadd_ps(m_lo, _mm256_loadu_ps(dsum), macc));
+}
+
+// Q5_K: Q4_K plus the fifth bit of sub-block j in bit j of qh[l].
+MIXQ_RD2 float rowdot_q5k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+  for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
+    const auto* B = static_cast<const kq::BlockQ5K*>(row) + sb;
+    const int8_t* as = a + sb * kq::kSuperBlock;
+    alignas(16) uint8_t sc[8], mn[8];
+    scales_mins_k4(B->scales, sc, mn);
+    const __m256i qh = load256(B->qh);
+    __m256i isum = _mm256_setzero_si256();
+    for (int k = 0; k < 4; ++k) {
+      const __m256i raw = load256(B->qs + 32 * k);
+      const __m256i h0 = _mm256_slli_epi16(_mm256_and_si256(shr16(qh, 2 * k), one), 4);
+      const __m256i h1 = _mm256_slli_epi16(_mm256_and_si256(shr16(qh, 2 * k + 1), one), 4);
+      const __m256i lo = _mm256_or_si256(_mm256_and_si256(raw, m4), h0);
+      const __m256i hi = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), h1);
+      const __m256i p0 = _mm256_madd_epi16(pairs_u(lo, load256(as + 64 * k)), _mm256_set1_epi16(sc[2 * k]));
+      const __m256i p1 = _mm256_madd_epi16(pairs_u(hi, load256(as + 64 * k + 32)), _mm256_set1_epi16(sc[2 * k + 1]));
+      isum = _mm256_add_epi32(isum, _mm256_add_epi32(p0, p1));
+    }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(B->d) * dx[sb * 16]), acc);
+    const __m256 off = _mm256_mul_ps(_mm256_set1_ps(h2f(B->dmin)),
+                                     _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(mn)))));
+    macc = mins16(_mm256_permutevar8x32_ps(off, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3)),
+                  _mm256_permutevar8x32_ps(off, _mm256_setr_epi32(4, 4, 5, 5, 6, 6, 7, 7)), dsum + sb * 16, macc);
+  }
+  return hsum(acc) - hsum(macc);
+}
+
+// Q2_K: 2-bit codes; per group a 4-bit scale (low nibble) and minimum (high nibble).
+MIXQ_RD2 float rowdot_q2k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+  __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
+  const __m256i m2 = _mm256_set1_epi8(0x03);
+  for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
+    const auto* B = static_cast<const kq::BlockQ2K*>(row) + sb;
+    const int8_t* as = a + sb * kq::kSuperBlock;
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i q = load256(B->qs + 32 * h);
+      for (int k = 0; k < 4; ++k) {
+        const int g = 8 * h + 2 * k;
+        const __m256i c = _mm256_and_si256(shr16(q, 2 * k), m2);
+        const __m256i p = pairs_u(c, load256(as + 128 * h + 32 * k));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, two_scales(B->scales[g] & 0xF, B->scales[g + 1] & 0xF)));
+      }
+    }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(B->d) * dx[sb * 16]), acc);
+    const __m128i s = load128(B->scales);
+    const __m256 dmin = _mm256_set1_ps(h2f(B->dmin));
+    const __m256 m_lo = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(_mm256_cvtepu8_epi32(s), 4)));
+    const __m256 m_hi = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(_mm256_srli_epi32(_mm256_cvtepu8_epi32(_mm_srli_si128(s, 8)), 4)));
+    macc = mins16(m_lo, m_hi, dsum + sb * 16, macc);
+  }
+  return hsum(acc) - hsum(macc);
+}
+
+// Q3_K: codes low2 - (high bit ? 0 : 4), 16 signed 6-bit scales (stored + 32).
+MIXQ_RD2 float rowdot_q3k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i m2 = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
+  for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
+    const auto* B = static_cast<const kq::BlockQ3K*>(row) + sb;
+    const int8_t* as = a + sb * kq::kSuperBlock;
+    int s6[16];
+    for (int j = 0; j < 16; ++j) {
+      const int low = j < 8 ? B->scales[j] & 0xF : B->scales[j - 8] >> 4;
+      const int high = (B->scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+      s6[j] = (low | (high << 4)) - 32;
+    }
+    const __m256i hm = load256(B->hmask);
+    __m256i isum = _mm256_setzero_si256();
+    for (int h = 0; h < 2; ++h) {
+      const __m256i q = load256(B->qs + 32 * h);
+      for (int k = 0; k < 4; ++k) {
+        const int g = 8 * h + 2 * k;
+        const __m256i low = _mm256_and_si256(shr16(q, 2 * k), m2);
+        const __m256i hb = _mm256_and_si256(shr16(hm, 4 * h + k), one);
+        const __m256i c = _mm256_sub_epi8(_mm256_or_si256(low, _mm256_slli_epi16(hb, 2)), four);
+        const __m256i p = pairs_s(c, load256(as + 128 * h + 32 * k));
+        isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, two_scales(s6[g], s6[g + 1])));
+      }
+    }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(B->d) * dx[sb * 16]), acc);
+  }
+  return hsum(acc);
+}
+
+// IQ4_XS: grid codes, a 6-bit scale (stored + 32) per 32 values.
+MIXQ_RD2 float rowdot_iq4xs(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+  __m256 acc = _mm256_setzero_ps();
+  const __m256i lut = _mm256_broadcastsi128_si256(load128(iq4::kGrid.data()));
+  for (int64_t sb = 0; sb < n / iq4::kBlockXS; ++sb) {
+    const auto* B = static_cast<const iq4::BlockIQ4XS*>(row) + sb;
+    const int8_t* as = a + sb * iq4::kBlockXS;
+    __m256i isum = _mm256_setzero_si256();
+    for (int g = 0; g < 8; ++g) {
+      const int ls = (((B->scales_l[g / 2] >> (4 * (g % 2))) & 0xf) | (((B->scales_h >> (2 * g)) & 3) << 4)) - 32;
+      const __m256i c = _mm256_shuffle_epi8(lut, nibbles32(B->qs + 16 * g));
+      const __m256i p = pairs_s(c, load256(as + 32 * g));
+      isum = _mm256_add_epi32(isum, _mm256_madd_epi16(p, _mm256_set1_epi16(static_cast<short>(ls))));
+    }
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(h2f(B->d) * dx[sb * 16]), acc);
+  }
+  return hsum(acc);
+}
+
 }  // namespace
 
 const RowDotFn* avx2_row_dot_table() {
@@ -208,6 +326,10 @@ const RowDotFn* avx2_row_dot_table() {
     set(TypeId::IQ4_NL, rowdot_legacy<DecIQ4NL>);
     set(TypeId::Q4_K, rowdot_q4k);
     set(TypeId::Q6_K, rowdot_q6k);
+    set(TypeId::Q2_K, rowdot_q2k);
+    set(TypeId::Q3_K, rowdot_q3k);
+    set(TypeId::Q5_K, rowdot_q5k);
+    set(TypeId::IQ4_XS, rowdot_iq4xs);
     return t;
   }();
   return table.data();
