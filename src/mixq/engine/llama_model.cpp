@@ -77,6 +77,24 @@ std::vector<WeightUse> LlamaModel::weights() const {
   return out;
 }
 
+std::string LlamaModel::state_shape() const {
+  return fmt::format("llama: {} layers, KV width {} ({} KV heads of {})", hp_.n_layer, hp_.kv_dim(), hp_.n_head_kv,
+                     hp_.head_dim());
+}
+
+ContextState LlamaContext::export_state() const {
+  ContextState s{llama_.state_shape(), n_past_, {{}, {}}};
+  kv_.save(n_past_, s.parts[0], s.parts[1]);
+  return s;
+}
+
+void LlamaContext::import_state(const ContextState& s) {
+  check_import(s, 2);
+  kv_.load(s.n_past, s.parts[0], s.parts[1]);
+  n_past_ = s.n_past;
+  mark_ = -1;
+}
+
 std::unique_ptr<Context> LlamaModel::new_context(int n_ctx, int n_threads) const {
   return std::make_unique<LlamaContext>(*this, n_ctx, n_threads);
 }

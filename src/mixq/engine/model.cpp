@@ -26,4 +26,23 @@ void Context::check_batch(int n) const {
   }
 }
 
+void Context::check_rollback(int mark, int p) const {
+  if (mark < 0) throw std::runtime_error(fmt::format("rollback to {}: no mark_rollback() before", p));
+  if (p < mark || p > n_past_) {
+    throw std::runtime_error(fmt::format("rollback to {}: outside the marked range {} .. {}", p, mark, n_past_));
+  }
+}
+
+void Context::check_import(const ContextState& state, size_t parts) const {
+  const std::string shape = model_.state_shape();
+  if (state.shape != shape) {
+    throw std::runtime_error(
+        fmt::format("import_state: the state is of a model '{}', this context's model is '{}'", state.shape, shape));
+  }
+  if (state.parts.size() != parts || state.n_past < 0 || state.n_past > n_ctx_) {
+    throw std::runtime_error(fmt::format("import_state: a state of {} tokens ({} parts) does not fit a context of {}",
+                                         state.n_past, state.parts.size(), n_ctx_));
+  }
+}
+
 }  // namespace mixq

@@ -33,6 +33,16 @@ namespace mixq {
 
 class Context;
 
+// A sequence's state lifted out of one context to continue in another whose model has the same
+// state_shape(): a prompt prefilled with a lower-precision file of the same model, generation
+// continuing with the main file (`generate --prefill-model`). The KV cache of positions
+// [0, n_past) or the recurrent state, in F32.
+struct ContextState {
+  std::string shape;  // Model::state_shape() of the model it came from
+  int n_past = 0;
+  std::vector<std::vector<float>> parts;
+};
+
 // A weight matrix the graph multiplies by (or looks rows up in), and the first block whose output
 // it changes: 0 .. n_layer-1, or n_layer for the output head.
 struct WeightUse {
@@ -58,6 +68,9 @@ class Model {
   virtual int max_context() const { return 0; }
   // Every matrix of the graph with the block it enters (measure's probes, imatrix).
   virtual std::vector<WeightUse> weights() const = 0;
+  // What a context's state is made of (architecture, layers, widths), as one line: two models
+  // with equal state shapes can take each other's ContextState.
+  virtual std::string state_shape() const = 0;
   // A fresh sequence state. n_ctx bounds the tokens it holds (KV-cache models allocate for it).
   virtual std::unique_ptr<Context> new_context(int n_ctx, int n_threads) const = 0;
 
@@ -94,6 +107,19 @@ class Context {
   virtual const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) = 0;
   // Forgets the sequence (KV cache / recurrent state back to empty).
   virtual void reset() = 0;
+  // Rollback (speculative decoding): mark_rollback() remembers the state at n_past(); later
+  // rollback(p) with mark <= p <= n_past() returns the context to exactly the state it had after
+  // p tokens, as if the tokens past p had never been evaluated (KV-cache models drop cache
+  // positions; recurrent models keep a state copy per token evaluated since the mark). The mark
+  // stays until the next mark_rollback() or reset(). Throws std::runtime_error for a p outside
+  // the marked range.
+  virtual void mark_rollback() = 0;
+  virtual void rollback(int n_past) = 0;
+  // The sequence state, to continue in a context of a model with the same state_shape();
+  // import_state throws std::runtime_error naming both shapes when they differ, or when the state
+  // does not fit this context.
+  virtual ContextState export_state() const = 0;
+  virtual void import_state(const ContextState& state) = 0;
   // Attention numerics; models without attention ignore it.
   virtual void set_attention(AttentionMode mode) {}
 
@@ -123,6 +149,10 @@ class Context {
   }
   // Throws unless n tokens fit after n_past (when the model bounds the context) and n > 0.
   void check_batch(int n) const;
+  // Throws unless mark <= p <= n_past (mark < 0: no mark).
+  void check_rollback(int mark, int p) const;
+  // Throws unless state came from a model of this one's state shape and has parts.size() == parts.
+  void check_import(const ContextState& state, size_t parts) const;
 
   const Model& model_;
   int n_ctx_;

@@ -48,6 +48,11 @@ void RwkvContext::time_mix_v4(int l, int n) {
       bb = e1 * bb + e2;
       pp = qq;
     }
+    if (LayerState* rec = record_slot(l, t)) {
+      rec->aa = s.aa;
+      rec->bb = s.bb;
+      rec->pp = s.pp;
+    }
   }
   out_.resize(un * E);
   mm_.invalidate();

@@ -6,6 +6,8 @@
 #include "mixq/engine/rwkv_model.h"
 #include "mixq/engine/rwkv_ops.h"
 
+#include <algorithm>
+
 namespace mixq {
 
 void RwkvContext::time_mix_v5(int l, int n) {
@@ -43,6 +45,9 @@ void RwkvContext::time_mix_v5(int l, int n) {
           y[base + j] += (kv * ui + prev) * r;
           row[j] = prev * wi + kv;
         }
+      }
+      if (LayerState* rec = record_slot(l, t)) {
+        std::copy(state, state + S * S, rec->wkv.data() + static_cast<size_t>(h) * S * S);
       }
     }
   });

@@ -95,6 +95,9 @@ void RwkvContext::time_mix_v7(int l, int n) {
         for (size_t j = 0; j < S; ++j) row[j] = row[j] * w[j] + vi * k[j] + sa * b[j];
         y[base + i] = rwkv::dot(row, r, S);
       }
+      if (LayerState* rec = record_slot(l, t)) {
+        std::copy(state, state + S * S, rec->wkv.data() + static_cast<size_t>(h) * S * S);
+      }
     }
   });
   group_norm(y, n, vec, 64e-5f);
