@@ -5,7 +5,7 @@
 # with the prefill file (both measured by the same generate run, --prefill-kld) and the quality
 # cost, the KL divergence of the generated tokens' distributions against the main file throughout.
 #   bench/prefill_model.sh [THREADS]
-# MAINS / PREFILLS (space-separated types) choose the files; N generated tokens (32).
+# MAINS / PREFILLS (space-separated names, see file_of) choose the files; N generated tokens (32).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-2}
@@ -20,10 +20,24 @@ if [ -z "$q41" ]; then
 fi
 f32=$cache/smollm2-135m-f32.gguf
 [ -f "$f32" ] || build/mixq convert "$q41" "$f32" --outtype f32 >/dev/null
+# file_of NAME: f32; a type (q8_0, q4_0, q2_k, ...: every matrix in it, --pure); bpwB (B bits per
+# weight planned by mixq from an importance matrix and KLD probes on the first 40 kB of
+# wiki.test.raw); source (the Q4_1 file the F32 is dequantized from). Made once, in the cache.
 file_of() {
   local t=$1 f=$cache/smollm2-135m-$1.gguf
-  [ "$t" = f32 ] && { echo "$f32"; return; }
-  [ -f "$f" ] || build/mixq quantize "$f32" "$f" "$t" --pure >/dev/null
+  case $t in
+    f32) echo "$f32"; return ;;
+    source) echo "$q41"; return ;;
+  esac
+  if [ ! -f "$f" ]; then
+    case $t in
+      bpw*)
+        head -c 40000 ../shared/data/wikitext-2-raw/wiki.test.raw >"$cache/calib-40k.txt"
+        build/mixq quantize --target-bpw "${t#bpw}" -f "$cache/calib-40k.txt" --chunks 4 --imatrix-chunks 16 \
+          "$f32" "$f" >/dev/null 2>&1 ;;
+      *) build/mixq quantize "$f32" "$f" "$t" --pure >/dev/null 2>&1 ;;
+    esac
+  fi
   echo "$f"
 }
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads=$threads; n=$n;" \

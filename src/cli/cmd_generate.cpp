@@ -163,9 +163,10 @@ void register_generate(CLI::App& app) {
                  generated / std::max(seconds(t1, t2), 1e-9));
       fmt::print(stderr,
                  "speculative: {} rounds, {} drafted, {} accepted (acceptance {:.1f}%), mean accepted length {:.2f}, "
-                 "{:.2f} tokens per target pass\n",
+                 "{:.2f} tokens per target pass; draft {:.2f} s, target {:.2f} s ({:.1f} ms per pass)\n",
                  s.rounds, s.drafted, s.accepted, 100.0 * s.acceptance_rate(), s.mean_accepted(),
-                 s.rounds > 0 ? static_cast<double>(generated) / static_cast<double>(s.rounds) : 0.0);
+                 s.rounds > 0 ? static_cast<double>(generated) / static_cast<double>(s.rounds) : 0.0, s.draft_seconds,
+                 s.target_seconds, s.rounds > 0 ? 1e3 * s.target_seconds / static_cast<double>(s.rounds) : 0.0);
       return;
     }
 

@@ -1,12 +1,18 @@
 #include "mixq/engine/speculative.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
 namespace mixq {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+}  // namespace
 
 SpeculativeDecoder::SpeculativeDecoder(Context& target, Context& draft, Sampler& sampler, Sampler& draft_sampler,
                                        const SpeculativeOptions& opts)
@@ -40,6 +46,7 @@ std::vector<int32_t> SpeculativeDecoder::step(int max_new) {
 
   // Draft: catch up on the committed tokens it has not seen, then propose one token at a time.
   std::vector<int32_t> drafts;
+  const auto t_draft = Clock::now();
   if (m_max > 0) {
     draft_.mark_rollback();
     const std::vector<int32_t> pending(seq_.begin() + draft_.n_past(), seq_.end());
@@ -67,13 +74,16 @@ std::vector<int32_t> SpeculativeDecoder::step(int max_new) {
     }
   }
   const int m = static_cast<int>(drafts.size());
+  stats_.draft_seconds += since(t_draft);
 
   // Target: the last committed token and every proposal in one pass.
   target_.mark_rollback();
   std::vector<int32_t> batch(seq_.begin() + target_.n_past(), seq_.end());
   const int first_row = static_cast<int>(batch.size()) - 1;  // the row predicting position n
   batch.insert(batch.end(), drafts.begin(), drafts.end());
+  const auto t_target = Clock::now();
   const std::vector<float>& rows = target_.eval(batch, m > 0);
+  stats_.target_seconds += since(t_target);
   auto row = [&](int j) { return rows.data() + static_cast<size_t>(m > 0 ? first_row + j : 0) * n_vocab; };
 
   std::vector<int32_t> out;

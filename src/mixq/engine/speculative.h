@@ -33,6 +33,7 @@ struct SpeculativeOptions {
 
 struct SpeculativeStats {
   int64_t rounds = 0, drafted = 0, accepted = 0;
+  double draft_seconds = 0, target_seconds = 0;  // wall time in each model's evaluations
   double acceptance_rate() const { return drafted > 0 ? static_cast<double>(accepted) / static_cast<double>(drafted) : 0; }
   // Proposals accepted per round (each round also yields one token of the target's own).
   double mean_accepted() const { return rounds > 0 ? static_cast<double>(accepted) / static_cast<double>(rounds) : 0; }
