@@ -41,7 +41,7 @@ void register_generate(CLI::App& app) {
   struct Opts {
     std::string model, prompt, draft, prefill_model;
     int n = 128, threads = 0, ctx = 0, top_k = 40, draft_max = 8;
-    std::string attention = "f16";
+    std::string attention = "f16", activations = "f32";
     float temp = 0.8f, top_p = 0.95f, draft_min = 0.0f;
     uint64_t seed = 0;
     bool prefill_kld = false;
@@ -57,6 +57,7 @@ void register_generate(CLI::App& app) {
   cmd->add_option("-c,--ctx-size", o->ctx, "Context (default: the model's, at most prompt + n)");
   cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
   cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
+  cmd->add_option("--activations", o->activations, "Activation precision, emulated: every matrix product's input rounded to f32 (none, the default), f16, bf16 or q8 (Q8_0 blocks of 32); every model of the run");
   cmd->add_option("--draft", o->draft,
                   "Speculative decoding: a draft model (GGUF) of the same architecture and vocabulary, usually a "
                   "low-bit quantization of MODEL; the output follows MODEL's distribution (at --temp 0: MODEL's "
@@ -75,6 +76,7 @@ void register_generate(CLI::App& app) {
                 "tokens' distributions (MODEL throughout || prefill by --prefill-model) and both prompt speeds");
   cmd->callback([o] {
     if (o->prompt.empty()) throw std::runtime_error("the prompt is empty: give -p TEXT");
+    set_default_activation_precision(parse_activation_precision(o->activations));
     checked_threads(o->threads);
     if (o->n < 0) throw std::runtime_error(fmt::format("-n {}: give a number of tokens >= 0", o->n));
     if (!std::isfinite(o->temp) || o->temp < 0) {

@@ -33,6 +33,20 @@ namespace mixq {
 
 class Context;
 
+// Activation precision emulated on the CPU (`--activations`): every matrix product's input is
+// rounded to this format before the product (the kernels then prepare it as they always do).
+// kF32: no rounding (the default); kF16 / kBF16: round to nearest even; kQ8: blocks of 32
+// along each row scaled by max|x| / 127 (the scale rounded to F16) and rounded to integers, as
+// ggml's Q8_0 quantizes activations.
+enum class ActivationPrecision { kF32, kF16, kBF16, kQ8 };
+// Parses "f32", "f16", "bf16" or "q8"; throws std::runtime_error naming the choices.
+ActivationPrecision parse_activation_precision(const std::string& name);
+// The precision new contexts start with (a command's --activations; contexts can override it).
+void set_default_activation_precision(ActivationPrecision p);
+ActivationPrecision default_activation_precision();
+// x (n values, rows of row_length) rounded to p into out (out may be x).
+void round_activations(ActivationPrecision p, const float* x, size_t n, size_t row_length, float* out);
+
 // A sequence's state lifted out of one context to continue in another whose model has the same
 // state_shape(): a prompt prefilled with a lower-precision file of the same model, generation
 // continuing with the main file (`generate --prefill-model`). The KV cache of positions
@@ -120,6 +134,9 @@ class Context {
   // does not fit this context.
   virtual ContextState export_state() const = 0;
   virtual void import_state(const ContextState& state) = 0;
+  // Activation precision of every matrix product's input (default: the process default).
+  void set_activation_precision(ActivationPrecision p) { activations_ = p; }
+  ActivationPrecision activation_precision() const { return activations_; }
   // Attention numerics; models without attention ignore it.
   virtual void set_attention(AttentionMode mode) {}
 
@@ -147,6 +164,9 @@ class Context {
   void observe_layer(int layer, const float* x, int n) {
     if (layer_observer_) layer_observer_(layer, x, n);
   }
+  // A graph's matrix product: mm_ on x rounded to the activation precision (a rounded copy per
+  // input buffer, so the product's per-input preparation cache stays keyed by distinct inputs).
+  void matmul(const GgufTensor& w, const float* x, int n, float* y);
   // Throws unless n tokens fit after n_past (when the model bounds the context) and n > 0.
   void check_batch(int n) const;
   // Throws unless mark <= p <= n_past (mark < 0: no mark).
@@ -160,6 +180,8 @@ class Context {
   ThreadPool pool_;
   MatMul mm_;
   LayerObserver layer_observer_;
+  ActivationPrecision activations_;
+  std::unordered_map<const float*, std::vector<float>> rounded_;  // matmul's rounded copies
 };
 
 }  // namespace mixq

@@ -409,13 +409,13 @@ void RwkvContext::channel_mix(int l, int n) {
     r_.resize(un * E);
     rwkv::shift_mix_lerp(xn_.data(), prev_.data(), v.ffn_mix_r.data(), un, E, xr_.data());
     mm_.invalidate();
-    mm_(*L.ffn_receptance, xr_.data(), n, r_.data());
+    matmul(*L.ffn_receptance, xr_.data(), n, r_.data());
   }
   mm_.invalidate();
-  mm_(*L.ffn_key, xk_.data(), n, ffn_k_.data());
+  matmul(*L.ffn_key, xk_.data(), n, ffn_k_.data());
   for (float& k : ffn_k_) k = k > 0.0f ? k * k : 0.0f;
   mm_.invalidate();
-  mm_(*L.ffn_value, ffn_k_.data(), n, out_.data());
+  matmul(*L.ffn_value, ffn_k_.data(), n, out_.data());
   if (hp.version != 7) {
     for (size_t i = 0; i < out_.size(); ++i) out_[i] *= rwkv::sigmoid(r_[i]);
   }
@@ -463,7 +463,7 @@ const std::vector<float>& RwkvContext::run_layers(int start, int n, bool all_log
   }
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();
-  mm_(*rwkv_.head, xn_.data(), count, logits_.data());
+  matmul(*rwkv_.head, xn_.data(), count, logits_.data());
   n_past_ += n;
   return logits_;
 }
