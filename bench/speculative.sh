@@ -21,9 +21,10 @@ if [ -z "$q41" ]; then
 fi
 f32=$cache/smollm2-135m-f32.gguf
 [ -f "$f32" ] || build/mixq convert "$q41" "$f32" --outtype f32 >/dev/null
-# file_of NAME: f32; a type (q8_0, q4_0, q2_k, ...: every matrix in it, --pure); bpwB (B bits per
-# weight planned by mixq from an importance matrix and KLD probes on the first 40 kB of
-# wiki.test.raw); source (the Q4_1 file the F32 is dequantized from). Made once, in the cache.
+# file_of NAME: f32; a type (q8_0, q4_0, lb2, ...: every matrix in it, --pure); TYPE_im: the
+# same with an importance matrix (16 chunks of the first 40 kB of wiki.test.raw); TYPE_im_eEMB:
+# and the (tied) token embedding in EMB; source: the Q4_1 file the F32 is dequantized from.
+# Made once, in the cache. (SmolLM2's rows of 576 are no multiple of 256: k-quants fall back.)
 file_of() {
   local t=$1 f=$cache/smollm2-135m-$1.gguf
   case $t in
@@ -31,13 +32,16 @@ file_of() {
     source) echo "$q41"; return ;;
   esac
   if [ ! -f "$f" ]; then
-    case $t in
-      bpw*)
+    local type=${t%%_im*} args=()
+    if [ "$type" != "$t" ]; then
+      if [ ! -f "$cache/smollm2-imatrix.gguf" ]; then
         head -c 40000 ../shared/data/wikitext-2-raw/wiki.test.raw >"$cache/calib-40k.txt"
-        build/mixq quantize --target-bpw "${t#bpw}" -f "$cache/calib-40k.txt" --chunks 4 --imatrix-chunks 16 \
-          "$f32" "$f" >/dev/null 2>&1 ;;
-      *) build/mixq quantize "$f32" "$f" "$t" --pure >/dev/null 2>&1 ;;
-    esac
+        build/mixq imatrix "$f32" -f "$cache/calib-40k.txt" --chunks 16 -o "$cache/smollm2-imatrix.gguf" >/dev/null 2>&1
+      fi
+      args+=(--imatrix "$cache/smollm2-imatrix.gguf")
+      case $t in *_im_e*) args+=(--token-embedding-type "${t##*_im_e}") ;; esac
+    fi
+    build/mixq quantize "$f32" "$f" "$type" --pure "${args[@]}" >/dev/null 2>&1
   fi
   echo "$f"
 }
@@ -49,7 +53,7 @@ prompts=("The history of the city began in the early"
 rate() { sed -nE 's/.*generation: [0-9]+ tokens, ([0-9.]+) tokens\/s.*/\1/p' "$1"; }
 for target in ${TARGETS:-f32 q8_0}; do
   tf=$(file_of "$target")
-  for draft in ${DRAFTS:-q8_0 q4_0 q2_k}; do
+  for draft in ${DRAFTS:-q8_0 q4_0 lb3_im lb2_im_elb3 source}; do
     df=$(file_of "$draft")
     echo "target $target, draft $draft ($(stat -c %s "$df") bytes):"
     for i in "${!prompts[@]}"; do
