@@ -55,7 +55,7 @@ for target in ${TARGETS:-f32 q8_0}; do
   tf=$(file_of "$target")
   for draft in ${DRAFTS:-q8_0 q4_0 lb3_im lb2_im_elb3 source}; do
     df=$(file_of "$draft")
-    echo "target $target, draft $draft ($(stat -c %s "$df") bytes):"
+    echo "target $target, draft $draft ($(stat -L -c %s "$df") bytes):"
     for i in "${!prompts[@]}"; do
       p=${prompts[$i]}
       build/mixq generate "$tf" -p "$p" -n "$n" --temp 0 -t "$threads" >"$cache/alone.txt" 2>"$cache/alone.err"
