@@ -44,7 +44,7 @@ void register_generate(CLI::App& app) {
     std::string attention = "f16", activations = "f32";
     float temp = 0.8f, top_p = 0.95f, draft_min = 0.0f;
     uint64_t seed = 0;
-    bool prefill_kld = false;
+    bool prefill_kld = false, draft_baseline = false;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("MODEL", o->model, "Model (GGUF)")->required();
@@ -68,6 +68,9 @@ void register_generate(CLI::App& app) {
                   "Speculative decoding: stop proposing once the draft's probability of its token is below P (0: "
                   "always --draft-max)")
       ->capture_default_str();
+  cmd->add_flag("--draft-baseline", o->draft_baseline,
+                "With --draft: then run MODEL alone for as many tokens (same prompt and sampling, text not printed) "
+                "and print its tokens/s and the speedup");
   cmd->add_option("--prefill-model", o->prefill_model,
                   "Evaluate the prompt with this file (same architecture and vocabulary, e.g. a lower-precision "
                   "quantization), then generate with MODEL on the cache/state it produced");
@@ -95,6 +98,7 @@ void register_generate(CLI::App& app) {
       throw std::runtime_error("--draft and --prefill-model: give one of them (the draft already evaluates the prompt "
                                "at its own precision)");
     }
+    if (o->draft_baseline && o->draft.empty()) throw std::runtime_error("--draft-baseline needs --draft FILE");
     if (o->prefill_kld && o->prefill_model.empty()) throw std::runtime_error("--prefill-kld needs --prefill-model FILE");
     const GgufFile f = GgufFile::open(o->model);
     const std::unique_ptr<Model> model = load_model(f);
@@ -169,6 +173,21 @@ void register_generate(CLI::App& app) {
                  s.rounds, s.drafted, s.accepted, 100.0 * s.acceptance_rate(), s.mean_accepted(),
                  s.rounds > 0 ? static_cast<double>(generated) / static_cast<double>(s.rounds) : 0.0, s.draft_seconds,
                  s.target_seconds, s.rounds > 0 ? 1e3 * s.target_seconds / static_cast<double>(s.rounds) : 0.0);
+      if (o->draft_baseline && generated > 0) {
+        // MODEL alone in a fresh context, one token per pass, as many tokens.
+        const std::unique_ptr<Context> alone = model->new_context(n_ctx, o->threads);
+        alone->set_attention(attention);
+        Sampler base_sampler({o->temp, o->top_k, o->top_p, o->seed});
+        const std::vector<float>* l = &alone->eval(prompt, false);
+        const auto b0 = Clock::now();
+        for (int i = 0; i < generated && alone->n_past() < n_ctx; ++i) {
+          l = &alone->eval({base_sampler.sample(l->data(), alone->n_vocab())}, false);
+        }
+        const double base_tps = generated / std::max(seconds(b0, Clock::now()), 1e-9);
+        const double spec_tps = generated / std::max(seconds(t1, t2), 1e-9);
+        fmt::print(stderr, "target alone: {} tokens, {:.1f} tokens/s; speedup {:.2f}x\n", generated, base_tps,
+                   spec_tps / base_tps);
+      }
       return;
     }
 

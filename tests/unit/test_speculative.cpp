@@ -285,11 +285,13 @@ TEST(SpeculativeCli, GreedyDraftAndSamePrefillChangeNothing) {
   const std::string base = fmt::format("generate '{}' -p 'Once upon a time' -n 48 --temp 0 -t 1", m);
   const auto alone = test::run_cli(base);
   ASSERT_EQ(alone.exit_code, 0) << alone.output;
-  const auto spec = test::run_cli(base + fmt::format(" --draft '{}' --draft-max 5", d));
+  const auto spec = test::run_cli(base + fmt::format(" --draft '{}' --draft-max 5 --draft-baseline", d));
   ASSERT_EQ(spec.exit_code, 0) << spec.output;
   EXPECT_EQ(stdout_text(spec.output), stdout_text(alone.output));
   EXPECT_NE(spec.output.find("speculative: "), std::string::npos) << spec.output;
   EXPECT_NE(spec.output.find("acceptance "), std::string::npos) << spec.output;
+  EXPECT_NE(spec.output.find("target alone: 48 tokens, "), std::string::npos) << spec.output;
+  EXPECT_NE(spec.output.find("x\n", spec.output.find("speedup ")), std::string::npos) << spec.output;
   // --prefill-model with the main file itself: the same text, and a KLD of zero.
   const auto same = test::run_cli(base + fmt::format(" --prefill-model '{}' --prefill-kld", m));
   ASSERT_EQ(same.exit_code, 0) << same.output;

@@ -342,6 +342,7 @@ const std::vector<float>& RwkvContext::eval_from_layer(int start, const float* x
   }
   if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
   check_batch(n);
+  mark_ = -1;  // blocks before `start` are not run: no state copies to roll back to
   const auto E = static_cast<size_t>(hp.n_embd), W = static_cast<size_t>(rwkv_.layer_state_width());
   x_.resize(static_cast<size_t>(n) * E);
   v_first_.assign(static_cast<size_t>(n) * E, 0.0f);
