@@ -165,11 +165,12 @@ TEST(Speculative, GreedyIsTheTargetAloneTokenForToken) {
     const std::vector<int32_t> prompt = {1, 30, 31, 32};
     const int n = 60;
     const std::vector<int32_t> want = greedy_alone(*target, prompt, n);
-    for (int draft_max : {1, 3, 8}) {
-      SCOPED_TRACE(fmt::format("draft-max {}", draft_max));
+    int64_t drafted_without_min = 0;
+    for (auto [draft_max, min_p] : {std::pair{1, 0.0f}, {3, 0.0f}, {8, 0.0f}, {8, 0.6f}, {8, 1.0f}}) {
+      SCOPED_TRACE(fmt::format("draft-max {}, draft-min {}", draft_max, min_p));
       const auto tc = target->new_context(128, 1), dc = draft->new_context(128, 1);
       Sampler s({0.0f, 0, 1.0f, 0}), ds({0.0f, 0, 1.0f, 1});
-      SpeculativeDecoder dec(*tc, *dc, s, ds, {draft_max, 0.0f, false});
+      SpeculativeDecoder dec(*tc, *dc, s, ds, {draft_max, min_p, false});
       dec.start(prompt);
       std::vector<int32_t> got;
       while (static_cast<int>(got.size()) < n) {
@@ -181,7 +182,14 @@ TEST(Speculative, GreedyIsTheTargetAloneTokenForToken) {
       EXPECT_EQ(got, want);
       const SpeculativeStats& st = dec.stats();
       EXPECT_EQ(st.accepted + st.rounds, n);  // every round: its accepted proposals and one target token
-      EXPECT_GT(st.accepted, 0);               // a q4_0 draft of the same model agrees often
+      if (min_p == 0.0f) {
+        EXPECT_GT(st.accepted, 0);  // a q4_0 draft of the same model agrees often
+        if (draft_max == 8) drafted_without_min = st.drafted;
+      } else if (min_p == 1.0f) {
+        EXPECT_EQ(st.drafted, 0);  // the draft is never certain (softmax < 1): no proposals
+      } else {
+        EXPECT_LT(st.drafted, drafted_without_min);  // unsure proposals are left out
+      }
     }
   }
 }
