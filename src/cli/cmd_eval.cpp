@@ -40,7 +40,7 @@ void register_perplexity(CLI::App& app) {
   struct Opts {
     std::string model, file;
     int n_ctx = 512, chunks = 0, threads = 0;
-    std::string attention = "f16";
+    std::string attention = "f16", activations = "f32";
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("MODEL", o->model, "Model (GGUF)")->required();
@@ -49,7 +49,9 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all; negative is refused)");
   cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
   cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
+  cmd->add_option("--activations", o->activations, "Activation precision, emulated: every matrix product's input rounded to f32 (none, the default), f16, bf16 or q8 (Q8_0 blocks of 32)");
   cmd->callback([o] {
+    set_default_activation_precision(parse_activation_precision(o->activations));
     check_chunks(o->chunks, "--chunks");
     checked_threads(o->threads);
     const std::string text = read_text_file(o->file);

@@ -27,7 +27,7 @@ constexpr int kExitGateFailed = 3;
 struct Opts {
   std::string model, base, base_logits, save_base, file, max_ppl_increase;
   int n_ctx = 512, chunks = 0, threads = 0;
-  std::string attention = "f16";
+  std::string attention = "f16", activations = "f32";
   bool json = false, clean_stale = false;
   std::optional<double> max_kld;
 };
@@ -53,6 +53,13 @@ void run(const Opts& o, bool ctx_given) {
   if (!compare && (max_ppl_increase || o.max_kld)) {
     throw std::runtime_error("--max-ppl-increase and --max-kld need a comparison (--base or --base-logits)");
   }
+  const ActivationPrecision act = parse_activation_precision(o.activations);
+  if (act != ActivationPrecision::kF32 && !o.base.empty()) {
+    throw std::runtime_error(fmt::format("--activations {} with --base: the base would be rounded too; store an f32 "
+                                         "base first (mixq kld REF.gguf --save-base F -f TEXT) and give --base-logits F",
+                                         o.activations));
+  }
+  set_default_activation_precision(act);
   if (o.chunks < 0) throw std::runtime_error(fmt::format("--chunks must be >= 0, got {}", o.chunks));
 
   const std::string text = read_text_file(o.file);
@@ -203,6 +210,7 @@ void register_kld(CLI::App& app) {
   cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
   add_clean_stale_flag(cmd, o->clean_stale);
   cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
+  cmd->add_option("--activations", o->activations, "Activation precision, emulated: every matrix product's input rounded to f32 (none, the default), f16, bf16 or q8 (Q8_0 blocks of 32); MODEL only: compare with --base-logits");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the text report");
   cmd->add_option("--max-ppl-increase", o->max_ppl_increase,
                   "Quality gate: fail when PPL(model) exceeds PPL(base) by more than this (5% or 0.05)");

@@ -97,5 +97,39 @@ TEST(Sampler, TheSeedFixesTheSequence) {
   EXPECT_NE(sa, sc);
 }
 
+// distribution() (what speculative decoding compares) is the distribution sample() draws from:
+// the softmax computed here, cut and renormalized by hand; greedy is one-hot at the argmax.
+TEST(Sampler, DistributionIsWhatSampleDrawsFrom) {
+  const int n = static_cast<int>(kLogits.size());
+  std::vector<float> p;
+  Sampler({0.0f, 40, 0.95f, 1}).distribution(kLogits.data(), n, p);
+  EXPECT_EQ(p, std::vector<float>({0, 1, 0, 0, 0, 0}));
+  const std::vector<double> full = softmax(kLogits, 0.7);
+  Sampler({0.7f, 0, 1.0f, 1}).distribution(kLogits.data(), n, p);
+  for (int i = 0; i < n; ++i) EXPECT_NEAR(p[static_cast<size_t>(i)], full[static_cast<size_t>(i)], 1e-6);
+  // top-k 3 keeps tokens 1, 5, 3 (logits 3, 2.9, 2.2).
+  Sampler({0.7f, 3, 1.0f, 1}).distribution(kLogits.data(), n, p);
+  const double k3 = full[1] + full[5] + full[3];
+  for (int i = 0; i < n; ++i) {
+    const bool kept = i == 1 || i == 5 || i == 3;
+    EXPECT_NEAR(p[static_cast<size_t>(i)], kept ? full[static_cast<size_t>(i)] / k3 : 0.0, 1e-6) << i;
+  }
+  // top-p: the smallest head of the sorted distribution reaching p; 1 and 5 at T = 0.7 hold
+  // less than 0.9, 1, 5, 3 more.
+  ASSERT_LT(full[1] + full[5], 0.9);
+  ASSERT_GE(k3, 0.9);
+  Sampler({0.7f, 0, 0.9f, 1}).distribution(kLogits.data(), n, p);
+  for (int i = 0; i < n; ++i) {
+    const bool kept = i == 1 || i == 5 || i == 3;
+    EXPECT_NEAR(p[static_cast<size_t>(i)], kept ? full[static_cast<size_t>(i)] / k3 : 0.0, 1e-6) << i;
+  }
+  // And sample() draws by it: frequencies of many draws.
+  const SamplerOptions o{0.7f, 0, 0.9f, 3};
+  const int draws = 20000;
+  const std::vector<int> counts = histogram(o, kLogits, draws);
+  std::vector<double> pd(p.begin(), p.end());
+  EXPECT_LT(chi_square(counts, pd, draws), 13.8);  // 2 degrees of freedom at p = 0.001
+}
+
 }  // namespace
 }  // namespace mixq

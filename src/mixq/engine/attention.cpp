@@ -19,7 +19,7 @@ AttentionMode parse_attention_mode(const std::string& name) {
                                        name));
 }
 
-KvCache::KvCache(int n_layer, int n_ctx, AttentionShape shape) : shape_(shape), n_ctx_(n_ctx) {
+KvCache::KvCache(int n_layer, int n_ctx, AttentionShape shape) : shape_(shape), n_layer_(n_layer), n_ctx_(n_ctx) {
   stride_ = (n_ctx + kernels::kAttnTile - 1) / kernels::kAttnTile * kernels::kAttnTile;
   const size_t kvd = static_cast<size_t>(shape.kv_dim()), layers = static_cast<size_t>(n_layer);
   k_.assign(static_cast<size_t>(stride_) * kvd * layers, 0.0f);
@@ -38,6 +38,33 @@ void KvCache::store(int layer, int pos, int n, const float* k, const float* v, A
       kc[static_cast<size_t>(i) * static_cast<size_t>(stride_) + p] = f16 ? round_fp16(kv) : kv;
       vc[p * kvd + i] = f16 ? round_fp16(v[t * kvd + i]) : v[t * kvd + i];
     }
+  }
+}
+
+void KvCache::save(int n, std::vector<float>& k, std::vector<float>& v) const {
+  const auto kvd = static_cast<size_t>(shape_.kv_dim()), un = static_cast<size_t>(n), st = static_cast<size_t>(stride_);
+  k.resize(static_cast<size_t>(n_layer_) * kvd * un);
+  v.resize(k.size());
+  for (size_t l = 0; l < static_cast<size_t>(n_layer_); ++l) {
+    const float* kc = k_.data() + l * st * kvd;
+    const float* vc = v_.data() + l * static_cast<size_t>(n_ctx_) * kvd;
+    for (size_t i = 0; i < kvd; ++i) std::copy(kc + i * st, kc + i * st + un, k.data() + (l * kvd + i) * un);
+    std::copy(vc, vc + un * kvd, v.data() + l * un * kvd);
+  }
+}
+
+void KvCache::load(int n, const std::vector<float>& k, const std::vector<float>& v) {
+  const auto kvd = static_cast<size_t>(shape_.kv_dim()), un = static_cast<size_t>(n), st = static_cast<size_t>(stride_);
+  if (n < 0 || n > n_ctx_ || k.size() != static_cast<size_t>(n_layer_) * kvd * un || v.size() != k.size()) {
+    throw std::runtime_error(fmt::format("KV cache load: {} positions ({} / {} values) for a cache of {} positions, {} "
+                                         "layers of width {}",
+                                         n, k.size(), v.size(), n_ctx_, n_layer_, kvd));
+  }
+  for (size_t l = 0; l < static_cast<size_t>(n_layer_); ++l) {
+    float* kc = k_.data() + l * st * kvd;
+    float* vc = v_.data() + l * static_cast<size_t>(n_ctx_) * kvd;
+    for (size_t i = 0; i < kvd; ++i) std::copy(k.data() + (l * kvd + i) * un, k.data() + (l * kvd + i + 1) * un, kc + i * st);
+    std::copy(v.data() + l * un * kvd, v.data() + (l + 1) * un * kvd, vc);
   }
 }
 

@@ -40,9 +40,14 @@ class KvCache {
   // 1/sqrt(head_dim).
   void attend(int layer, int pos, int n, const float* q, AttentionMode mode, const kernels::KernelSet& k,
               ThreadPool& pool, float* out) const;
+  // Positions [0, n) of every layer, independent of the context size: K as [layer][kv_dim][n],
+  // V as [layer][n][kv_dim]; load() takes what save() gave (n <= this cache's n_ctx).
+  void save(int n, std::vector<float>& k, std::vector<float>& v) const;
+  void load(int n, const std::vector<float>& k, const std::vector<float>& v);
 
  private:
   AttentionShape shape_;
+  int n_layer_;
   int n_ctx_;
   int stride_;  // K cache row length: n_ctx rounded up to whole attention tiles
   std::vector<float> k_, v_;

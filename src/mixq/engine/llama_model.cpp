@@ -77,6 +77,24 @@ std::vector<WeightUse> LlamaModel::weights() const {
   return out;
 }
 
+std::string LlamaModel::state_shape() const {
+  return fmt::format("llama: {} layers, KV width {} ({} KV heads of {})", hp_.n_layer, hp_.kv_dim(), hp_.n_head_kv,
+                     hp_.head_dim());
+}
+
+ContextState LlamaContext::export_state() const {
+  ContextState s{llama_.state_shape(), n_past_, {{}, {}}};
+  kv_.save(n_past_, s.parts[0], s.parts[1]);
+  return s;
+}
+
+void LlamaContext::import_state(const ContextState& s) {
+  check_import(s, 2);
+  kv_.load(s.n_past, s.parts[0], s.parts[1]);
+  n_past_ = s.n_past;
+  mark_ = -1;
+}
+
 std::unique_ptr<Context> LlamaModel::new_context(int n_ctx, int n_threads) const {
   return std::make_unique<LlamaContext>(*this, n_ctx, n_threads);
 }
@@ -147,9 +165,9 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_lo
     const std::vector<float>&attn_norm = norms_[2 * static_cast<size_t>(l)], &ffn_norm = norms_[2 * static_cast<size_t>(l) + 1];
     for (int t = 0; t < n; ++t) rms_norm(&x[t * e], attn_norm.data(), e, hp.rms_eps, &xn[t * e]);
     mm_.invalidate();
-    mm_(*L.wq, xn.data(), n, q.data());
-    mm_(*L.wk, xn.data(), n, k.data());
-    mm_(*L.wv, xn.data(), n, v.data());
+    matmul(*L.wq, xn.data(), n, q.data());
+    matmul(*L.wk, xn.data(), n, k.data());
+    matmul(*L.wv, xn.data(), n, v.data());
     for (int t = 0; t < n; ++t) {
       rope(&q[t * e], hp.n_head, n_past_ + t);
       rope(&k[t * kvd], hp.n_head_kv, n_past_ + t);
@@ -157,15 +175,15 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_lo
     kv_.store(l, n_past_, n, k.data(), v.data(), attention_);
     kv_.attend(l, n_past_, n, q.data(), attention_, mm_.kernel_set(), pool_, att.data());
     mm_.invalidate();
-    mm_(*L.wo, att.data(), n, tmp.data());
+    matmul(*L.wo, att.data(), n, tmp.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
     for (int t = 0; t < n; ++t) rms_norm(&x[t * e], ffn_norm.data(), e, hp.rms_eps, &xn[t * e]);
     mm_.invalidate();
-    mm_(*L.gate, xn.data(), n, gate.data());
-    mm_(*L.up, xn.data(), n, up.data());
+    matmul(*L.gate, xn.data(), n, gate.data());
+    matmul(*L.up, xn.data(), n, up.data());
     for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];  // SwiGLU
     mm_.invalidate();
-    mm_(*L.down, gate.data(), n, tmp.data());
+    matmul(*L.down, gate.data(), n, tmp.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
   }
   observe_layer(hp.n_layer, x.data(), n);
@@ -174,7 +192,7 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_lo
   for (int t = first; t < n; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();
-  mm_(*llama_.output, xn.data(), count, logits_.data());
+  matmul(*llama_.output, xn.data(), count, logits_.data());
   n_past_ += n;
   return logits_;
 }

@@ -42,6 +42,7 @@ class LlamaModel : public Model {
   int layer_state_width() const override { return hp_.n_embd; }
   int max_context() const override { return hp_.n_ctx_train; }
   std::vector<WeightUse> weights() const override;
+  std::string state_shape() const override;
   std::unique_ptr<Context> new_context(int n_ctx, int n_threads) const override;
 
   struct Layer {
@@ -63,7 +64,18 @@ class LlamaContext : public Context {
 
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits) override;
   const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) override;
-  void reset() override { n_past_ = 0; }
+  void reset() override {
+    n_past_ = 0;
+    mark_ = -1;
+  }
+  // The KV cache past p is dropped by position: nothing to copy.
+  void mark_rollback() override { mark_ = n_past_; }
+  void rollback(int p) override {
+    check_rollback(mark_, p);
+    n_past_ = p;
+  }
+  ContextState export_state() const override;
+  void import_state(const ContextState& state) override;
   void set_attention(AttentionMode mode) override { attention_ = mode; }
   // On: kLlamaCppF16; off: kF32.
   void set_f16_attention(bool on) { attention_ = on ? AttentionMode::kLlamaCppF16 : AttentionMode::kF32; }
@@ -75,6 +87,7 @@ class LlamaContext : public Context {
 
   const LlamaModel& llama_;
   AttentionMode attention_ = AttentionMode::kLlamaCppF16;
+  int mark_ = -1;
   KvCache kv_;
   std::vector<float> logits_;
   std::vector<float> rope_inv_freq_;

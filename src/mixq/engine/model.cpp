@@ -1,10 +1,72 @@
 #include "mixq/engine/model.h"
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <stdexcept>
 
 #include <fmt/format.h>
 
+#include "mixq/formats/half.h"
+
 namespace mixq {
+
+namespace {
+std::atomic<ActivationPrecision> g_default_activations{ActivationPrecision::kF32};
+}  // namespace
+
+ActivationPrecision parse_activation_precision(const std::string& name) {
+  if (name == "f32") return ActivationPrecision::kF32;
+  if (name == "f16") return ActivationPrecision::kF16;
+  if (name == "bf16") return ActivationPrecision::kBF16;
+  if (name == "q8") return ActivationPrecision::kQ8;
+  throw std::runtime_error(fmt::format("unknown activation precision '{}': use f32 (the default), f16, bf16 or q8", name));
+}
+
+void set_default_activation_precision(ActivationPrecision p) { g_default_activations = p; }
+ActivationPrecision default_activation_precision() { return g_default_activations; }
+
+void round_activations(ActivationPrecision p, const float* x, size_t n, size_t row_length, float* out) {
+  switch (p) {
+    case ActivationPrecision::kF32:
+      if (out != x) std::copy(x, x + n, out);
+      return;
+    case ActivationPrecision::kF16:
+      for (size_t i = 0; i < n; ++i) out[i] = round_fp16(x[i]);
+      return;
+    case ActivationPrecision::kBF16:
+      for (size_t i = 0; i < n; ++i) out[i] = bf16_to_fp32(fp32_to_bf16(x[i]));
+      return;
+    case ActivationPrecision::kQ8:
+      // Blocks of 32 within each row (a shorter last block when the row length is not a multiple).
+      for (size_t r0 = 0; r0 < n; r0 += row_length) {
+        for (size_t b0 = r0; b0 < r0 + row_length; b0 += 32) {
+          const size_t b1 = std::min(b0 + 32, r0 + row_length);
+          float amax = 0;
+          for (size_t i = b0; i < b1; ++i) amax = std::max(amax, std::abs(x[i]));
+          const float d = amax / 127.0f, id = d != 0 ? 1.0f / d : 0.0f, dh = round_fp16(d);
+          for (size_t i = b0; i < b1; ++i) out[i] = std::nearbyint(x[i] * id) * dh;
+        }
+      }
+      return;
+  }
+}
+
+void Context::matmul(const GgufTensor& w, const float* x, int n, float* y) {
+  if (activations_ == ActivationPrecision::kF32) {
+    mm_(w, x, n, y);
+    return;
+  }
+  const auto len = static_cast<size_t>(w.row_length()), count = len * static_cast<size_t>(n);
+  std::vector<float>& r = rounded_[x];
+  if (r.size() < count) {
+    r.resize(count);
+    // A new or moved copy: an address the product may have prepared for another input before.
+    mm_.invalidate();
+  }
+  round_activations(activations_, x, count, len, r.data());
+  mm_(w, r.data(), n, y);
+}
 
 void Model::load_outliers() {
   for (const WeightUse& w : weights()) {
@@ -15,7 +77,7 @@ void Model::load_outliers() {
 }
 
 Context::Context(const Model& model, int n_ctx, int n_threads)
-    : model_(model), n_ctx_(n_ctx), pool_(n_threads), mm_(model, pool_) {
+    : model_(model), n_ctx_(n_ctx), pool_(n_threads), mm_(model, pool_), activations_(default_activation_precision()) {
   if (n_ctx <= 0) throw std::runtime_error(fmt::format("context size must be positive, got {}", n_ctx));
 }
 
@@ -23,6 +85,25 @@ void Context::check_batch(int n) const {
   if (n == 0) throw std::runtime_error("eval: no tokens");
   if (n_past_ + n > n_ctx_) {
     throw std::runtime_error(fmt::format("eval: {} tokens past {} exceed the context of {}", n, n_past_, n_ctx_));
+  }
+}
+
+void Context::check_rollback(int mark, int p) const {
+  if (mark < 0) throw std::runtime_error(fmt::format("rollback to {}: no mark_rollback() before", p));
+  if (p < mark || p > n_past_) {
+    throw std::runtime_error(fmt::format("rollback to {}: outside the marked range {} .. {}", p, mark, n_past_));
+  }
+}
+
+void Context::check_import(const ContextState& state, size_t parts) const {
+  const std::string shape = model_.state_shape();
+  if (state.shape != shape) {
+    throw std::runtime_error(
+        fmt::format("import_state: the state is of a model '{}', this context's model is '{}'", state.shape, shape));
+  }
+  if (state.parts.size() != parts || state.n_past < 0 || state.n_past > n_ctx_) {
+    throw std::runtime_error(fmt::format("import_state: a state of {} tokens ({} parts) does not fit a context of {}",
+                                         state.n_past, state.parts.size(), n_ctx_));
   }
 }
 

@@ -33,6 +33,30 @@ namespace mixq {
 
 class Context;
 
+// Activation precision emulated on the CPU (`--activations`): every matrix product's input is
+// rounded to this format before the product (the kernels then prepare it as they always do).
+// kF32: no rounding (the default); kF16 / kBF16: round to nearest even; kQ8: blocks of 32
+// along each row scaled by max|x| / 127 (the scale rounded to F16) and rounded to integers, as
+// ggml's Q8_0 quantizes activations.
+enum class ActivationPrecision { kF32, kF16, kBF16, kQ8 };
+// Parses "f32", "f16", "bf16" or "q8"; throws std::runtime_error naming the choices.
+ActivationPrecision parse_activation_precision(const std::string& name);
+// The precision new contexts start with (a command's --activations; contexts can override it).
+void set_default_activation_precision(ActivationPrecision p);
+ActivationPrecision default_activation_precision();
+// x (n values, rows of row_length) rounded to p into out (out may be x).
+void round_activations(ActivationPrecision p, const float* x, size_t n, size_t row_length, float* out);
+
+// A sequence's state lifted out of one context to continue in another whose model has the same
+// state_shape(): a prompt prefilled with a lower-precision file of the same model, generation
+// continuing with the main file (`generate --prefill-model`). The KV cache of positions
+// [0, n_past) or the recurrent state, in F32.
+struct ContextState {
+  std::string shape;  // Model::state_shape() of the model it came from
+  int n_past = 0;
+  std::vector<std::vector<float>> parts;
+};
+
 // A weight matrix the graph multiplies by (or looks rows up in), and the first block whose output
 // it changes: 0 .. n_layer-1, or n_layer for the output head.
 struct WeightUse {
@@ -58,6 +82,9 @@ class Model {
   virtual int max_context() const { return 0; }
   // Every matrix of the graph with the block it enters (measure's probes, imatrix).
   virtual std::vector<WeightUse> weights() const = 0;
+  // What a context's state is made of (architecture, layers, widths), as one line: two models
+  // with equal state shapes can take each other's ContextState.
+  virtual std::string state_shape() const = 0;
   // A fresh sequence state. n_ctx bounds the tokens it holds (KV-cache models allocate for it).
   virtual std::unique_ptr<Context> new_context(int n_ctx, int n_threads) const = 0;
 
@@ -94,6 +121,22 @@ class Context {
   virtual const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) = 0;
   // Forgets the sequence (KV cache / recurrent state back to empty).
   virtual void reset() = 0;
+  // Rollback (speculative decoding): mark_rollback() remembers the state at n_past(); later
+  // rollback(p) with mark <= p <= n_past() returns the context to exactly the state it had after
+  // p tokens, as if the tokens past p had never been evaluated (KV-cache models drop cache
+  // positions; recurrent models keep a state copy per token evaluated since the mark). The mark
+  // stays until the next mark_rollback() or reset(). Throws std::runtime_error for a p outside
+  // the marked range.
+  virtual void mark_rollback() = 0;
+  virtual void rollback(int n_past) = 0;
+  // The sequence state, to continue in a context of a model with the same state_shape();
+  // import_state throws std::runtime_error naming both shapes when they differ, or when the state
+  // does not fit this context.
+  virtual ContextState export_state() const = 0;
+  virtual void import_state(const ContextState& state) = 0;
+  // Activation precision of every matrix product's input (default: the process default).
+  void set_activation_precision(ActivationPrecision p) { activations_ = p; }
+  ActivationPrecision activation_precision() const { return activations_; }
   // Attention numerics; models without attention ignore it.
   virtual void set_attention(AttentionMode mode) {}
 
@@ -121,8 +164,15 @@ class Context {
   void observe_layer(int layer, const float* x, int n) {
     if (layer_observer_) layer_observer_(layer, x, n);
   }
+  // A graph's matrix product: mm_ on x rounded to the activation precision (a rounded copy per
+  // input buffer, so the product's per-input preparation cache stays keyed by distinct inputs).
+  void matmul(const GgufTensor& w, const float* x, int n, float* y);
   // Throws unless n tokens fit after n_past (when the model bounds the context) and n > 0.
   void check_batch(int n) const;
+  // Throws unless mark <= p <= n_past (mark < 0: no mark).
+  void check_rollback(int mark, int p) const;
+  // Throws unless state came from a model of this one's state shape and has parts.size() == parts.
+  void check_import(const ContextState& state, size_t parts) const;
 
   const Model& model_;
   int n_ctx_;
@@ -130,6 +180,8 @@ class Context {
   ThreadPool pool_;
   MatMul mm_;
   LayerObserver layer_observer_;
+  ActivationPrecision activations_;
+  std::unordered_map<const float*, std::vector<float>> rounded_;  // matmul's rounded copies
 };
 
 }  // namespace mixq

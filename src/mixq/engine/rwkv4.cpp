@@ -21,9 +21,9 @@ void RwkvContext::time_mix_v4(int l, int n) {
   rwkv::shift_mix_lerp(xn_.data(), prev_.data(), vec.att_mix_v.data(), un, E, xv_.data());
   rwkv::shift_mix_lerp(xn_.data(), prev_.data(), vec.att_mix_r.data(), un, E, xr_.data());
   mm_.invalidate();
-  mm_(*L.att_receptance, xr_.data(), n, r_.data());
-  mm_(*L.att_key, xk_.data(), n, k_.data());
-  mm_(*L.att_value, xv_.data(), n, v_.data());
+  matmul(*L.att_receptance, xr_.data(), n, r_.data());
+  matmul(*L.att_key, xk_.data(), n, k_.data());
+  matmul(*L.att_value, xv_.data(), n, v_.data());
   float* rwkv_out = xg_.data();  // sigmoid(r) * wkv, the output product's input
   const float* u = vec.time_first.data();
   const float* w = vec.time_decay.data();
@@ -48,10 +48,15 @@ void RwkvContext::time_mix_v4(int l, int n) {
       bb = e1 * bb + e2;
       pp = qq;
     }
+    if (LayerState* rec = record_slot(l, t)) {
+      rec->aa = s.aa;
+      rec->bb = s.bb;
+      rec->pp = s.pp;
+    }
   }
   out_.resize(un * E);
   mm_.invalidate();
-  mm_(*L.att_output, rwkv_out, n, out_.data());
+  matmul(*L.att_output, rwkv_out, n, out_.data());
 }
 
 }  // namespace mixq

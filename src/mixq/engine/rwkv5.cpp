@@ -6,6 +6,8 @@
 #include "mixq/engine/rwkv_model.h"
 #include "mixq/engine/rwkv_ops.h"
 
+#include <algorithm>
+
 namespace mixq {
 
 void RwkvContext::time_mix_v5(int l, int n) {
@@ -20,10 +22,10 @@ void RwkvContext::time_mix_v5(int l, int n) {
   rwkv::shift_mix_lerp(xn_.data(), prev_.data(), vec.att_mix_r.data(), un, E, xr_.data());
   rwkv::shift_mix_lerp(xn_.data(), prev_.data(), vec.att_mix_g.data(), un, E, xg_.data());
   mm_.invalidate();
-  mm_(*L.att_receptance, xr_.data(), n, r_.data());
-  mm_(*L.att_key, xk_.data(), n, k_.data());
-  mm_(*L.att_value, xv_.data(), n, v_.data());
-  mm_(*L.att_gate, xg_.data(), n, g_.data());
+  matmul(*L.att_receptance, xr_.data(), n, r_.data());
+  matmul(*L.att_key, xk_.data(), n, k_.data());
+  matmul(*L.att_value, xv_.data(), n, v_.data());
+  matmul(*L.att_gate, xg_.data(), n, g_.data());
   float* y = w_.data();
   std::fill(w_.begin(), w_.end(), 0.0f);
   const float* u = vec.time_faaaa.data();
@@ -44,13 +46,16 @@ void RwkvContext::time_mix_v5(int l, int n) {
           row[j] = prev * wi + kv;
         }
       }
+      if (LayerState* rec = record_slot(l, t)) {
+        std::copy(state, state + S * S, rec->wkv.data() + static_cast<size_t>(h) * S * S);
+      }
     }
   });
   group_norm(y, n, vec, 1e-5f);
   for (size_t i = 0; i < un * E; ++i) y[i] *= g_[i] * rwkv::sigmoid(g_[i]);  // silu gate
   out_.resize(un * E);
   mm_.invalidate();
-  mm_(*L.att_output, y, n, out_.data());
+  matmul(*L.att_output, y, n, out_.data());
 }
 
 }  // namespace mixq

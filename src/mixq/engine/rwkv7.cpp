@@ -33,17 +33,17 @@ void RwkvContext::time_mix_v7(int l, int n) {
   auto low_rank = [&](const GgufTensor& first, const GgufTensor& second, const std::vector<float>& x, float (*f)(float),
                       float* y) {
     low_.resize(un * static_cast<size_t>(first.n_rows()));
-    mm_(first, x.data(), n, low_.data());
+    matmul(first, x.data(), n, low_.data());
     if (f != nullptr) {
       for (float& z : low_) z = f(z);
     }
     mm_.invalidate();
-    mm_(second, low_.data(), n, y);
+    matmul(second, low_.data(), n, y);
   };
   mm_.invalidate();
-  mm_(*L.att_receptance, xr_.data(), n, r_.data());
-  mm_(*L.att_key, xk_.data(), n, k_.data());
-  mm_(*L.att_value, xv_.data(), n, v_.data());
+  matmul(*L.att_receptance, xr_.data(), n, r_.data());
+  matmul(*L.att_key, xk_.data(), n, k_.data());
+  matmul(*L.att_value, xv_.data(), n, v_.data());
   low_rank(*L.w1, *L.w2, xw_, [](float z) { return std::tanh(z); }, w_.data());
   mm_.invalidate();
   low_rank(*L.a1, *L.a2, xa_, nullptr, a_.data());
@@ -95,6 +95,9 @@ void RwkvContext::time_mix_v7(int l, int n) {
         for (size_t j = 0; j < S; ++j) row[j] = row[j] * w[j] + vi * k[j] + sa * b[j];
         y[base + i] = rwkv::dot(row, r, S);
       }
+      if (LayerState* rec = record_slot(l, t)) {
+        std::copy(state, state + S * S, rec->wkv.data() + static_cast<size_t>(h) * S * S);
+      }
     }
   });
   group_norm(y, n, vec, 64e-5f);
@@ -108,7 +111,7 @@ void RwkvContext::time_mix_v7(int l, int n) {
   }
   out_.resize(NE);
   mm_.invalidate();
-  mm_(*L.att_output, y, n, out_.data());
+  matmul(*L.att_output, y, n, out_.data());
 }
 
 }  // namespace mixq

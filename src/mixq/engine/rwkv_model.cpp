@@ -238,6 +238,10 @@ std::vector<WeightUse> RwkvModel::weights() const {
   return out;
 }
 
+std::string RwkvModel::state_shape() const {
+  return fmt::format("{}: {} layers, embedding {}, head size {}", architecture(), hp_.n_layer, hp_.n_embd, hp_.head_size);
+}
+
 std::unique_ptr<Context> RwkvModel::new_context(int n_ctx, int n_threads) const {
   return std::make_unique<RwkvContext>(*this, n_ctx, n_threads);
 }
@@ -281,6 +285,43 @@ void RwkvContext::reset() {
     }
   }
   n_past_ = 0;
+  mark_ = -1;
+}
+
+void RwkvContext::mark_rollback() {
+  mark_ = n_past_;
+  mark_state_ = state_;
+}
+
+void RwkvContext::rollback(int p) {
+  check_rollback(mark_, p);
+  if (p == n_past_) return;
+  state_ = p == mark_ ? mark_state_ : history_[static_cast<size_t>(p - mark_ - 1)];
+  n_past_ = p;
+}
+
+ContextState RwkvContext::export_state() const {
+  ContextState out{rwkv_.state_shape(), n_past_, {}};
+  for (const LayerState& s : state_) {
+    for (const auto* v : {&s.att_shift, &s.ffn_shift, &s.aa, &s.bb, &s.pp, &s.wkv}) out.parts.push_back(*v);
+  }
+  return out;
+}
+
+void RwkvContext::import_state(const ContextState& in) {
+  check_import(in, state_.size() * 6);
+  size_t i = 0;
+  for (const LayerState& s : state_) {
+    for (const auto* v : {&s.att_shift, &s.ffn_shift, &s.aa, &s.bb, &s.pp, &s.wkv}) {
+      if (in.parts[i++].size() != v->size()) throw std::runtime_error("import_state: a state part has the wrong size");
+    }
+  }
+  i = 0;
+  for (LayerState& s : state_) {
+    for (auto* v : {&s.att_shift, &s.ffn_shift, &s.aa, &s.bb, &s.pp, &s.wkv}) *v = in.parts[i++];
+  }
+  n_past_ = in.n_past;
+  mark_ = -1;
 }
 
 const std::vector<float>& RwkvContext::eval(const std::vector<int32_t>& tokens, bool all_logits) {
@@ -301,6 +342,7 @@ const std::vector<float>& RwkvContext::eval_from_layer(int start, const float* x
   }
   if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
   check_batch(n);
+  mark_ = -1;  // blocks before `start` are not run: no state copies to roll back to
   const auto E = static_cast<size_t>(hp.n_embd), W = static_cast<size_t>(rwkv_.layer_state_width());
   x_.resize(static_cast<size_t>(n) * E);
   v_first_.assign(static_cast<size_t>(n) * E, 0.0f);
@@ -368,13 +410,13 @@ void RwkvContext::channel_mix(int l, int n) {
     r_.resize(un * E);
     rwkv::shift_mix_lerp(xn_.data(), prev_.data(), v.ffn_mix_r.data(), un, E, xr_.data());
     mm_.invalidate();
-    mm_(*L.ffn_receptance, xr_.data(), n, r_.data());
+    matmul(*L.ffn_receptance, xr_.data(), n, r_.data());
   }
   mm_.invalidate();
-  mm_(*L.ffn_key, xk_.data(), n, ffn_k_.data());
+  matmul(*L.ffn_key, xk_.data(), n, ffn_k_.data());
   for (float& k : ffn_k_) k = k > 0.0f ? k * k : 0.0f;
   mm_.invalidate();
-  mm_(*L.ffn_value, ffn_k_.data(), n, out_.data());
+  matmul(*L.ffn_value, ffn_k_.data(), n, out_.data());
   if (hp.version != 7) {
     for (size_t i = 0; i < out_.size(); ++i) out_[i] *= rwkv::sigmoid(r_[i]);
   }
@@ -383,11 +425,25 @@ void RwkvContext::channel_mix(int l, int n) {
 const std::vector<float>& RwkvContext::run_layers(int start, int n, bool all_logits) {
   const auto& hp = rwkv_.hparams();
   const auto E = static_cast<size_t>(hp.n_embd);
+  const auto un = static_cast<size_t>(n);
+  if (mark_ >= 0) {  // room for this batch's per-token states (allocated once, reused)
+    record_base_ = n_past_ - mark_;
+    if (history_.size() < static_cast<size_t>(record_base_) + un) history_.resize(static_cast<size_t>(record_base_) + un, state_);
+  }
+  // Token t's LayerNorm output is the shift state after it.
+  auto record_shift = [&](int l, bool ffn) {
+    if (mark_ < 0) return;
+    for (size_t t = 0; t < un; ++t) {
+      auto& dst = ffn ? record_slot(l, t)->ffn_shift : record_slot(l, t)->att_shift;
+      std::copy(&xn_[t * E], &xn_[t * E] + E, dst.begin());
+    }
+  };
   for (int l = start; l < hp.n_layer; ++l) {
     observe(l, n);
     LayerState& s = state_[static_cast<size_t>(l)];
     const LayerVectors& v = vec_[static_cast<size_t>(l)];
     norm_and_shift(v.ln1_w, v.ln1_b, s.att_shift, n);
+    record_shift(l, false);
     switch (hp.version) {
       case 4: time_mix_v4(l, n); break;
       case 5: time_mix_v5(l, n); break;
@@ -395,6 +451,7 @@ const std::vector<float>& RwkvContext::run_layers(int start, int n, bool all_log
     }
     for (size_t i = 0; i < x_.size(); ++i) x_[i] += out_[i];
     norm_and_shift(v.ln2_w, v.ln2_b, s.ffn_shift, n);
+    record_shift(l, true);
     channel_mix(l, n);
     for (size_t i = 0; i < x_.size(); ++i) x_[i] += out_[i];
   }
@@ -407,7 +464,7 @@ const std::vector<float>& RwkvContext::run_layers(int start, int n, bool all_log
   }
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();
-  mm_(*rwkv_.head, xn_.data(), count, logits_.data());
+  matmul(*rwkv_.head, xn_.data(), count, logits_.data());
   n_past_ += n;
   return logits_;
 }

@@ -54,6 +54,7 @@ class RwkvModel : public Model {
   int layer_state_width() const override { return hp_.version == 7 ? 2 * hp_.n_embd : hp_.n_embd; }
   int max_context() const override { return 0; }
   std::vector<WeightUse> weights() const override;
+  std::string state_shape() const override;
   std::unique_ptr<Context> new_context(int n_ctx, int n_threads) const override;
 
   // Tensors a generation does not have stay null.
@@ -89,6 +90,12 @@ class RwkvContext : public Context {
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits) override;
   const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) override;
   void reset() override;
+  // Since the mark, every evaluated token's state is copied (the shifts from the LayerNorm
+  // outputs, the WKV state from inside the recurrence), so a rollback is one copy.
+  void mark_rollback() override;
+  void rollback(int p) override;
+  ContextState export_state() const override;
+  void import_state(const ContextState& state) override;
 
  private:
   // A layer's vectors decoded to F32 once (any stored type).
@@ -107,6 +114,11 @@ class RwkvContext : public Context {
   };
 
   const std::vector<float>& run_layers(int start, int n, bool all_logits);
+  // Where token t of the running batch records block l's state after it, or null when no mark
+  // is set (the time-mixing recurrences write their WKV state there).
+  LayerState* record_slot(int l, size_t t) {
+    return mark_ < 0 ? nullptr : &history_[static_cast<size_t>(record_base_) + t][static_cast<size_t>(l)];
+  }
   void observe(int layer, int n);
   // xn_ = LayerNorm(x_); prev_ = xn_ shifted one token down, `carry` entering first, and
   // `carry` = the last token's xn_.
@@ -123,6 +135,11 @@ class RwkvContext : public Context {
   std::vector<LayerVectors> vec_;
   std::vector<float> ln0_w_, ln0_b_, ln_out_w_, ln_out_b_;
   std::vector<LayerState> state_;
+  // Rollback: the state at the mark and after each token evaluated since (history_[j]: after
+  // token mark_ + j + 1); record_base_ is the running batch's first index in history_.
+  int mark_ = -1, record_base_ = 0;
+  std::vector<LayerState> mark_state_;
+  std::vector<std::vector<LayerState>> history_;
   std::vector<float> logits_;
   // Per-batch buffers (n x n_embd unless noted), kept between calls.
   std::vector<float> x_, v_first_, xn_, prev_, out_, packed_;

@@ -19,6 +19,15 @@ class Sampler {
  public:
   explicit Sampler(const SamplerOptions& opts) : opts_(opts), rng_(opts.seed) {}
   int32_t sample(const float* logits, int n_vocab);
+  // The probabilities sample() draws from, over the whole vocabulary: softmax(logits / T) cut to
+  // top-k and top-p and renormalized (zero outside the cut); greedy: 1 at the argmax.
+  // Speculative decoding compares these for the target and the draft.
+  void distribution(const float* logits, int n_vocab, std::vector<float>& p) const;
+  // A token drawn from nonnegative weights w (not all zero) with this sampler's generator.
+  int32_t sample_from(const std::vector<float>& w);
+  // A uniform draw in [0, 1) from this sampler's generator.
+  double uniform();
+  const SamplerOptions& options() const { return opts_; }
 
  private:
   SamplerOptions opts_;
