@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds whisper.cpp (the oracle of tests/python/test_whisper.py) from source into a dev-time cache
 # outside the checkout; nothing of it is committed. Prints `MIXQ_WHISPER_CPP_BIN=DIR` (the folder of
-# whisper-cli and quantize) on success.
+# whisper-cli and whisper-quantize) on success.
 #
 # Source, first found:
 #   $MIXQ_WHISPER_CPP_SRC      a whisper.cpp source tree
@@ -18,7 +18,7 @@ build=$cache/whisper.cpp-build
 jobs=${MIXQ_JOBS:-2}
 mkdir -p "$cache"
 
-if [ -x "$build/bin/whisper-cli" ] && [ -x "$build/bin/quantize" ]; then
+if [ -x "$build/bin/whisper-cli" ] && [ -x "$build/bin/whisper-quantize" ]; then
   echo "MIXQ_WHISPER_CPP_BIN=$build/bin"
   exit 0
 fi
@@ -48,5 +48,5 @@ cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DWHISPER_BUILD_TESTS=OFF -DWHISPER_BUILD_SERVER=OFF -DWHISPER_SDL2=OFF -DWHISPER_CURL=OFF \
   -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON \
   -DGGML_OPENMP=OFF >&2
-cmake --build "$build" -j "$jobs" --target whisper-cli quantize >&2
+cmake --build "$build" -j "$jobs" --target whisper-cli whisper-quantize >&2
 echo "MIXQ_WHISPER_CPP_BIN=$build/bin"

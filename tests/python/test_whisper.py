@@ -115,7 +115,7 @@ def tiny_dir() -> pathlib.Path:
 def oracle() -> pathlib.Path:
     d = os.environ.get("MIXQ_WHISPER_CPP_BIN")
     path = pathlib.Path(d) if d else pathlib.Path.home() / ".cache/mixq/oracles/whisper.cpp-build/bin"
-    if not (path / "whisper-cli").exists() or not (path / "quantize").exists():
+    if not (path / "whisper-cli").exists() or not (path / "whisper-quantize").exists():
         pytest.skip("whisper.cpp not built: run scripts/build_whisper_cpp.sh (or set MIXQ_WHISPER_CPP_BIN)")
     return path
 
@@ -297,7 +297,7 @@ def test_f16_and_f32_transcribe_jfk_in_whisper_cpp(work, oracle):
 def test_quantized_files_match_whisper_cpp_quantize_and_transcribe(work, oracle, qtype):
     ours, theirs = work["dir"] / f"mixq-{qtype}.bin", work["dir"] / f"wcpp-{qtype}.bin"
     run(MIXQ, "quantize", work["f16"], ours, qtype, "-t", "2")
-    subprocess.run([oracle / "quantize", work["f16"], theirs, qtype], capture_output=True, check=True)
+    subprocess.run([oracle / "whisper-quantize", work["f16"], theirs, qtype], capture_output=True, check=True)
     a, b = parse_whisper(ours), parse_whisper(theirs)
     assert a["hparams"] == b["hparams"]
     assert a["tensors"].keys() == b["tensors"].keys()
