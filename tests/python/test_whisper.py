@@ -293,15 +293,52 @@ def test_f16_and_f32_transcribe_jfk_in_whisper_cpp(work, oracle):
     assert transcribe(oracle, work["f32"]) == f16
 
 
-@pytest.mark.parametrize("qtype", ["q8_0", "q5_0"])
-def test_quantized_files_match_whisper_cpp_quantize_and_transcribe(work, oracle, qtype):
+GGML_IDS = {"q8_0": 8, "q5_0": 6, "q4_0": 2}
+
+
+def dequantized(t: dict) -> np.ndarray:
+    import gguf
+    if t["type"] == "f16":
+        return np.frombuffer(t["data"], dtype=np.float16).astype(np.float32).ravel()
+    raw = np.frombuffer(t["data"], dtype=np.uint8)
+    return gguf.quants.dequantize(raw, gguf.GGMLQuantizationType(GGML_IDS[t["type"]])).astype(np.float32).ravel()
+
+
+@pytest.mark.parametrize("qtype,source", [("q8_0", "f16"), ("q5_0", "f32")])
+def test_quantized_files_load_in_whisper_cpp_and_transcribe(work, oracle, qtype, source):
+    """mixq quantize vs whisper.cpp's quantize on the same F16 file: the same header and tensor
+    types, per tensor no larger an error (mixq's codecs search the scale; ggml's rounds it), and
+    whisper-cli transcribes jfk.wav. From the F32 file mixq stores the conv kernels as F16, as
+    whisper.cpp loads them (whisper.cpp's own quantize copies them as F32: its file fails to load)."""
     ours, theirs = work["dir"] / f"mixq-{qtype}.bin", work["dir"] / f"wcpp-{qtype}.bin"
-    run(MIXQ, "quantize", work["f16"], ours, qtype, "-t", "2")
+    run(MIXQ, "quantize", work[source], ours, qtype, "-t", "2")
     subprocess.run([oracle / "whisper-quantize", work["f16"], theirs, qtype], capture_output=True, check=True)
-    a, b = parse_whisper(ours), parse_whisper(theirs)
+    a, b, ref = parse_whisper(ours), parse_whisper(theirs), parse_whisper(work["f16"])
     assert a["hparams"] == b["hparams"]
     assert a["tensors"].keys() == b["tensors"].keys()
-    for name in a["tensors"]:
-        assert a["tensors"][name]["type"] == b["tensors"][name]["type"], name
+    for name, t in a["tensors"].items():
+        assert t["type"] == b["tensors"][name]["type"], name
+        if t["type"] == qtype:
+            x = dequantized(ref["tensors"][name])
+            err_ours = np.sqrt(np.mean((dequantized(t) - x) ** 2))
+            err_theirs = np.sqrt(np.mean((dequantized(b["tensors"][name]) - x) ** 2))
+            assert err_ours <= err_theirs * 1.0001, name
     text = transcribe(oracle, ours)
     assert words(text) == JFK_WORDS, text
+
+
+def test_mixed_weight_types_are_refused_by_stock_whisper_cpp(work, oracle, tmp_path):
+    """whisper.cpp (233fe1fc) allocates every weight in the header's type: a --tensor-type file is
+    refused at load, which is why mixq warns and --compat whisper.cpp refuses to write one."""
+    out = tmp_path / "mixed.bin"
+    proc = subprocess.run([MIXQ, "quantize", "--tensor-type", r".*attn.*\.weight=q8_0", work["f16"], out, "q4_0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "stock whisper.cpp" in proc.stderr
+    jfk = require_shared("whisper/jfk.wav")
+    load = subprocess.run([oracle / "whisper-cli", "-m", out, "-f", jfk, "-t", "2"], capture_output=True, text=True,
+                          timeout=120)
+    assert load.returncode != 0 and "has wrong size in model file" in load.stderr
+    proc = subprocess.run([MIXQ, "quantize", "--compat", "whisper.cpp", "--tensor-type", r".*attn.*\.weight=q8_0",
+                           work["f16"], tmp_path / "refused.bin", "q4_0"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "--compat whisper.cpp" in proc.stderr
+    assert not (tmp_path / "refused.bin").exists()
