@@ -1,5 +1,6 @@
 #include "mixq/io/whisper_file.h"
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <stdexcept>
@@ -193,7 +194,7 @@ WhisperFile WhisperFile::open(const std::filesystem::path& path, const WhisperRe
     in.fail(fmt::format("the vocabulary holds {} tokens but n_vocab is {} (whisper.cpp needs 1 .. n_vocab)", n_tokens,
                         hp.n_vocab));
   }
-  w.vocab.reserve(static_cast<size_t>(n_tokens));
+  w.vocab.reserve(std::min(static_cast<size_t>(n_tokens), in.remaining() / 4));  // 4 bytes per token at least
   for (int32_t i = 0; i < n_tokens; ++i) {
     const auto len = in.read<uint32_t>("a token length");
     if (len > kMaxTokenBytes) in.fail(fmt::format("token {} is {} bytes long", i, len));
