@@ -1,6 +1,7 @@
 #include "whisper_commands.h"
 
 #include <fstream>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -12,7 +13,7 @@
 
 namespace mixq::cli {
 
-bool is_whisper_quantize_input(const std::string& input) { return is_whisper_file(input); }
+bool is_whisper_quantize_input(const std::string& input) { return detect_whisper_source(input).has_value(); }
 
 namespace {
 
@@ -68,7 +69,16 @@ void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
     }
   }
   o.threads = checked_threads(o.threads);
-  const WhisperFile in = WhisperFile::open(a.input, {.allow_mixed_weights = true});
+  // A CTranslate2 or Hugging Face Whisper model is converted to a temporary F16 whisper.cpp file
+  // beside the output first (removed on exit and on interruption).
+  std::optional<TemporaryPath> converted;
+  std::string source = a.input;
+  if (!is_whisper_file(a.input)) {
+    converted.emplace(a.output, ".whisper-f16.bin");
+    convert_whisper(a.input, converted->path(), TypeId::F16);
+    source = converted->path().string();
+  }
+  const WhisperFile in = WhisperFile::open(source, {.allow_mixed_weights = true});
   const WhisperQuantizeReport rep = a.dry_run ? plan_whisper_quantize(in, o) : quantize_whisper(in, a.output, o);
   fmt::print("{}", rep.to_text());
   for (const auto& w : rep.warnings) fmt::print(stderr, "mixq: warning: {}\n", w);

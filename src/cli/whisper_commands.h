@@ -22,7 +22,8 @@ struct WhisperQuantizeArgs {
   bool dry_run = false, allow_requantize = false;
 };
 
-// Whether INPUT is a whisper.cpp model (its magic): `mixq quantize` then runs run_whisper_quantize.
+// Whether INPUT is a Whisper model (a whisper.cpp file, or a CTranslate2 / Hugging Face model, which
+// is converted to a temporary F16 whisper.cpp file first): `mixq quantize` then runs run_whisper_quantize.
 bool is_whisper_quantize_input(const std::string& input);
 // `mixq quantize [--tensor-type REGEX=TYPE ...] IN OUT TYPE` on a whisper.cpp file. Options of
 // `cmd` that do not apply to Whisper (imatrix, plans, layers, ...) are refused by name.

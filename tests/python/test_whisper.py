@@ -266,6 +266,15 @@ def test_bad_inputs_fail_clearly(work, tmp_path):
     assert not (tmp_path / "out.bin").exists()
 
 
+def test_quantize_takes_the_ctranslate2_model_directly(work, tiny_dir):
+    """IN may be any Whisper model convert reads: it is converted to F16 first (a temporary file)."""
+    direct, two_step = work["dir"] / "direct-q4_1.bin", work["dir"] / "two-step-q4_1.bin"
+    run(MIXQ, "quantize", tiny_dir, direct, "q4_1", "-t", "2")
+    run(MIXQ, "quantize", work["f16"], two_step, "q4_1", "-t", "2")
+    assert direct.read_bytes() == two_step.read_bytes()
+    assert not [p for p in work["dir"].iterdir() if "mixq-tmp" in p.name]
+
+
 PATTERNS = [r"encoder\..*\.weight", r"decoder\..*\.weight", r".*attn.*\.weight"]
 
 
