@@ -8,6 +8,7 @@
 #include "commands.h"
 #include "mixq/convert/whisper_convert.h"
 #include "mixq/io/whisper_file.h"
+#include "mixq/io/whisper_inspect.h"
 #include "mixq/policy/policy.h"
 #include "mixq/quantize/whisper_quantize.h"
 
@@ -92,6 +93,17 @@ bool convert_whisper_if_whisper(const std::string& input, const std::string& out
   for (const auto& w : r.warnings) fmt::print(stderr, "mixq: warning: {}\n", w);
   fmt::print("wrote {} (whisper.cpp format) from a {} model: {} tensors, {} bytes\n", output,
              whisper_source_name(r.source), r.tensors, r.bytes_written);
+  return true;
+}
+
+bool inspect_whisper_if_whisper(const std::string& file, bool json, bool show_tensors) {
+  if (!is_whisper_file(file)) return false;
+  const WhisperFile f = WhisperFile::open(file, {.allow_mixed_weights = true});
+  if (json) {
+    fmt::print("{}\n", whisper_inspect_json(f).dump(2));
+  } else {
+    fmt::print("{}", whisper_inspect_text(f, show_tensors));
+  }
   return true;
 }
 

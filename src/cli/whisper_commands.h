@@ -33,4 +33,7 @@ void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a);
 // file and returns true; false when INPUT is not a Whisper model.
 bool convert_whisper_if_whisper(const std::string& input, const std::string& output, std::optional<TypeId> outtype);
 
+// `mixq inspect` on a whisper.cpp file: prints its report and returns true; false for other files.
+bool inspect_whisper_if_whisper(const std::string& file, bool json, bool show_tensors);
+
 }  // namespace mixq::cli

@@ -15,6 +15,7 @@
 #include "mixq/convert/whisper_mel.h"
 #include "mixq/formats/half.h"
 #include "mixq/io/whisper_file.h"
+#include "mixq/io/whisper_inspect.h"
 #include "mixq/quantize/whisper_quantize.h"
 #include "test_support.h"
 
@@ -348,6 +349,30 @@ TEST(WhisperQuantize, KQuantRowsThatMisfitFallBackAndCompatRefuses) {
   const WhisperFile q = WhisperFile::open(out_path);
   o.default_type = TypeId::Q8_0;
   EXPECT_NE(error_of([&] { plan_whisper_quantize(q, o); }).find("--allow-requantize"), std::string::npos);
+  fs::remove(in_path);
+  fs::remove(out_path);
+}
+
+TEST(WhisperInspect, ReportsHparamsTypesAndWhetherWhisperCppLoadsIt) {
+  const fs::path in_path = temp_path("i-in.bin"), out_path = temp_path("i-out.bin");
+  write_small_model(in_path, small_hparams(1), TypeId::F16);
+  const WhisperFile in = WhisperFile::open(in_path);
+  auto j = whisper_inspect_json(in);
+  EXPECT_EQ(j["hparams"]["n_audio_state"], 64);
+  EXPECT_EQ(j["weight_type"], "f16");
+  EXPECT_EQ(j["tensors"].size(), whisper_tensor_specs(in.hparams).size());
+  EXPECT_TRUE(j["loads_in_whisper_cpp"].get<bool>());
+  WhisperQuantizeOptions o;
+  o.default_type = TypeId::Q4_0;
+  o.rules.push_back(parse_tensor_type_rule(R"(decoder\..*\.weight=q8_0)"));
+  quantize_whisper(in, out_path, o);
+  const WhisperFile mixed = WhisperFile::open(out_path, {.allow_mixed_weights = true});
+  j = whisper_inspect_json(mixed);
+  EXPECT_FALSE(j["loads_in_whisper_cpp"].get<bool>());
+  EXPECT_NE(whisper_inspect_text(mixed).find("refuses this file"), std::string::npos);
+  // The strict reader names the first weight of another type.
+  EXPECT_NE(error_of([&] { WhisperFile::open(out_path); }).find("is q8_0 but whisper.cpp loads it as q4_0"),
+            std::string::npos);
   fs::remove(in_path);
   fs::remove(out_path);
 }
