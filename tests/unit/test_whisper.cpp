@@ -342,6 +342,20 @@ TEST(WhisperQuantize, KQuantRowsThatMisfitFallBackAndCompatRefuses) {
   EXPECT_NE(error_of([&] { plan_whisper_quantize(in, o); }).find("--compat whisper.cpp"), std::string::npos);
   o.default_type = TypeId::IQ4_NL;
   EXPECT_NE(error_of([&] { plan_whisper_quantize(in, o); }).find("whisper.cpp does not load"), std::string::npos);
+  // A width no 32-value block divides (40) falls back to f16; mlp.2's 160-wide rows take q4_0.
+  {
+    const fs::path odd = temp_path("k-odd.bin");
+    WhisperHparams hp = small_hparams(1);
+    hp.n_audio_state = hp.n_text_state = 40;
+    write_small_model(odd, hp, TypeId::F16);
+    WhisperQuantizeOptions oo;
+    oo.default_type = TypeId::Q4_0;
+    for (const auto& p : plan_whisper_quantize(WhisperFile::open(odd), oo).tensors) {
+      if (!p.quantized) continue;
+      EXPECT_EQ(p.to, p.ne[0] == 160 ? TypeId::Q4_0 : TypeId::F16) << p.name;
+    }
+    fs::remove(odd);
+  }
   // Requantizing needs the flag.
   o = {};
   o.default_type = TypeId::Q4_0;

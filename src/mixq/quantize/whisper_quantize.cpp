@@ -75,7 +75,9 @@ WhisperQuantizeReport plan_whisper_quantize(const WhisperFile& in, const Whisper
       }
       const TypeTraits& wt = type_traits(want);
       if (!wt.fits_row(t.ne[0])) {
-        const TypeId fb = *wt.llamacpp_fallback;  // every whisper.cpp type with blocks > 32 has one
+        // llama.cpp's substitute where it holds the row (every k-quant has one), else f16.
+        const auto& sub = wt.llamacpp_fallback;
+        const TypeId fb = sub && whisper_loads_type(*sub) && type_traits(*sub).fits_row(t.ne[0]) ? *sub : TypeId::F16;
         p.fallback = fmt::format("rows of {} do not fill {} blocks of {}: {} instead", t.ne[0], wt.name,
                                  wt.block_size, type_traits(fb).name);
         want = fb;

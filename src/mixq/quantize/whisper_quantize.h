@@ -11,8 +11,9 @@
 //     them), else --token-embedding-type for decoder.token_embedding.weight, else DEFAULT_TYPE.
 //  3. Fallback: a type whose blocks do not divide the row (tiny's and small's 384/768-wide rows
 //     with the 256-value k-quants) is replaced by llama.cpp's substitute for it, which whisper.cpp
-//     also loads: q2_k, q3_k -> q4_0; q4_k -> q5_0; q5_k -> q5_1; q6_k -> q8_0. (whisper.cpp's own
-//     quantize has no fallback.)
+//     also loads: q2_k, q3_k -> q4_0; q4_k -> q5_0; q5_k -> q5_1; q6_k -> q8_0; f16 where that does
+//     not hold the row either (widths that are not a multiple of 32). (whisper.cpp's own quantize
+//     has no fallback: it writes truncated rows.)
 //
 // The header's ftype is DEFAULT_TYPE's. Stock whisper.cpp (commit 233fe1fc9b48) loads every weight
 // in that one type and refuses a file where a weight has another (rules or fallbacks that change
