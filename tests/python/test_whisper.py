@@ -275,6 +275,25 @@ def test_quantize_takes_the_ctranslate2_model_directly(work, tiny_dir):
     assert not [p for p in work["dir"].iterdir() if "mixq-tmp" in p.name]
 
 
+def test_k_quant_fallback_for_tiny_rows_in_a_dry_run_report(work, tmp_path):
+    """tiny's 384-wide rows do not fill 256-value q4_k blocks: q5_0 instead (llama.cpp's substitute);
+    the mlp.2 weights (1536-wide rows) stay q4_k. A dry run writes only the report."""
+    report, out = tmp_path / "report.json", tmp_path / "never.bin"
+    proc = subprocess.run([MIXQ, "quantize", "--dry-run", "--report-json", report, work["f16"], out, "q4_k"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert not out.exists()
+    rep = json.loads(report.read_text())
+    assert rep["ftype"] == 2012 and rep["loads_in_whisper_cpp"] is False
+    quantized = [t for t in rep["tensors"] if t["from"] == "f16" and len(t["shape"]) == 2]
+    assert len(quantized) == 65
+    for t in quantized:
+        want = "q4_K" if t["shape"][0] % 256 == 0 else "q5_0"
+        assert t["type"] == want, t["name"]
+        assert bool(t["fallback"]) == (want == "q5_0"), t["name"]
+    assert any(t["type"] == "q4_K" for t in quantized)
+
+
 PATTERNS = [r"encoder\..*\.weight", r"decoder\..*\.weight", r".*attn.*\.weight"]
 
 
