@@ -48,7 +48,16 @@ void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
   }
   if (a.type.empty()) throw PolicyError("give a DEFAULT_TYPE: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k .. q6_k, f16 or f32");
   WhisperQuantizeOptions o;
-  o.default_type = parse_type_name(a.type);
+  // whisper.cpp's quantize also takes ggml's ftype numbers (2 = q4_0, 7 = q8_0, 12 = q4_k, ...).
+  if (a.type.find_first_not_of("0123456789") == std::string::npos && a.type.size() < 6) {
+    const auto t = whisper_weight_type(std::stoi(a.type));
+    if (!t) {
+      throw PolicyError(fmt::format("DEFAULT_TYPE {}: not an ftype whisper.cpp loads (0, 1, 2, 3, 7, 8, 9, 10-14)", a.type));
+    }
+    o.default_type = *t;
+  } else {
+    o.default_type = parse_type_name(a.type);
+  }
   for (const auto& r : a.tensor_types) o.rules.push_back(parse_tensor_type_rule(r));
   if (!a.tensor_type_file.empty()) {
     for (const auto& r : rule_lines(a.tensor_type_file)) o.rules.push_back(parse_tensor_type_rule(r));

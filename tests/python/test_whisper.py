@@ -272,6 +272,10 @@ def test_quantize_takes_the_ctranslate2_model_directly(work, tiny_dir):
     run(MIXQ, "quantize", tiny_dir, direct, "q4_1", "-t", "2")
     run(MIXQ, "quantize", work["f16"], two_step, "q4_1", "-t", "2")
     assert direct.read_bytes() == two_step.read_bytes()
+    # whisper.cpp's quantize also takes ggml's ftype number: 3 is q4_1.
+    by_number = work["dir"] / "by-number.bin"
+    run(MIXQ, "quantize", work["f16"], by_number, "3", "-t", "2")
+    assert by_number.read_bytes() == two_step.read_bytes()
     assert not [p for p in work["dir"].iterdir() if "mixq-tmp" in p.name]
 
 
