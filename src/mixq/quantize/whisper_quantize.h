@@ -9,7 +9,7 @@
 //  2. Every other tensor (the 2-D weights and the token embedding) gets the type of the first
 //     --tensor-type REGEX=TYPE rule whose RE2 regex is found in its name (as llama-quantize reads
 //     them), else --token-embedding-type for decoder.token_embedding.weight, else DEFAULT_TYPE.
-//  3. Fallback: a type whose blocks do not divide the row (tiny's and small's 384/768-wide rows
+//  3. Fallback: a type whose blocks do not divide the row (tiny's 384-wide rows
 //     with the 256-value k-quants) is replaced by llama.cpp's substitute for it, which whisper.cpp
 //     also loads: q2_k, q3_k -> q4_0; q4_k -> q5_0; q5_k -> q5_1; q6_k -> q8_0; f16 where that does
 //     not hold the row either (widths that are not a multiple of 32). (whisper.cpp's own quantize
