@@ -287,11 +287,14 @@ Source ctranslate2_source(const fs::path& dir, const fs::path& bin) {
 }
 
 struct HfSource {
+  std::string dir;
   std::vector<MappedFile> files;
   std::map<std::string, SafetensorsTensor> tensors;  // name without a leading "model."
   std::vector<float> get(const std::string& name) const {
     const auto it = tensors.find(name);
-    if (it == tensors.end()) throw std::runtime_error(fmt::format("the Hugging Face model has no tensor '{}'", name));
+    if (it == tensors.end()) {
+      throw std::runtime_error(fmt::format("{}: the Hugging Face Whisper model has no tensor '{}'", dir, name));
+    }
     const SafetensorsTensor& t = it->second;
     int64_t n = 1;
     for (auto d : t.shape) n *= d;
@@ -307,7 +310,8 @@ struct HfSource {
         std::memcpy(&h, t.data + 2 * i, 2);
         out[i] = bf16_to_fp32(h);
       } else {
-        throw std::runtime_error(fmt::format("tensor '{}' has dtype {}: expected F32, F16 or BF16", name, t.dtype));
+        throw std::runtime_error(fmt::format("{}: tensor '{}' has dtype {}: expected F32, F16 or BF16", dir, name,
+                                             t.dtype));
       }
     }
     return out;
@@ -343,6 +347,7 @@ std::string hf_name_for(const std::string& name) {
 Source huggingface_source(const fs::path& dir) {
   const auto cfg = read_json_file(dir / "config.json", "config.json");
   auto hf = std::make_shared<HfSource>();
+  hf->dir = dir.string();
   std::vector<fs::path> shards;
   if (fs::exists(dir / "model.safetensors")) {
     shards.push_back(dir / "model.safetensors");
