@@ -7,6 +7,8 @@
 
 #include "commands.h"
 #include "mixq/convert/whisper_convert.h"
+#include "mixq/engine/whisper_audio.h"
+#include "mixq/engine/whisper_model.h"
 #include "mixq/io/whisper_file.h"
 #include "mixq/io/whisper_inspect.h"
 #include "mixq/policy/policy.h"
@@ -114,6 +116,25 @@ bool inspect_whisper_if_whisper(const std::string& file, bool json, bool show_te
     fmt::print("{}", whisper_inspect_text(f, show_tensors));
   }
   return true;
+}
+
+void register_transcribe(CLI::App& app) {
+  auto* cmd = app.add_subcommand("transcribe", "Speech to text with a whisper.cpp model file (greedy, one 30 s window)");
+  struct Opts {
+    std::string model, wav;
+    int threads = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("MODEL", o->model, "whisper.cpp model file (any types it holds, mixed included)")->required();
+  cmd->add_option("-f,--file", o->wav, "16 kHz mono 16-bit PCM WAV file")->required();
+  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->callback([o] {
+    const int threads = checked_threads(o->threads);
+    const WhisperFile f = WhisperFile::open(o->model, {.allow_mixed_weights = true});
+    const WhisperModel model(f);
+    const auto samples = read_wav_16k_mono(o->wav);
+    fmt::print("{}\n", model.transcribe(samples, threads).text);
+  });
 }
 
 }  // namespace mixq::cli

@@ -36,4 +36,7 @@ bool convert_whisper_if_whisper(const std::string& input, const std::string& out
 // `mixq inspect` on a whisper.cpp file: prints its report and returns true; false for other files.
 bool inspect_whisper_if_whisper(const std::string& file, bool json, bool show_tensors);
 
+// `mixq transcribe MODEL -f AUDIO.wav`: engine/whisper_model.h on a whisper.cpp file.
+void register_transcribe(CLI::App& app);
+
 }  // namespace mixq::cli

@@ -374,3 +374,13 @@ def test_mixed_weight_types_are_refused_by_stock_whisper_cpp(work, oracle, tmp_p
                            work["f16"], tmp_path / "refused.bin", "q4_0"], capture_output=True, text=True)
     assert proc.returncode != 0 and "--compat whisper.cpp" in proc.stderr
     assert not (tmp_path / "refused.bin").exists()
+
+
+def test_mixq_transcribes_a_mixed_file_that_stock_whisper_cpp_refuses(work, tmp_path):
+    """mixq's own Whisper engine (greedy) reads files with per-tensor types: attention in q8_0, the
+    rest q4_0 (whisper.cpp refuses this file, test above) gives jfk.wav's exact words."""
+    jfk = require_shared("whisper/jfk.wav")
+    out = tmp_path / "mixed.bin"
+    run(MIXQ, "quantize", "--tensor-type", r".*attn.*\.weight=q8_0", work["f16"], out, "q4_0", "-t", "2")
+    text = run(MIXQ, "transcribe", out, "-f", jfk, "-t", "2")
+    assert words(text) == JFK_WORDS, text

