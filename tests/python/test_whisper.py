@@ -4,8 +4,8 @@ whisper.cpp's own test fixture, and by whisper.cpp itself (whisper-cli transcrib
 quantize), which scripts/build_whisper_cpp.sh builds from source into ~/.cache/mixq/oracles.
 
 Skips, saying why, without the model (scripts/fetch_models.sh exports MIXQ_WHISPER_TINY_EN), the
-shared data or the oracle (MIXQ_WHISPER_CPP_BIN, or the default build folder). Every whisper-cli
-run transcribes once with 2 threads: the whole file takes well under a minute on two cores."""
+shared data or the oracle (MIXQ_WHISPER_CPP_BIN, or the default build folder). whisper-cli
+transcribes once per file type, greedy, with 2 threads: about a minute on two idle cores."""
 import json
 import os
 import pathlib
@@ -131,8 +131,9 @@ def work(tmp_path_factory, tiny_dir) -> dict:
 
 def transcribe(oracle: pathlib.Path, model: pathlib.Path) -> str:
     jfk = require_shared("whisper/jfk.wav")
-    proc = subprocess.run([oracle / "whisper-cli", "-m", model, "-f", jfk, "-t", "2", "-nt", "-np"],
-                          capture_output=True, text=True, timeout=120)
+    # Greedy decoding (-bs 1 -bo 1): whisper-cli's beam search of 5 costs most of its time here.
+    cmd = [oracle / "whisper-cli", "-m", model, "-f", jfk, "-t", "2", "-nt", "-np", "-bs", "1", "-bo", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, f"whisper-cli refused {model.name}:\n{proc.stderr[-3000:]}"
     return proc.stdout.strip()
 
@@ -175,7 +176,8 @@ def test_converted_tensors_follow_whisper_cpp_converter(work, tiny_dir):
     kv = ct2["decoder/layer_3/attention/linear_1/weight"]
     assert np.array_equal(arr("decoder.blocks.3.cross_attn.key.weight"), kv[0:384])
     assert np.array_equal(arr("decoder.blocks.3.cross_attn.value.weight"), kv[384:768])
-    assert np.array_equal(arr("decoder.blocks.3.cross_attn.out.weight"), ct2["decoder/layer_3/attention/linear_2/weight"])
+    assert np.array_equal(arr("decoder.blocks.3.cross_attn.out.weight"),
+                          ct2["decoder/layer_3/attention/linear_2/weight"])
     assert np.array_equal(arr("encoder.conv1.weight"), ct2["encoder/conv1/weight"])
     assert np.array_equal(arr("encoder.conv1.bias").ravel(), ct2["encoder/conv1/bias"].astype(np.float32))
     assert np.array_equal(arr("decoder.token_embedding.weight"), ct2["decoder/embeddings/weight"])
