@@ -325,6 +325,9 @@ def test_f16_and_f32_transcribe_jfk_in_whisper_cpp(work, oracle):
     f16 = transcribe(oracle, work["f16"])
     assert words(f16) == JFK_WORDS, f16
     assert transcribe(oracle, work["f32"]) == f16
+    # mixq's own engine decodes greedily too: the same text, character for character.
+    ours = run(MIXQ, "transcribe", work["f16"], "-f", require_shared("whisper/jfk.wav"), "-t", "2").strip()
+    assert ours == f16
 
 
 GGML_IDS = {"q8_0": 8, "q5_0": 6, "q4_0": 2}
