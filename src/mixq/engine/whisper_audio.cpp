@@ -65,24 +65,35 @@ std::vector<float> whisper_log_mel(const std::vector<float>& samples, const Whis
   std::vector<float> padded(static_cast<size_t>(n_frames) * kHop + kFft, 0.0f);
   std::copy(samples.begin(), samples.begin() + static_cast<std::ptrdiff_t>(n), padded.begin() + kPad);
   for (int i = 1; i <= kPad && static_cast<size_t>(i) < n; ++i) padded[kPad - i] = samples[static_cast<size_t>(i)];
-  std::vector<double> window(kFft), cosine(kFft), sine(kFft);
-  for (int i = 0; i < kFft; ++i) {
-    window[i] = 0.5 * (1.0 - std::cos(2.0 * std::numbers::pi * i / kFft));
-    cosine[i] = std::cos(2.0 * std::numbers::pi * i / kFft);
-    sine[i] = std::sin(2.0 * std::numbers::pi * i / kFft);
+  // The DFT as a table: row k holds cos / sin of 2 pi k i / 400.
+  std::vector<double> window(kFft), cosine(static_cast<size_t>(n_bins) * kFft), sine(cosine.size());
+  for (int i = 0; i < kFft; ++i) window[i] = 0.5 * (1.0 - std::cos(2.0 * std::numbers::pi * i / kFft));
+  for (int k = 0; k < n_bins; ++k) {
+    for (int i = 0; i < kFft; ++i) {
+      const double angle = 2.0 * std::numbers::pi * ((k * i) % kFft) / kFft;
+      cosine[static_cast<size_t>(k) * kFft + i] = std::cos(angle);
+      sine[static_cast<size_t>(k) * kFft + i] = std::sin(angle);
+    }
   }
   std::vector<float> mel(static_cast<size_t>(filters.n_mel) * n_frames);
   std::vector<double> frame(kFft), power(n_bins);
   for (int t = 0; t < n_frames; ++t) {
-    for (int i = 0; i < kFft; ++i) frame[i] = padded[static_cast<size_t>(t) * kHop + i] * window[i];
-    for (int k = 0; k < n_bins; ++k) {
+    bool silent = true;
+    for (int i = 0; i < kFft; ++i) {
+      frame[i] = padded[static_cast<size_t>(t) * kHop + i] * window[i];
+      silent = silent && frame[i] == 0.0;
+    }
+    for (int k = 0; k < n_bins && !silent; ++k) {
+      const double* c = cosine.data() + static_cast<size_t>(k) * kFft;
+      const double* sn = sine.data() + static_cast<size_t>(k) * kFft;
       double re = 0, im = 0;
-      for (int i = 0, idx = 0; i < kFft; ++i, idx = (idx + k) % kFft) {
-        re += frame[i] * cosine[idx];
-        im -= frame[i] * sine[idx];
+      for (int i = 0; i < kFft; ++i) {
+        re += frame[i] * c[i];
+        im -= frame[i] * sn[i];
       }
       power[k] = re * re + im * im;
     }
+    if (silent) std::fill(power.begin(), power.end(), 0.0);  // the zero padding: log10(1e-10)
     for (int m = 0; m < filters.n_mel; ++m) {
       double sum = 0;
       const float* w = filters.data.data() + static_cast<size_t>(m) * n_bins;
