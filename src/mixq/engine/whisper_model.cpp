@@ -242,9 +242,6 @@ WhisperTranscript WhisperModel::transcribe(const std::vector<float>& samples, in
   const int64_t t_ctx = hp.n_text_ctx, vocab_n = hp.n_vocab;
   std::vector<std::vector<float>> sk(layers, std::vector<float>(static_cast<size_t>(t_ctx * d))), sv = sk;
   std::vector<float> y(d), yh(d), yq(d), ya(d), yf(4 * d), logits(vocab_n);
-  Linear head;
-  head.in = d;
-  head.out = vocab_n;
   WhisperTranscript out;
   std::vector<int> tokens = prompt;
   for (int64_t pos = 0; pos < t_ctx && static_cast<int>(out.tokens.size()) < max_tokens; ++pos) {
@@ -273,7 +270,9 @@ WhisperTranscript WhisperModel::transcribe(const std::vector<float>& samples, in
     if (pos + 1 < static_cast<int64_t>(tokens.size())) continue;  // still reading the prompt
     layer_norm(m.dec_ln, y.data(), 1, d, yh.data());
     pool.parallel_for((vocab_n + 255) / 256, [&](int64_t c) {
-      for (int64_t v = c * 256; v < std::min(vocab_n, (c + 1) * 256); ++v) logits[v] = dot(m.tok_emb.data() + v * d, yh.data(), d);
+      for (int64_t v = c * 256; v < std::min(vocab_n, (c + 1) * 256); ++v) {
+        logits[v] = dot(m.tok_emb.data() + v * d, yh.data(), d);
+      }
     });
     const bool first = out.tokens.empty();
     int best = -1;
