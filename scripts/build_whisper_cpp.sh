@@ -6,7 +6,8 @@
 # Source, first found:
 #   $MIXQ_WHISPER_CPP_SRC      a whisper.cpp source tree
 #   $MIXQ_WHISPER_CPP_GIT      a whisper.cpp git directory (bare or not): the pinned commit is exported
-#   PyPI's pywhispercpp sdist  (pip download --no-binary), which bundles a whisper.cpp tree
+#   PyPI's pywhispercpp sdist  (pip download --no-binary pywhispercpp), which bundles a whisper.cpp
+#                              tree (pywhispercpp 1.5.1: whisper.cpp 1.8.5; the tests were run on the pinned commit)
 # Build: CPU only, GGML_NATIVE=OFF with AVX2/FMA/F16C/AVX-512 named explicitly (GGML_NATIVE=ON also
 # enables AMX, which dies with SIGILL on CPUs/VMs that advertise it without supporting it), -j2.
 # Cache: $MIXQ_ORACLE_CACHE (default ~/.cache/mixq/oracles)/whisper.cpp-{src,build}.
@@ -32,14 +33,16 @@ elif [ ! -f "$src/CMakeLists.txt" ]; then
   else
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
-    if ! python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: -d "$tmp" pywhispercpp >&2; then
+    # --no-binary for this package only: the sdist (its build dependencies may still be wheels).
+    if ! python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary pywhispercpp -d "$tmp" \
+        pywhispercpp >&2; then
       echo "build_whisper_cpp: cannot get whisper.cpp: set MIXQ_WHISPER_CPP_SRC or MIXQ_WHISPER_CPP_GIT, or allow PyPI" >&2
       exit 1
     fi
     tar -xzf "$tmp"/pywhispercpp-*.tar.gz -C "$tmp"
-    inner=$(dirname "$(find "$tmp" -path '*/whisper.cpp/src/whisper.cpp' | head -1)")
-    [ -d "$inner" ] || { echo "build_whisper_cpp: the pywhispercpp sdist holds no whisper.cpp tree" >&2; exit 1; }
-    cp -a "$(dirname "$inner")/." "$src.part"
+    found=$(find "$tmp" -path '*/whisper.cpp/src/whisper.cpp' | head -1)
+    [ -n "$found" ] || { echo "build_whisper_cpp: the pywhispercpp sdist holds no whisper.cpp tree" >&2; exit 1; }
+    cp -a "$(dirname "$(dirname "$found")")/." "$src.part"
   fi
   mv "$src.part" "$src"
 fi
