@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds a libFuzzer target (clang, ASan + UBSan) and runs it.
-#   scripts/fuzz.sh [SECONDS=60] [TARGET=fuzz_gguf_reader | fuzz_file_readers | fuzz_model]
+#   scripts/fuzz.sh [SECONDS=60] [TARGET=fuzz_gguf_reader | fuzz_file_readers | fuzz_model | fuzz_whisper_readers]
+# fuzz_whisper_readers (whisper.cpp model files, CTranslate2 model.bin) is seeded by fuzz/make_whisper_seeds.py.
 # Seeds for fuzz_gguf_reader: fuzz/corpus/ (small GGUFs written by fuzz/make_corpus.py). fuzz_model
 # (load as the model the file names, with its tokenizer, two tokens through the forward pass) gets the same
 # seeds, among them tiny llama models, plus the bundled stories260K model. fuzz_file_readers
@@ -19,6 +20,8 @@ trap 'rm -rf "$work"' EXIT
 max_len=65536
 if [ "$target" = fuzz_gguf_reader ]; then
   cp fuzz/corpus/* "$work/" 2>/dev/null || true
+elif [ "$target" = fuzz_whisper_readers ]; then
+  python3 fuzz/make_whisper_seeds.py "$work"
 elif [ "$target" = fuzz_model ]; then
   cp fuzz/corpus/* assets/stories260K/stories260K-f32.gguf "$work/"
   max_len=$(stat -c %s assets/stories260K/stories260K-f32.gguf)

@@ -2,6 +2,7 @@
 
 #include "commands.h"
 #include "mixq/convert/convert.h"
+#include "whisper_commands.h"
 
 namespace mixq::cli {
 
@@ -38,6 +39,7 @@ void register_convert(CLI::App& app) {
     check_outputs(inputs, {{"OUTPUT", opts->out}}, opts->clean_stale);
     std::optional<TypeId> outtype;
     if (!opts->outtype.empty()) outtype = require_type(opts->outtype).id;
+    if (convert_whisper_if_whisper(opts->in, opts->out, outtype)) return;  // Whisper: whisper.cpp's format
     const ConvertRequest req{opts->in, opts->out, outtype, opts->tokenizer};
     const auto layout = parse_rwkv_layout(opts->layout);
     const ConvertResult r = layout ? convert_to_gguf(req, *layout) : convert_to_gguf(req);

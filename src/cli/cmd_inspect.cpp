@@ -2,6 +2,7 @@
 
 #include "commands.h"
 #include "mixq/io/inspect.h"
+#include "whisper_commands.h"
 
 namespace mixq::cli {
 
@@ -20,6 +21,7 @@ void register_inspect(CLI::App& app) {
   cmd->add_option("--max-array", opts->max_elems, "Array elements shown per metadata key in text form")
       ->capture_default_str();
   cmd->callback([opts] {
+    if (inspect_whisper_if_whisper(opts->file, opts->json, !opts->no_tensors)) return;  // whisper.cpp's format
     const GgufFile f = GgufFile::open(opts->file);
     if (opts->json) {
       fmt::print("{}\n", inspect_json(f).dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace));

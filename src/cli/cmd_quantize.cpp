@@ -13,6 +13,7 @@
 #include "mixq/quantize/quantize_model.h"
 #include "mixq/util/json_file.h"
 #include "progress.h"
+#include "whisper_commands.h"
 
 namespace mixq::cli {
 
@@ -210,7 +211,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--save-plan", a->save_plan, "One step: also write the plan");
   cmd->add_option("--save-measurement", a->save_measurement, "One step: also write the measurement");
   add_clean_stale_flag(cmd, a->clean_stale);
-  cmd->callback([a] {
+  cmd->callback([a, cmd] {
     std::vector<NamedPath> outputs = {{"--report-json", a->report_json}, {"--save-plan", a->save_plan},
                                       {"--save-measurement", a->save_measurement}};
     if (!a->dry_run) outputs.insert(outputs.begin(), {"OUTPUT", a->output});
@@ -219,6 +220,11 @@ void register_quantize(CLI::App& app) {
                    {"--target-size-of", a->target_size_of}},
                   outputs, a->clean_stale);
     checked_threads(a->threads);
+    if (is_whisper_quantize_input(a->input)) {  // whisper.cpp's own format (whisper_commands.cpp)
+      return run_whisper_quantize(*cmd, {a->input, a->output, a->type, a->threads_pos, a->tensor_types, a->tensor_type_file,
+                                         a->token_embedding_type, a->compat, a->report_json, a->threads, a->dry_run,
+                                         a->allow_requantize});
+    }
     check_chunks(a->chunks, "--chunks");
     check_chunks(a->imatrix_chunks, "--imatrix-chunks");
     QuantizeOptions opts = build_options(*a);

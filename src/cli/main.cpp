@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "whisper_commands.h"
 #include "mixq/io/atomic_file.h"
 #include "mixq/quantize/quantize_model.h"
 
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
   mixq::cli::register_imatrix(app);
   mixq::cli::register_measure(app);
   mixq::cli::register_plan(app);
+  mixq::cli::register_transcribe(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
