@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "option_helpers.h"
 #include "mixq/calib/imatrix_collect.h"
 #include "mixq/plan/measure.h"
 #include "mixq/policy/policy.h"

@@ -6,11 +6,11 @@
 #include <fmt/format.h>
 
 #include "commands.h"
+#include "option_helpers.h"
 #include "mixq/plan/plan.h"
 
 namespace mixq::cli {
 
-std::vector<TypeId> parse_type_list(const std::string& list);  // cmd_measure.cpp
 
 namespace {
 

@@ -7,11 +7,11 @@
 
 #include "commands.h"
 #include "mixq/convert/convert.h"
-#include "mixq/plan/measure.h"
-#include "mixq/plan/plan.h"
+#include "mixq/plan/one_step.h"
 #include "mixq/policy/presets.h"
 #include "mixq/quantize/quantize_model.h"
 #include "mixq/util/json_file.h"
+#include "option_helpers.h"
 #include "progress.h"
 #include "whisper_commands.h"
 
@@ -132,31 +132,6 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
 
 }  // namespace
 
-std::vector<TypeId> parse_type_list(const std::string& list);  // cmd_measure.cpp
-PlanOptions plan_options(double target_bpw, const std::string& target_size, const std::string& target_size_of,
-                         const std::string& compat, const std::string& types, const std::vector<std::string>& rules);
-
-// Puts a plan into the options: its types decide the tensors it lists; the default type (for
-// general.file_type) becomes the type holding most of the bytes unless DEFAULT_TYPE was given.
-void apply_plan(const Plan& plan, bool default_given, QuantizeOptions& o) {
-  o.policy.plan = plan.types();
-  o.plan_outliers = plan.outliers();
-  o.policy.plan_label = plan.target.substr(0, 32);
-  if (!default_given) {
-    std::map<TypeId, uint64_t> bytes;
-    for (const auto& t : plan.tensors) bytes[t.type] += t.bytes;
-    TypeId best = o.policy.default_type;
-    uint64_t most = 0;
-    for (const auto& [t, b] : bytes) {
-      if (b > most) {
-        most = b;
-        best = t;
-      }
-    }
-    o.policy.default_type = best;
-  }
-}
-
 void register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize",
                                  "Quantize a model with a per-tensor precision policy (a drop-in for llama-quantize)");
@@ -257,16 +232,15 @@ void register_quantize(CLI::App& app) {
       mo.on_tensor = [&](const MeasureProgress& p) {
         bar.update(static_cast<size_t>(p.done), static_cast<size_t>(p.total), p.tensor, p.seconds);
       };
-      const Measurement m = measure_file(in, text, mo, a->imatrix_chunks, &im);
+      const PlanOptions po = plan_options(a->target_bpw, a->target_size, a->target_size_of, a->compat, a->types, {});
+      OneStepResult r = allocate_one_step(in, text, mo, a->imatrix_chunks, &im, po, a->input);
       bar.finish();
       if (!opts.imatrix) {
         opts.imatrix = &im;  // the collected one
         opts.policy.has_imatrix = true;
       }
-      if (!a->save_measurement.empty()) m.save(a->save_measurement);
-      const PlanOptions po = plan_options(a->target_bpw, a->target_size, a->target_size_of, a->compat, a->types, {});
-      plan = make_plan(m, po);
-      plan->measurement = a->input;
+      if (!a->save_measurement.empty()) r.measurement.save(a->save_measurement);
+      plan = std::move(r.plan);
       fmt::print("{}", plan->summary());
       if (!a->save_plan.empty()) plan->save(a->save_plan);
     }
@@ -289,7 +263,7 @@ void register_quantize(CLI::App& app) {
       bar.finish();
     }
     fmt::print("{}", rep.to_text());
-    if (plan && rep.output_file_bytes > plan->budget_bytes && plan->target.starts_with("bytes")) {
+    if (plan && rep.output_file_bytes > plan->budget_bytes && plan->target.is_bytes()) {
       fmt::print(stderr, "mixq: warning: the file ({} bytes) exceeds the plan's budget ({} bytes): its metadata differs "
                          "from what mixq measure counted (another --imatrix?)\n",
                  rep.output_file_bytes, plan->budget_bytes);

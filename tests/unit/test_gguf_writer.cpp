@@ -77,6 +77,30 @@ TEST(GgufWriter, CustomAlignmentAndTensorData) {
   EXPECT_EQ(fs::file_size(dir / "t.gguf") % 64, 0u);  // padded after the last tensor, as GGML does
 }
 
+TEST(GgufWriter, SizingOnlyLaysOutTheSameFileAndWritesNothing) {
+  const auto dir = fresh_dir("writer-sizing");
+  const auto declare = [](GgufWriter& w) {
+    w.set("general.name", GgufValue::string("sizing"));
+    w.add_tensor("a", {64, 3}, TypeId::NF4);  // an extension type adds the extension key
+    w.add_tensor("b", {32, 5}, TypeId::Q4_0);
+  };
+  GgufWriter sizing = GgufWriter::sizing_only(64);
+  declare(sizing);
+  GgufWriter w(dir / "s.gguf", 64);
+  declare(w);
+  w.write_tensor_data(std::vector<uint8_t>(34 * 3));
+  w.write_tensor_data(std::vector<uint8_t>(18 * 5));
+  w.finish();
+  EXPECT_EQ(sizing.planned_file_size(), fs::file_size(dir / "s.gguf"));
+  EXPECT_EQ(sizing.planned_header_bytes(), w.planned_header_bytes());
+  const GgufFile f = GgufFile::open(dir / "s.gguf");
+  EXPECT_GT(f.data_offset(), sizing.planned_header_bytes());
+  EXPECT_LE(f.data_offset(), sizing.planned_header_bytes() + 64);
+  EXPECT_THROW(sizing.write_tensor_data(std::vector<uint8_t>(34 * 3)), GgufError);
+  EXPECT_THROW(sizing.finish(), GgufError);
+  EXPECT_EQ(test::files_in(dir).size(), 1u);  // only s.gguf
+}
+
 TEST(GgufWriter, ExtensionTypesAreRecorded) {
   const auto dir = fresh_dir("writer-ext");
   {

@@ -193,6 +193,21 @@ TEST(Plan, JsonRoundTripAndBadFiles) {
   const Plan pb = Plan::from_json(p.to_json(), "test");
   EXPECT_EQ(pb.types(), p.types());
   EXPECT_EQ(pb.file_bytes, p.file_bytes);
+  // The target is typed; its spelling in plan.json reads back to the same kind and value.
+  EXPECT_TRUE(pb.target.is_bytes());
+  EXPECT_EQ(pb.target.value, double(1u << 20));
+  EXPECT_EQ(p.to_json()["target"], "bytes 1048576");
+  PlanOptions ob;
+  ob.target_bpw = 6.25;
+  const Plan pw = Plan::from_json(make_plan(m, ob).to_json(), "test");
+  EXPECT_FALSE(pw.target.is_bytes());
+  EXPECT_EQ(pw.target.value, 6.25);
+  EXPECT_EQ(pw.target.label(), "bpw 6.2500");
+  for (const char* bad : {"bytes", "bytes -3", "bytes 12x", "bpw", "bpw 0", "bpw nan", "size 100", ""}) {
+    auto jp = p.to_json();
+    jp["target"] = bad;
+    EXPECT_THROW(Plan::from_json(jp, "x"), PlanError) << bad;
+  }
   // Wrong byte counts, unknown types and foreign files are errors that say where.
   auto j = m.to_json();
   j["tensors"][0]["candidates"][0]["bytes"] = 12345;
@@ -354,7 +369,7 @@ TEST_F(Measure, QuantizeAppliesThePlanAtThePlannedSize) {
   QuantizeOptions qo;
   qo.type_label = "plan";
   qo.policy.plan = plan.types();
-  qo.policy.plan_label = plan.target;
+  qo.policy.plan_label = plan.target.label();
   qo.imatrix = &imatrix_;
   qo.threads = 2;
   const fs::path out = dir_ / "planned.gguf";
@@ -445,7 +460,7 @@ TEST_F(Measure, OutlierCandidatesArePlannedAndWrittenAtThePlannedSize) {
   qo.type_label = "plan";
   qo.policy.plan = plan.types();
   qo.plan_outliers = chosen;
-  qo.policy.plan_label = plan.target;
+  qo.policy.plan_label = plan.target.label();
   qo.threads = 2;
   const fs::path out = dir_ / "planned-outliers.gguf";
   quantize_model(*file_, out, qo);

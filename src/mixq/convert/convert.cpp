@@ -11,7 +11,7 @@
 #include "mixq/convert/gguf_convert.h"
 #include "mixq/convert/llama2c.h"
 #include "mixq/convert/rwkv_cpp.h"
-#include "mixq/convert/safetensors.h"
+#include "mixq/convert/hf_convert.h"
 #include "mixq/io/atomic_file.h"
 
 namespace mixq {

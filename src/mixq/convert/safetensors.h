@@ -1,8 +1,5 @@
-// Hugging Face model directories (LlamaForCausalLM / MistralForCausalLM): config.json,
-// model.safetensors or sharded model-*.safetensors with model.safetensors.index.json, and
-// tokenizer.json (BPE; SentencePiece-converted ones with byte fallback become llama.cpp's "llama"
-// vocabulary, byte-level ones its "gpt2" vocabulary). Converted to a GGUF llama.cpp loads: its
-// tensor names, its q/k row order, its tokenizer keys.
+// The .safetensors container: an 8-byte header length, a JSON header (dtype, shape, byte range
+// per tensor), the data. Hugging Face model directories are converted by hf_convert.h.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "mixq/formats/type_table.h"
 #include "mixq/io/mapped_file.h"
 
 namespace mixq {
@@ -25,14 +21,11 @@ struct SafetensorsTensor {
   size_t nbytes = 0;
 };
 
+// Bytes of one element of a safetensors dtype ("F32" 4, "BF16" 2, ...); 0 for an unknown dtype.
+size_t dtype_size(const std::string& dtype);
+
 // Parses and validates one .safetensors file (header length, JSON, dtypes, shapes against byte
 // ranges, ranges inside the file and not overlapping). Throws std::runtime_error.
 std::vector<SafetensorsTensor> read_safetensors(const MappedFile& file, const std::string& label);
-
-// Writes `out` (temp file + rename). outtype: nullopt keeps each matrix's stored type; 1-D
-// tensors are always F32. Conditions that still give a loadable file but may not behave as the
-// original (an unrecognized pre-tokenizer) are appended to `warnings`. Returns the tensor count.
-size_t convert_safetensors_dir(const std::filesystem::path& dir, const std::filesystem::path& out,
-                               std::optional<TypeId> outtype, std::vector<std::string>& warnings);
 
 }  // namespace mixq

@@ -158,6 +158,11 @@ class GgufFile {
 class GgufWriter {
  public:
   explicit GgufWriter(std::filesystem::path path, uint32_t alignment = kGgufDefaultAlignment);
+  // A writer that only lays a file out (keys and tensor infos, for planned_file_size() and
+  // planned_header_bytes()): it has no path, and writing tensor data through it is an error.
+  static GgufWriter sizing_only(uint32_t alignment = kGgufDefaultAlignment) {
+    return GgufWriter(std::filesystem::path(), alignment, true);
+  }
   ~GgufWriter();
   GgufWriter(const GgufWriter&) = delete;
   GgufWriter& operator=(const GgufWriter&) = delete;
@@ -184,8 +189,15 @@ class GgufWriter {
   uint64_t planned_header_bytes() const;
   // Bytes one metadata entry takes in the header.
   static uint64_t key_value_bytes(const std::string& key, const GgufValue& value);
+  // Bytes one tensor-info entry takes in the header: its name, n_dims, dims, type and offset.
+  static uint64_t tensor_info_bytes(const std::string& name, size_t n_dims) {
+    return 8 + name.size() + 4 + 8 * n_dims + 4 + 8;
+  }
+  // v rounded up to a multiple of `alignment` (how GGUF pads the header and every tensor).
+  static uint64_t align_up(uint64_t v, uint64_t alignment) { return (v + alignment - 1) / alignment * alignment; }
 
  private:
+  GgufWriter(std::filesystem::path path, uint32_t alignment, bool sizing_only);
   void write_header();
   void record_extension_type(const std::string& name);
   void write_bytes(const void* p, size_t n);
@@ -209,6 +221,7 @@ class GgufWriter {
   uint64_t position_ = 0;
   uint64_t data_start_ = 0;
   bool header_written_ = false, finished_ = false;
+  bool sizing_only_ = false;
 };
 
 }  // namespace mixq

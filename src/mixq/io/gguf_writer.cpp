@@ -16,7 +16,6 @@ namespace {
 
 constexpr uint32_t kWriteVersion = 3;
 
-uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 uint64_t encoded_size(const GgufValue& v) {
   switch (v.type()) {
@@ -74,8 +73,10 @@ class Encoder {
 
 }  // namespace
 
-GgufWriter::GgufWriter(std::filesystem::path path, uint32_t alignment)
-    : path_(std::move(path)), alignment_(alignment) {
+GgufWriter::GgufWriter(std::filesystem::path path, uint32_t alignment) : GgufWriter(std::move(path), alignment, false) {}
+
+GgufWriter::GgufWriter(std::filesystem::path path, uint32_t alignment, bool sizing_only)
+    : path_(std::move(path)), alignment_(alignment), sizing_only_(sizing_only) {
   if (alignment_ == 0 || (alignment_ & (alignment_ - 1)) != 0) {
     throw GgufError(fmt::format("alignment {} is not a power of two", alignment_));
   }
@@ -163,7 +164,7 @@ uint64_t GgufWriter::key_value_bytes(const std::string& key, const GgufValue& va
 uint64_t GgufWriter::planned_header_bytes() const {
   uint64_t header = 4 + 4 + 8 + 8;
   for (const auto& kv : kv_) header += key_value_bytes(kv.key, kv.value);
-  for (const auto& t : tensors_) header += 8 + t.name.size() + 4 + 8 * t.shape.size() + 4 + 8;
+  for (const auto& t : tensors_) header += tensor_info_bytes(t.name, t.shape.size());
   return header;
 }
 
@@ -188,6 +189,7 @@ void GgufWriter::pad_to(uint64_t position) {
 }
 
 void GgufWriter::write_header() {
+  if (sizing_only_) throw GgufError("internal: a sizing-only GGUF writer cannot write tensor data");
   try {
     file_ = std::make_unique<AtomicFile>(path_);
   } catch (const std::runtime_error& e) {

@@ -23,7 +23,6 @@ namespace mixq {
 
 namespace {
 
-uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 // Quantizes rows with the importance weights (as mixq quantize does), dequantizes them and returns
 // the importance-weighted relative squared error; keeps the quantized bytes when `keep` is given.
@@ -208,7 +207,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     const GgufTensor& t = file.tensors()[i];
     m.n_params += t.n_elements();
     if (!is_quantizable(descs[i], info)) {
-      m.fixed_bytes += align_up(t.nbytes, m.alignment);
+      m.fixed_bytes += GgufWriter::align_up(t.nbytes, m.alignment);
       m.fixed_bytes_unpadded += t.nbytes;
       continue;
     }

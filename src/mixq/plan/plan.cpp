@@ -17,7 +17,6 @@ namespace mixq {
 
 namespace {
 
-uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 struct Choice {
   TypeId type;
@@ -30,17 +29,16 @@ struct Choice {
 // Header bytes of the two companion tensors' entries (formats/outliers.h) of tensor `name`:
 // each a name string, n_dims, dims, type and offset.
 uint64_t companion_info_bytes(const std::string& name) {
-  const uint64_t cols = 8 + name.size() + kOutlierColsSuffix.size() + 4 + 8 * 1 + 4 + 8;
-  const uint64_t vals = 8 + name.size() + kOutlierValsSuffix.size() + 4 + 8 * 2 + 4 + 8;
-  return cols + vals;
+  return GgufWriter::tensor_info_bytes(name + std::string(kOutlierColsSuffix), 1) +
+         GgufWriter::tensor_info_bytes(name + std::string(kOutlierValsSuffix), 2);
 }
 
 // Data bytes of a tensor as the file lays it out: its data and, with k outlier columns, the two
 // companions', each padded to the alignment.
 uint64_t padded_data_bytes(uint64_t main, int k, int64_t rows, uint64_t alignment) {
-  if (k == 0) return align_up(main, alignment);
-  return align_up(main, alignment) + align_up(outlier_cols_bytes(k), alignment) +
-         align_up(outlier_vals_bytes(k, rows), alignment);
+  if (k == 0) return GgufWriter::align_up(main, alignment);
+  return GgufWriter::align_up(main, alignment) + GgufWriter::align_up(outlier_cols_bytes(k), alignment) +
+         GgufWriter::align_up(outlier_vals_bytes(k, rows), alignment);
 }
 
 uint64_t outlier_key_bytes(int k) {
@@ -257,6 +255,33 @@ uint64_t extension_key_bytes(const std::set<std::string>& names) {
 
 }  // namespace
 
+std::string PlanTarget::label() const {
+  if (kind == Kind::Bytes) return fmt::format("bytes {}", static_cast<uint64_t>(value));
+  return fmt::format("bpw {:.4f}", value);
+}
+
+PlanTarget PlanTarget::parse(const std::string& label, const std::string& origin) {
+  const auto bad = [&]() {
+    return PlanError(fmt::format("{}: target '{}' is neither \"bytes N\" nor \"bpw X\"; write the plan again with mixq plan",
+                                 origin, label));
+  };
+  const auto space = label.find(' ');
+  if (space == std::string::npos) throw bad();
+  const std::string kind = label.substr(0, space), number = label.substr(space + 1);
+  size_t used = 0;
+  try {
+    if (kind == "bytes" && !number.empty() && number.find_first_not_of("0123456789") == std::string::npos) {
+      return bytes(std::stoull(number, &used));
+    }
+    if (kind == "bpw") {
+      const double b = std::stod(number, &used);
+      if (used == number.size() && std::isfinite(b) && b > 0) return bpw(b);
+    }
+  } catch (const std::exception&) {
+  }
+  throw bad();
+}
+
 Plan make_plan(const Measurement& m, const PlanOptions& opts) {
   if (static_cast<int>(m.shards_merged.size()) != m.n_shards) {
     throw PlanError(fmt::format("the measurement holds {} of {} shards: merge every shard first "
@@ -272,7 +297,7 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
     if (opts.compat_llamacpp && type_traits(t).is_extension()) return false;
     return opts.allowed.empty() || std::find(opts.allowed.begin(), opts.allowed.end(), t) != opts.allowed.end();
   };
-  auto cost_of = [&](uint64_t bytes) { return by_size ? align_up(bytes, m.alignment) : bytes; };
+  auto cost_of = [&](uint64_t bytes) { return by_size ? GgufWriter::align_up(bytes, m.alignment) : bytes; };
 
   Plan plan;
   plan.compat_llamacpp = opts.compat_llamacpp;
@@ -339,14 +364,14 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
   all_ext.insert(fixed_ext.begin(), fixed_ext.end());
   if (by_size) {
     plan.budget_bytes = *opts.target_bytes;
-    plan.target = fmt::format("bytes {}", *opts.target_bytes);
-    overhead = align_up(m.header_bytes + extension_key_bytes(all_ext), m.alignment) + m.fixed_bytes + fixed_cost;
+    plan.target = PlanTarget::bytes(*opts.target_bytes);
+    overhead = GgufWriter::align_up(m.header_bytes + extension_key_bytes(all_ext), m.alignment) + m.fixed_bytes + fixed_cost;
     // Outlier companions: their header entries are in the choices' costs; the key, and the header
     // padding those entries may cross, are reserved here.
     if (possible_outliers > 0) overhead += outlier_key_bytes(possible_outliers) + m.alignment - 1;
   } else {
     if (!(*opts.target_bpw > 0) || !std::isfinite(*opts.target_bpw)) throw PlanError("--target-bpw must be a positive number");
-    plan.target = fmt::format("bpw {:.4f}", *opts.target_bpw);
+    plan.target = PlanTarget::bpw(*opts.target_bpw);
     const double total = *opts.target_bpw * static_cast<double>(m.n_params) / 8.0;
     plan.budget_bytes = static_cast<uint64_t>(std::floor(total));
     overhead = m.fixed_bytes_unpadded + fixed_cost;
@@ -357,13 +382,13 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
     uint64_t data = m.fixed_bytes;
     std::set<std::string> ext = fixed_ext;
     for (size_t i = 0; i < plan.tensors.size(); ++i) {
-      if (plan.tensors[i].fixed) data += align_up(plan.tensors[i].bytes, m.alignment);
+      if (plan.tensors[i].fixed) data += GgufWriter::align_up(plan.tensors[i].bytes, m.alignment);
     }
     for (const auto& it : items) {
-      data += align_up(it.choices.front().bytes, m.alignment);
+      data += GgufWriter::align_up(it.choices.front().bytes, m.alignment);
       if (type_traits(it.choices.front().type).is_extension()) ext.insert(type_traits(it.choices.front().type).name);
     }
-    return align_up(m.header_bytes + extension_key_bytes(ext), m.alignment) + data;
+    return GgufWriter::align_up(m.header_bytes + extension_key_bytes(ext), m.alignment) + data;
   };
   plan.min_file_bytes = min_file();
   if (plan.budget_bytes < overhead || plan.budget_bytes - overhead < min_cost) {
@@ -372,7 +397,7 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
     for (const auto& it : items) min_tensor_bytes += it.choices.front().bytes;
     throw PlanError(fmt::format("the budget ({}) is below the smallest possible file with these types: {} bytes, "
                                 "{:.4f} bits per weight; raise the target{}",
-                                plan.target, plan.min_file_bytes, 8.0 * min_tensor_bytes / m.n_params,
+                                plan.target.label(), plan.min_file_bytes, 8.0 * min_tensor_bytes / m.n_params,
                                 opts.compat_llamacpp ? " or drop --compat llama.cpp" : ""));
   }
   budget = plan.budget_bytes - overhead;
@@ -414,7 +439,7 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
     tensor_bytes += p.bytes;
     plan.predicted_kld += p.predicted;
   }
-  plan.file_bytes = align_up(m.header_bytes + extension_key_bytes(used_ext) + outlier_key_bytes(used_outliers) +
+  plan.file_bytes = GgufWriter::align_up(m.header_bytes + extension_key_bytes(used_ext) + outlier_key_bytes(used_outliers) +
                                  companion_headers,
                              m.alignment) +
                     data;
@@ -441,7 +466,7 @@ nlohmann::ordered_json Plan::to_json() const {
   nlohmann::ordered_json j;
   j["format"] = "mixq-plan";
   j["version"] = 1;
-  j["target"] = target;
+  j["target"] = target.label();
   j["compat"] = compat_llamacpp ? "llama.cpp" : "";
   j["file_bytes"] = file_bytes;
   j["budget_bytes"] = budget_bytes;
@@ -470,7 +495,7 @@ Plan Plan::from_json(const nlohmann::ordered_json& j, const std::string& origin)
   }
   Plan p;
   try {
-    p.target = j.at("target").get<std::string>();
+    p.target = PlanTarget::parse(j.at("target").get<std::string>(), origin);
     p.compat_llamacpp = j.value("compat", "") == "llama.cpp";
     p.file_bytes = j.at("file_bytes").get<uint64_t>();
     p.budget_bytes = j.at("budget_bytes").get<uint64_t>();
@@ -542,7 +567,7 @@ std::string Plan::to_text() const {
 std::string Plan::summary() const {
   return fmt::format("target {}{}: file {} bytes (budget {}, smallest possible {}), {:.4f} bpw, predicted KLD {:.6f} "
                    "[{}]\n",
-                   target, compat_llamacpp ? ", --compat llama.cpp" : "", file_bytes, budget_bytes, min_file_bytes, bpw,
+                   target.label(), compat_llamacpp ? ", --compat llama.cpp" : "", file_bytes, budget_bytes, min_file_bytes, bpw,
                    predicted_kld, method);
 }
 

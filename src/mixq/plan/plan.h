@@ -52,6 +52,22 @@ struct PlanOptions {
   uint64_t max_dp_table_bytes = uint64_t{256} << 20;
 };
 
+// What a plan was asked for: a whole-file size in bytes or llama.cpp's bits per weight. Its label
+// ("bytes 304320" / "bpw 4.5000") is how plan.json, the text summary and a quantized file's
+// plan label spell it; parse() reads that spelling back.
+struct PlanTarget {
+  enum class Kind { Bytes, Bpw };
+  Kind kind = Kind::Bpw;
+  double value = 0;  // bytes (a whole number) or bits per weight
+
+  static PlanTarget bytes(uint64_t n) { return {Kind::Bytes, static_cast<double>(n)}; }
+  static PlanTarget bpw(double b) { return {Kind::Bpw, b}; }
+  bool is_bytes() const { return kind == Kind::Bytes; }
+  std::string label() const;
+  // Throws PlanError naming `origin` for anything but "bytes N" / "bpw X".
+  static PlanTarget parse(const std::string& label, const std::string& origin);
+};
+
 struct PlannedTensor {
   std::string name;
   TypeId type = TypeId::F32;
@@ -70,7 +86,7 @@ struct Plan {
   double predicted_kld = 0;            // sum of the tensors' predicted KLDs
   double lambda = 0;                   // the Lagrange multiplier found (KLD per byte)
   std::string method;                  // which solver gave the result
-  std::string target;                  // "bpw 4.50" / "bytes 304320"
+  PlanTarget target;
   std::string measurement;             // its file name
   bool compat_llamacpp = false;
   uint64_t dp_peak_bytes = 0;          // memory the DP held at its peak (not saved)

@@ -240,7 +240,7 @@ ModelInfo model_info_from_gguf(const GgufFile& f, const std::vector<TensorDesc>&
 
 QuantizeReport plan_model(const GgufFile& in, const QuantizeOptions& opts) {
   QuantizeReport rep = make_report(in, opts);
-  GgufWriter sizing("/nonexistent-dry-run", in.alignment());  // never written: sizes the header
+  GgufWriter sizing = GgufWriter::sizing_only(in.alignment());
   set_output_metadata(sizing, in, opts);
   for (const auto& p : rep.plans) declare_tensor(sizing, p);
   rep.output_file_bytes = sizing.planned_file_size();
@@ -254,7 +254,7 @@ uint64_t plan_mode_header_bytes(const GgufFile& in, const ImportanceMatrix* imat
   opts.policy.plan_label = std::string(32, 'x');      // plan labels are at most 32 characters
   opts.imatrix = imatrix;
   opts.policy.has_imatrix = imatrix != nullptr;
-  GgufWriter sizing("/nonexistent-dry-run", in.alignment());
+  GgufWriter sizing = GgufWriter::sizing_only(in.alignment());
   set_output_metadata(sizing, in, opts);
   sizing.set("general.file_type", GgufValue::u32(0));  // present or not, count it
   for (const auto& t : in.tensors()) sizing.add_tensor(t.name, t.shape, TypeId::F32);

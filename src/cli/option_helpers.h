@@ -1,0 +1,21 @@
+// Option parsing shared by several commands (defined in the command file that owns the option).
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "mixq/formats/type_table.h"
+#include "mixq/plan/plan.h"
+
+namespace mixq::cli {
+
+// --types a,b,c: type names (any spelling parse_type_name takes); throws PolicyError when empty.
+// Defined in cmd_measure.cpp.
+std::vector<TypeId> parse_type_list(const std::string& list);
+
+// The plan target and constraints from mixq plan's options (--target-bpw / --target-size /
+// --target-size-of, --compat, --types, --tensor-type rules). Defined in cmd_plan.cpp.
+PlanOptions plan_options(double target_bpw, const std::string& target_size, const std::string& target_size_of,
+                         const std::string& compat, const std::string& types, const std::vector<std::string>& rules);
+
+}  // namespace mixq::cli
