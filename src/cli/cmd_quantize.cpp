@@ -36,24 +36,6 @@ struct QuantizeArgs {
   std::string outlier_tensors;
 };
 
-std::vector<std::string> read_rule_file(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) {
-    throw PolicyError(fmt::format("cannot read --tensor-type-file '{}': it is a directory; give a file", path));
-  }
-  std::ifstream f(path);
-  if (!f) throw PolicyError(fmt::format("cannot read --tensor-type-file '{}'", path));
-  std::vector<std::string> rules;
-  std::string line;
-  while (std::getline(f, line)) {
-    const auto start = line.find_first_not_of(" \t\r");
-    if (start == std::string::npos || line[start] == '#') continue;
-    const auto end = line.find_last_not_of(" \t\r");
-    rules.push_back(line.substr(start, end - start + 1));
-  }
-  return rules;
-}
-
 QuantizeOptions build_options(const QuantizeArgs& a) {
   QuantizeOptions o;
   PolicyOptions& p = o.policy;
@@ -131,6 +113,24 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
 }
 
 }  // namespace
+
+std::vector<std::string> read_rule_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    throw PolicyError(fmt::format("cannot read --tensor-type-file '{}': it is a directory; give a file", path));
+  }
+  std::ifstream f(path);
+  if (!f) throw PolicyError(fmt::format("cannot read --tensor-type-file '{}'", path));
+  std::vector<std::string> rules;
+  std::string line;
+  while (std::getline(f, line)) {
+    const auto start = line.find_first_not_of(" \t\r");
+    if (start == std::string::npos || line[start] == '#') continue;
+    const auto end = line.find_last_not_of(" \t\r");
+    rules.push_back(line.substr(start, end - start + 1));
+  }
+  return rules;
+}
 
 void register_quantize(CLI::App& app) {
   auto* cmd = app.add_subcommand("quantize",

@@ -18,4 +18,8 @@ std::vector<TypeId> parse_type_list(const std::string& list);
 PlanOptions plan_options(double target_bpw, const std::string& target_size, const std::string& target_size_of,
                          const std::string& compat, const std::string& types, const std::vector<std::string>& rules);
 
+// --tensor-type-file: the REGEX=TYPE lines of a file, trimmed, without blank and '#' lines;
+// throws PolicyError for a directory or an unreadable file. Defined in cmd_quantize.cpp.
+std::vector<std::string> read_rule_file(const std::string& path);
+
 }  // namespace mixq::cli

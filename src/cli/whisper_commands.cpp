@@ -13,28 +13,11 @@
 #include "mixq/io/whisper_inspect.h"
 #include "mixq/policy/policy.h"
 #include "mixq/quantize/whisper_quantize.h"
+#include "option_helpers.h"
 
 namespace mixq::cli {
 
 bool is_whisper_quantize_input(const std::string& input) { return detect_whisper_source(input).has_value(); }
-
-namespace {
-
-std::vector<std::string> rule_lines(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw PolicyError(fmt::format("cannot read --tensor-type-file '{}'", path));
-  std::vector<std::string> rules;
-  std::string line;
-  while (std::getline(f, line)) {
-    const auto start = line.find_first_not_of(" \t\r");
-    if (start == std::string::npos || line[start] == '#') continue;
-    const auto end = line.find_last_not_of(" \t\r");
-    rules.push_back(line.substr(start, end - start + 1));
-  }
-  return rules;
-}
-
-}  // namespace
 
 void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
   // GGUF-only options: importance matrices, plans and layer rules need mixq's LLM engine.
@@ -62,7 +45,7 @@ void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
   }
   for (const auto& r : a.tensor_types) o.rules.push_back(parse_tensor_type_rule(r));
   if (!a.tensor_type_file.empty()) {
-    for (const auto& r : rule_lines(a.tensor_type_file)) o.rules.push_back(parse_tensor_type_rule(r));
+    for (const auto& r : read_rule_file(a.tensor_type_file)) o.rules.push_back(parse_tensor_type_rule(r));
   }
   if (!a.token_embedding_type.empty()) o.token_embedding_type = parse_type_name(a.token_embedding_type);
   if (!a.compat.empty()) {
