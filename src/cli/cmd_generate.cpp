@@ -195,12 +195,18 @@ void register_generate(CLI::App& app) {
     const std::vector<float>* logits = nullptr;
     if (prefill && prompt.size() > 1) {
       // All of the prompt but its last token on the prefill file; MODEL continues on that state
-      // and evaluates the last prompt token itself, so every generated token is MODEL's.
+      // and evaluates the last prompt token itself, so every generated token is MODEL's. Both
+      // take the numerics of the whole prompt's batch, so that with MODEL itself as the prefill
+      // file everything is bit-identical to a run without one.
+      const int whole = static_cast<int>(prompt.size());
       const std::unique_ptr<Context> pctx = prefill->model->new_context(n_ctx, o->threads);
       pctx->set_attention(attention);
+      pctx->set_numerics_batch(whole);
       pctx->eval(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), false);
       ctx->import_state(pctx->export_state());
+      ctx->set_numerics_batch(whole);
       logits = &ctx->eval({prompt.back()}, false);
+      ctx->set_numerics_batch(0);
     } else {
       logits = &ctx->eval(prompt, false);
     }
@@ -234,6 +240,7 @@ void register_generate(CLI::App& app) {
       const auto r1 = Clock::now();
       std::vector<float> ref_rows = first;
       if (out.size() > 1) {
+        ref->set_numerics_batch(1);  // as generation evaluated them: one by one
         const std::vector<float>& rest = ref->eval(std::vector<int32_t>(out.begin(), out.end() - 1), true);
         ref_rows.insert(ref_rows.end(), rest.begin(), rest.end());
       }

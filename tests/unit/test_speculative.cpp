@@ -157,9 +157,16 @@ std::vector<int32_t> greedy_alone(const Model& m, const std::vector<int32_t>& pr
 
 TEST(Speculative, GreedyIsTheTargetAloneTokenForToken) {
   const auto dir = fresh_dir("spec-greedy");
+  std::vector<std::pair<fs::path, fs::path>> targets;  // (target, draft)
   for (const fs::path& path : every_architecture(dir)) {
+    const fs::path draft = quantized(path, dir / ("draft-" + path.filename().string()), TypeId::Q4_0);
+    targets.emplace_back(path, draft);
+    // A quantized target too: its decode kernels (one token) and batch kernels round differently,
+    // so the verification batches must take the lone token's numerics.
+    targets.emplace_back(quantized(path, dir / ("q8-" + path.filename().string()), TypeId::Q8_0), draft);
+  }
+  for (const auto& [path, draft_path] : targets) {
     SCOPED_TRACE(path.filename().string());
-    const fs::path draft_path = quantized(path, dir / ("draft-" + path.filename().string()), TypeId::Q4_0);
     const GgufFile tf = GgufFile::open(path), df = GgufFile::open(draft_path);
     const auto target = load_model(tf), draft = load_model(df);
     const std::vector<int32_t> prompt = {1, 30, 31, 32};
@@ -190,6 +197,69 @@ TEST(Speculative, GreedyIsTheTargetAloneTokenForToken) {
       } else {
         EXPECT_LT(st.drafted, drafted_without_min);  // unsure proposals are left out
       }
+    }
+    // The target as its own draft: at temperature 0 every proposal is the target's next token.
+    const auto tc = target->new_context(128, 1), dc = target->new_context(128, 1);
+    Sampler s({0.0f, 0, 1.0f, 0}), ds({0.0f, 0, 1.0f, 1});
+    SpeculativeDecoder dec(*tc, *dc, s, ds, {5, 0.0f, false});
+    dec.start(prompt);
+    std::vector<int32_t> got;
+    while (static_cast<int>(got.size()) < n) {
+      const auto out = dec.step(n - static_cast<int>(got.size()));
+      ASSERT_FALSE(out.empty());
+      got.insert(got.end(), out.begin(), out.end());
+    }
+    EXPECT_EQ(got, want);
+    EXPECT_GT(dec.stats().drafted, 0);
+    EXPECT_EQ(dec.stats().accepted, dec.stats().drafted);
+  }
+}
+
+// The property greedy identity rests on: a batch evaluated with a lone token's numerics gives
+// every token's logits bit for bit as evaluating the tokens one by one does; and a last token
+// evaluated with the numerics of the whole batch (the prefill hand-over) gives that batch's last
+// logits. Quantized models, whose decode kernels (a few tokens) and batch kernels round differently.
+TEST(Numerics, BatchesTakeTheNumericsTheyAreGiven) {
+  const auto dir = fresh_dir("numerics");
+  for (const fs::path& path : every_architecture(dir)) {
+    for (TypeId type : {TypeId::Q8_0, TypeId::Q4_0}) {
+      SCOPED_TRACE(fmt::format("{} {}", path.filename().string(), static_cast<int>(type)));
+      const fs::path q = quantized(path, dir / fmt::format("{}-{}", static_cast<int>(type), path.filename().string()), type);
+      const GgufFile f = GgufFile::open(q);
+      const auto m = load_model(f);
+      const auto nv = static_cast<size_t>(m->n_vocab());
+      const std::vector<int32_t> head = {1, 30, 31}, rest = {40, 41, 42, 43, 44, 45, 46};
+      // One by one.
+      const auto one = m->new_context(64, 1);
+      one->eval(head, false);
+      std::vector<float> want;
+      for (int32_t t : rest) {
+        const auto& l = one->eval({t}, false);
+        want.insert(want.end(), l.begin(), l.begin() + static_cast<long>(nv));
+      }
+      // As one batch with a lone token's numerics.
+      const auto batch = m->new_context(64, 1);
+      batch->eval(head, false);
+      batch->set_numerics_batch(1);
+      const std::vector<float> got = batch->eval(rest, true);
+      ASSERT_EQ(got.size(), want.size());
+      EXPECT_TRUE(got == want) << "max |diff| " << [&] {
+        double d = 0;
+        for (size_t i = 0; i < got.size(); ++i) d = std::max(d, static_cast<double>(std::fabs(got[i] - want[i])));
+        return d;
+      }();
+      // The hand-over: all but the last token in one context, the last in another after the
+      // state moves, both with the whole batch's numerics, against the whole batch at once.
+      std::vector<int32_t> all = head;
+      all.insert(all.end(), rest.begin(), rest.end());
+      const auto whole = m->new_context(64, 1);
+      const std::vector<float> ref = whole->eval(all, false);
+      const auto a = m->new_context(64, 1), b = m->new_context(64, 1);
+      a->set_numerics_batch(static_cast<int>(all.size()));
+      a->eval(std::vector<int32_t>(all.begin(), all.end() - 1), false);
+      b->import_state(a->export_state());
+      b->set_numerics_batch(static_cast<int>(all.size()));
+      EXPECT_TRUE(b->eval({all.back()}, false) == ref);
     }
   }
 }
@@ -288,8 +358,11 @@ std::string stdout_text(const std::string& out) {
 
 TEST(SpeculativeCli, GreedyDraftAndSamePrefillChangeNothing) {
   const auto dir = fresh_dir("spec-cli");
-  const std::string m = test::stories260K_gguf().string();
-  const std::string d = quantized(m, dir / "q4.gguf", TypeId::Q4_0).string();
+  // The F32 model, and a q8_0 one (batch and decode kernels round differently).
+  for (const std::string m : {test::stories260K_gguf().string(),
+                              quantized(test::stories260K_gguf(), dir / "q8.gguf", TypeId::Q8_0).string()}) {
+  SCOPED_TRACE(m);
+  const std::string d = quantized(test::stories260K_gguf(), dir / "q4.gguf", TypeId::Q4_0).string();
   const std::string base = fmt::format("generate '{}' -p 'Once upon a time' -n 48 --temp 0 -t 1", m);
   const auto alone = test::run_cli(base);
   ASSERT_EQ(alone.exit_code, 0) << alone.output;
@@ -311,6 +384,7 @@ TEST(SpeculativeCli, GreedyDraftAndSamePrefillChangeNothing) {
   ASSERT_EQ(low.exit_code, 0) << low.output;
   EXPECT_NE(low.output.find("prefill-kld: "), std::string::npos) << low.output;
   EXPECT_EQ(low.output.find("mean 0,"), std::string::npos) << low.output;
+  }
 }
 
 TEST(SpeculativeCli, CompanionsOfAnotherModelAreClearErrors) {

@@ -192,7 +192,7 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_lo
   for (int t = first; t < n; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();
-  matmul(*llama_.output, xn.data(), count, logits_.data());
+  head_matmul(*llama_.output, xn.data(), count, all_logits, logits_.data());
   n_past_ += n;
   return logits_;
 }

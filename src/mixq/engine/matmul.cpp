@@ -90,8 +90,10 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
     }
   };
 
-  // Decode (a few tokens): each row is read once, as stored, by the type's in-place kernel.
-  if (const kernels::RowDotFn row_dot = n_tokens <= kRowDotMaxTokens ? kernels::row_dot_for(k, w.type->id) : nullptr) {
+  // Decode (a few tokens, or numerics_batch_ says so): each row is read once, as stored, by the
+  // type's in-place kernel.
+  const int path_tokens = numerics_batch_ > 0 ? numerics_batch_ : n_tokens;
+  if (const kernels::RowDotFn row_dot = path_tokens <= kRowDotMaxTokens ? kernels::row_dot_for(k, w.type->id) : nullptr) {
     // About 8 blocks per thread (at least 16 rows each): enough for the threads to even out, few
     // enough that claiming them (an atomic on a line the threads share) stays off the profile.
     const int64_t wanted = inline_run ? 1 : 8 * static_cast<int64_t>(pool_.size());

@@ -51,6 +51,13 @@ class MatMul {
   void set_kernels(const kernels::KernelSet& k) { kernels_ = &k; }
   const kernels::KernelSet& kernel_set() const { return *kernels_; }
   void set_observer(MatmulObserver obs) { observer_ = std::move(obs); }
+  // Which path a product takes depends on its batch size (above), and the paths round
+  // differently. With b > 0 every product takes the path a batch of b tokens would, so each
+  // token's result is the one it gets in a batch of b (b = 1: exactly a lone token's); 0 (the
+  // default) follows the actual batch. Speculative verification and prefill hand-over use it to
+  // keep their logits bit-identical to evaluating the sequence as the target alone does.
+  void set_numerics_batch(int b) { numerics_batch_ = b; }
+  int numerics_batch() const { return numerics_batch_; }
   void override_weight(const GgufTensor& original, const GgufTensor* replacement);
   // The tensor read in place of w (w itself unless overridden).
   const GgufTensor& resolve(const GgufTensor& w) const {
@@ -66,6 +73,7 @@ class MatMul {
   ThreadPool& pool_;
   const kernels::KernelSet* kernels_;
   MatmulObserver observer_;
+  int numerics_batch_ = 0;
   std::unordered_map<const GgufTensor*, const GgufTensor*> overrides_;
   struct PreparedSlot {
     kernels::PreparedActs acts;

@@ -68,6 +68,22 @@ void Context::matmul(const GgufTensor& w, const float* x, int n, float* y) {
   mm_(w, r.data(), n, y);
 }
 
+void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool all_logits, float* y) {
+  const int b = mm_.numerics_batch();
+  if (all_logits || b == 0) {
+    matmul(w, x, count, y);
+    return;
+  }
+  mm_.set_numerics_batch(1);
+  try {
+    matmul(w, x, count, y);
+  } catch (...) {
+    mm_.set_numerics_batch(b);
+    throw;
+  }
+  mm_.set_numerics_batch(b);
+}
+
 void Model::load_outliers() {
   for (const WeightUse& w : weights()) {
     if (outliers_.contains(w.tensor)) continue;

@@ -145,6 +145,10 @@ class Context {
   int n_vocab() const { return model_.n_vocab(); }
   const Model& model() const { return model_; }
 
+  // Evaluate as a batch of b tokens would (MatMul::set_numerics_batch): each token's logits are
+  // bit-identical to those it gets in a batch of b; 0 (default) follows each eval's own size.
+  void set_numerics_batch(int b) { mm_.set_numerics_batch(b); }
+  int numerics_batch() const { return mm_.numerics_batch(); }
   // The kernel set (default: kernels::best_kernels(), which MIXQ_KERNELS can override).
   void set_kernels(const kernels::KernelSet& k) { mm_.set_kernels(k); }
   const kernels::KernelSet& kernel_set() const { return mm_.kernel_set(); }
@@ -167,6 +171,9 @@ class Context {
   // A graph's matrix product: mm_ on x rounded to the activation precision (a rounded copy per
   // input buffer, so the product's per-input preparation cache stays keyed by distinct inputs).
   void matmul(const GgufTensor& w, const float* x, int n, float* y);
+  // The output head's product over `count` rows: every token's (all_logits) or the last token's
+  // alone, which a batch of numerics_batch() tokens also computes as a product of one token.
+  void head_matmul(const GgufTensor& w, const float* x, int count, bool all_logits, float* y);
   // Throws unless n tokens fit after n_past (when the model bounds the context) and n > 0.
   void check_batch(int n) const;
   // Throws unless mark <= p <= n_past (mark < 0: no mark).

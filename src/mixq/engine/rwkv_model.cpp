@@ -464,7 +464,7 @@ const std::vector<float>& RwkvContext::run_layers(int start, int n, bool all_log
   }
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();
-  matmul(*rwkv_.head, xn_.data(), count, logits_.data());
+  head_matmul(*rwkv_.head, xn_.data(), count, all_logits, logits_.data());
   n_past_ += n;
   return logits_;
 }

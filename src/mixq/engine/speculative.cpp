@@ -12,6 +12,19 @@ namespace mixq {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// A context evaluates with a lone token's numerics while this lives (Context::set_numerics_batch).
+class LoneTokenNumerics {
+ public:
+  explicit LoneTokenNumerics(Context& c) : c_(c), before_(c.numerics_batch()) { c_.set_numerics_batch(1); }
+  ~LoneTokenNumerics() { c_.set_numerics_batch(before_); }
+  LoneTokenNumerics(const LoneTokenNumerics&) = delete;
+  LoneTokenNumerics& operator=(const LoneTokenNumerics&) = delete;
+
+ private:
+  Context& c_;
+  int before_;
+};
 }  // namespace
 
 SpeculativeDecoder::SpeculativeDecoder(Context& target, Context& draft, Sampler& sampler, Sampler& draft_sampler,
@@ -29,17 +42,14 @@ void SpeculativeDecoder::start(const std::vector<int32_t>& prompt) {
   seq_ = prompt;
   target_.reset();
   draft_.reset();
-  if (prompt.size() > 1) {
-    const std::vector<int32_t> head(prompt.begin(), prompt.end() - 1);
-    target_.eval(head, false);
-    draft_.eval(head, false);
-  }
+  prompt_logits_ = target_.eval(prompt, false);
+  draft_prompt_logits_ = draft_.eval(prompt, false);
 }
 
 std::vector<int32_t> SpeculativeDecoder::step(int max_new) {
   const int n = static_cast<int>(seq_.size());
   const int n_vocab = target_.n_vocab();
-  // Room: the target evaluates positions n-1 .. n-1+m, the draft up to n-2+m.
+  // Room: the target evaluates positions up to n-1+m, the draft up to n-2+m.
   const int room = std::min(target_.n_ctx(), draft_.n_ctx()) - n;
   if (max_new < 1 || target_.n_ctx() - (n - 1) < 1) return {};
   const int m_max = std::max(0, std::min({opts_.draft_max, max_new - 1, room}));
@@ -50,7 +60,11 @@ std::vector<int32_t> SpeculativeDecoder::step(int max_new) {
   if (m_max > 0) {
     draft_.mark_rollback();
     const std::vector<int32_t> pending(seq_.begin() + draft_.n_past(), seq_.end());
-    const std::vector<float>* logits = &draft_.eval(pending, false);
+    const std::vector<float>* logits = &draft_prompt_logits_;
+    if (!pending.empty()) {
+      const LoneTokenNumerics lone(draft_);
+      logits = &draft_.eval(pending, false);
+    }
     if (q_.size() < static_cast<size_t>(m_max)) q_.resize(static_cast<size_t>(m_max));
     for (int i = 0; i < m_max; ++i) {
       std::vector<float>& q = q_[static_cast<size_t>(i)];
@@ -76,15 +90,24 @@ std::vector<int32_t> SpeculativeDecoder::step(int max_new) {
   const int m = static_cast<int>(drafts.size());
   stats_.draft_seconds += since(t_draft);
 
-  // Target: the last committed token and every proposal in one pass.
+  // Target: the committed token it has not evaluated (none in the first round, whose first row
+  // is the prompt's) and every proposal, in one pass with a lone token's numerics.
   target_.mark_rollback();
   std::vector<int32_t> batch(seq_.begin() + target_.n_past(), seq_.end());
-  const int first_row = static_cast<int>(batch.size()) - 1;  // the row predicting position n
+  const int first_row = static_cast<int>(batch.size()) - 1;  // the row predicting position n (-1: the prompt's)
   batch.insert(batch.end(), drafts.begin(), drafts.end());
-  const auto t_target = Clock::now();
-  const std::vector<float>& rows = target_.eval(batch, m > 0);
-  stats_.target_seconds += since(t_target);
-  auto row = [&](int j) { return rows.data() + static_cast<size_t>(m > 0 ? first_row + j : 0) * n_vocab; };
+  const float* rows = nullptr;
+  if (!batch.empty()) {
+    const auto t_target = Clock::now();
+    const LoneTokenNumerics lone(target_);
+    rows = target_.eval(batch, batch.size() > 1).data();
+    stats_.target_seconds += since(t_target);
+  }
+  // Without all_logits (a batch of one) eval returns that token's row alone: index 0 either way.
+  auto row = [&](int j) {
+    const int i = first_row + j;
+    return i < 0 ? prompt_logits_.data() : rows + static_cast<size_t>(i) * n_vocab;
+  };
 
   std::vector<int32_t> out;
   int k = 0;

@@ -10,7 +10,13 @@
 // at temperature 0 (p and q one-hot) the output is the target's greedy output. Both contexts roll
 // back (Context::rollback) past the first rejected token.
 //
-// Invariant between rounds: both contexts have evaluated every committed token but the last.
+// Greedy output is the target's own, bit for bit: the prompt is evaluated as one batch (as
+// generation without a draft does), and every later batch with a lone token's numerics
+// (Context::set_numerics_batch(1)), as plain generation evaluates each new token. Both models
+// follow that rule, so a draft identical to the target is accepted every time at temperature 0.
+//
+// Invariant between rounds: both contexts have evaluated every committed token but the last,
+// except right after start(), when they have evaluated the whole prompt and hold its last logits.
 #pragma once
 
 #include <cstdint>
@@ -46,8 +52,7 @@ class SpeculativeDecoder {
   SpeculativeDecoder(Context& target, Context& draft, Sampler& sampler, Sampler& draft_sampler,
                      const SpeculativeOptions& opts);
 
-  // Starts a sequence: resets both contexts and evaluates the prompt (at least one token) but
-  // its last token on both.
+  // Starts a sequence: resets both contexts and evaluates the prompt (at least one token) on both.
   void start(const std::vector<int32_t>& prompt);
   // One round: 1 .. min(draft_max + 1, max_new) new tokens (max_new >= 1), fewer when the
   // contexts are full (none when they cannot take another token).
@@ -64,6 +69,7 @@ class SpeculativeDecoder {
   SpeculativeStats stats_;
   std::vector<std::vector<float>> q_;  // the draft's distributions of this round
   std::vector<float> p_, residual_;
+  std::vector<float> prompt_logits_, draft_prompt_logits_;  // after the whole prompt (first round)
 };
 
 // Throws std::runtime_error unless `other` (a --draft or --prefill-model file) can stand beside
