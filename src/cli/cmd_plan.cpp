@@ -2,12 +2,15 @@
 // (plan/plan.h), from a measurement (mixq measure).
 #include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include <fmt/format.h>
 
 #include "commands.h"
 #include "option_helpers.h"
+#include "mixq/engine/decode_cost.h"
 #include "mixq/plan/plan.h"
+#include "mixq/plan/speed_plan.h"
 
 namespace mixq::cli {
 
@@ -18,7 +21,7 @@ struct PlanArgs {
   std::vector<std::string> measurements;
   std::string out = "plan.json", target_size, target_size_of, compat, types;
   std::vector<std::string> tensor_types;
-  double target_bpw = 0;
+  double target_bpw = 0, max_ms_per_token = 0;
   bool quiet = false, no_outliers = false, clean_stale = false;
 };
 
@@ -99,6 +102,9 @@ void register_plan(CLI::App& app) {
   cmd->add_option("-o,--output", a->out, "Plan JSON (for mixq quantize --plan)")->capture_default_str();
   cmd->add_flag("-q,--quiet", a->quiet, "Print only the summary line");
   cmd->add_flag("--no-outliers", a->no_outliers, "Ignore the measurement's outlier candidates (measure --outliers)");
+  cmd->add_option("--max-ms-per-token", a->max_ms_per_token,
+                  "Also at most this decode time per token: each type's one-token product timed on this CPU (one "
+                  "thread, weights only; a roofline of its kernel and the memory read rate), traded against KLD");
   add_clean_stale_flag(cmd, a->clean_stale);
   cmd->callback([a] {
     std::vector<NamedPath> inputs = {{"--target-size-of", a->target_size_of}};
@@ -109,12 +115,30 @@ void register_plan(CLI::App& app) {
     for (const auto& p : a->measurements) parts.push_back(Measurement::load(p));
     const Measurement m = merge_measurements(parts);
     o.outliers = !a->no_outliers;
-    Plan plan = make_plan(m, o);
+    if (a->max_ms_per_token < 0 || std::isnan(a->max_ms_per_token)) {
+      throw std::runtime_error(fmt::format("--max-ms-per-token {}: give milliseconds above 0", a->max_ms_per_token));
+    }
+    std::optional<DecodeCost> cost;
+    if (a->max_ms_per_token > 0) {
+      std::vector<TypeId> timed = {TypeId::F16};
+      for (const auto& t : m.types) timed.push_back(require_type(t).id);
+      for (const auto& r : o.fixed) timed.push_back(r.type);
+      cost = measure_decode_cost(timed, kernels::best_kernels());
+      std::string per_type;
+      for (const auto& [t, ns] : cost->ns_per_weight) per_type += fmt::format(" {} {:.3f}", type_traits(t).name, ns);
+      fmt::print("decode cost on this CPU (one thread, kernels {}): read {:.1f} GB/s; ns per weight in cache:{}\n",
+                 cost->kernels, cost->read_bytes_per_second / 1e9, per_type);
+    }
+    Plan plan = cost ? make_speed_plan(m, o, *cost, a->max_ms_per_token) : make_plan(m, o);
     plan.measurement = a->measurements.front();
     for (const auto& r : o.fixed) {
       if (r.hits == 0) fmt::print(stderr, "mixq: warning: rule '{}' matched no tensor\n", r.origin);
     }
     fmt::print("{}", a->quiet ? plan.summary() : plan.to_text());
+    if (cost) {
+      fmt::print("decode time: {:.3f} ms per token (budget {:.3f}; one thread, weights only)\n",
+                 plan_ms_per_token(plan, m, *cost), a->max_ms_per_token);
+    }
     plan.save(a->out);
     fmt::print("wrote {}\n", a->out);
   });
