@@ -16,6 +16,7 @@
 #include "mixq/plan/measure.h"
 #include "mixq/plan/plan.h"
 #include "mixq/quantize/quantize_model.h"
+#include "plan_enumeration.h"
 #include "test_support.h"
 
 namespace mixq {
@@ -63,21 +64,16 @@ Measurement synthetic(int n_tensors, const std::vector<TypeId>& types, std::mt19
 
 // The best plan by enumeration: minimum predicted loss with padded bytes within the budget.
 double brute_force(const Measurement& m, uint64_t budget_for_tensors) {
-  const size_t n = m.tensors.size();
-  std::vector<size_t> pick(n, 0);
   double best = INFINITY;
-  for (;;) {
+  test::for_each_pick(m, [&](const std::vector<size_t>& pick) {
     uint64_t cost = 0;
     double loss = 0;
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t i = 0; i < pick.size(); ++i) {
       cost += align32(m.tensors[i].candidates[pick[i]].bytes);
       loss += m.tensors[i].candidates[pick[i]].predicted;
     }
     if (cost <= budget_for_tensors) best = std::min(best, loss);
-    size_t i = 0;
-    while (i < n && ++pick[i] == m.tensors[i].candidates.size()) pick[i++] = 0;
-    if (i == n) break;
-  }
+  });
   return best;
 }
 

@@ -9,6 +9,7 @@
 
 #include "mixq/engine/decode_cost.h"
 #include "mixq/plan/speed_plan.h"
+#include "plan_enumeration.h"
 #include "test_support.h"
 
 namespace mixq {
@@ -55,23 +56,18 @@ DecodeCost fixed_cost() {
 
 // Minimum predicted loss with padded bytes within budget and time within max_ms.
 double brute_force(const Measurement& m, const DecodeCost& cost, uint64_t tensor_budget, double max_ms) {
-  const size_t n = m.tensors.size();
-  std::vector<size_t> pick(n, 0);
   double best = INFINITY;
-  for (;;) {
+  test::for_each_pick(m, [&](const std::vector<size_t>& pick) {
     uint64_t bytes = 0;
     double loss = 0, ms = 0;
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t i = 0; i < pick.size(); ++i) {
       const CandidateMeasure& c = m.tensors[i].candidates[pick[i]];
       bytes += align32(c.bytes);
       loss += c.predicted;
       ms += candidate_ms(m, m.tensors[i], c, cost);
     }
     if (bytes <= tensor_budget && ms <= max_ms) best = std::min(best, loss);
-    size_t i = 0;
-    while (i < n && ++pick[i] == m.tensors[i].candidates.size()) pick[i++] = 0;
-    if (i == n) break;
-  }
+  });
   return best;
 }
 
