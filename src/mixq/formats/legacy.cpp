@@ -8,6 +8,8 @@
 
 #include "mixq/formats/block_weights.h"
 #include "mixq/formats/half.h"
+#include "mixq/formats/search_avx512.h"
+#include "mixq/formats/search_isa.h"
 
 // The dequantizers must reproduce ggml's floats bit for bit. ggml evaluates the affine types as
 // code * d + m with two roundings; a fused multiply-add would round once and differ in the last
@@ -47,6 +49,10 @@ using ScaleCandidate = ScaleFit;
 // assignments each get their least-squares d; the best is polished by alternating nearest codes
 // and least squares. Returns d rounded to f16 with the codes that are nearest for that rounded d.
 float fit_scale(const float* x, const float* w, int lo, int hi, std::span<const float> offsets, int* q) {
+  if (search::isa() == search::Isa::avx512 && offsets.size() <= 4) {
+    return search::fit_scale_32_avx512(x, w, lo, hi, offsets.data(), static_cast<int>(offsets.size()), kRefineRounds,
+                                       q);
+  }
   float amax = 0, extreme = 0;
   for (int i = 0; i < kBlock; ++i) {
     if (std::fabs(x[i]) > amax) {

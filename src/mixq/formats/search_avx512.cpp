@@ -1,0 +1,437 @@
+// AVX-512 scale searches. Bit-exactness with the references rests on three rules:
+//  - the same IEEE operations on the same operands (this file is compiled with -ffp-contract=off,
+//    like the references, so no multiply-add is fused; GCC lowers the intrinsics' arithmetic to
+//    generic vector operations, which it would otherwise contract);
+//  - every reduction keeps the reference's order: its partial sums live in the same lanes and are
+//    added in the same sequence (float lanes first, then the double sum over lanes in lane order);
+//  - ties and NaNs resolve as in the reference (vmaxps/vminps return their second operand when
+//    either is NaN, which is what std::max(lo, v) / std::min(hi, v) do with the operands swapped).
+#include "mixq/formats/search_avx512.h"
+
+#include <cmath>
+#include <cstring>
+#include <initializer_list>
+
+#include "mixq/formats/half.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MIXQ_SEARCH_HAVE_AVX512 1
+#endif
+
+// GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() as merge operands and then warn (GCC bug
+// 105593, fixed in GCC 13).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace mixq::search {
+
+#ifdef MIXQ_SEARCH_HAVE_AVX512
+#define MIXQ_SEARCH_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")))
+
+namespace {
+
+// Round to nearest, ties to even, for |v| < 2^22, exactly as the references' round_float.
+MIXQ_SEARCH_AVX512 inline __m512 round_magic(__m512 v) {
+  const __m512 magic = _mm512_set1_ps(0x1.8p23f);
+  return _mm512_sub_ps(_mm512_add_ps(v, magic), magic);
+}
+MIXQ_SEARCH_AVX512 inline __m256 round_magic(__m256 v) {
+  const __m256 magic = _mm256_set1_ps(0x1.8p23f);
+  return _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
+}
+
+// std::min(hi, std::max(lo, v)): a NaN v becomes lo.
+MIXQ_SEARCH_AVX512 inline __m512 clamp_ref(__m512 v, __m512 lo, __m512 hi) {
+  return _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+}
+MIXQ_SEARCH_AVX512 inline __m256 clamp_ref(__m256 v, __m256 lo, __m256 hi) {
+  return _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+}
+
+// Sequential double sum of 8 float lanes, lane 0 first: ((0 + s0) + s1) + ... + s7.
+MIXQ_SEARCH_AVX512 inline double sum_lanes_in_order(__m256 s) {
+  alignas(64) double d[8];
+  _mm512_store_pd(d, _mm512_cvtps_pd(s));
+  double a = 0;
+  for (int k = 0; k < 8; ++k) a += d[k];
+  return a;
+}
+
+// s[p] holds two candidates' 8 lane sums (candidate 2p in the low half, 2p + 1 in the high half);
+// returns, per candidate c (a double lane), ((0 + lane 0) + lane 1) + ... + lane 7.
+MIXQ_SEARCH_AVX512 inline __m512d sum_lanes_of_8_candidates(const __m512 s[4]) {
+  // Stage 1: from a pair of registers (candidates c = 0..3), lanes 4 * kk + c = lane kk (low
+  // group) or 4 + kk (high group) of candidate c.
+  alignas(64) static const int32_t idx_lo[16] = {0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27};
+  alignas(64) static const int32_t idx_hi[16] = {4, 12, 20, 28, 5, 13, 21, 29, 6, 14, 22, 30, 7, 15, 23, 31};
+  // Stage 2: lanes 0..7 = lane kk of candidates 0..7, lanes 8..15 = lane kk + 1.
+  alignas(64) static const int32_t idx_k0[16] = {0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23};
+  alignas(64) static const int32_t idx_k2[16] = {8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31};
+  const __m512i ilo = _mm512_load_si512(idx_lo), ihi = _mm512_load_si512(idx_hi);
+  const __m512i ik0 = _mm512_load_si512(idx_k0), ik2 = _mm512_load_si512(idx_k2);
+  const __m512 xlo = _mm512_permutex2var_ps(s[0], ilo, s[1]), xhi = _mm512_permutex2var_ps(s[0], ihi, s[1]);
+  const __m512 ylo = _mm512_permutex2var_ps(s[2], ilo, s[3]), yhi = _mm512_permutex2var_ps(s[2], ihi, s[3]);
+  const __m512 t[4] = {_mm512_permutex2var_ps(xlo, ik0, ylo), _mm512_permutex2var_ps(xlo, ik2, ylo),
+                       _mm512_permutex2var_ps(xhi, ik0, yhi), _mm512_permutex2var_ps(xhi, ik2, yhi)};
+  __m512d a = _mm512_setzero_pd();
+  for (const __m512 tk : t) {
+    a = _mm512_add_pd(a, _mm512_cvtps_pd(_mm512_castps512_ps256(tk)));
+    a = _mm512_add_pd(a, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(tk), 1))));
+  }
+  return a;
+}
+
+// Index of the first value of largest magnitude among 32 (NaNs skipped), and that magnitude.
+MIXQ_SEARCH_AVX512 inline float first_extreme_32(const float* x, int& index) {
+  const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
+  const __m512 a0 = _mm512_abs_ps(x0), a1 = _mm512_abs_ps(x1);
+  // Second operand returned on NaN: a NaN magnitude never becomes the maximum.
+  const __m512 m = _mm512_max_ps(a1, _mm512_max_ps(a0, _mm512_setzero_ps()));
+  const float amax = _mm512_reduce_max_ps(m);
+  const __m512 am = _mm512_set1_ps(amax);
+  const uint32_t hits = static_cast<uint32_t>(_mm512_cmp_ps_mask(a0, am, _CMP_EQ_OQ)) |
+                        static_cast<uint32_t>(_mm512_cmp_ps_mask(a1, am, _CMP_EQ_OQ)) << 16;
+  index = hits != 0 ? __builtin_ctz(hits) : 0;
+  return amax;
+}
+
+}  // namespace
+
+MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                             int n_offsets, int refine_rounds, int* q) {
+  int at = 0;
+  const float amax = first_extreme_32(x, at);
+  if (amax < 1e-20f) {
+    std::memset(q, 0, 32 * sizeof(int));
+    return 0;
+  }
+  const float extreme = x[at];
+  const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+  // The block as four chunks of 8 (lane k of chunk c is value 8c + k: the reference's lanes),
+  // each duplicated in both halves of a register so two candidates run side by side.
+  __m512 xc[4], wc[4], wxc[4];
+  __m256 x8[4], w8[4], wx8[4];
+  for (int c = 0; c < 4; ++c) {
+    x8[c] = _mm256_loadu_ps(x + 8 * c);
+    w8[c] = _mm256_loadu_ps(w + 8 * c);
+    wx8[c] = _mm256_mul_ps(w8[c], x8[c]);
+    xc[c] = _mm512_broadcast_f32x8(x8[c]);
+    wc[c] = _mm512_broadcast_f32x8(w8[c]);
+    wxc[c] = _mm512_broadcast_f32x8(wx8[c]);
+  }
+  const __m512 vlo = _mm512_set1_ps(flo), vhi = _mm512_set1_ps(fhi);
+  const __m256 vlo8 = _mm256_set1_ps(flo), vhi8 = _mm256_set1_ps(fhi);
+
+  // The seeds, in the reference's order; unused slots repeat the last one and are never chosen.
+  float iscale[8];
+  int n = 0;
+  for (const int end : {lo, hi}) {
+    for (int o = 0; o < n_offsets; ++o) {
+      iscale[n++] = (end < 0 ? static_cast<float>(end) - offsets[o] : static_cast<float>(end) + offsets[o]) / extreme;
+    }
+  }
+  for (int k = n; k < 8; ++k) iscale[k] = iscale[n - 1];
+  __m512 sxq[4], sqq[4];
+  for (int p = 0; p < 4; ++p) {
+    const __m512 is = _mm512_insertf32x8(_mm512_set1_ps(iscale[2 * p]), _mm256_set1_ps(iscale[2 * p + 1]), 1);
+    __m512 s = _mm512_setzero_ps(), t = _mm512_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      const __m512 l = round_magic(clamp_ref(_mm512_mul_ps(xc[c], is), vlo, vhi));
+      s = _mm512_add_ps(s, _mm512_mul_ps(wxc[c], l));
+      t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_mul_ps(wc[c], l), l));
+    }
+    sxq[p] = s;
+    sqq[p] = t;
+  }
+  const __m512d a = sum_lanes_of_8_candidates(sxq), b = sum_lanes_of_8_candidates(sqq);
+  const __mmask8 ok = _mm512_cmp_pd_mask(b, _mm512_setzero_pd(), _CMP_NLE_UQ);  // !(b <= 0), else gain -1, scale 0
+  alignas(64) double gain[8], scale[8];
+  _mm512_store_pd(gain, _mm512_mask_div_pd(_mm512_set1_pd(-1.0), ok, _mm512_mul_pd(a, a), b));
+  _mm512_store_pd(scale, _mm512_maskz_div_pd(ok, a, b));
+  double best_gain = -1, best_scale = 0;
+  float best_is = 0;
+  for (int k = 0; k < n; ++k) {
+    if (gain[k] > best_gain) {
+      best_gain = gain[k];
+      best_scale = scale[k];
+      best_is = iscale[k];
+    }
+  }
+
+  // Refinement: codes for 1 / scale and their least-squares scale, while the gain rises. Codes
+  // equal to the best ones give the same sums and gain, which ends the loop in the reference too.
+  const auto codes = [&](float is, __m256* l) {
+    const __m256 v = _mm256_set1_ps(is);
+    for (int c = 0; c < 4; ++c) l[c] = round_magic(clamp_ref(_mm256_mul_ps(x8[c], v), vlo8, vhi8));
+  };
+  __m256 best_l[4];
+  if (best_scale != 0) codes(best_is, best_l);
+  for (int round = 0; round < refine_rounds && best_scale != 0; ++round) {
+    __m256 l[4];
+    codes(static_cast<float>(1.0 / best_scale), l);
+    __mmask8 same = 0xff;
+    for (int c = 0; c < 4; ++c) same &= _mm256_cmp_ps_mask(l[c], best_l[c], _CMP_EQ_OQ);
+    if (same == 0xff) break;
+    __m256 s = _mm256_setzero_ps(), t = _mm256_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      s = _mm256_add_ps(s, _mm256_mul_ps(wx8[c], l[c]));
+      t = _mm256_add_ps(t, _mm256_mul_ps(_mm256_mul_ps(w8[c], l[c]), l[c]));
+    }
+    const double ra = sum_lanes_in_order(s), rb = sum_lanes_in_order(t);
+    const double g = rb <= 0 ? -1.0 : ra * ra / rb;
+    if (!(g > best_gain)) break;
+    best_gain = g;
+    best_scale = ra / rb;
+    for (int c = 0; c < 4; ++c) best_l[c] = l[c];
+  }
+
+  const float d = round_fp16(static_cast<float>(best_scale));
+  const __m512 id = _mm512_set1_ps(d != 0 ? 1.0f / d : 0.0f);
+  for (int h = 0; h < 2; ++h) {
+    const __m512 l = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * h), id), vlo, vhi));
+    _mm512_storeu_si512(q + 16 * h, _mm512_cvttps_epi32(l));
+  }
+  return d;
+}
+
+
+namespace {
+
+// The symmetric k-quants' super-block, transposed: register i holds value i of every sub-block
+// (lane j = sub-block j), so the reference's sequential sums over a sub-block's 16 values become
+// 16 sequential vector additions, one lane per sub-block.
+struct Transposed16 {
+  __m512 v[16];
+};
+
+MIXQ_SEARCH_AVX512 inline void transpose_load(const float* x, Transposed16& t) {
+  const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(16));
+  for (int i = 0; i < 16; ++i) t.v[i] = _mm512_i32gather_ps(rows, x + i, 4);
+}
+
+// Per sub-block: the reference's Fit {gain, scale} in doubles, lanes 0-7 and 8-15.
+struct Fit16 {
+  __m512d gain[2], scale[2];
+};
+
+MIXQ_SEARCH_AVX512 inline __m512d lo_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+MIXQ_SEARCH_AVX512 inline __m512d hi_pd(__m512 v) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
+// fit_sub_block's evaluate for every sub-block at its own inverse scale.
+MIXQ_SEARCH_AVX512 inline Fit16 evaluate16(const Transposed16& x, const Transposed16& w, const Transposed16& wx,
+                                           __m512 iscale, __m512 lo, __m512 hi) {
+  __m512 sxq = _mm512_setzero_ps(), sqq = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    const __m512 q = round_magic(clamp_ref(_mm512_mul_ps(x.v[i], iscale), lo, hi));
+    sxq = _mm512_add_ps(sxq, _mm512_mul_ps(wx.v[i], q));
+    sqq = _mm512_add_ps(sqq, _mm512_mul_ps(_mm512_mul_ps(w.v[i], q), q));
+  }
+  const __mmask16 pos = _mm512_cmp_ps_mask(sqq, _mm512_setzero_ps(), _CMP_GT_OQ);
+  Fit16 f;
+  const __m512d s[2] = {lo_pd(sxq), hi_pd(sxq)}, t[2] = {lo_pd(sqq), hi_pd(sqq)};
+  for (int h = 0; h < 2; ++h) {
+    const auto m = static_cast<__mmask8>(pos >> (8 * h));
+    f.gain[h] = _mm512_maskz_div_pd(m, _mm512_mul_pd(s[h], s[h]), t[h]);
+    f.scale[h] = _mm512_maskz_div_pd(m, s[h], t[h]);
+  }
+  return f;
+}
+
+// Lanes of `use` take f's values.
+MIXQ_SEARCH_AVX512 inline void take(Fit16& best, const Fit16& f, __mmask16 use) {
+  for (int h = 0; h < 2; ++h) {
+    const auto m = static_cast<__mmask8>(use >> (8 * h));
+    best.gain[h] = _mm512_mask_mov_pd(best.gain[h], m, f.gain[h]);
+    best.scale[h] = _mm512_mask_mov_pd(best.scale[h], m, f.scale[h]);
+  }
+}
+
+MIXQ_SEARCH_AVX512 inline __mmask16 gain_above(const Fit16& f, const Fit16& best) {
+  return static_cast<__mmask16>(_mm512_cmp_pd_mask(f.gain[0], best.gain[0], _CMP_GT_OQ) |
+                                (_mm512_cmp_pd_mask(f.gain[1], best.gain[1], _CMP_GT_OQ) << 8));
+}
+
+// A choice of integer scales and codes for one super-scale (the reference's Choice).
+struct Choice16 {
+  float err;
+  __m512i sc;           // per sub-block
+  Transposed16 codes;   // codes as floats, transposed
+};
+
+// lround (halves away from zero) of doubles that are integers or have a fraction.
+MIXQ_SEARCH_AVX512 inline __m256i lround_pd(__m512d v) {
+  const __m512d t = _mm512_roundscale_pd(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+  const __m512d frac = _mm512_abs_pd(_mm512_sub_pd(v, t));
+  const __mmask8 up = _mm512_cmp_pd_mask(frac, _mm512_set1_pd(0.5), _CMP_GE_OQ);
+  const __m512d one = _mm512_castsi512_pd(_mm512_or_si512(
+      _mm512_castpd_si512(_mm512_set1_pd(1.0)),
+      _mm512_and_si512(_mm512_castpd_si512(v), _mm512_castpd_si512(_mm512_set1_pd(-0.0)))));
+  return _mm512_cvtpd_epi32(_mm512_mask_add_pd(t, up, t, one));
+}
+
+// choose_scales: for super-scale d, each sub-block tries the integer scales next to its ideal one.
+MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed16& w, const __m512d ideal[2], float d,
+                                        int scale_max, __m512 lo, __m512 hi, Choice16& out) {
+  const __m512d dd = _mm512_set1_pd(static_cast<double>(d));
+  const __m512i centre = _mm512_inserti64x4(_mm512_castsi256_si512(lround_pd(_mm512_div_pd(ideal[0], dd))),
+                                            lround_pd(_mm512_div_pd(ideal[1], dd)), 1);
+  const __m512 vd = _mm512_set1_ps(d);
+  __m512 best_err = _mm512_set1_ps(INFINITY);
+  for (int delta = -1; delta <= 1; ++delta) {
+    const __m512i sc = _mm512_add_epi32(centre, _mm512_set1_epi32(delta));
+    const __mmask16 valid = _mm512_cmp_epi32_mask(sc, _mm512_set1_epi32(-scale_max), _MM_CMPINT_NLT) &
+                            _mm512_cmp_epi32_mask(sc, _mm512_set1_epi32(scale_max), _MM_CMPINT_LE);
+    const __m512 D = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(sc));
+    const __mmask16 nonzero = _mm512_cmp_ps_mask(D, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __m512 inv = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0f), D);
+    __m512 err = _mm512_setzero_ps();
+    Transposed16 q;
+    for (int i = 0; i < 16; ++i) {
+      q.v[i] = round_magic(clamp_ref(_mm512_mul_ps(x.v[i], inv), lo, hi));
+      const __m512 diff = _mm512_sub_ps(x.v[i], _mm512_mul_ps(D, q.v[i]));
+      err = _mm512_add_ps(err, _mm512_mul_ps(_mm512_mul_ps(w.v[i], diff), diff));
+    }
+    const __mmask16 use = valid & _mm512_cmp_ps_mask(err, best_err, _CMP_LT_OQ);
+    best_err = _mm512_mask_mov_ps(best_err, use, err);
+    out.sc = delta == -1 ? _mm512_mask_mov_epi32(_mm512_setzero_si512(), use, sc) : _mm512_mask_mov_epi32(out.sc, use, sc);
+    for (int i = 0; i < 16; ++i) {
+      out.codes.v[i] = delta == -1 ? _mm512_maskz_mov_ps(use, q.v[i]) : _mm512_mask_mov_ps(out.codes.v[i], use, q.v[i]);
+    }
+  }
+  alignas(64) float e[16];
+  _mm512_store_ps(e, best_err);
+  out.err = 0;
+  for (const float v : e) out.err += v;
+}
+
+}  // namespace
+
+MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const float* w_in, int code_lo, int code_hi,
+                                                     int scale_max, const float* seed_offsets, int n_seeds,
+                                                     int refine_rounds, int super_rounds, uint16_t* d_out,
+                                                     int8_t* sc_out, int8_t* codes_out) {
+  Transposed16 x, w, wx;
+  transpose_load(x_in, x);
+  transpose_load(w_in, w);
+  for (int i = 0; i < 16; ++i) wx.v[i] = _mm512_mul_ps(w.v[i], x.v[i]);
+  const auto flo = static_cast<float>(code_lo), fhi = static_cast<float>(code_hi);
+  const __m512 lo = _mm512_set1_ps(flo), hi = _mm512_set1_ps(fhi);
+
+  // fit_sub_block for all 16 sub-blocks: the first value of largest magnitude, the seeds, the
+  // least-squares refinement (each lane leaves at its first round without gain, as its loop does).
+  __m512 amax = _mm512_setzero_ps(), extreme = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    const __m512 a = _mm512_abs_ps(x.v[i]);
+    const __mmask16 m = _mm512_cmp_ps_mask(a, amax, _CMP_GT_OQ);
+    amax = _mm512_mask_mov_ps(amax, m, a);
+    extreme = _mm512_mask_mov_ps(extreme, m, x.v[i]);
+  }
+  const __mmask16 active = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-30f), _CMP_GE_OQ);
+  Fit16 best;
+  best.gain[0] = best.gain[1] = best.scale[0] = best.scale[1] = _mm512_setzero_pd();
+  if (active != 0) {
+    for (const float end : {flo, fhi}) {
+      for (int s = 0; s < n_seeds; ++s) {
+        const float target = end < 0 ? end - seed_offsets[s] : end + seed_offsets[s];
+        const Fit16 f = evaluate16(x, w, wx, _mm512_div_ps(_mm512_set1_ps(target), extreme), lo, hi);
+        take(best, f, active & gain_above(f, best));
+      }
+    }
+    const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+    __mmask16 running = active;
+    for (int r = 0; r < refine_rounds; ++r) {
+      running &= static_cast<__mmask16>(_mm512_cmp_pd_mask(best.scale[0], zero, _CMP_NEQ_UQ) |
+                                        (_mm512_cmp_pd_mask(best.scale[1], zero, _CMP_NEQ_UQ) << 8));
+      if (running == 0) break;
+      const __m512 iscale = _mm512_insertf32x8(
+          _mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_div_pd(one, best.scale[0]))),
+          _mm512_cvtpd_ps(_mm512_div_pd(one, best.scale[1])), 1);
+      const Fit16 f = evaluate16(x, w, wx, iscale, lo, hi);
+      running &= gain_above(f, best);
+      take(best, f, running);
+    }
+  }
+
+  // The super-scale: the largest ideal scale on scale_max (or just inside), then least squares
+  // over the chosen integers, as in the reference.
+  const __m512d max2 = _mm512_max_pd(_mm512_abs_pd(best.scale[0]), _mm512_abs_pd(best.scale[1]));
+  const double max_abs = _mm512_reduce_max_pd(max2);
+  if (max_abs == 0) {
+    *d_out = 0;
+    std::memset(sc_out, 0, 16);
+    std::memset(codes_out, 0, 256);
+    return;
+  }
+  Choice16 chosen, trial;
+  chosen.err = INFINITY;
+  chosen.sc = _mm512_setzero_si512();
+  for (auto& v : chosen.codes.v) v = _mm512_setzero_ps();
+  uint16_t best_d = 0;
+  const auto try_d = [&](double candidate) {
+    const uint16_t bits = fp32_to_fp16(static_cast<float>(candidate));
+    const float d = fp16_to_fp32(bits);
+    if (!(d > 0) || !std::isfinite(d)) return;
+    choose_scales16(x, w, best.scale, d, scale_max, lo, hi, trial);
+    if (trial.err < chosen.err) {
+      chosen = trial;
+      best_d = bits;
+    }
+  };
+  const auto m = static_cast<double>(scale_max);
+  for (const double top : {m, m - 0.5, m - 1.0}) try_d(max_abs / top);
+  for (int round = 0; round < super_rounds; ++round) {
+    // num = sum w x (sc * code), den = sum w (sc * code)^2 in the reference's order: sub-block by
+    // sub-block, value by value, in doubles. The terms are formed in lanes, the sums in order.
+    alignas(64) double tn[16][16], td[16][16];  // [value i][sub-block j]
+    const __m512d sc[2] = {_mm512_cvtepi32_pd(_mm512_castsi512_si256(chosen.sc)),
+                           _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(chosen.sc, 1))};
+    for (int i = 0; i < 16; ++i) {
+      const __m512d q[2] = {lo_pd(chosen.codes.v[i]), hi_pd(chosen.codes.v[i])};
+      const __m512d wxd[2] = {lo_pd(wx.v[i]), hi_pd(wx.v[i])}, wd[2] = {lo_pd(w.v[i]), hi_pd(w.v[i])};
+      for (int h = 0; h < 2; ++h) {
+        const __m512d sq = _mm512_mul_pd(sc[h], q[h]);
+        _mm512_store_pd(&tn[i][8 * h], _mm512_mul_pd(wxd[h], sq));
+        _mm512_store_pd(&td[i][8 * h], _mm512_mul_pd(_mm512_mul_pd(wd[h], sq), sq));
+      }
+    }
+    double num = 0, den = 0;
+    for (int j = 0; j < 16; ++j) {
+      for (int i = 0; i < 16; ++i) {
+        num += tn[i][j];
+        den += td[i][j];
+      }
+    }
+    if (den <= 0) break;
+    const uint16_t before = best_d;
+    try_d(num / den);
+    if (best_d == before) break;
+  }
+
+  *d_out = best_d;
+  alignas(64) int32_t sc32[16];
+  _mm512_store_si512(sc32, chosen.sc);
+  for (int j = 0; j < 16; ++j) sc_out[j] = static_cast<int8_t>(sc32[j]);
+  alignas(16) int8_t t[16][16];  // [value i][sub-block j]
+  for (int i = 0; i < 16; ++i) {
+    _mm_store_si128(reinterpret_cast<__m128i*>(t[i]), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(chosen.codes.v[i])));
+  }
+  for (int j = 0; j < 16; ++j) {
+    for (int i = 0; i < 16; ++i) codes_out[16 * j + i] = t[i][j];
+  }
+}
+
+#else
+
+float fit_scale_32_avx512(const float*, const float*, int, int, const float*, int, int, int*) { return 0; }
+void symmetric_super_block_avx512(const float*, const float*, int, int, int, const float*, int, int, int, uint16_t*,
+                                  int8_t*, int8_t*) {}
+
+#endif
+
+}  // namespace mixq::search

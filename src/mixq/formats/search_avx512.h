@@ -1,0 +1,23 @@
+// AVX-512 versions of the quantizers' scale searches (see search_isa.h). Each reproduces its
+// reference (named beside it) bit for bit; call only where search::avx512_available().
+#pragma once
+
+#include <cstdint>
+
+namespace mixq::search {
+
+// legacy.cpp fit_scale: one block of 32 values decoded as d * q, q in [lo, hi]; the seeds are
+// (end -/+ offset) / extreme for end in {lo, hi} and the n_offsets offsets (2 * n_offsets <= 8),
+// then refine_rounds of least squares. Returns the f16-rounded d and writes the codes.
+float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets, int n_offsets,
+                          int refine_rounds, int* q);
+
+// kquants/symmetric_search.cpp quantize_symmetric_super_block after its weights are prepared
+// (w: 256 weights, each sub-block's sum positive): 16 sub-blocks of 16 values decoded as
+// (d * sc[j]) * code, code in [code_lo, code_hi], |sc[j]| <= scale_max. seed_offsets (n_seeds <= 8)
+// and the round counts are the reference's.
+void symmetric_super_block_avx512(const float* x, const float* w, int code_lo, int code_hi, int scale_max,
+                                  const float* seed_offsets, int n_seeds, int refine_rounds, int super_rounds,
+                                  uint16_t* d, int8_t* sc, int8_t* codes);
+
+}  // namespace mixq::search
