@@ -3,7 +3,8 @@
 # F32 GGUF to the same type with the same thread count, interleaved (llama.cpp, mixq, llama.cpp,
 # mixq, ...), and the ratio llama-quantize seconds / mixq seconds is printed per type and thread
 # count (median of the repetitions; > 1 means mixq is faster). Wall time of the whole command
-# (reading, quantizing, writing; mixq also fsyncs its output, llama-quantize does not).
+# (reading, quantizing, writing; mixq also fsyncs its output, llama-quantize does not). Only ratios
+# measured in one run mean anything on a shared machine; the load is printed at start and end.
 #   bench/quantize_speed.sh [MODEL_F32.gguf]
 # Default model: SmolLM2-135M F32 (the dequantization of the PyPI Q4_1 file, as in
 # bench/quantize_model.sh and bench/vs_llamacpp.sh), cached in .cache/bench.
@@ -52,6 +53,10 @@ trap 'rm -f "$out_l" "$out_m" "$results"' EXIT
 for rep in $(seq "$reps"); do
   for type in $types; do
     for t in $threads; do
+      # Both write a file that does not exist yet. mixq writes a temporary file and renames it over
+      # the target (atomic output), so an existing target keeps its page-cache pages until the end
+      # and the new ones come from cold memory: on this VM that doubled mixq's system time.
+      rm -f "$out_l" "$out_m"
       l=$(seconds "$llama_quantize" "$model" "$out_l" "$type" "$t")
       m=$(seconds "$mixq" quantize "$model" "$out_m" "$type" -t "$t")
       echo "$type $t $l $m" >>"$results"

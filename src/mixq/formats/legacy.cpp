@@ -217,8 +217,12 @@ void quantize_row_q4_0(const float* x, void* dst, int64_t n, const float* import
   for (int64_t b = 0; b < n / kBlock; ++b) {
     block_weights(importance, b * kBlock, kBlock, w);
     const float d = fit_scale(x + b * kBlock, w, -8, 7, kScaleOffsets, q);
-    for (int& c : q) c += 8;
     out[b].d = fp32_to_fp16(d);
+    if (search::isa() == search::Isa::avx512) {
+      search::pack_nibbles_32_avx512(q, 8, out[b].qs, nullptr);
+      continue;
+    }
+    for (int& c : q) c += 8;
     pack_nibbles(q, out[b].qs);
   }
 }
@@ -260,8 +264,12 @@ void quantize_row_q5_0(const float* x, void* dst, int64_t n, const float* import
   for (int64_t b = 0; b < n / kBlock; ++b) {
     block_weights(importance, b * kBlock, kBlock, w);
     const float d = fit_scale(x + b * kBlock, w, -16, 15, kScaleOffsets, q);
-    for (int& c : q) c += 16;
     out[b].d = fp32_to_fp16(d);
+    if (search::isa() == search::Isa::avx512) {
+      search::pack_nibbles_32_avx512(q, 16, out[b].qs, out[b].qh);
+      continue;
+    }
+    for (int& c : q) c += 16;
     pack_nibbles(q, out[b].qs);
     pack_high_bits(q, out[b].qh);
   }
@@ -313,6 +321,10 @@ void quantize_row_q8_0(const float* x, void* dst, int64_t n, const float* import
   for (int64_t b = 0; b < n / kBlock; ++b) {
     block_weights(importance, b * kBlock, kBlock, w);
     out[b].d = fp32_to_fp16(fit_scale(x + b * kBlock, w, -128, 127, kQ8Offsets, q));
+    if (search::isa() == search::Isa::avx512) {
+      search::pack_bytes_32_avx512(q, out[b].qs);
+      continue;
+    }
     for (int j = 0; j < kBlock; ++j) out[b].qs[j] = static_cast<int8_t>(q[j]);
   }
 }

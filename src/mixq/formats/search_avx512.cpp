@@ -135,7 +135,9 @@ MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int
   }
   for (int k = n; k < 8; ++k) iscale[k] = iscale[n - 1];
   __m512 sxq[4], sqq[4];
-  for (int p = 0; p < 4; ++p) {
+  const int pairs = (n + 1) / 2;
+  for (int p = pairs; p < 4; ++p) sxq[p] = sqq[p] = _mm512_setzero_ps();
+  for (int p = 0; p < pairs; ++p) {
     const __m512 is = _mm512_insertf32x8(_mm512_set1_ps(iscale[2 * p]), _mm256_set1_ps(iscale[2 * p + 1]), 1);
     __m512 s = _mm512_setzero_ps(), t = _mm512_setzero_ps();
     for (int c = 0; c < 4; ++c) {
@@ -148,17 +150,22 @@ MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int
   }
   const __m512d a = sum_lanes_of_8_candidates(sxq), b = sum_lanes_of_8_candidates(sqq);
   const __mmask8 ok = _mm512_cmp_pd_mask(b, _mm512_setzero_pd(), _CMP_NLE_UQ);  // !(b <= 0), else gain -1, scale 0
-  alignas(64) double gain[8], scale[8];
-  _mm512_store_pd(gain, _mm512_mask_div_pd(_mm512_set1_pd(-1.0), ok, _mm512_mul_pd(a, a), b));
-  _mm512_store_pd(scale, _mm512_maskz_div_pd(ok, a, b));
+  // The reference keeps the first candidate whose gain beats every earlier one (and -1): the first
+  // lane holding the largest gain, NaN gains never chosen.
+  const __m512d g = _mm512_mask_div_pd(_mm512_set1_pd(-1.0), ok, _mm512_mul_pd(a, a), b);
+  const auto used = static_cast<__mmask8>((1u << n) - 1);
+  const __mmask8 real = used & _mm512_cmp_pd_mask(g, g, _CMP_ORD_Q);
+  const double gmax = _mm512_mask_reduce_max_pd(real, g);
   double best_gain = -1, best_scale = 0;
   float best_is = 0;
-  for (int k = 0; k < n; ++k) {
-    if (gain[k] > best_gain) {
-      best_gain = gain[k];
-      best_scale = scale[k];
-      best_is = iscale[k];
-    }
+  if (real != 0 && gmax > -1.0) {
+    const int k = __builtin_ctz(real & _mm512_cmp_pd_mask(g, _mm512_set1_pd(gmax), _CMP_EQ_OQ));
+    alignas(64) double sa[8], sb[8];
+    _mm512_store_pd(sa, a);
+    _mm512_store_pd(sb, b);
+    best_gain = gmax;
+    best_scale = sa[k] / sb[k];
+    best_is = iscale[k];
   }
 
   // Refinement: codes for 1 / scale and their least-squares scale, while the gain rises. Codes
@@ -197,6 +204,24 @@ MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int
   return d;
 }
 
+
+MIXQ_SEARCH_AVX512 void pack_nibbles_32_avx512(const int* q, int bias, uint8_t* nibbles, uint8_t* high_bits) {
+  const __m512i b = _mm512_set1_epi32(bias), low4 = _mm512_set1_epi32(0xf);
+  const __m512i c0 = _mm512_add_epi32(_mm512_loadu_si512(q), b), c1 = _mm512_add_epi32(_mm512_loadu_si512(q + 16), b);
+  const __m512i packed = _mm512_or_si512(_mm512_and_si512(c0, low4), _mm512_slli_epi32(_mm512_and_si512(c1, low4), 4));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(nibbles), _mm512_cvtepi32_epi8(packed));
+  if (high_bits != nullptr) {
+    const __m512i bit4 = _mm512_set1_epi32(16);
+    const uint32_t bits = static_cast<uint32_t>(_mm512_test_epi32_mask(c0, bit4)) |
+                          static_cast<uint32_t>(_mm512_test_epi32_mask(c1, bit4)) << 16;
+    for (int k = 0; k < 4; ++k) high_bits[k] = static_cast<uint8_t>(bits >> (8 * k));
+  }
+}
+
+MIXQ_SEARCH_AVX512 void pack_bytes_32_avx512(const int* q, int8_t* bytes) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(_mm512_loadu_si512(q)));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(bytes + 16), _mm512_cvtepi32_epi8(_mm512_loadu_si512(q + 16)));
+}
 
 namespace {
 
@@ -431,6 +456,8 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const fl
 float fit_scale_32_avx512(const float*, const float*, int, int, const float*, int, int, int*) { return 0; }
 void symmetric_super_block_avx512(const float*, const float*, int, int, int, const float*, int, int, int, uint16_t*,
                                   int8_t*, int8_t*) {}
+void pack_nibbles_32_avx512(const int*, int, uint8_t*, uint8_t*) {}
+void pack_bytes_32_avx512(const int*, int8_t*) {}
 
 #endif
 

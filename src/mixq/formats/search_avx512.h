@@ -12,6 +12,12 @@ namespace mixq::search {
 float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets, int n_offsets,
                           int refine_rounds, int* q);
 
+// The legacy layouts' packing of 32 codes (plus bias): value j's low nibble in nibbles[j % 16]
+// (low half for j < 16), bit 4 of value j in bit j of the little-endian high_bits (when not null);
+// or the codes as bytes.
+void pack_nibbles_32_avx512(const int* q, int bias, uint8_t* nibbles, uint8_t* high_bits);
+void pack_bytes_32_avx512(const int* q, int8_t* bytes);
+
 // kquants/symmetric_search.cpp quantize_symmetric_super_block after its weights are prepared
 // (w: 256 weights, each sub-block's sum positive): 16 sub-blocks of 16 values decoded as
 // (d * sc[j]) * code, code in [code_lo, code_hi], |sc[j]| <= scale_max. seed_offsets (n_seeds <= 8)
