@@ -49,10 +49,6 @@ using ScaleCandidate = ScaleFit;
 // assignments each get their least-squares d; the best is polished by alternating nearest codes
 // and least squares. Returns d rounded to f16 with the codes that are nearest for that rounded d.
 float fit_scale(const float* x, const float* w, int lo, int hi, std::span<const float> offsets, int* q) {
-  if (search::isa() == search::Isa::avx512 && offsets.size() <= 4) {
-    return search::fit_scale_32_avx512(x, w, lo, hi, offsets.data(), static_cast<int>(offsets.size()), kRefineRounds,
-                                       q);
-  }
   float amax = 0, extreme = 0;
   for (int i = 0; i < kBlock; ++i) {
     if (std::fabs(x[i]) > amax) {
@@ -89,6 +85,32 @@ float fit_scale(const float* x, const float* w, int lo, int hi, std::span<const 
   const float id = d != 0 ? 1.0f / d : 0.0f;
   for (int i = 0; i < kBlock; ++i) q[i] = static_cast<int>(round_float(clamp_code(x[i] * id, flo, fhi)));
   return d;
+}
+
+// The AVX-512 search (search_avx512.cpp: the same result as fit_scale, two blocks in lockstep),
+// where this CPU runs it: store(b, d, codes) receives each block. False when it does not run here.
+template <typename Store>
+bool fit_scale_rows_avx512(const float* x, int64_t n, const float* importance, int lo, int hi,
+                           std::span<const float> offsets, Store store) {
+  if (search::isa() != search::Isa::avx512) return false;
+  static_assert(kBlock == 32);
+  float w[2 * kBlock], d[2];
+  int q[2 * kBlock];
+  const auto n_offsets = static_cast<int>(offsets.size());
+  const int64_t blocks = n / kBlock;
+  int64_t b = 0;
+  for (; b + 1 < blocks; b += 2) {
+    block_weights(importance, b * kBlock, kBlock, w);
+    block_weights(importance, (b + 1) * kBlock, kBlock, w + kBlock);
+    search::fit_scale_2x32_avx512(x + b * kBlock, w, lo, hi, offsets.data(), n_offsets, kRefineRounds, q, d);
+    store(b, d[0], q);
+    store(b + 1, d[1], q + kBlock);
+  }
+  if (b < blocks) {
+    block_weights(importance, b * kBlock, kBlock, w);
+    store(b, search::fit_scale_32_avx512(x + b * kBlock, w, lo, hi, offsets.data(), n_offsets, kRefineRounds, q), q);
+  }
+  return true;
 }
 
 struct AffineFit {
@@ -212,16 +234,18 @@ const Block* blocks(const void* p) {
 
 void quantize_row_q4_0(const float* x, void* dst, int64_t n, const float* importance) {
   auto* out = blocks<BlockQ4_0>(dst);
+  if (fit_scale_rows_avx512(x, n, importance, -8, 7, kScaleOffsets, [&](int64_t b, float d, const int* q) {
+        out[b].d = fp32_to_fp16(d);
+        search::pack_nibbles_32_avx512(q, 8, out[b].qs, nullptr);
+      })) {
+    return;
+  }
   float w[kBlock];
   int q[kBlock];
   for (int64_t b = 0; b < n / kBlock; ++b) {
     block_weights(importance, b * kBlock, kBlock, w);
     const float d = fit_scale(x + b * kBlock, w, -8, 7, kScaleOffsets, q);
     out[b].d = fp32_to_fp16(d);
-    if (search::isa() == search::Isa::avx512) {
-      search::pack_nibbles_32_avx512(q, 8, out[b].qs, nullptr);
-      continue;
-    }
     for (int& c : q) c += 8;
     pack_nibbles(q, out[b].qs);
   }
@@ -259,16 +283,18 @@ void dequantize_row_q4_1(const void* src, float* y, int64_t n) {
 
 void quantize_row_q5_0(const float* x, void* dst, int64_t n, const float* importance) {
   auto* out = blocks<BlockQ5_0>(dst);
+  if (fit_scale_rows_avx512(x, n, importance, -16, 15, kScaleOffsets, [&](int64_t b, float d, const int* q) {
+        out[b].d = fp32_to_fp16(d);
+        search::pack_nibbles_32_avx512(q, 16, out[b].qs, out[b].qh);
+      })) {
+    return;
+  }
   float w[kBlock];
   int q[kBlock];
   for (int64_t b = 0; b < n / kBlock; ++b) {
     block_weights(importance, b * kBlock, kBlock, w);
     const float d = fit_scale(x + b * kBlock, w, -16, 15, kScaleOffsets, q);
     out[b].d = fp32_to_fp16(d);
-    if (search::isa() == search::Isa::avx512) {
-      search::pack_nibbles_32_avx512(q, 16, out[b].qs, out[b].qh);
-      continue;
-    }
     for (int& c : q) c += 16;
     pack_nibbles(q, out[b].qs);
     pack_high_bits(q, out[b].qh);
@@ -316,15 +342,17 @@ void dequantize_row_q5_1(const void* src, float* y, int64_t n) {
 
 void quantize_row_q8_0(const float* x, void* dst, int64_t n, const float* importance) {
   auto* out = blocks<BlockQ8_0>(dst);
+  if (fit_scale_rows_avx512(x, n, importance, -128, 127, kQ8Offsets, [&](int64_t b, float d, const int* q) {
+        out[b].d = fp32_to_fp16(d);
+        search::pack_bytes_32_avx512(q, out[b].qs);
+      })) {
+    return;
+  }
   float w[kBlock];
   int q[kBlock];
   for (int64_t b = 0; b < n / kBlock; ++b) {
     block_weights(importance, b * kBlock, kBlock, w);
     out[b].d = fp32_to_fp16(fit_scale(x + b * kBlock, w, -128, 127, kQ8Offsets, q));
-    if (search::isa() == search::Isa::avx512) {
-      search::pack_bytes_32_avx512(q, out[b].qs);
-      continue;
-    }
     for (int j = 0; j < kBlock; ++j) out[b].qs[j] = static_cast<int8_t>(q[j]);
   }
 }

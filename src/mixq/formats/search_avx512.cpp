@@ -51,6 +51,12 @@ MIXQ_SEARCH_AVX512 inline __m256 clamp_ref(__m256 v, __m256 lo, __m256 hi) {
   return _mm256_min_ps(_mm256_max_ps(v, lo), hi);
 }
 
+// The low and high 8 floats of a register as doubles.
+MIXQ_SEARCH_AVX512 inline __m512d lo_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+MIXQ_SEARCH_AVX512 inline __m512d hi_pd(__m512 v) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+}
+
 // Sequential double sum of 8 float lanes, lane 0 first: ((0 + s0) + s1) + ... + s7.
 MIXQ_SEARCH_AVX512 inline double sum_lanes_in_order(__m256 s) {
   alignas(64) double d[8];
@@ -100,31 +106,28 @@ MIXQ_SEARCH_AVX512 inline float first_extreme_32(const float* x, int& index) {
 
 }  // namespace
 
-MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets,
-                                             int n_offsets, int refine_rounds, int* q) {
-  int at = 0;
-  const float amax = first_extreme_32(x, at);
-  if (amax < 1e-20f) {
-    std::memset(q, 0, 32 * sizeof(int));
-    return 0;
-  }
-  const float extreme = x[at];
+namespace {
+
+// fit_scale's seed search for one block: the best seed's gain, scale and inverse scale (gain -1 and
+// scale 0 when no seed has a positive sum of squares; the caller handles tiny blocks first).
+struct SeedChoice {
+  double gain = -1, scale = 0;
+  float iscale = 0;
+};
+
+MIXQ_SEARCH_AVX512 SeedChoice seed_search_32(const float* x, const float* w, float extreme, int lo, int hi,
+                                             const float* offsets, int n_offsets) {
   const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
   // The block as four chunks of 8 (lane k of chunk c is value 8c + k: the reference's lanes),
   // each duplicated in both halves of a register so two candidates run side by side.
   __m512 xc[4], wc[4], wxc[4];
-  __m256 x8[4], w8[4], wx8[4];
   for (int c = 0; c < 4; ++c) {
-    x8[c] = _mm256_loadu_ps(x + 8 * c);
-    w8[c] = _mm256_loadu_ps(w + 8 * c);
-    wx8[c] = _mm256_mul_ps(w8[c], x8[c]);
-    xc[c] = _mm512_broadcast_f32x8(x8[c]);
-    wc[c] = _mm512_broadcast_f32x8(w8[c]);
-    wxc[c] = _mm512_broadcast_f32x8(wx8[c]);
+    const __m256 x8 = _mm256_loadu_ps(x + 8 * c), w8 = _mm256_loadu_ps(w + 8 * c);
+    xc[c] = _mm512_broadcast_f32x8(x8);
+    wc[c] = _mm512_broadcast_f32x8(w8);
+    wxc[c] = _mm512_broadcast_f32x8(_mm256_mul_ps(w8, x8));
   }
   const __m512 vlo = _mm512_set1_ps(flo), vhi = _mm512_set1_ps(fhi);
-  const __m256 vlo8 = _mm256_set1_ps(flo), vhi8 = _mm256_set1_ps(fhi);
-
   // The seeds, in the reference's order; unused slots repeat the last one and are never chosen.
   float iscale[8];
   int n = 0;
@@ -149,61 +152,135 @@ MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int
     sqq[p] = t;
   }
   const __m512d a = sum_lanes_of_8_candidates(sxq), b = sum_lanes_of_8_candidates(sqq);
-  const __mmask8 ok = _mm512_cmp_pd_mask(b, _mm512_setzero_pd(), _CMP_NLE_UQ);  // !(b <= 0), else gain -1, scale 0
+  const __mmask8 ok = _mm512_cmp_pd_mask(b, _mm512_setzero_pd(), _CMP_NLE_UQ);  // !(b <= 0), else gain -1
   // The reference keeps the first candidate whose gain beats every earlier one (and -1): the first
   // lane holding the largest gain, NaN gains never chosen.
   const __m512d g = _mm512_mask_div_pd(_mm512_set1_pd(-1.0), ok, _mm512_mul_pd(a, a), b);
   const auto used = static_cast<__mmask8>((1u << n) - 1);
   const __mmask8 real = used & _mm512_cmp_pd_mask(g, g, _CMP_ORD_Q);
   const double gmax = _mm512_mask_reduce_max_pd(real, g);
-  double best_gain = -1, best_scale = 0;
-  float best_is = 0;
+  SeedChoice best;
   if (real != 0 && gmax > -1.0) {
     const int k = __builtin_ctz(real & _mm512_cmp_pd_mask(g, _mm512_set1_pd(gmax), _CMP_EQ_OQ));
     alignas(64) double sa[8], sb[8];
     _mm512_store_pd(sa, a);
     _mm512_store_pd(sb, b);
-    best_gain = gmax;
-    best_scale = sa[k] / sb[k];
-    best_is = iscale[k];
+    best.gain = gmax;
+    best.scale = sa[k] / sb[k];
+    best.iscale = iscale[k];
+  }
+  return best;
+}
+
+// fit_scale for B (1 or 2) consecutive blocks of 32: the seeds block by block, then the
+// least-squares rounds of all B blocks in lockstep (block k in 256-bit half k of each register,
+// each leaving at its own first round without gain), so the rounds' long dependency chains overlap.
+template <int B>
+MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                         int n_offsets, int refine_rounds, int* q, float* d) {
+  const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+  double gain[2] = {-1, -1}, scale[2] = {0, 0};
+  float iscale[2] = {0, 0};
+  bool tiny[2] = {false, false};
+  for (int k = 0; k < B; ++k) {
+    int at = 0;
+    const float amax = first_extreme_32(x + 32 * k, at);
+    tiny[k] = amax < 1e-20f;
+    if (tiny[k]) continue;
+    const SeedChoice c = seed_search_32(x + 32 * k, w + 32 * k, x[32 * k + at], lo, hi, offsets, n_offsets);
+    gain[k] = c.gain;
+    scale[k] = c.scale;
+    iscale[k] = c.iscale;
   }
 
-  // Refinement: codes for 1 / scale and their least-squares scale, while the gain rises. Codes
-  // equal to the best ones give the same sums and gain, which ends the loop in the reference too.
-  const auto codes = [&](float is, __m256* l) {
-    const __m256 v = _mm256_set1_ps(is);
-    for (int c = 0; c < 4; ++c) l[c] = round_magic(clamp_ref(_mm256_mul_ps(x8[c], v), vlo8, vhi8));
+  // Chunk c of the B blocks: values 8c..8c+7 of block k in half k.
+  __m512 xc[4], wc[4], wxc[4];
+  for (int c = 0; c < 4; ++c) {
+    const __m256 x0 = _mm256_loadu_ps(x + 8 * c), w0 = _mm256_loadu_ps(w + 8 * c);
+    const __m256 x1 = B == 2 ? _mm256_loadu_ps(x + 32 + 8 * c) : x0, w1 = B == 2 ? _mm256_loadu_ps(w + 32 + 8 * c) : w0;
+    xc[c] = _mm512_insertf32x8(_mm512_castps256_ps512(x0), x1, 1);
+    wc[c] = _mm512_insertf32x8(_mm512_castps256_ps512(w0), w1, 1);
+    wxc[c] = _mm512_mul_ps(wc[c], xc[c]);
+  }
+  const __m512 vlo = _mm512_set1_ps(flo), vhi = _mm512_set1_ps(fhi);
+  const auto codes = [&](const float* is, __m512* l) {
+    const __m512 v = _mm512_insertf32x8(_mm512_set1_ps(is[0]), _mm256_set1_ps(is[B - 1]), 1);
+    for (int c = 0; c < 4; ++c) l[c] = round_magic(clamp_ref(_mm512_mul_ps(xc[c], v), vlo, vhi));
   };
-  __m256 best_l[4];
-  if (best_scale != 0) codes(best_is, best_l);
-  for (int round = 0; round < refine_rounds && best_scale != 0; ++round) {
-    __m256 l[4];
-    codes(static_cast<float>(1.0 / best_scale), l);
-    __mmask8 same = 0xff;
-    for (int c = 0; c < 4; ++c) same &= _mm256_cmp_ps_mask(l[c], best_l[c], _CMP_EQ_OQ);
-    if (same == 0xff) break;
-    __m256 s = _mm256_setzero_ps(), t = _mm256_setzero_ps();
+  // Codes equal to the best ones give the same sums and gain, which ends the reference's loop.
+  bool running[2] = {false, false};
+  for (int k = 0; k < B; ++k) running[k] = !tiny[k] && scale[k] != 0;
+  __m512 best_l[4];
+  codes(iscale, best_l);
+  for (int round = 0; round < refine_rounds && (running[0] || running[1]); ++round) {
+    float is[2];
+    for (int k = 0; k < B; ++k) is[k] = running[k] ? static_cast<float>(1.0 / scale[k]) : iscale[k];
+    __m512 l[4];
+    codes(is, l);
+    __mmask16 same = 0xffff;
+    for (int c = 0; c < 4; ++c) same &= _mm512_cmp_ps_mask(l[c], best_l[c], _CMP_EQ_OQ);
+    __m512 sx = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
     for (int c = 0; c < 4; ++c) {
-      s = _mm256_add_ps(s, _mm256_mul_ps(wx8[c], l[c]));
-      t = _mm256_add_ps(t, _mm256_mul_ps(_mm256_mul_ps(w8[c], l[c]), l[c]));
+      sx = _mm512_add_ps(sx, _mm512_mul_ps(wxc[c], l[c]));
+      sq = _mm512_add_ps(sq, _mm512_mul_ps(_mm512_mul_ps(wc[c], l[c]), l[c]));
     }
-    const double ra = sum_lanes_in_order(s), rb = sum_lanes_in_order(t);
-    const double g = rb <= 0 ? -1.0 : ra * ra / rb;
-    if (!(g > best_gain)) break;
-    best_gain = g;
-    best_scale = ra / rb;
-    for (int c = 0; c < 4; ++c) best_l[c] = l[c];
+    alignas(64) double lanes[4][8];  // sums of block 0, block 1; squares of block 0, block 1
+    _mm512_store_pd(lanes[0], lo_pd(sx));
+    _mm512_store_pd(lanes[1], hi_pd(sx));
+    _mm512_store_pd(lanes[2], lo_pd(sq));
+    _mm512_store_pd(lanes[3], hi_pd(sq));
+    double ra[2] = {0, 0}, rb[2] = {0, 0};
+    for (int j = 0; j < 8; ++j) {
+      for (int k = 0; k < B; ++k) {
+        ra[k] += lanes[k][j];
+        rb[k] += lanes[2 + k][j];
+      }
+    }
+    __mmask16 take_mask = 0;
+    for (int k = 0; k < B; ++k) {
+      if (!running[k]) continue;
+      const bool unchanged = ((same >> (8 * k)) & 0xff) == 0xff;
+      const double g = rb[k] <= 0 ? -1.0 : ra[k] * ra[k] / rb[k];
+      if (unchanged || !(g > gain[k])) {
+        running[k] = false;
+        continue;
+      }
+      gain[k] = g;
+      scale[k] = ra[k] / rb[k];
+      iscale[k] = is[k];
+      take_mask |= static_cast<__mmask16>(0xff << (8 * k));
+    }
+    for (int c = 0; c < 4; ++c) best_l[c] = _mm512_mask_mov_ps(best_l[c], take_mask, l[c]);
   }
 
-  const float d = round_fp16(static_cast<float>(best_scale));
-  const __m512 id = _mm512_set1_ps(d != 0 ? 1.0f / d : 0.0f);
-  for (int h = 0; h < 2; ++h) {
-    const __m512 l = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * h), id), vlo, vhi));
-    _mm512_storeu_si512(q + 16 * h, _mm512_cvttps_epi32(l));
+  for (int k = 0; k < B; ++k) {
+    if (tiny[k]) {
+      std::memset(q + 32 * k, 0, 32 * sizeof(int));
+      d[k] = 0;
+      continue;
+    }
+    d[k] = round_fp16(static_cast<float>(scale[k]));
+    const __m512 id = _mm512_set1_ps(d[k] != 0 ? 1.0f / d[k] : 0.0f);
+    for (int h = 0; h < 2; ++h) {
+      const __m512 v = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * k + 16 * h), id), vlo, vhi));
+      _mm512_storeu_si512(q + 32 * k + 16 * h, _mm512_cvttps_epi32(v));
+    }
   }
+}
+
+}  // namespace
+
+MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                             int n_offsets, int refine_rounds, int* q) {
+  float d;
+  fit_scale_blocks<1>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, &d);
   return d;
 }
 
+MIXQ_SEARCH_AVX512 void fit_scale_2x32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                              int n_offsets, int refine_rounds, int* q, float* d) {
+  fit_scale_blocks<2>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, d);
+}
 
 MIXQ_SEARCH_AVX512 void pack_nibbles_32_avx512(const int* q, int bias, uint8_t* nibbles, uint8_t* high_bits) {
   const __m512i b = _mm512_set1_epi32(bias), low4 = _mm512_set1_epi32(0xf);
@@ -243,10 +320,6 @@ struct Fit16 {
   __m512d gain[2], scale[2];
 };
 
-MIXQ_SEARCH_AVX512 inline __m512d lo_pd(__m512 v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
-MIXQ_SEARCH_AVX512 inline __m512d hi_pd(__m512 v) {
-  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
-}
 
 // fit_sub_block's evaluate for every sub-block at its own inverse scale.
 MIXQ_SEARCH_AVX512 inline Fit16 evaluate16(const Transposed16& x, const Transposed16& w, const Transposed16& wx,
@@ -454,6 +527,7 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const fl
 #else
 
 float fit_scale_32_avx512(const float*, const float*, int, int, const float*, int, int, int*) { return 0; }
+void fit_scale_2x32_avx512(const float*, const float*, int, int, const float*, int, int, int*, float*) {}
 void symmetric_super_block_avx512(const float*, const float*, int, int, int, const float*, int, int, int, uint16_t*,
                                   int8_t*, int8_t*) {}
 void pack_nibbles_32_avx512(const int*, int, uint8_t*, uint8_t*) {}

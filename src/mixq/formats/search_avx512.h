@@ -12,6 +12,10 @@ namespace mixq::search {
 float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets, int n_offsets,
                           int refine_rounds, int* q);
 
+// The same for two consecutive blocks (x, w: 64 values; q: 64 codes; d: 2 scales), in lockstep.
+void fit_scale_2x32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets, int n_offsets,
+                           int refine_rounds, int* q, float* d);
+
 // The legacy layouts' packing of 32 codes (plus bias): value j's low nibble in nibbles[j % 16]
 // (low half for j < 16), bit 4 of value j in bit j of the little-endian high_bits (when not null);
 // or the codes as bytes.
