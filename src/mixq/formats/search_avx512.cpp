@@ -8,6 +8,7 @@
 //    either is NaN, which is what std::max(lo, v) / std::min(hi, v) do with the operands swapped).
 #include "mixq/formats/search_avx512.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -524,6 +525,375 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const fl
   }
 }
 
+namespace {
+
+// The affine k-quants' super-block of 8 sub-blocks of 32. The reference sums each sub-block in 4
+// lanes (value i in lane i % 4, chunks of 4 in order) and adds the lanes as (l0 + l2) + (l1 + l3).
+// Here register h of chunk c holds chunk c of sub-blocks 4h..4h+3, one 128-bit group each, so
+// every group reproduces one sub-block's lanes; per-sub-block quantities are __m256 (lane j =
+// sub-block j).
+struct AffineData {
+  __m512 x[8][2], w[8][2];
+};
+
+MIXQ_SEARCH_AVX512 inline __m512i affine_gather_index() {
+  // lane 4g + k -> value 32g + k (plus 4c and 128h at the call)
+  return _mm512_setr_epi32(0, 1, 2, 3, 32, 33, 34, 35, 64, 65, 66, 67, 96, 97, 98, 99);
+}
+
+// (l0 + l2) + (l1 + l3) of every group; a: sub-blocks 0-3, b: 4-7.
+MIXQ_SEARCH_AVX512 inline __m256 group_sums(__m512 a, __m512 b) {
+  const auto fold = [](__m512 v) {
+    const __m512 t = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4e));  // (0+2, 1+3, 2+0, 3+1); + commutes exactly
+    return _mm512_add_ps(t, _mm512_permute_ps(t, 0xb1));          // lane 0: (0+2) + (1+3)
+  };
+  const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+  return _mm512_castps512_ps256(_mm512_permutex2var_ps(fold(a), first, fold(b)));
+}
+
+// Lane j of p to the four lanes of sub-block j's group.
+MIXQ_SEARCH_AVX512 inline void spread(__m256 p, __m512& a, __m512& b) {
+  const __m512 v = _mm512_castps256_ps512(p);
+  a = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3), v);
+  b = _mm512_permutexvar_ps(_mm512_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7), v);
+}
+
+// The first of four in each group: std::min(std::min(v0, v1), std::min(v2, v3)) or the max.
+template <bool kMax>
+MIXQ_SEARCH_AVX512 inline __m512 group_extreme(__m512 v) {
+  // std::min(a, b) is (b < a) ? b : a, i.e. vminps(b, a); std::max(a, b) is vmaxps(b, a).
+  const auto op = [](__m512 p, __m512 q) { return kMax ? _mm512_max_ps(p, q) : _mm512_min_ps(p, q); };
+  const __m512 m = op(_mm512_permute_ps(v, 0xb1), v);  // lane 0: op(v1, v0), lane 2: op(v3, v2)
+  return op(_mm512_permute_ps(m, 0x4e), m);            // lane 0: op(m23, m01)
+}
+
+// -v exactly (a sign flip, as the reference's unary minus; 0 - v would turn -0 into +0).
+MIXQ_SEARCH_AVX512 inline __m256 neg8(__m256 v) { return _mm256_xor_ps(v, _mm256_set1_ps(-0.0f)); }
+
+struct Moments8 {
+  __m256 a, b, c;
+};
+
+struct AffineFit8 {
+  __m256 s, b, gain;
+  Moments8 cm;  // sl, sll, sxl
+};
+
+// solve_affine for 8 sub-blocks; dm = (sw, sx, sxx).
+MIXQ_SEARCH_AVX512 inline AffineFit8 solve_affine8(const Moments8& dm, const Moments8& cm) {
+  const __m256 sw = dm.a, sx = dm.b, sl = cm.a, sll = cm.b, sxl = cm.c, zero = _mm256_setzero_ps();
+  const __m256 det = _mm256_sub_ps(_mm256_mul_ps(sw, sll), _mm256_mul_ps(sl, sl));
+  const __mmask8 regular =
+      _mm256_cmp_ps_mask(det, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(1e-6f), sw), sll), _CMP_GT_OQ);
+  const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), det);
+  const __m256 s1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(sw, sxl), _mm256_mul_ps(sl, sx)), inv);
+  const __m256 b1 = _mm256_mul_ps(_mm256_sub_ps(_mm256_mul_ps(sll, sx), _mm256_mul_ps(sl, sxl)), inv);
+  const __mmask8 free_ok = regular & _mm256_cmp_ps_mask(s1, zero, _CMP_GE_OQ) & _mm256_cmp_ps_mask(b1, zero, _CMP_LE_OQ);
+  const __m256 g1 = _mm256_add_ps(_mm256_mul_ps(s1, sxl), _mm256_mul_ps(b1, sx));
+  const __mmask8 s2_ok = _mm256_cmp_ps_mask(sll, zero, _CMP_GT_OQ) & _mm256_cmp_ps_mask(sxl, zero, _CMP_GT_OQ);
+  const __m256 s2 = _mm256_maskz_div_ps(s2_ok, sxl, sll);
+  const __mmask8 b2_ok = _mm256_cmp_ps_mask(sw, zero, _CMP_GT_OQ) & _mm256_cmp_ps_mask(sx, zero, _CMP_LT_OQ);
+  const __m256 b2 = _mm256_maskz_div_ps(b2_ok, sx, sw);
+  const __m256 g_no_offset = _mm256_mul_ps(s2, sxl), g_no_scale = _mm256_mul_ps(b2, sx);
+  const __mmask8 no_offset = _mm256_cmp_ps_mask(g_no_offset, g_no_scale, _CMP_GE_OQ);
+  AffineFit8 f;
+  f.s = _mm256_mask_mov_ps(_mm256_maskz_mov_ps(no_offset, s2), free_ok, s1);
+  f.b = _mm256_mask_mov_ps(_mm256_maskz_mov_ps(static_cast<__mmask8>(~no_offset), b2), free_ok, b1);
+  f.gain = _mm256_mask_mov_ps(_mm256_mask_mov_ps(g_no_scale, no_offset, g_no_offset), free_ok, g1);
+  f.cm = cm;
+  return f;
+}
+
+MIXQ_SEARCH_AVX512 inline void take8(AffineFit8& best, const AffineFit8& f, __mmask8 m) {
+  best.s = _mm256_mask_mov_ps(best.s, m, f.s);
+  best.b = _mm256_mask_mov_ps(best.b, m, f.b);
+  best.gain = _mm256_mask_mov_ps(best.gain, m, f.gain);
+  best.cm.a = _mm256_mask_mov_ps(best.cm.a, m, f.cm.a);
+  best.cm.b = _mm256_mask_mov_ps(best.cm.b, m, f.cm.b);
+  best.cm.c = _mm256_mask_mov_ps(best.cm.c, m, f.cm.c);
+}
+
+// codes_of: clamp((x - offset) * inv, 0, code_max), rounded.
+MIXQ_SEARCH_AVX512 inline __m512 affine_codes(__m512 x, __m512 inv, __m512 offset, __m512 hi) {
+  const __m512 v = _mm512_mul_ps(_mm512_sub_ps(x, offset), inv);
+  return round_magic(_mm512_min_ps(_mm512_max_ps(v, _mm512_setzero_ps()), hi));
+}
+
+// code_moments: sum w l, sum w l^2, sum w x l with per-sub-block inverse scale and offset.
+MIXQ_SEARCH_AVX512 inline Moments8 affine_code_moments(const AffineData& dt, __m256 inv, __m256 offset, __m512 hi) {
+  __m512 inv2[2], off2[2];
+  spread(inv, inv2[0], inv2[1]);
+  spread(offset, off2[0], off2[1]);
+  __m512 sl[2], sll[2], sxl[2];
+  for (int h = 0; h < 2; ++h) {
+    sl[h] = sll[h] = sxl[h] = _mm512_setzero_ps();
+    for (int c = 0; c < 8; ++c) {
+      const __m512 l = affine_codes(dt.x[c][h], inv2[h], off2[h], hi);
+      const __m512 wl = _mm512_mul_ps(dt.w[c][h], l);
+      sl[h] = _mm512_add_ps(sl[h], wl);
+      sll[h] = _mm512_add_ps(sll[h], _mm512_mul_ps(wl, l));
+      sxl[h] = _mm512_add_ps(sxl[h], _mm512_mul_ps(wl, dt.x[c][h]));
+    }
+  }
+  return {group_sums(sl[0], sl[1]), group_sums(sll[0], sll[1]), group_sums(sxl[0], sxl[1])};
+}
+
+// grid_error: sum w (x - (dl * code - ml))^2 with the best codes for that grid.
+MIXQ_SEARCH_AVX512 inline __m256 affine_grid_error(const AffineData& dt, __m256 dl, __m256 ml, __m512 hi) {
+  const __m256 inv = _mm256_maskz_div_ps(_mm256_cmp_ps_mask(dl, _mm256_setzero_ps(), _CMP_GT_OQ),
+                                         _mm256_set1_ps(1.0f), dl);
+  __m512 inv2[2], dl2[2], ml2[2], off2[2];
+  spread(inv, inv2[0], inv2[1]);
+  spread(dl, dl2[0], dl2[1]);
+  spread(ml, ml2[0], ml2[1]);
+  spread(neg8(ml), off2[0], off2[1]);
+  __m512 err[2];
+  for (int h = 0; h < 2; ++h) {
+    err[h] = _mm512_setzero_ps();
+    for (int c = 0; c < 8; ++c) {
+      const __m512 l = affine_codes(dt.x[c][h], inv2[h], off2[h], hi);
+      const __m512 e = _mm512_sub_ps(dt.x[c][h], _mm512_sub_ps(_mm512_mul_ps(dl2[h], l), ml2[h]));
+      err[h] = _mm512_add_ps(err[h], _mm512_mul_ps(_mm512_mul_ps(dt.w[c][h], e), e));
+    }
+  }
+  return group_sums(err[0], err[1]);
+}
+
+struct AffineCandidate8 {
+  uint16_t d_half, dmin_half;
+  __m256i sc, m;
+  double err;
+};
+
+MIXQ_SEARCH_AVX512 inline __m256i floor_to_grid8(__m256 v, float step, int scale_max) {
+  if (!(step > 0)) return _mm256_setzero_si256();
+  return _mm256_min_epi32(_mm256_cvttps_epi32(_mm256_div_ps(v, _mm256_set1_ps(step))), _mm256_set1_epi32(scale_max));
+}
+
+// quantize_scales: the integer scale and minimum of each sub-block for the given super-scales
+// (choose_integers), and the total error.
+MIXQ_SEARCH_AVX512 AffineCandidate8 affine_quantize_scales(const AffineData& dt, const AffineFit8& f, const Moments8& dm,
+                                                          float d_target, float dmin_target,
+                                                          const AffineSearchParams& p, __m512 hi) {
+  AffineCandidate8 c;
+  c.d_half = fp32_to_fp16(d_target);
+  c.dmin_half = fp32_to_fp16(dmin_target);
+  const float d = fp16_to_fp32(c.d_half), dmin = fp16_to_fp32(c.dmin_half);
+  const __m256 vd = _mm256_set1_ps(d), vdmin = _mm256_set1_ps(dmin), zero = _mm256_setzero_ps();
+  const __m256i smax = _mm256_set1_epi32(p.scale_max);
+  const __m256i sc0 = floor_to_grid8(f.s, d, p.scale_max);
+  const __mmask8 exact = _mm256_cmp_epi32_mask(sc0, _mm256_set1_epi32(p.exact_scale_below), _MM_CMPINT_LT);
+  __m256i best_sc = sc0, best_m = _mm256_setzero_si256();
+  __m256 best_err = _mm256_set1_ps(INFINITY);
+  for (int dsc = 0; dsc <= 1; ++dsc) {
+    const __m256i sc = _mm256_add_epi32(sc0, _mm256_set1_epi32(dsc));
+    const __mmask8 sc_ok = dsc == 0 ? static_cast<__mmask8>(0xff) : _mm256_cmp_epi32_mask(sc, smax, _MM_CMPINT_LE);
+    const __m256 dl = _mm256_mul_ps(vd, _mm256_cvtepi32_ps(sc));
+    const __m256 slv = _mm256_maskz_mov_ps(_mm256_cmp_epi32_mask(sc, _mm256_setzero_si256(), _MM_CMPINT_GT), f.cm.a);
+    const __m256 b = _mm256_maskz_div_ps(_mm256_cmp_ps_mask(dm.a, zero, _CMP_GT_OQ),
+                                         _mm256_sub_ps(dm.b, _mm256_mul_ps(dl, slv)), dm.a);
+    const __m256i m0 = floor_to_grid8(_mm256_max_ps(neg8(b), zero), dmin, p.scale_max);
+    for (int dm_ = 0; dm_ <= 1; ++dm_) {
+      const __m256i m = _mm256_add_epi32(m0, _mm256_set1_epi32(dm_));
+      const __mmask8 ok = sc_ok & (dm_ == 0 ? static_cast<__mmask8>(0xff) : _mm256_cmp_epi32_mask(m, smax, _MM_CMPINT_LE));
+      if (ok == 0) continue;
+      const __m256 ml = _mm256_mul_ps(vdmin, _mm256_cvtepi32_ps(m));
+      // fixed_code_error(dm, cm, s = dl, b = -ml) in the reference's order of operations.
+      const __m256 s = dl, bb = neg8(ml), two = _mm256_set1_ps(2.0f);
+      __m256 err = _mm256_sub_ps(dm.c, _mm256_mul_ps(two, _mm256_add_ps(_mm256_mul_ps(s, f.cm.c), _mm256_mul_ps(bb, dm.b))));
+      err = _mm256_add_ps(err, _mm256_mul_ps(_mm256_mul_ps(s, s), f.cm.b));
+      err = _mm256_add_ps(err, _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(two, s), bb), f.cm.a));
+      err = _mm256_add_ps(err, _mm256_mul_ps(_mm256_mul_ps(bb, bb), dm.a));
+      if ((ok & exact) != 0) err = _mm256_mask_mov_ps(err, exact, affine_grid_error(dt, dl, ml, hi));
+      const __mmask8 use = ok & _mm256_cmp_ps_mask(err, best_err, _CMP_LT_OQ);
+      best_err = _mm256_mask_mov_ps(best_err, use, err);
+      best_sc = _mm256_mask_mov_epi32(best_sc, use, sc);
+      best_m = _mm256_mask_mov_epi32(best_m, use, m);
+    }
+  }
+  c.sc = best_sc;
+  c.m = best_m;
+  const __m256 e = affine_grid_error(dt, _mm256_mul_ps(vd, _mm256_cvtepi32_ps(best_sc)),
+                                     _mm256_mul_ps(vdmin, _mm256_cvtepi32_ps(best_m)), hi);
+  alignas(32) float ev[8];
+  _mm256_store_ps(ev, e);
+  c.err = 0;
+  for (const float v : ev) c.err += v;
+  return c;
+}
+
+// refit_super_scales: least squares for (d, dmin) with the integers and codes fixed.
+MIXQ_SEARCH_AVX512 bool affine_refit(const AffineData& dt, const Moments8& dm, const AffineCandidate8& c, __m512 hi,
+                                     float& d, float& dmin) {
+  const float d0 = fp16_to_fp32(c.d_half), dmin0 = fp16_to_fp32(c.dmin_half);
+  const __m256 scf = _mm256_cvtepi32_ps(c.sc), mf = _mm256_cvtepi32_ps(c.m);
+  const __m256 dl = _mm256_mul_ps(_mm256_set1_ps(d0), scf);
+  const __mmask8 pos = _mm256_cmp_ps_mask(dl, _mm256_setzero_ps(), _CMP_GT_OQ);
+  const __m256 inv = _mm256_maskz_div_ps(pos, _mm256_set1_ps(1.0f), dl);
+  const __m256 off = neg8(_mm256_mul_ps(_mm256_set1_ps(dmin0), mf));
+  const Moments8 cm = affine_code_moments(dt, inv, off, hi);
+  alignas(32) float sl[8], sll[8], sxl[8], sw[8], sx[8];
+  alignas(32) int32_t sc[8], m[8];
+  _mm256_store_ps(sl, _mm256_maskz_mov_ps(pos, cm.a));
+  _mm256_store_ps(sll, _mm256_maskz_mov_ps(pos, cm.b));
+  _mm256_store_ps(sxl, _mm256_maskz_mov_ps(pos, cm.c));
+  _mm256_store_ps(sw, dm.a);
+  _mm256_store_ps(sx, dm.b);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(sc), c.sc);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(m), c.m);
+  double saa = 0, sak = 0, skk = 0, sxa = 0, sxk = 0;
+  for (int j = 0; j < 8; ++j) {
+    const double s = sc[j], k = m[j];
+    saa += s * s * sll[j];
+    sak += s * k * sl[j];
+    skk += k * k * sw[j];
+    sxa += s * sxl[j];
+    sxk += k * sx[j];
+  }
+  const double det = saa * skk - sak * sak;
+  if (!(det > 1e-12 * saa * skk)) return false;
+  d = static_cast<float>((sxa * skk - sak * sxk) / det);
+  dmin = static_cast<float>((sxa * sak - saa * sxk) / det);
+  return d > 0 && dmin >= 0;
+}
+
+}  // namespace
+
+MIXQ_SEARCH_AVX512 void affine_super_block_32_avx512(const float* x, const float* w, const AffineSearchParams& p,
+                                                     uint16_t* d_out, uint16_t* dmin_out, uint8_t* sc_out,
+                                                     uint8_t* m_out, uint8_t* codes_out) {
+  AffineData dt;
+  const __m512i gidx = affine_gather_index();
+  for (int c = 0; c < 8; ++c) {
+    for (int h = 0; h < 2; ++h) {
+      dt.x[c][h] = _mm512_i32gather_ps(gidx, x + 4 * c + 128 * h, 4);
+      dt.w[c][h] = _mm512_i32gather_ps(gidx, w + 4 * c + 128 * h, 4);
+    }
+  }
+  const auto code_max = static_cast<float>(p.code_max);
+  const __m512 hi = _mm512_set1_ps(code_max);
+
+  // fit_sub_block for the 8 sub-blocks.
+  __m512 sw[2], sx[2], sxx[2], vmin[2], vmax[2];
+  for (int h = 0; h < 2; ++h) {
+    sw[h] = sx[h] = sxx[h] = _mm512_setzero_ps();
+    vmin[h] = vmax[h] = dt.x[0][h];
+    for (int c = 0; c < 8; ++c) {
+      const __m512 xv = dt.x[c][h], wx = _mm512_mul_ps(dt.w[c][h], xv);
+      sw[h] = _mm512_add_ps(sw[h], dt.w[c][h]);
+      sx[h] = _mm512_add_ps(sx[h], wx);
+      sxx[h] = _mm512_add_ps(sxx[h], _mm512_mul_ps(wx, xv));
+      vmin[h] = _mm512_min_ps(xv, vmin[h]);
+      vmax[h] = _mm512_max_ps(xv, vmax[h]);
+    }
+  }
+  const Moments8 dm{group_sums(sw[0], sw[1]), group_sums(sx[0], sx[1]), group_sums(sxx[0], sxx[1])};
+  const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m256 mn = _mm512_castps512_ps256(
+      _mm512_permutex2var_ps(group_extreme<false>(vmin[0]), first, group_extreme<false>(vmin[1])));
+  const __m256 mx = _mm512_castps512_ps256(
+      _mm512_permutex2var_ps(group_extreme<true>(vmax[0]), first, group_extreme<true>(vmax[1])));
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256 lo = _mm256_min_ps(zero, mn);  // std::min(xmin, 0.0f) = (0 < xmin) ? 0 : xmin
+  const __m256 range = _mm256_sub_ps(mx, lo);
+  const __mmask8 valid = _mm256_cmp_ps_mask(range, zero, _CMP_GT_OQ);
+
+  AffineFit8 best;
+  best.s = best.b = zero;
+  best.gain = _mm256_set1_ps(-INFINITY);
+  best.cm = {zero, zero, zero};
+  if (valid != 0) {
+    __m512 lo2[2];
+    spread(lo, lo2[0], lo2[1]);
+    __m512 shifted[8][2];
+    for (int c = 0; c < 8; ++c) {
+      for (int h = 0; h < 2; ++h) shifted[c][h] = _mm512_sub_ps(dt.x[c][h], lo2[h]);
+    }
+    const float hw = p.grid_half_width;
+    for (int step = 0; step <= p.grid_steps; ++step) {
+      const float numer = code_max - hw + 2 * hw * static_cast<float>(step) / static_cast<float>(p.grid_steps);
+      __m512 inv2[2];
+      spread(_mm256_div_ps(_mm256_set1_ps(numer), range), inv2[0], inv2[1]);
+      __m512 sl[2], sll[2], ssl[2];
+      for (int h = 0; h < 2; ++h) {
+        sl[h] = sll[h] = ssl[h] = _mm512_setzero_ps();
+        for (int c = 0; c < 8; ++c) {
+          const __m512 xs = shifted[c][h];
+          const __m512 l = round_magic(_mm512_min_ps(_mm512_mul_ps(xs, inv2[h]), hi));
+          const __m512 wl = _mm512_mul_ps(dt.w[c][h], l);
+          sl[h] = _mm512_add_ps(sl[h], wl);
+          sll[h] = _mm512_add_ps(sll[h], _mm512_mul_ps(wl, l));
+          ssl[h] = _mm512_add_ps(ssl[h], _mm512_mul_ps(wl, xs));
+        }
+      }
+      const __m256 hsl = group_sums(sl[0], sl[1]);
+      const Moments8 cm{hsl, group_sums(sll[0], sll[1]), _mm256_add_ps(group_sums(ssl[0], ssl[1]), _mm256_mul_ps(lo, hsl))};
+      const AffineFit8 f = solve_affine8(dm, cm);
+      take8(best, f, valid & _mm256_cmp_ps_mask(f.gain, best.gain, _CMP_GT_OQ));
+    }
+    __mmask8 running = valid;
+    for (int step = 0; step < p.refine_steps; ++step) {
+      running &= _mm256_cmp_ps_mask(best.s, zero, _CMP_GT_OQ);
+      if (running == 0) break;
+      const __m256 inv = _mm256_div_ps(_mm256_set1_ps(1.0f), best.s);
+      const AffineFit8 f = solve_affine8(dm, affine_code_moments(dt, inv, best.b, hi));
+      running &= _mm256_cmp_ps_mask(f.gain, best.gain, _CMP_GT_OQ);
+      take8(best, f, running);
+    }
+  }
+  if (valid != 0xff) {
+    // A sub-block without range: the fit of no codes at all.
+    const Moments8 none{zero, zero, zero};
+    const AffineFit8 f = solve_affine8(dm, none);
+    take8(best, f, static_cast<__mmask8>(~valid));
+  }
+
+  alignas(32) float s8[8], b8[8];
+  _mm256_store_ps(s8, best.s);
+  _mm256_store_ps(b8, best.b);
+  float max_s = 0, max_o = 0;
+  for (int j = 0; j < 8; ++j) {
+    max_s = std::max(max_s, s8[j]);
+    max_o = std::max(max_o, -b8[j]);
+  }
+  AffineCandidate8 chosen = affine_quantize_scales(dt, best, dm, max_s / static_cast<float>(p.scale_max),
+                                                   max_o / static_cast<float>(p.scale_max), p, hi);
+  for (int step = 0; step < p.super_refine_steps; ++step) {
+    float d, dmin;
+    if (!affine_refit(dt, dm, chosen, hi, d, dmin)) break;
+    const AffineCandidate8 c = affine_quantize_scales(dt, best, dm, d, dmin, p, hi);
+    if (!(c.err < chosen.err)) break;
+    chosen = c;
+  }
+
+  *d_out = chosen.d_half;
+  *dmin_out = chosen.dmin_half;
+  alignas(32) int32_t sc[8], m[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(sc), chosen.sc);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(m), chosen.m);
+  for (int j = 0; j < 8; ++j) {
+    sc_out[j] = static_cast<uint8_t>(sc[j]);
+    m_out[j] = static_cast<uint8_t>(m[j]);
+  }
+  // write_codes: the codes for the stored grid of each sub-block.
+  const float d = fp16_to_fp32(chosen.d_half), dmin = fp16_to_fp32(chosen.dmin_half);
+  const __m256 dl = _mm256_mul_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(chosen.sc));
+  const __m256 ml = _mm256_mul_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(chosen.m));
+  const __m256 inv = _mm256_maskz_div_ps(_mm256_cmp_ps_mask(dl, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f), dl);
+  __m512 inv2[2], off2[2];
+  spread(inv, inv2[0], inv2[1]);
+  spread(neg8(ml), off2[0], off2[1]);
+  alignas(64) float codes[256];
+  for (int c = 0; c < 8; ++c) {
+    for (int h = 0; h < 2; ++h) {
+      _mm512_i32scatter_ps(codes + 4 * c + 128 * h, gidx, affine_codes(dt.x[c][h], inv2[h], off2[h], hi), 4);
+    }
+  }
+  for (int i = 0; i < 256; i += 16) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes_out + i), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(_mm512_load_ps(codes + i))));
+  }
+}
+
 #else
 
 float fit_scale_32_avx512(const float*, const float*, int, int, const float*, int, int, int*) { return 0; }
@@ -532,6 +902,8 @@ void symmetric_super_block_avx512(const float*, const float*, int, int, int, con
                                   int8_t*, int8_t*) {}
 void pack_nibbles_32_avx512(const int*, int, uint8_t*, uint8_t*) {}
 void pack_bytes_32_avx512(const int*, int8_t*) {}
+void affine_super_block_32_avx512(const float*, const float*, const AffineSearchParams&, uint16_t*, uint16_t*, uint8_t*,
+                                  uint8_t*, uint8_t*) {}
 
 #endif
 

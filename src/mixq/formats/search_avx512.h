@@ -30,4 +30,15 @@ void symmetric_super_block_avx512(const float* x, const float* w, int code_lo, i
                                   const float* seed_offsets, int n_seeds, int refine_rounds, int super_rounds,
                                   uint16_t* d, int8_t* sc, int8_t* codes);
 
+// kquants/affine_search.cpp quantize_super_block<32> (Q4_K, Q5_K) after its weights are prepared:
+// 8 sub-blocks of 32 decoded as (d * sc[j]) * code - (dmin * m[j]). The parameters are the
+// reference's constants, passed so that there is one definition of each.
+struct AffineSearchParams {
+  int code_max, scale_max;
+  float grid_half_width;
+  int grid_steps, refine_steps, exact_scale_below, super_refine_steps;
+};
+void affine_super_block_32_avx512(const float* x, const float* w, const AffineSearchParams& p, uint16_t* d,
+                                  uint16_t* dmin, uint8_t* sc, uint8_t* m, uint8_t* codes);
+
 }  // namespace mixq::search
