@@ -44,6 +44,13 @@ MIXQ_SEARCH_AVX512 inline __m256 round_magic(__m256 v) {
   return _mm256_sub_ps(_mm256_add_ps(v, magic), magic);
 }
 
+// The same rounding in one instruction, where only sums of products of the code are used: it
+// gives -0 where round_magic gives +0 (values in (-0.5, 0)), and a product with -0 added to
+// sums that start at +0 never changes them (+0 + -0 is +0; x + -0 is x), nor a code comparison.
+MIXQ_SEARCH_AVX512 inline __m512 round_for_sums(__m512 v) {
+  return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+
 // std::min(hi, std::max(lo, v)): a NaN v becomes lo.
 MIXQ_SEARCH_AVX512 inline __m512 clamp_ref(__m512 v, __m512 lo, __m512 hi) {
   return _mm512_min_ps(_mm512_max_ps(v, lo), hi);
@@ -109,6 +116,13 @@ MIXQ_SEARCH_AVX512 inline float first_extreme_32(const float* x, int& index) {
 
 namespace {
 
+// Every weight exactly 1 (n a multiple of 16).
+MIXQ_SEARCH_AVX512 inline bool all_ones(const float* w, int n) {
+  __mmask16 ok = 0xffff;
+  for (int i = 0; i < n; i += 16) ok &= _mm512_cmp_ps_mask(_mm512_loadu_ps(w + i), _mm512_set1_ps(1.0f), _CMP_EQ_OQ);
+  return ok == 0xffff;
+}
+
 // fit_scale's seed search for one block: the best seed's gain, scale and inverse scale (gain -1 and
 // scale 0 when no seed has a positive sum of squares; the caller handles tiny blocks first).
 struct SeedChoice {
@@ -116,6 +130,8 @@ struct SeedChoice {
   float iscale = 0;
 };
 
+// Without importance every weight is 1, and 1 * v is v exactly: kUnit skips those products.
+template <bool kUnit>
 MIXQ_SEARCH_AVX512 SeedChoice seed_search_32(const float* x, const float* w, float extreme, int lo, int hi,
                                              const float* offsets, int n_offsets) {
   const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
@@ -145,9 +161,9 @@ MIXQ_SEARCH_AVX512 SeedChoice seed_search_32(const float* x, const float* w, flo
     const __m512 is = _mm512_insertf32x8(_mm512_set1_ps(iscale[2 * p]), _mm256_set1_ps(iscale[2 * p + 1]), 1);
     __m512 s = _mm512_setzero_ps(), t = _mm512_setzero_ps();
     for (int c = 0; c < 4; ++c) {
-      const __m512 l = round_magic(clamp_ref(_mm512_mul_ps(xc[c], is), vlo, vhi));
-      s = _mm512_add_ps(s, _mm512_mul_ps(wxc[c], l));
-      t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_mul_ps(wc[c], l), l));
+      const __m512 l = round_for_sums(clamp_ref(_mm512_mul_ps(xc[c], is), vlo, vhi));
+      s = _mm512_add_ps(s, _mm512_mul_ps(kUnit ? xc[c] : wxc[c], l));
+      t = _mm512_add_ps(t, _mm512_mul_ps(kUnit ? l : _mm512_mul_ps(wc[c], l), l));
     }
     sxq[p] = s;
     sqq[p] = t;
@@ -176,7 +192,7 @@ MIXQ_SEARCH_AVX512 SeedChoice seed_search_32(const float* x, const float* w, flo
 // fit_scale for B (1 or 2) consecutive blocks of 32: the seeds block by block, then the
 // least-squares rounds of all B blocks in lockstep (block k in 256-bit half k of each register,
 // each leaving at its own first round without gain), so the rounds' long dependency chains overlap.
-template <int B>
+template <int B, bool kUnit>
 MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
                                          int n_offsets, int refine_rounds, int* q, float* d) {
   const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
@@ -188,7 +204,7 @@ MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo,
     const float amax = first_extreme_32(x + 32 * k, at);
     tiny[k] = amax < 1e-20f;
     if (tiny[k]) continue;
-    const SeedChoice c = seed_search_32(x + 32 * k, w + 32 * k, x[32 * k + at], lo, hi, offsets, n_offsets);
+    const SeedChoice c = seed_search_32<kUnit>(x + 32 * k, w + 32 * k, x[32 * k + at], lo, hi, offsets, n_offsets);
     gain[k] = c.gain;
     scale[k] = c.scale;
     iscale[k] = c.iscale;
@@ -206,7 +222,7 @@ MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo,
   const __m512 vlo = _mm512_set1_ps(flo), vhi = _mm512_set1_ps(fhi);
   const auto codes = [&](const float* is, __m512* l) {
     const __m512 v = _mm512_insertf32x8(_mm512_set1_ps(is[0]), _mm256_set1_ps(is[B - 1]), 1);
-    for (int c = 0; c < 4; ++c) l[c] = round_magic(clamp_ref(_mm512_mul_ps(xc[c], v), vlo, vhi));
+    for (int c = 0; c < 4; ++c) l[c] = round_for_sums(clamp_ref(_mm512_mul_ps(xc[c], v), vlo, vhi));
   };
   // Codes equal to the best ones give the same sums and gain, which ends the reference's loop.
   bool running[2] = {false, false};
@@ -222,8 +238,8 @@ MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo,
     for (int c = 0; c < 4; ++c) same &= _mm512_cmp_ps_mask(l[c], best_l[c], _CMP_EQ_OQ);
     __m512 sx = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
     for (int c = 0; c < 4; ++c) {
-      sx = _mm512_add_ps(sx, _mm512_mul_ps(wxc[c], l[c]));
-      sq = _mm512_add_ps(sq, _mm512_mul_ps(_mm512_mul_ps(wc[c], l[c]), l[c]));
+      sx = _mm512_add_ps(sx, _mm512_mul_ps(kUnit ? xc[c] : wxc[c], l[c]));
+      sq = _mm512_add_ps(sq, _mm512_mul_ps(kUnit ? l[c] : _mm512_mul_ps(wc[c], l[c]), l[c]));
     }
     alignas(64) double lanes[4][8];  // sums of block 0, block 1; squares of block 0, block 1
     _mm512_store_pd(lanes[0], lo_pd(sx));
@@ -274,13 +290,21 @@ MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo,
 MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets,
                                              int n_offsets, int refine_rounds, int* q) {
   float d;
-  fit_scale_blocks<1>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, &d);
+  if (all_ones(w, 32)) {
+    fit_scale_blocks<1, true>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, &d);
+  } else {
+    fit_scale_blocks<1, false>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, &d);
+  }
   return d;
 }
 
 MIXQ_SEARCH_AVX512 void fit_scale_2x32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets,
                                               int n_offsets, int refine_rounds, int* q, float* d) {
-  fit_scale_blocks<2>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, d);
+  if (all_ones(w, 64)) {
+    fit_scale_blocks<2, true>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, d);
+  } else {
+    fit_scale_blocks<2, false>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, d);
+  }
 }
 
 MIXQ_SEARCH_AVX512 void pack_nibbles_32_avx512(const int* q, int bias, uint8_t* nibbles, uint8_t* high_bits) {
