@@ -5,6 +5,7 @@
 #include <cstring>
 #include <cmath>
 #include <span>
+#include <vector>
 
 #include "mixq/formats/block_weights.h"
 #include "mixq/formats/half.h"
@@ -87,29 +88,24 @@ float fit_scale(const float* x, const float* w, int lo, int hi, std::span<const 
   return d;
 }
 
-// The AVX-512 search (search_avx512.cpp: the same result as fit_scale, two blocks in lockstep),
-// where this CPU runs it: store(b, d, codes) receives each block. False when it does not run here.
+// The AVX-512 search (search_avx512.cpp: the same result as fit_scale, block by block), where
+// this CPU runs it: store(b, d, codes) receives each block. False when it does not run here.
 template <typename Store>
 bool fit_scale_rows_avx512(const float* x, int64_t n, const float* importance, int lo, int hi,
                            std::span<const float> offsets, Store store) {
   if (search::isa() != search::Isa::avx512) return false;
   static_assert(kBlock == 32);
-  float w[2 * kBlock], d[2];
-  int q[2 * kBlock];
-  const auto n_offsets = static_cast<int>(offsets.size());
   const int64_t blocks = n / kBlock;
-  int64_t b = 0;
-  for (; b + 1 < blocks; b += 2) {
-    block_weights(importance, b * kBlock, kBlock, w);
-    block_weights(importance, (b + 1) * kBlock, kBlock, w + kBlock);
-    search::fit_scale_2x32_avx512(x + b * kBlock, w, lo, hi, offsets.data(), n_offsets, kRefineRounds, q, d);
-    store(b, d[0], q);
-    store(b + 1, d[1], q + kBlock);
-  }
-  if (b < blocks) {
-    block_weights(importance, b * kBlock, kBlock, w);
-    store(b, search::fit_scale_32_avx512(x + b * kBlock, w, lo, hi, offsets.data(), n_offsets, kRefineRounds, q), q);
-  }
+  // Per thread and reused: rows of one tensor are all the same length.
+  thread_local std::vector<float> w, d;
+  thread_local std::vector<int> q;
+  w.resize(static_cast<size_t>(blocks * kBlock));
+  q.resize(w.size());
+  d.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) block_weights(importance, b * kBlock, kBlock, w.data() + b * kBlock);
+  search::fit_scale_row_avx512(x, w.data(), blocks * kBlock, lo, hi, offsets.data(), static_cast<int>(offsets.size()),
+                               kRefineRounds, q.data(), d.data());
+  for (int64_t b = 0; b < blocks; ++b) store(b, d[static_cast<size_t>(b)], q.data() + b * kBlock);
   return true;
 }
 

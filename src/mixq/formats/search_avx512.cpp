@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
+#include <vector>
 
 #include "mixq/formats/half.h"
 
@@ -117,9 +118,9 @@ MIXQ_SEARCH_AVX512 inline float first_extreme_32(const float* x, int& index) {
 namespace {
 
 // Every weight exactly 1 (n a multiple of 16).
-MIXQ_SEARCH_AVX512 inline bool all_ones(const float* w, int n) {
+MIXQ_SEARCH_AVX512 inline bool all_ones(const float* w, int64_t n) {
   __mmask16 ok = 0xffff;
-  for (int i = 0; i < n; i += 16) ok &= _mm512_cmp_ps_mask(_mm512_loadu_ps(w + i), _mm512_set1_ps(1.0f), _CMP_EQ_OQ);
+  for (int64_t i = 0; i < n; i += 16) ok &= _mm512_cmp_ps_mask(_mm512_loadu_ps(w + i), _mm512_set1_ps(1.0f), _CMP_EQ_OQ);
   return ok == 0xffff;
 }
 
@@ -192,22 +193,34 @@ MIXQ_SEARCH_AVX512 SeedChoice seed_search_32(const float* x, const float* w, flo
 // fit_scale for B (1 or 2) consecutive blocks of 32: the seeds block by block, then the
 // least-squares rounds of all B blocks in lockstep (block k in 256-bit half k of each register,
 // each leaving at its own first round without gain), so the rounds' long dependency chains overlap.
+// The seed stage of one block: tiny blocks (no usable scale) are flagged, the others searched.
+struct BlockSeed {
+  SeedChoice c;
+  bool tiny = false;
+};
+
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 inline BlockSeed seed_block(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                               int n_offsets) {
+  BlockSeed s;
+  int at = 0;
+  s.tiny = first_extreme_32(x, at) < 1e-20f;
+  if (!s.tiny) s.c = seed_search_32<kUnit>(x, w, x[at], lo, hi, offsets, n_offsets);
+  return s;
+}
+
 template <int B, bool kUnit>
-MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
-                                         int n_offsets, int refine_rounds, int* q, float* d) {
+MIXQ_SEARCH_AVX512 void refine_blocks(const float* x, const float* w, const BlockSeed* seeds, int lo, int hi,
+                                      int refine_rounds, int* q, float* d) {
   const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
   double gain[2] = {-1, -1}, scale[2] = {0, 0};
   float iscale[2] = {0, 0};
   bool tiny[2] = {false, false};
   for (int k = 0; k < B; ++k) {
-    int at = 0;
-    const float amax = first_extreme_32(x + 32 * k, at);
-    tiny[k] = amax < 1e-20f;
-    if (tiny[k]) continue;
-    const SeedChoice c = seed_search_32<kUnit>(x + 32 * k, w + 32 * k, x[32 * k + at], lo, hi, offsets, n_offsets);
-    gain[k] = c.gain;
-    scale[k] = c.scale;
-    iscale[k] = c.iscale;
+    tiny[k] = seeds[k].tiny;
+    gain[k] = seeds[k].c.gain;
+    scale[k] = seeds[k].c.scale;
+    iscale[k] = seeds[k].c.iscale;
   }
 
   // Chunk c of the B blocks: values 8c..8c+7 of block k in half k.
@@ -236,6 +249,8 @@ MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo,
     codes(is, l);
     __mmask16 same = 0xffff;
     for (int c = 0; c < 4; ++c) same &= _mm512_cmp_ps_mask(l[c], best_l[c], _CMP_EQ_OQ);
+    for (int k = 0; k < B; ++k) running[k] = running[k] && ((same >> (8 * k)) & 0xff) != 0xff;
+    if (!running[0] && !running[1]) break;
     __m512 sx = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
     for (int c = 0; c < 4; ++c) {
       sx = _mm512_add_ps(sx, _mm512_mul_ps(kUnit ? xc[c] : wxc[c], l[c]));
@@ -256,9 +271,8 @@ MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo,
     __mmask16 take_mask = 0;
     for (int k = 0; k < B; ++k) {
       if (!running[k]) continue;
-      const bool unchanged = ((same >> (8 * k)) & 0xff) == 0xff;
       const double g = rb[k] <= 0 ? -1.0 : ra[k] * ra[k] / rb[k];
-      if (unchanged || !(g > gain[k])) {
+      if (!(g > gain[k])) {
         running[k] = false;
         continue;
       }
@@ -285,25 +299,30 @@ MIXQ_SEARCH_AVX512 void fit_scale_blocks(const float* x, const float* w, int lo,
   }
 }
 
-}  // namespace
-
-MIXQ_SEARCH_AVX512 float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets,
-                                             int n_offsets, int refine_rounds, int* q) {
-  float d;
-  if (all_ones(w, 32)) {
-    fit_scale_blocks<1, true>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, &d);
-  } else {
-    fit_scale_blocks<1, false>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, &d);
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void fit_scale_row(const float* x, const float* w, int64_t blocks, int lo, int hi,
+                                      const float* offsets, int n_offsets, int refine_rounds, int* q, float* d,
+                                      BlockSeed* seeds) {
+  // All seeds first: independent blocks whose long reductions overlap, then the rounds in pairs.
+  for (int64_t b = 0; b < blocks; ++b) seeds[b] = seed_block<kUnit>(x + 32 * b, w + 32 * b, lo, hi, offsets, n_offsets);
+  int64_t b = 0;
+  for (; b + 1 < blocks; b += 2) {
+    refine_blocks<2, kUnit>(x + 32 * b, w + 32 * b, seeds + b, lo, hi, refine_rounds, q + 32 * b, d + b);
   }
-  return d;
+  if (b < blocks) refine_blocks<1, kUnit>(x + 32 * b, w + 32 * b, seeds + b, lo, hi, refine_rounds, q + 32 * b, d + b);
 }
 
-MIXQ_SEARCH_AVX512 void fit_scale_2x32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets,
-                                              int n_offsets, int refine_rounds, int* q, float* d) {
-  if (all_ones(w, 64)) {
-    fit_scale_blocks<2, true>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, d);
+}  // namespace
+
+MIXQ_SEARCH_AVX512 void fit_scale_row_avx512(const float* x, const float* w, int64_t n, int lo, int hi,
+                                             const float* offsets, int n_offsets, int refine_rounds, int* q, float* d) {
+  const int64_t blocks = n / 32;
+  thread_local std::vector<BlockSeed> seeds;
+  if (static_cast<int64_t>(seeds.size()) < blocks) seeds.resize(static_cast<size_t>(blocks));
+  if (all_ones(w, n)) {
+    fit_scale_row<true>(x, w, blocks, lo, hi, offsets, n_offsets, refine_rounds, q, d, seeds.data());
   } else {
-    fit_scale_blocks<2, false>(x, w, lo, hi, offsets, n_offsets, refine_rounds, q, d);
+    fit_scale_row<false>(x, w, blocks, lo, hi, offsets, n_offsets, refine_rounds, q, d, seeds.data());
   }
 }
 
@@ -920,8 +939,7 @@ MIXQ_SEARCH_AVX512 void affine_super_block_32_avx512(const float* x, const float
 
 #else
 
-float fit_scale_32_avx512(const float*, const float*, int, int, const float*, int, int, int*) { return 0; }
-void fit_scale_2x32_avx512(const float*, const float*, int, int, const float*, int, int, int*, float*) {}
+void fit_scale_row_avx512(const float*, const float*, int64_t, int, int, const float*, int, int, int*, float*) {}
 void symmetric_super_block_avx512(const float*, const float*, int, int, int, const float*, int, int, int, uint16_t*,
                                   int8_t*, int8_t*) {}
 void pack_nibbles_32_avx512(const int*, int, uint8_t*, uint8_t*) {}

@@ -6,15 +6,11 @@
 
 namespace mixq::search {
 
-// legacy.cpp fit_scale: one block of 32 values decoded as d * q, q in [lo, hi]; the seeds are
-// (end -/+ offset) / extreme for end in {lo, hi} and the n_offsets offsets (2 * n_offsets <= 8),
-// then refine_rounds of least squares. Returns the f16-rounded d and writes the codes.
-float fit_scale_32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets, int n_offsets,
-                          int refine_rounds, int* q);
-
-// The same for two consecutive blocks (x, w: 64 values; q: 64 codes; d: 2 scales), in lockstep.
-void fit_scale_2x32_avx512(const float* x, const float* w, int lo, int hi, const float* offsets, int n_offsets,
-                           int refine_rounds, int* q, float* d);
+// legacy.cpp fit_scale over a row of n values (n a multiple of 32; w: n weights): block b decoded
+// as d[b] * q, q in [lo, hi]; the seeds are (end -/+ offset) / extreme for end in {lo, hi} and the
+// n_offsets offsets (2 * n_offsets <= 8), then refine_rounds of least squares. d[b] is f16-rounded.
+void fit_scale_row_avx512(const float* x, const float* w, int64_t n, int lo, int hi, const float* offsets,
+                          int n_offsets, int refine_rounds, int* q, float* d);
 
 // The legacy layouts' packing of 32 codes (plus bias): value j's low nibble in nibbles[j % 16]
 // (low half for j < 16), bit 4 of value j in bit j of the little-endian high_bits (when not null);
