@@ -366,13 +366,15 @@ struct Fit16 {
 
 
 // fit_sub_block's evaluate for every sub-block at its own inverse scale.
+// kUnit: every weight is 1 (1 * v is v exactly, so those products are skipped).
+template <bool kUnit>
 MIXQ_SEARCH_AVX512 inline Fit16 evaluate16(const Transposed16& x, const Transposed16& w, const Transposed16& wx,
                                            __m512 iscale, __m512 lo, __m512 hi) {
   __m512 sxq = _mm512_setzero_ps(), sqq = _mm512_setzero_ps();
   for (int i = 0; i < 16; ++i) {
-    const __m512 q = round_magic(clamp_ref(_mm512_mul_ps(x.v[i], iscale), lo, hi));
-    sxq = _mm512_add_ps(sxq, _mm512_mul_ps(wx.v[i], q));
-    sqq = _mm512_add_ps(sqq, _mm512_mul_ps(_mm512_mul_ps(w.v[i], q), q));
+    const __m512 q = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], iscale), lo, hi));
+    sxq = _mm512_add_ps(sxq, _mm512_mul_ps(kUnit ? x.v[i] : wx.v[i], q));
+    sqq = _mm512_add_ps(sqq, _mm512_mul_ps(kUnit ? q : _mm512_mul_ps(w.v[i], q), q));
   }
   const __mmask16 pos = _mm512_cmp_ps_mask(sqq, _mm512_setzero_ps(), _CMP_GT_OQ);
   Fit16 f;
@@ -418,6 +420,7 @@ MIXQ_SEARCH_AVX512 inline __m256i lround_pd(__m512d v) {
 }
 
 // choose_scales: for super-scale d, each sub-block tries the integer scales next to its ideal one.
+template <bool kUnit>
 MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed16& w, const __m512d ideal[2], float d,
                                         int scale_max, __m512 lo, __m512 hi, Choice16& out) {
   const __m512d dd = _mm512_set1_pd(static_cast<double>(d));
@@ -435,9 +438,11 @@ MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed1
     __m512 err = _mm512_setzero_ps();
     Transposed16 q;
     for (int i = 0; i < 16; ++i) {
-      q.v[i] = round_magic(clamp_ref(_mm512_mul_ps(x.v[i], inv), lo, hi));
+      // -0 codes (round_for_sums) change neither the error (diff is x, or a zero whose square is
+      // +0) nor the stored code (converted to 0) nor the super-scale sums (zero terms).
+      q.v[i] = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], inv), lo, hi));
       const __m512 diff = _mm512_sub_ps(x.v[i], _mm512_mul_ps(D, q.v[i]));
-      err = _mm512_add_ps(err, _mm512_mul_ps(_mm512_mul_ps(w.v[i], diff), diff));
+      err = _mm512_add_ps(err, _mm512_mul_ps(kUnit ? diff : _mm512_mul_ps(w.v[i], diff), diff));
     }
     const __mmask16 use = valid & _mm512_cmp_ps_mask(err, best_err, _CMP_LT_OQ);
     best_err = _mm512_mask_mov_ps(best_err, use, err);
@@ -452,12 +457,11 @@ MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed1
   for (const float v : e) out.err += v;
 }
 
-}  // namespace
 
-MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const float* w_in, int code_lo, int code_hi,
-                                                     int scale_max, const float* seed_offsets, int n_seeds,
-                                                     int refine_rounds, int super_rounds, uint16_t* d_out,
-                                                     int8_t* sc_out, int8_t* codes_out) {
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_in, int code_lo, int code_hi,
+                                              int scale_max, const float* seed_offsets, int n_seeds, int refine_rounds,
+                                              int super_rounds, uint16_t* d_out, int8_t* sc_out, int8_t* codes_out) {
   Transposed16 x, w, wx;
   transpose_load(x_in, x);
   transpose_load(w_in, w);
@@ -481,7 +485,7 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const fl
     for (const float end : {flo, fhi}) {
       for (int s = 0; s < n_seeds; ++s) {
         const float target = end < 0 ? end - seed_offsets[s] : end + seed_offsets[s];
-        const Fit16 f = evaluate16(x, w, wx, _mm512_div_ps(_mm512_set1_ps(target), extreme), lo, hi);
+        const Fit16 f = evaluate16<kUnit>(x, w, wx, _mm512_div_ps(_mm512_set1_ps(target), extreme), lo, hi);
         take(best, f, active & gain_above(f, best));
       }
     }
@@ -494,7 +498,7 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const fl
       const __m512 iscale = _mm512_insertf32x8(
           _mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_div_pd(one, best.scale[0]))),
           _mm512_cvtpd_ps(_mm512_div_pd(one, best.scale[1])), 1);
-      const Fit16 f = evaluate16(x, w, wx, iscale, lo, hi);
+      const Fit16 f = evaluate16<kUnit>(x, w, wx, iscale, lo, hi);
       running &= gain_above(f, best);
       take(best, f, running);
     }
@@ -519,7 +523,7 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const fl
     const uint16_t bits = fp32_to_fp16(static_cast<float>(candidate));
     const float d = fp16_to_fp32(bits);
     if (!(d > 0) || !std::isfinite(d)) return;
-    choose_scales16(x, w, best.scale, d, scale_max, lo, hi, trial);
+    choose_scales16<kUnit>(x, w, best.scale, d, scale_max, lo, hi, trial);
     if (trial.err < chosen.err) {
       chosen = trial;
       best_d = bits;
@@ -565,6 +569,21 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x_in, const fl
   }
   for (int j = 0; j < 16; ++j) {
     for (int i = 0; i < 16; ++i) codes_out[16 * j + i] = t[i][j];
+  }
+}
+
+}  // namespace
+
+MIXQ_SEARCH_AVX512 void symmetric_super_block_avx512(const float* x, const float* w, int code_lo, int code_hi,
+                                                     int scale_max, const float* seed_offsets, int n_seeds,
+                                                     int refine_rounds, int super_rounds, uint16_t* d, int8_t* sc,
+                                                     int8_t* codes) {
+  if (all_ones(w, 256)) {
+    symmetric_super_block<true>(x, w, code_lo, code_hi, scale_max, seed_offsets, n_seeds, refine_rounds, super_rounds,
+                                d, sc, codes);
+  } else {
+    symmetric_super_block<false>(x, w, code_lo, code_hi, scale_max, seed_offsets, n_seeds, refine_rounds, super_rounds,
+                                 d, sc, codes);
   }
 }
 
