@@ -360,9 +360,18 @@ MIXQ_SEARCH_AVX512 inline void transpose_load(const float* x, Transposed16& t) {
 }
 
 // Per sub-block: the reference's Fit {gain, scale} in doubles, lanes 0-7 and 8-15.
+// Per sub-block: the reference's Fit gain in doubles (lanes 0-7, 8-15) and the float sums it came
+// from; its scale, (double) sxq / sqq where sqq > 0 and 0 elsewhere, is formed only when needed.
 struct Fit16 {
-  __m512d gain[2], scale[2];
+  __m512d gain[2];
+  __m512 sxq, sqq;
 };
+
+MIXQ_SEARCH_AVX512 inline void scale_of(const Fit16& f, __m512d scale[2]) {
+  const __mmask16 pos = _mm512_cmp_ps_mask(f.sqq, _mm512_setzero_ps(), _CMP_GT_OQ);
+  scale[0] = _mm512_maskz_div_pd(static_cast<__mmask8>(pos), lo_pd(f.sxq), lo_pd(f.sqq));
+  scale[1] = _mm512_maskz_div_pd(static_cast<__mmask8>(pos >> 8), hi_pd(f.sxq), hi_pd(f.sqq));
+}
 
 
 // fit_sub_block's evaluate for every sub-block at its own inverse scale.
@@ -382,8 +391,9 @@ MIXQ_SEARCH_AVX512 inline Fit16 evaluate16(const Transposed16& x, const Transpos
   for (int h = 0; h < 2; ++h) {
     const auto m = static_cast<__mmask8>(pos >> (8 * h));
     f.gain[h] = _mm512_maskz_div_pd(m, _mm512_mul_pd(s[h], s[h]), t[h]);
-    f.scale[h] = _mm512_maskz_div_pd(m, s[h], t[h]);
   }
+  f.sxq = sxq;
+  f.sqq = sqq;
   return f;
 }
 
@@ -392,8 +402,9 @@ MIXQ_SEARCH_AVX512 inline void take(Fit16& best, const Fit16& f, __mmask16 use) 
   for (int h = 0; h < 2; ++h) {
     const auto m = static_cast<__mmask8>(use >> (8 * h));
     best.gain[h] = _mm512_mask_mov_pd(best.gain[h], m, f.gain[h]);
-    best.scale[h] = _mm512_mask_mov_pd(best.scale[h], m, f.scale[h]);
   }
+  best.sxq = _mm512_mask_mov_ps(best.sxq, use, f.sxq);
+  best.sqq = _mm512_mask_mov_ps(best.sqq, use, f.sqq);
 }
 
 MIXQ_SEARCH_AVX512 inline __mmask16 gain_above(const Fit16& f, const Fit16& best) {
@@ -480,7 +491,9 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
   }
   const __mmask16 active = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-30f), _CMP_GE_OQ);
   Fit16 best;
-  best.gain[0] = best.gain[1] = best.scale[0] = best.scale[1] = _mm512_setzero_pd();
+  best.gain[0] = best.gain[1] = _mm512_setzero_pd();
+  best.sxq = best.sqq = _mm512_setzero_ps();
+  __m512d scale[2];  // the ideal scale of each sub-block
   if (active != 0) {
     for (const float end : {flo, fhi}) {
       for (int s = 0; s < n_seeds; ++s) {
@@ -492,12 +505,13 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
     const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
     __mmask16 running = active;
     for (int r = 0; r < refine_rounds; ++r) {
-      running &= static_cast<__mmask16>(_mm512_cmp_pd_mask(best.scale[0], zero, _CMP_NEQ_UQ) |
-                                        (_mm512_cmp_pd_mask(best.scale[1], zero, _CMP_NEQ_UQ) << 8));
+      scale_of(best, scale);
+      running &= static_cast<__mmask16>(_mm512_cmp_pd_mask(scale[0], zero, _CMP_NEQ_UQ) |
+                                        (_mm512_cmp_pd_mask(scale[1], zero, _CMP_NEQ_UQ) << 8));
       if (running == 0) break;
       const __m512 iscale = _mm512_insertf32x8(
-          _mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_div_pd(one, best.scale[0]))),
-          _mm512_cvtpd_ps(_mm512_div_pd(one, best.scale[1])), 1);
+          _mm512_castps256_ps512(_mm512_cvtpd_ps(_mm512_div_pd(one, scale[0]))),
+          _mm512_cvtpd_ps(_mm512_div_pd(one, scale[1])), 1);
       const Fit16 f = evaluate16<kUnit>(x, w, wx, iscale, lo, hi);
       running &= gain_above(f, best);
       take(best, f, running);
@@ -506,7 +520,8 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
 
   // The super-scale: the largest ideal scale on scale_max (or just inside), then least squares
   // over the chosen integers, as in the reference.
-  const __m512d max2 = _mm512_max_pd(_mm512_abs_pd(best.scale[0]), _mm512_abs_pd(best.scale[1]));
+  scale_of(best, scale);
+  const __m512d max2 = _mm512_max_pd(_mm512_abs_pd(scale[0]), _mm512_abs_pd(scale[1]));
   const double max_abs = _mm512_reduce_max_pd(max2);
   if (max_abs == 0) {
     *d_out = 0;
@@ -523,7 +538,7 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
     const uint16_t bits = fp32_to_fp16(static_cast<float>(candidate));
     const float d = fp16_to_fp32(bits);
     if (!(d > 0) || !std::isfinite(d)) return;
-    choose_scales16<kUnit>(x, w, best.scale, d, scale_max, lo, hi, trial);
+    choose_scales16<kUnit>(x, w, scale, d, scale_max, lo, hi, trial);
     if (trial.err < chosen.err) {
       chosen = trial;
       best_d = bits;
@@ -534,23 +549,58 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
   for (int round = 0; round < super_rounds; ++round) {
     // num = sum w x (sc * code), den = sum w (sc * code)^2 in the reference's order: sub-block by
     // sub-block, value by value, in doubles. The terms are formed in lanes, the sums in order.
+    //
+    // Every term is exact (a float times an integer below 2^12, or times its square), so a sum
+    // rounds only where a partial sum needs more than 53 bits. The terms of one sum are multiples
+    // of 2^L, L the lowest exponent of their float factor's last mantissa bit; when 256 times the
+    // largest term stays below 2^(L + 53), no partial sum in any order rounds, and the sums are
+    // formed in lanes. Otherwise (a super-block spanning a very wide range) they are formed in
+    // the reference's order.
     alignas(64) double tn[16][16], td[16][16];  // [value i][sub-block j]
     const __m512d sc[2] = {_mm512_cvtepi32_pd(_mm512_castsi512_si256(chosen.sc)),
                            _mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(chosen.sc, 1))};
+    __m512d vnum = _mm512_setzero_pd(), vden = _mm512_setzero_pd();
+    __m512d max_n = _mm512_setzero_pd(), max_d = _mm512_setzero_pd();
+    __m512 low_n = _mm512_set1_ps(INFINITY), low_d = _mm512_set1_ps(INFINITY);
+    const __mmask16 sc_nonzero = _mm512_cmp_epi32_mask(chosen.sc, _mm512_setzero_si512(), _MM_CMPINT_NE);
     for (int i = 0; i < 16; ++i) {
       const __m512d q[2] = {lo_pd(chosen.codes.v[i]), hi_pd(chosen.codes.v[i])};
       const __m512d wxd[2] = {lo_pd(wx.v[i]), hi_pd(wx.v[i])}, wd[2] = {lo_pd(w.v[i]), hi_pd(w.v[i])};
+      // Lanes whose terms are not zero: their float factors' exponents bound L from below.
+      const __mmask16 used =
+          sc_nonzero & _mm512_cmp_ps_mask(chosen.codes.v[i], _mm512_setzero_ps(), _CMP_NEQ_UQ);
+      low_n = _mm512_mask_min_ps(low_n, used & _mm512_cmp_ps_mask(wx.v[i], _mm512_setzero_ps(), _CMP_NEQ_UQ), low_n,
+                                 _mm512_getexp_ps(wx.v[i]));
+      if (!kUnit) {
+        low_d = _mm512_mask_min_ps(low_d, used & _mm512_cmp_ps_mask(w.v[i], _mm512_setzero_ps(), _CMP_NEQ_UQ), low_d,
+                                   _mm512_getexp_ps(w.v[i]));
+      }
       for (int h = 0; h < 2; ++h) {
         const __m512d sq = _mm512_mul_pd(sc[h], q[h]);
-        _mm512_store_pd(&tn[i][8 * h], _mm512_mul_pd(wxd[h], sq));
-        _mm512_store_pd(&td[i][8 * h], _mm512_mul_pd(_mm512_mul_pd(wd[h], sq), sq));
+        const __m512d n = _mm512_mul_pd(wxd[h], sq), d = _mm512_mul_pd(_mm512_mul_pd(wd[h], sq), sq);
+        _mm512_store_pd(&tn[i][8 * h], n);
+        _mm512_store_pd(&td[i][8 * h], d);
+        vnum = _mm512_add_pd(vnum, n);
+        vden = _mm512_add_pd(vden, d);
+        max_n = _mm512_max_pd(max_n, _mm512_abs_pd(n));
+        max_d = _mm512_max_pd(max_d, _mm512_abs_pd(d));
       }
     }
+    // Float mantissas have 24 bits: the last one is 2^(exponent - 23). With unit weights the
+    // squares are integers (L = 0).
+    const float en = _mm512_reduce_min_ps(low_n), ed = kUnit ? 23.0f : _mm512_reduce_min_ps(low_d);
+    const auto bound = [](float e) { return std::isfinite(e) ? std::ldexp(1.0, static_cast<int>(e) - 23 + 53 - 8) : INFINITY; };
+    const bool exact = _mm512_reduce_max_pd(max_n) < bound(en) && _mm512_reduce_max_pd(max_d) < bound(ed);
     double num = 0, den = 0;
-    for (int j = 0; j < 16; ++j) {
-      for (int i = 0; i < 16; ++i) {
-        num += tn[i][j];
-        den += td[i][j];
+    if (exact) {
+      num = _mm512_reduce_add_pd(vnum);
+      den = _mm512_reduce_add_pd(vden);
+    } else {
+      for (int j = 0; j < 16; ++j) {
+        for (int i = 0; i < 16; ++i) {
+          num += tn[i][j];
+          den += td[i][j];
+        }
       }
     }
     if (den <= 0) break;
