@@ -96,6 +96,35 @@ TEST(SearchSimd, EveryQuantizerWritesTheReferenceBytes) {
   EXPECT_GT(compared, 50);
 }
 
+// Rows of an odd number of 32-value blocks: the legacy search pairs blocks, and the last one of
+// such a row runs alone.
+TEST(SearchSimd, OddBlockCountsMatchTheReference) {
+  if (!search::avx512_available()) GTEST_SKIP() << "this CPU has no AVX-512 F/BW/VL: only the reference runs here";
+  const search::Isa before = search::isa();
+  std::mt19937 rng(99);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::lognormal_distribution<float> logn(0.0f, 1.0f);
+  for (const int64_t cols : {32, 96, 800}) {
+    const int64_t rows = 5;
+    std::vector<float> x(static_cast<size_t>(rows * cols)), imp(static_cast<size_t>(cols));
+    for (auto& v : x) v = normal(rng);
+    for (auto& v : imp) v = logn(rng);
+    for (const auto& t : all_types()) {
+      if (!t.can_quantize() || !t.quantized || cols % t.block_size != 0) continue;
+      for (const float* importance : {static_cast<const float*>(nullptr), static_cast<const float*>(imp.data())}) {
+        const size_t bytes = t.row_bytes(cols) * static_cast<size_t>(rows);
+        std::vector<uint8_t> ref(bytes), simd(bytes);
+        search::set_isa(search::Isa::scalar);
+        quantize_rows(t.id, x.data(), ref.data(), rows, cols, importance);
+        search::set_isa(search::Isa::avx512);
+        quantize_rows(t.id, x.data(), simd.data(), rows, cols, importance);
+        EXPECT_EQ(ref, simd) << t.name << ", rows of " << cols << (importance ? ", with importance" : "");
+      }
+    }
+  }
+  search::set_isa(before);
+}
+
 TEST(SearchSimd, ForcingTheReferenceSticks) {
   const search::Isa before = search::isa();
   search::set_isa(search::Isa::scalar);
