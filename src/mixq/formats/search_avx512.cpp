@@ -1006,9 +1006,111 @@ MIXQ_SEARCH_AVX512 void affine_super_block_32_avx512(const float* x, const float
   }
 }
 
+namespace {
+
+// iq4.cpp's table_slot and lookup: 2 * clamp(v, -128, 127.75) + 256 truncated (2v is exact, so a
+// fused or a separate multiply-add give the same slot), then the nearest grid value of the slot.
+MIXQ_SEARCH_AVX512 inline __m512 iq4_level(__m512 v, const float* nearest_value) {
+  const __m512 c = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.75f));
+  const __m512i slot = _mm512_cvttps_epi32(_mm512_fmadd_ps(c, _mm512_set1_ps(2.0f), _mm512_set1_ps(256.0f)));
+  return _mm512_i32gather_ps(slot, nearest_value, 4);
+}
+
+// a * b + c, fused where the reference's compiler fused it.
+template <bool kFused>
+MIXQ_SEARCH_AVX512 inline __m512 mul_add(__m512 a, __m512 b, __m512 c) {
+  return kFused ? _mm512_fmadd_ps(a, b, c) : _mm512_add_ps(c, _mm512_mul_ps(a, b));
+}
+template <bool kFused>
+MIXQ_SEARCH_AVX512 inline __m256 mul_add(__m256 a, __m256 b, __m256 c) {
+  return kFused ? _mm256_fmadd_ps(a, b, c) : _mm256_add_ps(c, _mm256_mul_ps(a, b));
+}
+
+template <bool kFused>
+MIXQ_SEARCH_AVX512 float iq4_fit_group(const float* x, const float* w, const float* nearest_value, int grid_lo,
+                                       int grid_hi, const float* offsets, int n_offsets, int refine_rounds) {
+  int at = 0;
+  const float amax = first_extreme_32(x, at);
+  if (amax < 1e-20f) return 0;
+  const float extreme = x[at];
+  __m512 xc[4], wc[4], wxc[4];
+  __m256 x8[4], w8[4], wx8[4];
+  for (int c = 0; c < 4; ++c) {
+    x8[c] = _mm256_loadu_ps(x + 8 * c);
+    w8[c] = _mm256_loadu_ps(w + 8 * c);
+    wx8[c] = _mm256_mul_ps(w8[c], x8[c]);
+    xc[c] = _mm512_broadcast_f32x8(x8[c]);
+    wc[c] = _mm512_broadcast_f32x8(w8[c]);
+    wxc[c] = _mm512_broadcast_f32x8(wx8[c]);
+  }
+  float iscale[16];
+  int n = 0;
+  for (const int end : {grid_lo, grid_hi}) {
+    for (int o = 0; o < n_offsets; ++o) {
+      iscale[n++] = (end < 0 ? static_cast<float>(end) - offsets[o] : static_cast<float>(end) + offsets[o]) / extreme;
+    }
+  }
+  for (int k = n; k < 16; ++k) iscale[k] = iscale[n - 1];
+  // Lanes as least_squares_scale keeps them (value i in lane i % 8), sums fused as compiled there.
+  double gain[16], sa[16], sb[16];
+  for (int half = 0; half < 2; ++half) {
+    __m512 sxq[4], sqq[4];
+    for (int p = 0; p < 4; ++p) {
+      const float* is = iscale + 8 * half + 2 * p;
+      const __m512 v = _mm512_insertf32x8(_mm512_set1_ps(is[0]), _mm256_set1_ps(is[1]), 1);
+      __m512 s = _mm512_setzero_ps(), t = _mm512_setzero_ps();
+      for (int c = 0; c < 4; ++c) {
+        const __m512 l = iq4_level(_mm512_mul_ps(xc[c], v), nearest_value);
+        s = mul_add<kFused>(wxc[c], l, s);
+        t = mul_add<kFused>(_mm512_mul_ps(wc[c], l), l, t);
+      }
+      sxq[p] = s;
+      sqq[p] = t;
+    }
+    const __m512d a = sum_lanes_of_8_candidates(sxq), b = sum_lanes_of_8_candidates(sqq);
+    const __mmask8 ok = _mm512_cmp_pd_mask(b, _mm512_setzero_pd(), _CMP_NLE_UQ);
+    _mm512_storeu_pd(gain + 8 * half, _mm512_mask_div_pd(_mm512_set1_pd(-1.0), ok, _mm512_mul_pd(a, a), b));
+    _mm512_storeu_pd(sa + 8 * half, a);
+    _mm512_storeu_pd(sb + 8 * half, b);
+  }
+  double best_gain = -1, best_scale = 0;
+  for (int k = 0; k < n; ++k) {
+    if (gain[k] > best_gain) {
+      best_gain = gain[k];
+      best_scale = sa[k] / sb[k];
+    }
+  }
+  for (int round = 0; round < refine_rounds && best_scale != 0; ++round) {
+    const __m512 v = _mm512_set1_ps(static_cast<float>(1.0 / best_scale));
+    __m256 s = _mm256_setzero_ps(), t = _mm256_setzero_ps();
+    for (int c = 0; c < 4; ++c) {
+      // Both halves hold the same values (every gathered slot is a valid index).
+      const __m256 l = _mm512_castps512_ps256(iq4_level(_mm512_mul_ps(xc[c], v), nearest_value));
+      s = mul_add<kFused>(wx8[c], l, s);
+      t = mul_add<kFused>(_mm256_mul_ps(w8[c], l), l, t);
+    }
+    const double ra = sum_lanes_in_order(s), rb = sum_lanes_in_order(t);
+    const double g = rb <= 0 ? -1.0 : ra * ra / rb;
+    if (!(g > best_gain)) break;
+    best_gain = g;
+    best_scale = ra / rb;
+  }
+  return static_cast<float>(best_scale);
+}
+
+}  // namespace
+
+MIXQ_SEARCH_AVX512 float iq4_fit_group_avx512(const float* x, const float* w, const float* nearest_value, int grid_lo,
+                                              int grid_hi, const float* offsets, int n_offsets, int refine_rounds,
+                                              bool fused) {
+  return fused ? iq4_fit_group<true>(x, w, nearest_value, grid_lo, grid_hi, offsets, n_offsets, refine_rounds)
+               : iq4_fit_group<false>(x, w, nearest_value, grid_lo, grid_hi, offsets, n_offsets, refine_rounds);
+}
+
 #else
 
 void fit_scale_row_avx512(const float*, const float*, int64_t, int, int, const float*, int, int, int*, float*) {}
+float iq4_fit_group_avx512(const float*, const float*, const float*, int, int, const float*, int, int, bool) { return 0; }
 void symmetric_super_block_avx512(const float*, const float*, int, int, int, const float*, int, int, int, uint16_t*,
                                   int8_t*, int8_t*) {}
 void pack_nibbles_32_avx512(const int*, int, uint8_t*, uint8_t*) {}
