@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Quantization throughput against llama-quantize, side by side in one run: both quantize the same
-# F32 GGUF to the same type with the same thread count, interleaved (llama.cpp, mixq, llama.cpp,
-# mixq, ...), and the ratio llama-quantize seconds / mixq seconds is printed per type and thread
-# count (median of the repetitions; > 1 means mixq is faster). Wall time of the whole command
-# (reading, quantizing, writing; mixq also fsyncs its output, llama-quantize does not). Only ratios
-# measured in one run mean anything on a shared machine; the load is printed at start and end.
+# F32 GGUF to the same type with the same thread count, interleaved (llama.cpp, mixq, then mixq,
+# llama.cpp in the next repetition, ...), and the ratio llama-quantize seconds / mixq seconds is
+# printed per type and thread count (> 1: mixq is faster), for wall time (the whole command:
+# reading, quantizing, writing; mixq also fsyncs its output, llama-quantize does not) and for CPU
+# time (user + system, steadier on a loaded machine). Only ratios measured in one run mean anything
+# on a shared machine; the load is printed at start and end.
 #   bench/quantize_speed.sh [MODEL_F32.gguf]
 # Default model: SmolLM2-135M F32 (the dequantization of the PyPI Q4_1 file, as in
 # bench/quantize_model.sh and bench/vs_llamacpp.sh), cached in .cache/bench.
@@ -34,47 +35,56 @@ if [ -z "$model" ]; then
 fi
 out_l=$cache/qs-llama.gguf
 out_m=$cache/qs-mixq.gguf
-trap 'rm -f "$out_l" "$out_m"' EXIT
-
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; load at start:$(uptime | sed 's/.*load average://')"
-echo "model: $model ($(stat -c %s "$model") bytes); mixq $(git rev-parse --short HEAD 2>/dev/null || echo '?'); llama-quantize: $llama_quantize"
-cat "$model" >/dev/null  # both runs read it from the page cache
-
-seconds() {  # seconds COMMAND...: wall time of COMMAND, output discarded
-  local t0 t1
-  t0=$(date +%s.%N)
-  "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }
-  t1=$(date +%s.%N)
-  python3 -c "print(f'{$t1 - $t0:.3f}')"
-}
-
 results=$(mktemp)
 trap 'rm -f "$out_l" "$out_m" "$results"' EXIT
+
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; load at start:$(uptime | sed 's/.*load average://')"
+echo "model: $model ($(stat -c %s "$model") bytes); mixq $(git rev-parse --short HEAD 2>/dev/null || echo '?') (searches: ${MIXQ_KERNELS:-best}); llama-quantize: $llama_quantize"
+cat "$model" >/dev/null  # both runs read it from the page cache
+
+# measure OUT COMMAND...: "wall cpu" seconds of COMMAND (cpu = user + system), output discarded.
+# OUT is removed right before, so each command writes its fresh file into pages freed just then: on
+# this VM, page-cache pages that have sat free for a few seconds cost several times more system
+# time to fill, and the tool that ran second used to be handed them.
+measure() {
+  local out=$1 timing
+  shift
+  rm -f "$out"
+  timing=$(mktemp)
+  /usr/bin/time -f "%e %U %S" -o "$timing" "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; rm -f "$timing"; exit 1; }
+  python3 -c "import sys; e, u, s = map(float, open(sys.argv[1]).read().split()[-3:]); print(f'{e:.3f} {u + s:.3f}')" "$timing"
+  rm -f "$timing"
+}
+
 for rep in $(seq "$reps"); do
   for type in $types; do
     for t in $threads; do
-      # Both write a file that does not exist yet. mixq writes a temporary file and renames it over
-      # the target (atomic output), so an existing target keeps its page-cache pages until the end
-      # and the new ones come from cold memory: on this VM that doubled mixq's system time.
-      rm -f "$out_l" "$out_m"
-      l=$(seconds "$llama_quantize" "$model" "$out_l" "$type" "$t")
-      m=$(seconds "$mixq" quantize "$model" "$out_m" "$type" -t "$t")
+      if [ $((rep % 2)) -eq 1 ]; then
+        l=$(measure "$out_l" "$llama_quantize" "$model" "$out_l" "$type" "$t")
+        m=$(measure "$out_m" "$mixq" quantize "$model" "$out_m" "$type" -t "$t")
+      else
+        m=$(measure "$out_m" "$mixq" quantize "$model" "$out_m" "$type" -t "$t")
+        l=$(measure "$out_l" "$llama_quantize" "$model" "$out_l" "$type" "$t")
+      fi
       echo "$type $t $l $m" >>"$results"
-      echo "rep $rep: $type t=$t llama-quantize $l s, mixq $m s" >&2
+      echo "rep $rep: $type t=$t llama-quantize ${l% *} s (cpu ${l#* } s), mixq ${m% *} s (cpu ${m#* } s)" >&2
     done
   done
 done
 echo "load at end:$(uptime | sed 's/.*load average://')"
-python3 - "$results" <<'EOF'
+python3 - "$results" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    ty, t, l, m = line.split()
-    rows.setdefault((ty, int(t)), []).append((float(l), float(m)))
-print("| type | threads | llama-quantize s (median) | mixq s (median) | ratio llama/mixq (median of per-rep ratios) | min..max ratio |")
-print("|---|---|---|---|---|---|")
+    ty, t, lw, lc, mw, mc = line.split()
+    rows.setdefault((ty, int(t)), []).append(tuple(map(float, (lw, lc, mw, mc))))
+med = statistics.median
+print("| type | threads | llama-quantize s | mixq s | wall ratio llama/mixq: median (min..max) | CPU s llama / mixq | CPU ratio |")
+print("|---|---|---|---|---|---|---|")
 for (ty, t), v in rows.items():
-    r = [l / m for l, m in v]
-    print(f"| {ty} | {t} | {statistics.median(l for l, _ in v):.2f} | {statistics.median(m for _, m in v):.2f} | "
-          f"{statistics.median(r):.2f} | {min(r):.2f}..{max(r):.2f} |")
-EOF
+    rw = [lw / mw for lw, _, mw, _ in v]
+    rc = [lc / mc for _, lc, _, mc in v]
+    print(f"| {ty} | {t} | {med(x[0] for x in v):.2f} | {med(x[2] for x in v):.2f} | "
+          f"{med(rw):.2f} ({min(rw):.2f}..{max(rw):.2f}) | {med(x[1] for x in v):.2f} / {med(x[3] for x in v):.2f} | "
+          f"{med(rc):.2f} |")
+PY
