@@ -10,7 +10,8 @@
 # Default model: SmolLM2-135M F32 (the dequantization of the PyPI Q4_1 file, as in
 # bench/quantize_model.sh and bench/vs_llamacpp.sh), cached in .cache/bench.
 # LLAMA_QUANTIZE=path (default: the oracle build in ~/.cache/mixq/oracles/llama.cpp-build, see
-# docs/BENCHMARKS.md); TYPES="Q4_K_M Q3_K_M Q6_K IQ4_XS Q8_0"; THREADS="1 2"; REPS=3.
+# docs/BENCHMARKS.md); MIXQ=path (default build/mixq; e.g. an older build to compare);
+# TYPES="Q4_K_M Q3_K_M Q6_K IQ4_XS Q8_0"; THREADS="1 2"; REPS=3.
 # SmolLM2's rows are 576 long: only its 1536-wide ffn_down rows fill 256-value k-quant blocks, so
 # both tools fall back to q5_0 / q4_0 / iq4_nl / q8_0 for most tensors (llama.cpp's fallback table).
 set -euo pipefail
@@ -19,8 +20,8 @@ llama_quantize=${LLAMA_QUANTIZE:-$HOME/.cache/mixq/oracles/llama.cpp-build/bin/l
 types=${TYPES:-Q4_K_M Q3_K_M Q6_K IQ4_XS Q8_0}
 threads=${THREADS:-1 2}
 reps=${REPS:-3}
-mixq=build/mixq
-[ -x "$mixq" ] || { echo "build first: ninja -C build" >&2; exit 1; }
+mixq=${MIXQ:-build/mixq}
+[ -x "$mixq" ] || { echo "no $mixq: build first (ninja -C build)" >&2; exit 1; }
 [ -x "$llama_quantize" ] || { echo "no llama-quantize at $llama_quantize (set LLAMA_QUANTIZE)" >&2; exit 1; }
 cache=.cache/bench
 mkdir -p "$cache"
@@ -39,7 +40,7 @@ results=$(mktemp)
 trap 'rm -f "$out_l" "$out_m" "$results"' EXIT
 
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; load at start:$(uptime | sed 's/.*load average://')"
-echo "model: $model ($(stat -c %s "$model") bytes); mixq $(git rev-parse --short HEAD 2>/dev/null || echo '?') (searches: ${MIXQ_KERNELS:-best}); llama-quantize: $llama_quantize"
+echo "model: $model ($(stat -c %s "$model") bytes); mixq $mixq at $(git rev-parse --short HEAD 2>/dev/null || echo '?') (searches: ${MIXQ_KERNELS:-best}); llama-quantize: $llama_quantize"
 cat "$model" >/dev/null  # both runs read it from the page cache
 
 # measure OUT COMMAND...: "wall cpu" seconds of COMMAND (cpu = user + system), output discarded.
