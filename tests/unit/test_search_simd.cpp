@@ -69,7 +69,7 @@ std::vector<Case> cases() {
 }
 
 TEST(SearchSimd, EveryQuantizerWritesTheReferenceBytes) {
-  if (!search::avx512_available()) GTEST_SKIP() << "this CPU has no AVX-512 F/BW/VL: only the reference runs here";
+  if (!search::avx512_available()) GTEST_SKIP() << "this CPU has no AVX-512 F/DQ/BW/VL: only the reference runs here";
   const search::Isa before = search::isa();
   int compared = 0;
   for (const auto& c : cases()) {
@@ -99,7 +99,7 @@ TEST(SearchSimd, EveryQuantizerWritesTheReferenceBytes) {
 // Rows of an odd number of 32-value blocks: the legacy search pairs blocks, and the last one of
 // such a row runs alone.
 TEST(SearchSimd, OddBlockCountsMatchTheReference) {
-  if (!search::avx512_available()) GTEST_SKIP() << "this CPU has no AVX-512 F/BW/VL: only the reference runs here";
+  if (!search::avx512_available()) GTEST_SKIP() << "this CPU has no AVX-512 F/DQ/BW/VL: only the reference runs here";
   const search::Isa before = search::isa();
   std::mt19937 rng(99);
   std::normal_distribution<float> normal(0.0f, 0.02f);

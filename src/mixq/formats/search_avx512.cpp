@@ -1,7 +1,8 @@
 // AVX-512 scale searches. Bit-exactness with the references rests on three rules:
 //  - the same IEEE operations on the same operands (this file is compiled with -ffp-contract=off,
-//    like the references, so no multiply-add is fused; GCC lowers the intrinsics' arithmetic to
-//    generic vector operations, which it would otherwise contract);
+//    like the legacy and k-quant references, so no multiply-add is fused; GCC lowers the
+//    intrinsics' arithmetic to generic vector operations, which it would otherwise contract; IQ4's
+//    reference is compiled with contraction, and its search spells out the fused operations);
 //  - every reduction keeps the reference's order: its partial sums live in the same lanes and are
 //    added in the same sequence (float lanes first, then the double sum over lanes in lane order);
 //  - ties and NaNs resolve as in the reference (vmaxps/vminps return their second operand when

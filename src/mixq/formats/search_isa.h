@@ -1,7 +1,7 @@
 // Which implementation the quantizers' scale searches run: the portable reference (plain C++,
 // vectorized by the compiler where it can) or the AVX-512 one (formats/search_avx512.cpp,
 // compiled with target attributes, so a portable build carries it and uses it only where CPUID and
-// the OS report AVX-512 F/BW/VL).
+// the OS report AVX-512 F/DQ/BW/VL).
 //
 // The AVX-512 searches evaluate the same candidates with the same float and double operations in
 // the same order as the reference, so they write the same bytes; tests/unit/test_search_simd.cpp
