@@ -64,15 +64,8 @@ ScaleCandidate fit_for_inverse_scale(const float* x, const float* w, const float
 // sum w (x - value)^2; 0 for an all-zero group.
 float fit_group(const float* x, const float* w) {
   if (search::isa() == search::Isa::avx512) {
-    // This file is compiled with contraction: where its target has FMA, least_squares_scale's
-    // sums are fused multiply-adds, and the AVX-512 search must fuse them too.
-#ifdef __FMA__
-    constexpr bool kFused = true;
-#else
-    constexpr bool kFused = false;
-#endif
     return search::iq4_fit_group_avx512(x, w, kNearestValue.data(), kGrid.front(), kGrid.back(), kEndOffsets.data(),
-                                        static_cast<int>(kEndOffsets.size()), kRefineRounds, kFused);
+                                        static_cast<int>(kEndOffsets.size()), kRefineRounds);
   }
   float amax = 0, extreme = 0;
   for (int i = 0; i < kGroup; ++i) {

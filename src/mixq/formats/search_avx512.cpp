@@ -1,8 +1,7 @@
 // AVX-512 scale searches. Bit-exactness with the references rests on three rules:
 //  - the same IEEE operations on the same operands (this file is compiled with -ffp-contract=off,
-//    like the legacy and k-quant references, so no multiply-add is fused; GCC lowers the
-//    intrinsics' arithmetic to generic vector operations, which it would otherwise contract; IQ4's
-//    reference is compiled with contraction, and its search spells out the fused operations);
+//    like the references, so no multiply-add is fused; GCC lowers the
+//    intrinsics' arithmetic to generic vector operations, which it would otherwise contract);
 //  - every reduction keeps the reference's order: its partial sums live in the same lanes and are
 //    added in the same sequence (float lanes first, then the double sum over lanes in lane order);
 //  - ties and NaNs resolve as in the reference (vmaxps/vminps return their second operand when
@@ -1017,17 +1016,6 @@ MIXQ_SEARCH_AVX512 inline __m512 iq4_level(__m512 v, const float* nearest_value)
   return _mm512_i32gather_ps(slot, nearest_value, 4);
 }
 
-// a * b + c, fused where the reference's compiler fused it.
-template <bool kFused>
-MIXQ_SEARCH_AVX512 inline __m512 mul_add(__m512 a, __m512 b, __m512 c) {
-  return kFused ? _mm512_fmadd_ps(a, b, c) : _mm512_add_ps(c, _mm512_mul_ps(a, b));
-}
-template <bool kFused>
-MIXQ_SEARCH_AVX512 inline __m256 mul_add(__m256 a, __m256 b, __m256 c) {
-  return kFused ? _mm256_fmadd_ps(a, b, c) : _mm256_add_ps(c, _mm256_mul_ps(a, b));
-}
-
-template <bool kFused>
 MIXQ_SEARCH_AVX512 float iq4_fit_group(const float* x, const float* w, const float* nearest_value, int grid_lo,
                                        int grid_hi, const float* offsets, int n_offsets, int refine_rounds) {
   int at = 0;
@@ -1052,7 +1040,7 @@ MIXQ_SEARCH_AVX512 float iq4_fit_group(const float* x, const float* w, const flo
     }
   }
   for (int k = n; k < 16; ++k) iscale[k] = iscale[n - 1];
-  // Lanes as least_squares_scale keeps them (value i in lane i % 8), sums fused as compiled there.
+  // Lanes as least_squares_scale keeps them (value i in lane i % 8).
   double gain[16], sa[16], sb[16];
   for (int half = 0; half < 2; ++half) {
     __m512 sxq[4], sqq[4];
@@ -1062,8 +1050,8 @@ MIXQ_SEARCH_AVX512 float iq4_fit_group(const float* x, const float* w, const flo
       __m512 s = _mm512_setzero_ps(), t = _mm512_setzero_ps();
       for (int c = 0; c < 4; ++c) {
         const __m512 l = iq4_level(_mm512_mul_ps(xc[c], v), nearest_value);
-        s = mul_add<kFused>(wxc[c], l, s);
-        t = mul_add<kFused>(_mm512_mul_ps(wc[c], l), l, t);
+        s = _mm512_add_ps(s, _mm512_mul_ps(wxc[c], l));
+        t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_mul_ps(wc[c], l), l));
       }
       sxq[p] = s;
       sqq[p] = t;
@@ -1087,8 +1075,8 @@ MIXQ_SEARCH_AVX512 float iq4_fit_group(const float* x, const float* w, const flo
     for (int c = 0; c < 4; ++c) {
       // Both halves hold the same values (every gathered slot is a valid index).
       const __m256 l = _mm512_castps512_ps256(iq4_level(_mm512_mul_ps(xc[c], v), nearest_value));
-      s = mul_add<kFused>(wx8[c], l, s);
-      t = mul_add<kFused>(_mm256_mul_ps(w8[c], l), l, t);
+      s = _mm256_add_ps(s, _mm256_mul_ps(wx8[c], l));
+      t = _mm256_add_ps(t, _mm256_mul_ps(_mm256_mul_ps(w8[c], l), l));
     }
     const double ra = sum_lanes_in_order(s), rb = sum_lanes_in_order(t);
     const double g = rb <= 0 ? -1.0 : ra * ra / rb;
@@ -1102,16 +1090,14 @@ MIXQ_SEARCH_AVX512 float iq4_fit_group(const float* x, const float* w, const flo
 }  // namespace
 
 MIXQ_SEARCH_AVX512 float iq4_fit_group_avx512(const float* x, const float* w, const float* nearest_value, int grid_lo,
-                                              int grid_hi, const float* offsets, int n_offsets, int refine_rounds,
-                                              bool fused) {
-  return fused ? iq4_fit_group<true>(x, w, nearest_value, grid_lo, grid_hi, offsets, n_offsets, refine_rounds)
-               : iq4_fit_group<false>(x, w, nearest_value, grid_lo, grid_hi, offsets, n_offsets, refine_rounds);
+                                              int grid_hi, const float* offsets, int n_offsets, int refine_rounds) {
+  return iq4_fit_group(x, w, nearest_value, grid_lo, grid_hi, offsets, n_offsets, refine_rounds);
 }
 
 #else
 
 void fit_scale_row_avx512(const float*, const float*, int64_t, int, int, const float*, int, int, int*, float*) {}
-float iq4_fit_group_avx512(const float*, const float*, const float*, int, int, const float*, int, int, bool) { return 0; }
+float iq4_fit_group_avx512(const float*, const float*, const float*, int, int, const float*, int, int) { return 0; }
 void symmetric_super_block_avx512(const float*, const float*, int, int, int, const float*, int, int, int, uint16_t*,
                                   int8_t*, int8_t*) {}
 void pack_nibbles_32_avx512(const int*, int, uint8_t*, uint8_t*) {}

@@ -20,11 +20,9 @@ void pack_bytes_32_avx512(const int* q, int8_t* bytes);
 
 // iq4.cpp fit_group: the least-squares scale of 32 values on the IQ4 grid. nearest_value[512] is
 // iq4.cpp's table of the nearest grid value per half-unit slot; the seeds map the extreme value to
-// grid_lo - offset and grid_hi + offset (2 * n_offsets <= 16). iq4.cpp is compiled with the
-// compiler's default contraction, so its sums are fused multiply-adds where its target has FMA:
-// `fused` says which (the caller's __FMA__), and these sums follow.
+// grid_lo - offset and grid_hi + offset (2 * n_offsets <= 16).
 float iq4_fit_group_avx512(const float* x, const float* w, const float* nearest_value, int grid_lo, int grid_hi,
-                           const float* offsets, int n_offsets, int refine_rounds, bool fused);
+                           const float* offsets, int n_offsets, int refine_rounds);
 
 // kquants/symmetric_search.cpp quantize_symmetric_super_block after its weights are prepared
 // (w: 256 weights, each sub-block's sum positive): 16 sub-blocks of 16 values decoded as
