@@ -209,6 +209,13 @@ MIXQ_SEARCH_AVX512 inline BlockSeed seed_block(const float* x, const float* w, i
   return s;
 }
 
+// The codes of B blocks (block k in half k) for their inverse scales is[k].
+template <int B>
+MIXQ_SEARCH_AVX512 inline void codes_for(const __m512* xc, const float* is, __m512 vlo, __m512 vhi, __m512* l) {
+  const __m512 v = _mm512_insertf32x8(_mm512_set1_ps(is[0]), _mm256_set1_ps(is[B - 1]), 1);
+  for (int c = 0; c < 4; ++c) l[c] = round_for_sums(clamp_ref(_mm512_mul_ps(xc[c], v), vlo, vhi));
+}
+
 template <int B, bool kUnit>
 MIXQ_SEARCH_AVX512 void refine_blocks(const float* x, const float* w, const BlockSeed* seeds, int lo, int hi,
                                       int refine_rounds, int* q, float* d) {
@@ -233,20 +240,16 @@ MIXQ_SEARCH_AVX512 void refine_blocks(const float* x, const float* w, const Bloc
     wxc[c] = _mm512_mul_ps(wc[c], xc[c]);
   }
   const __m512 vlo = _mm512_set1_ps(flo), vhi = _mm512_set1_ps(fhi);
-  const auto codes = [&](const float* is, __m512* l) {
-    const __m512 v = _mm512_insertf32x8(_mm512_set1_ps(is[0]), _mm256_set1_ps(is[B - 1]), 1);
-    for (int c = 0; c < 4; ++c) l[c] = round_for_sums(clamp_ref(_mm512_mul_ps(xc[c], v), vlo, vhi));
-  };
   // Codes equal to the best ones give the same sums and gain, which ends the reference's loop.
   bool running[2] = {false, false};
   for (int k = 0; k < B; ++k) running[k] = !tiny[k] && scale[k] != 0;
   __m512 best_l[4];
-  codes(iscale, best_l);
+  codes_for<B>(xc, iscale, vlo, vhi, best_l);
   for (int round = 0; round < refine_rounds && (running[0] || running[1]); ++round) {
     float is[2];
     for (int k = 0; k < B; ++k) is[k] = running[k] ? static_cast<float>(1.0 / scale[k]) : iscale[k];
     __m512 l[4];
-    codes(is, l);
+    codes_for<B>(xc, is, vlo, vhi, l);
     __mmask16 same = 0xffff;
     for (int c = 0; c < 4; ++c) same &= _mm512_cmp_ps_mask(l[c], best_l[c], _CMP_EQ_OQ);
     for (int k = 0; k < B; ++k) running[k] = running[k] && ((same >> (8 * k)) & 0xff) != 0xff;
@@ -469,6 +472,22 @@ MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed1
 }
 
 
+// The reference's try_d: the f16 super-scale nearest `candidate`, if usable, with its integer
+// scales; kept (in chosen, best_d) when its error is lower.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void try_super_scale(const Transposed16& x, const Transposed16& w, const __m512d ideal[2],
+                                        double candidate, int scale_max, __m512 lo, __m512 hi, Choice16& trial,
+                                        Choice16& chosen, uint16_t& best_d) {
+  const uint16_t bits = fp32_to_fp16(static_cast<float>(candidate));
+  const float d = fp16_to_fp32(bits);
+  if (!(d > 0) || !std::isfinite(d)) return;
+  choose_scales16<kUnit>(x, w, ideal, d, scale_max, lo, hi, trial);
+  if (trial.err < chosen.err) {
+    chosen = trial;
+    best_d = bits;
+  }
+}
+
 template <bool kUnit>
 MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_in, int code_lo, int code_hi,
                                               int scale_max, const float* seed_offsets, int n_seeds, int refine_rounds,
@@ -534,18 +553,10 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
   chosen.sc = _mm512_setzero_si512();
   for (auto& v : chosen.codes.v) v = _mm512_setzero_ps();
   uint16_t best_d = 0;
-  const auto try_d = [&](double candidate) {
-    const uint16_t bits = fp32_to_fp16(static_cast<float>(candidate));
-    const float d = fp16_to_fp32(bits);
-    if (!(d > 0) || !std::isfinite(d)) return;
-    choose_scales16<kUnit>(x, w, scale, d, scale_max, lo, hi, trial);
-    if (trial.err < chosen.err) {
-      chosen = trial;
-      best_d = bits;
-    }
-  };
   const auto m = static_cast<double>(scale_max);
-  for (const double top : {m, m - 0.5, m - 1.0}) try_d(max_abs / top);
+  for (const double top : {m, m - 0.5, m - 1.0}) {
+    try_super_scale<kUnit>(x, w, scale, max_abs / top, scale_max, lo, hi, trial, chosen, best_d);
+  }
   for (int round = 0; round < super_rounds; ++round) {
     // num = sum w x (sc * code), den = sum w (sc * code)^2 in the reference's order: sub-block by
     // sub-block, value by value, in doubles. The terms are formed in lanes, the sums in order.
@@ -605,7 +616,7 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
     }
     if (den <= 0) break;
     const uint16_t before = best_d;
-    try_d(num / den);
+    try_super_scale<kUnit>(x, w, scale, num / den, scale_max, lo, hi, trial, chosen, best_d);
     if (best_d == before) break;
   }
 
@@ -653,12 +664,16 @@ MIXQ_SEARCH_AVX512 inline __m512i affine_gather_index() {
   return _mm512_setr_epi32(0, 1, 2, 3, 32, 33, 34, 35, 64, 65, 66, 67, 96, 97, 98, 99);
 }
 
+// (Lambdas do not inherit the target attribute: in a build without -march=native their intrinsics
+// would not compile, so the helpers here are functions.)
+MIXQ_SEARCH_AVX512 inline __m512 fold_groups(__m512 v) {
+  const __m512 t = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4e));  // (0+2, 1+3, 2+0, 3+1); + commutes exactly
+  return _mm512_add_ps(t, _mm512_permute_ps(t, 0xb1));          // lane 0: (0+2) + (1+3)
+}
+
 // (l0 + l2) + (l1 + l3) of every group; a: sub-blocks 0-3, b: 4-7.
 MIXQ_SEARCH_AVX512 inline __m256 group_sums(__m512 a, __m512 b) {
-  const auto fold = [](__m512 v) {
-    const __m512 t = _mm512_add_ps(v, _mm512_permute_ps(v, 0x4e));  // (0+2, 1+3, 2+0, 3+1); + commutes exactly
-    return _mm512_add_ps(t, _mm512_permute_ps(t, 0xb1));          // lane 0: (0+2) + (1+3)
-  };
+  const auto fold = fold_groups;
   const __m512i first = _mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 0, 0, 0, 0, 0, 0, 0, 0);
   return _mm512_castps512_ps256(_mm512_permutex2var_ps(fold(a), first, fold(b)));
 }
@@ -674,9 +689,13 @@ MIXQ_SEARCH_AVX512 inline void spread(__m256 p, __m512& a, __m512& b) {
 template <bool kMax>
 MIXQ_SEARCH_AVX512 inline __m512 group_extreme(__m512 v) {
   // std::min(a, b) is (b < a) ? b : a, i.e. vminps(b, a); std::max(a, b) is vmaxps(b, a).
-  const auto op = [](__m512 p, __m512 q) { return kMax ? _mm512_max_ps(p, q) : _mm512_min_ps(p, q); };
-  const __m512 m = op(_mm512_permute_ps(v, 0xb1), v);  // lane 0: op(v1, v0), lane 2: op(v3, v2)
-  return op(_mm512_permute_ps(m, 0x4e), m);            // lane 0: op(m23, m01)
+  if constexpr (kMax) {
+    const __m512 m = _mm512_max_ps(_mm512_permute_ps(v, 0xb1), v);  // lane 0: max(v1, v0), lane 2: max(v3, v2)
+    return _mm512_max_ps(_mm512_permute_ps(m, 0x4e), m);            // lane 0: max(m23, m01)
+  } else {
+    const __m512 m = _mm512_min_ps(_mm512_permute_ps(v, 0xb1), v);
+    return _mm512_min_ps(_mm512_permute_ps(m, 0x4e), m);
+  }
 }
 
 // -v exactly (a sign flip, as the reference's unary minus; 0 - v would turn -0 into +0).
