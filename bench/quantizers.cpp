@@ -1,11 +1,15 @@
 // Single-thread throughput of every quantizer and dequantizer in the type table, on 8 rows of
 // 4096 N(0, 0.02) values (the shape of the golden vectors), with and without importance weights.
+// quantize/ and quantize_imatrix/ run the searches this CPU runs best (formats/search_isa.h: AVX-512
+// where available); quantize_reference/ the portable reference searches, for the per-type speed-up
+// in one run (both write the same bytes: tests/unit/test_search_simd.cpp).
 // Run: build/bench/mixq_bench_quantizers [--benchmark_filter=q4_K]
 #include <random>
 #include <vector>
 
 #include <benchmark/benchmark.h>
 
+#include "mixq/formats/search_isa.h"
 #include "mixq/formats/type_table.h"
 
 namespace {
@@ -34,14 +38,20 @@ const std::vector<float>& importance() {
   return w;
 }
 
-void quantize(benchmark::State& state, mixq::TypeId type, bool with_importance) {
+void quantize(benchmark::State& state, mixq::TypeId type, bool with_importance, mixq::search::Isa isa) {
   const auto& t = mixq::type_traits(type);
   std::vector<uint8_t> q(t.row_bytes(kCols) * kRows);
+  const mixq::search::Isa before = mixq::search::isa();
+  mixq::search::set_isa(isa);
   for (auto _ : state) {
     mixq::quantize_rows(type, input().data(), q.data(), kRows, kCols, with_importance ? importance().data() : nullptr);
     benchmark::DoNotOptimize(q.data());
   }
+  mixq::search::set_isa(before);
   state.SetItemsProcessed(state.iterations() * kRows * kCols);
+  state.SetLabel(mixq::search::isa_name(isa == mixq::search::Isa::avx512 && !mixq::search::avx512_available()
+                                            ? mixq::search::Isa::scalar
+                                            : isa));
 }
 
 void dequantize(benchmark::State& state, mixq::TypeId type) {
@@ -63,8 +73,11 @@ const bool registered = [] {
       continue;
     }
     const std::string name = t.name;
-    benchmark::RegisterBenchmark(("quantize/" + name).c_str(), quantize, t.id, false);
-    benchmark::RegisterBenchmark(("quantize_imatrix/" + name).c_str(), quantize, t.id, true);
+    const mixq::search::Isa best = mixq::search::isa();
+    benchmark::RegisterBenchmark(("quantize/" + name).c_str(), quantize, t.id, false, best);
+    benchmark::RegisterBenchmark(("quantize_imatrix/" + name).c_str(), quantize, t.id, true, best);
+    benchmark::RegisterBenchmark(("quantize_reference/" + name).c_str(), quantize, t.id, false,
+                                 mixq::search::Isa::scalar);
     benchmark::RegisterBenchmark(("dequantize/" + name).c_str(), dequantize, t.id);
   }
   return true;

@@ -7,6 +7,8 @@
 
 #include "mixq/formats/block_weights.h"
 #include "mixq/formats/half.h"
+#include "mixq/formats/search_avx512.h"
+#include "mixq/formats/search_isa.h"
 
 namespace mixq::iq4 {
 namespace {
@@ -61,6 +63,10 @@ ScaleCandidate fit_for_inverse_scale(const float* x, const float* w, const float
 // Best scale for one group of 32 values (value = scale * kGrid[index]), minimizing
 // sum w (x - value)^2; 0 for an all-zero group.
 float fit_group(const float* x, const float* w) {
+  if (search::isa() == search::Isa::avx512) {
+    return search::iq4_fit_group_avx512(x, w, kNearestValue.data(), kGrid.front(), kGrid.back(), kEndOffsets.data(),
+                                        static_cast<int>(kEndOffsets.size()), kRefineRounds);
+  }
   float amax = 0, extreme = 0;
   for (int i = 0; i < kGroup; ++i) {
     if (std::fabs(x[i]) > amax) {

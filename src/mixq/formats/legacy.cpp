@@ -5,9 +5,12 @@
 #include <cstring>
 #include <cmath>
 #include <span>
+#include <vector>
 
 #include "mixq/formats/block_weights.h"
 #include "mixq/formats/half.h"
+#include "mixq/formats/search_avx512.h"
+#include "mixq/formats/search_isa.h"
 
 // The dequantizers must reproduce ggml's floats bit for bit. ggml evaluates the affine types as
 // code * d + m with two roundings; a fused multiply-add would round once and differ in the last
@@ -83,6 +86,27 @@ float fit_scale(const float* x, const float* w, int lo, int hi, std::span<const 
   const float id = d != 0 ? 1.0f / d : 0.0f;
   for (int i = 0; i < kBlock; ++i) q[i] = static_cast<int>(round_float(clamp_code(x[i] * id, flo, fhi)));
   return d;
+}
+
+// The AVX-512 search (search_avx512.cpp: the same result as fit_scale, block by block), where
+// this CPU runs it: store(b, d, codes) receives each block. False when it does not run here.
+template <typename Store>
+bool fit_scale_rows_avx512(const float* x, int64_t n, const float* importance, int lo, int hi,
+                           std::span<const float> offsets, Store store) {
+  if (search::isa() != search::Isa::avx512) return false;
+  static_assert(kBlock == 32);
+  const int64_t blocks = n / kBlock;
+  // Per thread and reused: rows of one tensor are all the same length.
+  thread_local std::vector<float> w, d;
+  thread_local std::vector<int> q;
+  w.resize(static_cast<size_t>(blocks * kBlock));
+  q.resize(w.size());
+  d.resize(static_cast<size_t>(blocks));
+  for (int64_t b = 0; b < blocks; ++b) block_weights(importance, b * kBlock, kBlock, w.data() + b * kBlock);
+  search::fit_scale_row_avx512(x, w.data(), blocks * kBlock, lo, hi, offsets.data(), static_cast<int>(offsets.size()),
+                               kRefineRounds, q.data(), d.data());
+  for (int64_t b = 0; b < blocks; ++b) store(b, d[static_cast<size_t>(b)], q.data() + b * kBlock);
+  return true;
 }
 
 struct AffineFit {
@@ -206,13 +230,19 @@ const Block* blocks(const void* p) {
 
 void quantize_row_q4_0(const float* x, void* dst, int64_t n, const float* importance) {
   auto* out = blocks<BlockQ4_0>(dst);
+  if (fit_scale_rows_avx512(x, n, importance, -8, 7, kScaleOffsets, [&](int64_t b, float d, const int* q) {
+        out[b].d = fp32_to_fp16(d);
+        search::pack_nibbles_32_avx512(q, 8, out[b].qs, nullptr);
+      })) {
+    return;
+  }
   float w[kBlock];
   int q[kBlock];
   for (int64_t b = 0; b < n / kBlock; ++b) {
     block_weights(importance, b * kBlock, kBlock, w);
     const float d = fit_scale(x + b * kBlock, w, -8, 7, kScaleOffsets, q);
-    for (int& c : q) c += 8;
     out[b].d = fp32_to_fp16(d);
+    for (int& c : q) c += 8;
     pack_nibbles(q, out[b].qs);
   }
 }
@@ -249,13 +279,19 @@ void dequantize_row_q4_1(const void* src, float* y, int64_t n) {
 
 void quantize_row_q5_0(const float* x, void* dst, int64_t n, const float* importance) {
   auto* out = blocks<BlockQ5_0>(dst);
+  if (fit_scale_rows_avx512(x, n, importance, -16, 15, kScaleOffsets, [&](int64_t b, float d, const int* q) {
+        out[b].d = fp32_to_fp16(d);
+        search::pack_nibbles_32_avx512(q, 16, out[b].qs, out[b].qh);
+      })) {
+    return;
+  }
   float w[kBlock];
   int q[kBlock];
   for (int64_t b = 0; b < n / kBlock; ++b) {
     block_weights(importance, b * kBlock, kBlock, w);
     const float d = fit_scale(x + b * kBlock, w, -16, 15, kScaleOffsets, q);
-    for (int& c : q) c += 16;
     out[b].d = fp32_to_fp16(d);
+    for (int& c : q) c += 16;
     pack_nibbles(q, out[b].qs);
     pack_high_bits(q, out[b].qh);
   }
@@ -302,6 +338,12 @@ void dequantize_row_q5_1(const void* src, float* y, int64_t n) {
 
 void quantize_row_q8_0(const float* x, void* dst, int64_t n, const float* importance) {
   auto* out = blocks<BlockQ8_0>(dst);
+  if (fit_scale_rows_avx512(x, n, importance, -128, 127, kQ8Offsets, [&](int64_t b, float d, const int* q) {
+        out[b].d = fp32_to_fp16(d);
+        search::pack_bytes_32_avx512(q, out[b].qs);
+      })) {
+    return;
+  }
   float w[kBlock];
   int q[kBlock];
   for (int64_t b = 0; b < n / kBlock; ++b) {

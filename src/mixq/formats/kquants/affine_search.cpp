@@ -5,6 +5,8 @@
 #include <cstring>
 
 #include "mixq/formats/half.h"
+#include "mixq/formats/search_avx512.h"
+#include "mixq/formats/search_isa.h"
 
 namespace mixq::kq {
 namespace {
@@ -332,6 +334,12 @@ void quantize_affine_super_block(const float* x, const float* importance, const 
     float sum = 0;
     for (int i = j; i < j + shape.sub_size; ++i) sum += importance ? importance[i] : 0.0f;
     for (int i = j; i < j + shape.sub_size; ++i) w[i] = sum > 0 ? importance[i] : 1.0f;
+  }
+  if (shape.sub_size == 32 && search::isa() == search::Isa::avx512) {
+    const search::AffineSearchParams p{shape.code_max, shape.scale_max, kGridHalfWidth,      kGridSteps,
+                                       kRefineSteps,   kExactScaleBelow, kSuperRefineSteps};
+    search::affine_super_block_32_avx512(x, w, p, &out.d, &out.dmin, out.sc, out.m, out.codes);
+    return;
   }
   if (shape.sub_size == 16) {
     quantize_super_block<16>(x, w, shape, out);

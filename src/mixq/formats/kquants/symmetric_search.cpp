@@ -5,6 +5,8 @@
 #include <iterator>
 
 #include "mixq/formats/half.h"
+#include "mixq/formats/search_avx512.h"
+#include "mixq/formats/search_isa.h"
 
 namespace mixq::kq {
 namespace {
@@ -18,6 +20,8 @@ inline float clampf(float v, float lo, float hi) { return std::min(hi, std::max(
 // squares, so a coarse set suffices.
 constexpr float kSeedOffsets[] = {-0.5f, -0.25f, 0.0f, 0.25f, 0.5f, 1.0f};
 constexpr int kRefineRounds = 2;
+// Least-squares refits of the super-scale after the first choice of integer scales.
+constexpr int kSuperRefineRounds = 2;
 
 struct Fit {
   double gain = 0;  // (sum w x q)^2 / sum w q^2: how much the least-squares scale removes
@@ -121,6 +125,12 @@ void quantize_symmetric_super_block(const float* x, const float* importance, con
     for (int i = 0; i < kSymSub; ++i) sum += w[j * kSymSub + i];
     if (!(sum > 0)) std::fill(w + j * kSymSub, w + (j + 1) * kSymSub, 1.0f);
   }
+  if (search::isa() == search::Isa::avx512) {
+    search::symmetric_super_block_avx512(x, w, shape.code_lo, shape.code_hi, shape.scale_max, kSeedOffsets,
+                                         static_cast<int>(std::size(kSeedOffsets)), kRefineRounds, kSuperRefineRounds,
+                                         &out.d, out.sc, out.codes);
+    return;
+  }
   const auto lo = static_cast<float>(shape.code_lo), hi = static_cast<float>(shape.code_hi);
   double ideal[kSymSubBlocks];
   double max_abs = 0;
@@ -133,7 +143,9 @@ void quantize_symmetric_super_block(const float* x, const float* importance, con
   std::fill(std::begin(out.codes), std::end(out.codes), 0);
   if (max_abs == 0) return;
 
-  Choice best, trial;
+  // Zero-initialized: when no super-scale is usable (all too small or too large for f16) the block
+  // stores d = 0 with zero scales and codes, not whatever the stack held.
+  Choice best{}, trial;
   best.err = INFINITY;
   uint16_t best_d = 0;
   const auto try_d = [&](double candidate) {
@@ -150,7 +162,7 @@ void quantize_symmetric_super_block(const float* x, const float* importance, con
   const double m = static_cast<double>(shape.scale_max);
   for (const double top : {m, m - 0.5, m - 1.0}) try_d(max_abs / top);
   // Least-squares super-scale for the chosen integer scales and codes, kept if it helps.
-  for (int round = 0; round < 2; ++round) {
+  for (int round = 0; round < kSuperRefineRounds; ++round) {
     double num = 0, den = 0;
     for (int j = 0; j < kSymSubBlocks; ++j) {
       for (int i = 0; i < kSymSub; ++i) {
