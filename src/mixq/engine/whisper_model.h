@@ -9,6 +9,7 @@
 // <|endoftext|> and a lone space at the first step. One 30 s window (longer audio is cut).
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,12 @@ struct WhisperTranscript {
   std::vector<int> tokens;  // generated ids, <|endoftext|> excluded
 };
 
+// One 30 s window through the encoder: each decoder layer's cross-attention keys and values
+// ([n_audio_ctx][n_text_state] each), all the decoder needs of the audio.
+struct WhisperAudioState {
+  std::vector<std::vector<float>> cross_k, cross_v;
+};
+
 class WhisperModel {
  public:
   // Dequantizes every tensor; throws for header-only files.
@@ -28,8 +35,26 @@ class WhisperModel {
   // samples: 16 kHz mono in [-1, 1) (engine/whisper_audio.h). threads <= 0: all cores.
   WhisperTranscript transcribe(const std::vector<float>& samples, int threads = 0, int max_tokens = 224) const;
 
+  // The steps of transcribe, for evaluations that need the logits.
+  WhisperAudioState encode(const std::vector<float>& samples, int threads = 0) const;
+  // Greedy decoding after prompt(); with step_logits, the raw logits (n_vocab, before any token is
+  // suppressed) of every step are appended: tokens.size() + 1 rows when <|endoftext|> ends it.
+  WhisperTranscript decode_greedy(const WhisperAudioState& audio, int threads = 0, int max_tokens = 224,
+                                  std::vector<float>* step_logits = nullptr) const;
+  // Teacher forcing: the decoder reads `tokens` (prompt included) one by one; row i of the result
+  // (n_vocab logits each) is its prediction after tokens[0..i], so it scores tokens[i + 1].
+  std::vector<float> forced_logits(const WhisperAudioState& audio, const std::vector<int>& tokens,
+                                   int threads = 0) const;
+
+  // <|startoftranscript|> [<|en|> <|transcribe|> when multilingual] <|notimestamps|>.
+  std::vector<int> prompt() const;
+  int eot() const;  // <|endoftext|>
+  int n_vocab() const;
+  const std::vector<std::string>& vocab() const;
+
  private:
   struct Impl;
+  struct Decoder;
   std::shared_ptr<const Impl> impl_;
 };
 
