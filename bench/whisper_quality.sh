@@ -51,8 +51,8 @@ for ((start = 0; start < total; start += part)); do
   [ -f "$p" ] && continue
   sed -n "$((start + 1)),$((start + part))p" "$out/all.tsv" >"$out/parts/list.tsv"
   echo "whisper_quality: utterances $((start + 1))..$((start + part < total ? start + part : total)) of $total" >&2
-  "$mixq" kld "$m/f16.bin" "${models[@]}" --base "$m/f16.bin" -f "$out/parts/list.tsv" -t "$threads" --json \
-    >"$p.part" 2>/dev/null
+  "$mixq" kld "${models[@]}" --base "$m/f16.bin" -f "$out/parts/list.tsv" -t "$threads" --json \
+    >"$p.part" 2>"$out/parts/progress.log"
   mv "$p.part" "$p"
 done
 "$py" - "$out" <<'PY'
@@ -72,6 +72,11 @@ for p in parts:
         a["tokens"] += r["tokens"]
         a["utterances"] += r["utterances"]
 rows = []
+if agg:  # the base's own row: its WER (the same in every model's report), KLD 0
+    a = next(iter(agg.values()))
+    base = os.path.join(out, "models", "f16.bin")
+    rows.append({"config": "f16 (base)", "bytes": os.path.getsize(base), "wer": a["base_errors"] / a["words"],
+                 "mean_kld": 0.0, "same_top": 1.0, "utterances": a["utterances"], "tokens": a["tokens"]})
 for model, a in agg.items():
     rows.append({"config": os.path.basename(model)[:-4], "bytes": os.path.getsize(model),
                  "wer": a["errors"] / a["words"], "mean_kld": a["kld"] / a["tokens"],
