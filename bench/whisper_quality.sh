@@ -7,8 +7,9 @@
 #
 # Runs `mixq kld` once per PART utterances (all models against the F16 base in one pass: its
 # encoder runs once per utterance) and keeps each part's JSON, so an interrupted run resumes where
-# it stopped; then writes OUT_DIR/whisper_quality.csv and prints a Markdown table (aggregated over
-# the parts done so far). Threads: MIXQ_THREADS (default 2).
+# it stopped; then writes OUT_DIR/whisper_quality.csv, a KLD/WER-vs-size plot (whisper_quality.svg,
+# bench/plot_whisper_quality.py) and prints a Markdown table (aggregated over
+# the parts done so far; MIXQ_REPORT_ONLY=1 only aggregates them). Threads: MIXQ_THREADS (default 2).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$here/build/whisper-quality}
@@ -46,7 +47,7 @@ done
 { printf '%s\t%s\n' "$jfk" "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
   cat "$out/spoken/list.tsv" | sed "s|^|$out/spoken/|"; } >"$out/all.tsv"
 total=$(wc -l <"$out/all.tsv")
-for ((start = 0; start < total; start += part)); do
+for ((start = 0; start < total && ${MIXQ_REPORT_ONLY:-0} != 1; start += part)); do
   p=$(printf '%s/parts/%04d.json' "$out" "$start")
   [ -f "$p" ] && continue
   sed -n "$((start + 1)),$((start + part))p" "$out/all.tsv" >"$out/parts/list.tsv"
@@ -92,3 +93,5 @@ for r in sorted(rows, key=lambda r: -r["bytes"]):
     print(f"| {r['config']} | {r['bytes']:,} | {100 * r['wer']:.2f}% | {r['mean_kld']:.5f} | "
           f"{100 * r['same_top']:.2f}% |")
 PY
+"$py" "$here/bench/plot_whisper_quality.py" "$out/whisper_quality.csv" "$out/whisper_quality.svg"
+echo "wrote $out/whisper_quality.csv and $out/whisper_quality.svg" >&2
