@@ -3,14 +3,15 @@
 Debian's espeak-ng with a fixed voice and rate, resampled to 16 kHz mono 16-bit WAV, with the
 sentences as the reference texts.
 
-    make_whisper_testset.py OUT_DIR [-n 100] [--wiki ../shared/data/wikitext-2-raw/wiki.test.raw]
+    make_whisper_testset.py OUT_DIR [-n 100] [--split evaluation|calibration] [--wiki .../wiki.test.raw]
 
 Writes OUT_DIR/NNN.wav and OUT_DIR/list.tsv (`NNN.wav<TAB>sentence` per line: the input of
 `mixq kld MODEL.bin --base F16.bin -f OUT_DIR/list.tsv`). Deterministic: the same sentences, voice
 (en-us), rate (165 words per minute) and resampler on every machine with espeak-ng 1.51.
 
 Sentences: the evaluation split is the text after the first 40% of the file's bytes, cut at a line
-boundary (the project's calibration/evaluation convention, ../shared/data/README.md). Its lines are
+boundary (the project's calibration/evaluation convention, ../shared/data/README.md; `--split
+calibration` reads the first 40% instead, for `mixq imatrix MODEL.bin -f LIST.tsv`). Its lines are
 split at " . "; a sentence is kept when it has 6 to 24 words and holds only letters, spaces, commas,
 apostrophes and hyphens between letters, so no number, symbol or wikitext escape (" @-@ ") has to be
 spelled out and the reference is what was spoken. Of the K kept sentences (1,900 in wiki.test.raw),
@@ -29,10 +30,11 @@ import numpy as np
 VOICE, RATE_WPM = "en-us", 165
 
 
-def sentences(wiki: pathlib.Path):
+def sentences(wiki: pathlib.Path, split: str = "evaluation"):
     raw = wiki.read_bytes()
     cut = raw.index(b"\n", int(len(raw) * 0.4)) + 1
-    for line in raw[cut:].decode("utf-8").splitlines():
+    part = raw[cut:] if split == "evaluation" else raw[:cut]
+    for line in part.decode("utf-8").splitlines():
         line = line.strip()
         if not line or line.startswith("="):
             continue
@@ -89,6 +91,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", type=pathlib.Path)
     ap.add_argument("-n", type=int, default=100, help="utterances (default 100)")
+    ap.add_argument("--split", choices=["evaluation", "calibration"], default="evaluation",
+                    help="the part of the file to read from (calibration: the first 40%%, for mixq imatrix)")
     ap.add_argument("--wiki", type=pathlib.Path, default=here.parent / "shared/data/wikitext-2-raw/wiki.test.raw")
     a = ap.parse_args()
     if a.n < 1:
@@ -97,7 +101,7 @@ def main() -> int:
         print(f"make_whisper_testset: no wikitext file at {a.wiki} (set --wiki)", file=sys.stderr)
         return 1
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    kept = list(sentences(a.wiki))
+    kept = list(sentences(a.wiki, a.split))
     if len(kept) < a.n:
         print(f"make_whisper_testset: only {len(kept)} sentences qualify", file=sys.stderr)
         return 1

@@ -11,6 +11,9 @@
 #include "mixq/convert/whisper_convert.h"
 #include "mixq/engine/whisper_audio.h"
 #include "mixq/engine/whisper_model.h"
+#include "mixq/calib/imatrix.h"
+#include "mixq/calib/imatrix_collect.h"
+#include "mixq/calib/whisper_imatrix.h"
 #include "mixq/eval/whisper_eval.h"
 #include "mixq/io/whisper_file.h"
 #include "mixq/io/whisper_inspect.h"
@@ -25,13 +28,13 @@ bool is_whisper_quantize_input(const std::string& input) { return detect_whisper
 
 void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
   // GGUF-only options: importance matrices, plans and layer rules need mixq's LLM engine.
-  for (const char* opt : {"--imatrix", "--plan", "--target-bpw", "--target-size", "--target-size-of", "--file",
+  for (const char* opt : {"--plan", "--target-bpw", "--target-size", "--target-size-of", "--file",
                           "--layers", "--config", "--output-tensor-type", "--outliers", "--outlier-tensors", "--calib",
                           "--symmetric", "--hqq", "--leave-output-tensor", "--save-plan", "--save-measurement"}) {
     if (cmd.count(opt) > 0) {
       throw PolicyError(fmt::format("{} does not apply to a whisper.cpp model ('{}'): its options are "
                                     "--tensor-type, --tensor-type-file, --token-embedding-type, --allow-requantize, "
-                                    "--compat whisper.cpp, --dry-run, --report-json, -t",
+                                    "--imatrix, --compat whisper.cpp, --dry-run, --report-json, -t",
                                     opt, a.input));
     }
   }
@@ -59,6 +62,11 @@ void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
     o.compat_whisper_cpp = true;
   }
   o.allow_requantize = a.allow_requantize;
+  std::optional<ImportanceMatrix> im;
+  if (!a.imatrix.empty()) {
+    im = load_imatrix(a.imatrix);
+    o.imatrix = &*im;
+  }
   o.threads = a.threads;
   if (!a.threads_pos.empty()) {
     try {
@@ -221,6 +229,34 @@ void run_whisper_kld(const CLI::App& cmd, const WhisperKldArgs& a) {
     for (const auto& f : failures) fmt::print(stderr, "mixq: quality gate failed: {}\n", f);
     throw CLI::RuntimeError(3);
   }
+}
+
+void run_whisper_imatrix(const CLI::App& cmd, const WhisperImatrixArgs& a) {
+  for (const char* opt : {"--ctx-size", "--chunks", "--process-output", "--no-ppl", "--f64-sums"}) {
+    if (cmd.count(opt) > 0) {
+      throw std::runtime_error(fmt::format("{} is for GGUF models; for a whisper.cpp model imatrix takes MODEL.bin "
+                                           "-f LIST.tsv (AUDIO.wav<TAB>text lines) -o OUT [-t N] [--output-format]",
+                                           opt));
+    }
+  }
+  check_outputs({{"MODEL", a.model}, {"-f", a.list}}, {{"-o", a.out}}, false);
+  const int threads = checked_threads(a.threads);
+  const std::vector<WhisperTestItem> items = read_whisper_test_set(a.list);
+  WhisperModel model(WhisperFile::open(a.model, {.allow_mixed_weights = true}));
+  Progress bar("imatrix");
+  const auto start = std::chrono::steady_clock::now();
+  WhisperImatrixResult r = collect_whisper_imatrix(model, items, threads, [&](size_t done, size_t total) {
+    bar.update(done, total, "", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  });
+  bar.finish();
+  r.matrix.datasets = {a.list};
+  if (a.format == "dat") {
+    write_imatrix_dat(r.matrix, a.out);
+  } else {
+    write_imatrix_gguf(r.matrix, a.out);
+  }
+  fmt::print("{} utterances ({} decoder tokens), {} tensors collected, {:.1f} s\nwrote {} ({} format)\n",
+             r.utterances, r.decoder_tokens, r.matrix.sums.size(), r.seconds, a.out, a.format);
 }
 
 void register_transcribe(CLI::App& app) {

@@ -20,6 +20,7 @@ struct WhisperQuantizeArgs {
   std::string tensor_type_file, token_embedding_type, compat, report_json;
   int threads = 0;
   bool dry_run = false, allow_requantize = false;
+  std::string imatrix;  // --imatrix: an importance matrix of this model (mixq imatrix MODEL.bin -f LIST.tsv)
 };
 
 // Whether INPUT is a Whisper model (a whisper.cpp file, or a CTranslate2 / Hugging Face model, which
@@ -46,6 +47,13 @@ struct WhisperKldArgs {
   std::optional<double> max_kld;
 };
 void run_whisper_kld(const CLI::App& cmd, const WhisperKldArgs& a);
+
+// `mixq imatrix MODEL.bin -f LIST.tsv -o OUT.imatrix.gguf` (calib/whisper_imatrix.h).
+struct WhisperImatrixArgs {
+  std::string model, list, out, format;
+  int threads = 0;
+};
+void run_whisper_imatrix(const CLI::App& cmd, const WhisperImatrixArgs& a);
 
 // `mixq transcribe MODEL -f AUDIO.wav`: engine/whisper_model.h on a whisper.cpp file.
 void register_transcribe(CLI::App& app);

@@ -180,3 +180,29 @@ def test_kld_whisper_mode_refuses_bad_input(models, tmp_path):
     assert "give --base" in fails("kld", models["f16"], "-f", bad)
     assert "--save-base is for GGUF models" in fails("kld", models["f16"], "--base", models["f16"], "-f", bad,
                                                      "--save-base", tmp_path / "x")
+
+
+def test_imatrix_covers_encoder_decoder_and_cross_attention(models, spoken, tmp_path):
+    """mixq imatrix on a whisper.cpp file, read back with the gguf package: every matrix whisper.cpp's
+    quantize quantizes (65 in tiny.en: the encoder's and decoder's attention and MLP matrices,
+    cross-attention included, and the token embedding as output projection), encoder counts = 1500
+    rows per utterance; quantize --imatrix uses it (other bytes than without); GGUF-only options
+    are refused by name."""
+    gguf = pytest.importorskip("gguf")
+    im = tmp_path / "w.imatrix.gguf"
+    run(MIXQ, "imatrix", models["f16"], "-f", spoken, "-o", im, "-t", "2")
+    r = gguf.GGUFReader(im)
+    tensors = {t.name: np.array(t.data) for t in r.tensors}
+    names = {n[:-len(".in_sum2")] for n in tensors if n.endswith(".in_sum2")}
+    assert len(names) == 65
+    assert "decoder.blocks.3.cross_attn.key.weight" in names and "decoder.token_embedding.weight" in names
+    assert tensors["encoder.blocks.0.mlp.0.weight.counts"][0] == 3 * 1500
+    assert tensors["decoder.blocks.0.cross_attn.value.weight.counts"][0] == 3 * 1500
+    assert tensors["encoder.blocks.0.mlp.2.weight.in_sum2"].shape == (1536,)
+    plain, weighted = tmp_path / "q4_0.bin", tmp_path / "q4_0-im.bin"
+    run(MIXQ, "quantize", models["f16"], plain, "q4_0", "-t", "2")
+    run(MIXQ, "quantize", "--imatrix", im, models["f16"], weighted, "q4_0", "-t", "2")
+    assert plain.stat().st_size == weighted.stat().st_size and plain.read_bytes() != weighted.read_bytes()
+    proc = subprocess.run([MIXQ, "imatrix", models["f16"], "-f", spoken, "-o", tmp_path / "x.gguf", "-c", "64"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "--ctx-size is for GGUF models" in proc.stderr

@@ -20,6 +20,7 @@ struct Linear {
   std::vector<float> w, b;  // w: [out][in]; b empty when the layer has none
   int64_t in = 0, out = 0;
   bool f16_input = false;  // an F16 weight: ggml rounds the input to F16 for the product
+  std::string name;        // the weight's tensor name (empty for the convolutions)
 };
 struct Norm {
   std::vector<float> g, b;
@@ -98,8 +99,10 @@ __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void dot_tile_4
   }
 }
 
-// y[t][o] = W[o] . x[t] + b[o] for n rows of x.
-void linear(ThreadPool& pool, const Linear& l, const float* x_in, int64_t n, float* y) {
+// y[t][o] = W[o] . x[t] + b[o] for n rows of x; the observer, when there is one, sees the input.
+void linear(ThreadPool& pool, const WhisperActivationObserver* observer, const Linear& l, const float* x_in, int64_t n,
+            float* y) {
+  if (observer && *observer && !l.name.empty()) (*observer)(l.name, x_in, n, l.in);
   std::vector<float> rounded;
   const float* x = x_in;
   if (l.f16_input) {
@@ -266,6 +269,7 @@ WhisperModel::WhisperModel(const WhisperFile& f) {
     l.in = f.find(p + ".weight")->ne[0];
     l.out = f.find(p + ".weight")->ne[1];
     l.f16_input = f.find(p + ".weight")->type == TypeId::F16;
+    l.name = p + ".weight";
     if (bias) l.b = get(p + ".bias");
     return l;
   };
@@ -319,6 +323,7 @@ WhisperAudioState WhisperModel::encode(const std::vector<float>& samples, int th
   const Impl& m = *impl_;
   const WhisperHparams& hp = m.hp;
   ThreadPool pool(threads);
+  const WhisperActivationObserver* obs = &observer_;
   const int64_t d = hp.n_audio_state, n_ctx = hp.n_audio_ctx, n_frames = 2 * n_ctx, n_mels = hp.n_mels;
   std::vector<float> mel = whisper_log_mel(samples, m.filters, static_cast<int>(n_frames));
   round_to_f16(mel.data(), static_cast<int64_t>(mel.size()));  // ggml's im2col is F16
@@ -339,27 +344,27 @@ WhisperAudioState WhisperModel::encode(const std::vector<float>& samples, int th
     return cols;
   };
   std::vector<float> c1(static_cast<size_t>(n_frames * d)), x(static_cast<size_t>(n_ctx * d));
-  linear(pool, m.conv1, im2col(mel, n_mels, n_frames, false, 1).data(), n_frames, c1.data());
+  linear(pool, nullptr, m.conv1, im2col(mel, n_mels, n_frames, false, 1).data(), n_frames, c1.data());
   for (auto& v : c1) v = gelu(v);
-  linear(pool, m.conv2, im2col(c1, d, n_frames, true, 2).data(), n_ctx, x.data());
+  linear(pool, nullptr, m.conv2, im2col(c1, d, n_frames, true, 2).data(), n_ctx, x.data());
   for (size_t i = 0; i < x.size(); ++i) x[i] = gelu(x[i]) + m.enc_pos[i];
 
   std::vector<float> h(x.size()), q(x.size()), kk(x.size()), vv(x.size()), a(x.size());
   std::vector<float> ff(static_cast<size_t>(n_ctx * 4 * d));
   for (const Block& b : m.enc) {
     layer_norm(b.self.ln, x.data(), n_ctx, d, h.data());
-    linear(pool, b.self.q, h.data(), n_ctx, q.data());
-    linear(pool, b.self.k, h.data(), n_ctx, kk.data());
-    linear(pool, b.self.v, h.data(), n_ctx, vv.data());
+    linear(pool, obs, b.self.q, h.data(), n_ctx, q.data());
+    linear(pool, obs, b.self.k, h.data(), n_ctx, kk.data());
+    linear(pool, obs, b.self.v, h.data(), n_ctx, vv.data());
     for (auto* t : {&q, &kk, &vv}) round_to_f16(t->data(), static_cast<int64_t>(t->size()));
     const float scale = 1.0f / std::sqrt(static_cast<float>(d / hp.n_audio_head));
     attend(pool, q.data(), n_ctx, kk.data(), vv.data(), n_ctx, d, hp.n_audio_head, scale, a.data());
-    linear(pool, b.self.o, a.data(), n_ctx, h.data());
+    linear(pool, obs, b.self.o, a.data(), n_ctx, h.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += h[i];
     layer_norm(b.mlp_ln, x.data(), n_ctx, d, h.data());
-    linear(pool, b.fc1, h.data(), n_ctx, ff.data());
+    linear(pool, obs, b.fc1, h.data(), n_ctx, ff.data());
     for (auto& v : ff) v = gelu(v);
-    linear(pool, b.fc2, ff.data(), n_ctx, h.data());
+    linear(pool, obs, b.fc2, ff.data(), n_ctx, h.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += h[i];
   }
   std::vector<float> enc(x.size());
@@ -373,8 +378,8 @@ WhisperAudioState WhisperModel::encode(const std::vector<float>& samples, int th
   // whisper.cpp stores them in F16, the keys scaled by dh^-1/4 first.
   const float kscale = std::pow(static_cast<float>(hp.n_text_state / hp.n_text_head), -0.25f);
   for (size_t l = 0; l < layers; ++l) {
-    linear(pool, m.dec[l].cross.k, enc.data(), n_ctx, st.cross_k[l].data());
-    linear(pool, m.dec[l].cross.v, enc.data(), n_ctx, st.cross_v[l].data());
+    linear(pool, obs, m.dec[l].cross.k, enc.data(), n_ctx, st.cross_k[l].data());
+    linear(pool, obs, m.dec[l].cross.v, enc.data(), n_ctx, st.cross_v[l].data());
     for (auto& v : st.cross_k[l]) v = round_fp16(v * kscale);
     round_to_f16(st.cross_v[l].data(), static_cast<int64_t>(st.cross_v[l].size()));
   }
@@ -386,12 +391,13 @@ struct WhisperModel::Decoder {
   const Impl& m;
   const WhisperAudioState& audio;
   ThreadPool& pool;
+  const WhisperActivationObserver* obs;
   int64_t d, pos = 0;
   std::vector<std::vector<float>> sk, sv;
   std::vector<float> y, yh, yq, ya, yf;
 
-  Decoder(const Impl& model, const WhisperAudioState& a, ThreadPool& p)
-      : m(model), audio(a), pool(p), d(model.hp.n_text_state) {
+  Decoder(const Impl& model, const WhisperAudioState& a, ThreadPool& p, const WhisperActivationObserver* observer)
+      : m(model), audio(a), pool(p), obs(observer), d(model.hp.n_text_state) {
     const size_t cache = static_cast<size_t>(m.hp.n_text_ctx * d);
     sk.assign(m.dec.size(), std::vector<float>(cache));
     sv = sk;
@@ -418,9 +424,9 @@ struct WhisperModel::Decoder {
     for (size_t l = 0; l < m.dec.size(); ++l) {
       const Block& b = m.dec[l];
       layer_norm(b.self.ln, y.data(), 1, d, yh.data());
-      linear(pool, b.self.q, yh.data(), 1, yq.data());
-      linear(pool, b.self.k, yh.data(), 1, sk[l].data() + pos * d);
-      linear(pool, b.self.v, yh.data(), 1, sv[l].data() + pos * d);
+      linear(pool, obs, b.self.q, yh.data(), 1, yq.data());
+      linear(pool, obs, b.self.k, yh.data(), 1, sk[l].data() + pos * d);
+      linear(pool, obs, b.self.v, yh.data(), 1, sv[l].data() + pos * d);
       float* kp = sk[l].data() + pos * d;
       float* vp = sv[l].data() + pos * d;
       for (int64_t i = 0; i < d; ++i) {
@@ -429,24 +435,25 @@ struct WhisperModel::Decoder {
         vp[i] = round_fp16(vp[i]);
       }
       attend(pool, yq.data(), 1, sk[l].data(), sv[l].data(), pos + 1, d, hp.n_text_head, 1.0f, ya.data());
-      linear(pool, b.self.o, ya.data(), 1, yh.data());
+      linear(pool, obs, b.self.o, ya.data(), 1, yh.data());
       for (int64_t i = 0; i < d; ++i) y[i] += yh[i];
       layer_norm(b.cross.ln, y.data(), 1, d, yh.data());
-      linear(pool, b.cross.q, yh.data(), 1, yq.data());
+      linear(pool, obs, b.cross.q, yh.data(), 1, yq.data());
       round_to_f16(yq.data(), d);
       attend(pool, yq.data(), 1, audio.cross_k[l].data(), audio.cross_v[l].data(), n_ctx, d, hp.n_text_head, s,
              ya.data());
-      linear(pool, b.cross.o, ya.data(), 1, yh.data());
+      linear(pool, obs, b.cross.o, ya.data(), 1, yh.data());
       for (int64_t i = 0; i < d; ++i) y[i] += yh[i];
       layer_norm(b.mlp_ln, y.data(), 1, d, yh.data());
-      linear(pool, b.fc1, yh.data(), 1, yf.data());
+      linear(pool, obs, b.fc1, yh.data(), 1, yf.data());
       for (auto& v : yf) v = gelu(v);
-      linear(pool, b.fc2, yf.data(), 1, yh.data());
+      linear(pool, obs, b.fc2, yf.data(), 1, yh.data());
       for (int64_t i = 0; i < d; ++i) y[i] += yh[i];
     }
     ++pos;
     if (!logits) return;
     layer_norm(m.dec_ln, y.data(), 1, d, yh.data());
+    if (*obs) (*obs)("decoder.token_embedding.weight", yh.data(), 1, d);
     if (m.tok_emb_f16) round_to_f16(yh.data(), d);
     const int64_t vocab_n = hp.n_vocab;
     pool.parallel_for((vocab_n + 255) / 256, [&](int64_t c) {
@@ -458,6 +465,7 @@ struct WhisperModel::Decoder {
 };
 
 int WhisperModel::n_vocab() const { return impl_->hp.n_vocab; }
+int WhisperModel::n_audio_ctx() const { return impl_->hp.n_audio_ctx; }
 const std::vector<std::string>& WhisperModel::vocab() const { return impl_->vocab; }
 
 // Special tokens as whisper.cpp numbers them.
@@ -479,7 +487,7 @@ WhisperTranscript WhisperModel::decode_greedy(const WhisperAudioState& audio, in
                                               std::vector<float>* step_logits) const {
   const Impl& m = *impl_;
   ThreadPool pool(threads);
-  Decoder dec(m, audio, pool);
+  Decoder dec(m, audio, pool, &observer_);
   const int end = eot();
   int space = -1;
   for (size_t i = 0; i < m.vocab.size(); ++i) {
@@ -512,7 +520,7 @@ WhisperTranscript WhisperModel::decode_greedy(const WhisperAudioState& audio, in
 std::vector<float> WhisperModel::forced_logits(const WhisperAudioState& audio, const std::vector<int>& tokens,
                                                int threads) const {
   ThreadPool pool(threads);
-  Decoder dec(*impl_, audio, pool);
+  Decoder dec(*impl_, audio, pool, &observer_);
   const size_t n = static_cast<size_t>(impl_->hp.n_vocab);
   std::vector<float> out(tokens.size() * n);
   for (size_t i = 0; i < tokens.size(); ++i) dec.step(tokens[i], out.data() + i * n);

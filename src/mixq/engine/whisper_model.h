@@ -9,6 +9,8 @@
 // <|endoftext|> and a lone space at the first step. One 30 s window (longer audio is cut).
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,6 +29,12 @@ struct WhisperTranscript {
 struct WhisperAudioState {
   std::vector<std::vector<float>> cross_k, cross_v;
 };
+
+// Sees the input rows of every matrix product (rows x cols, F32, before any F16 rounding) under
+// the weight's tensor name, e.g. to collect an importance matrix (calib/whisper_imatrix.h). Called
+// from the calling thread, in model order.
+using WhisperActivationObserver =
+    std::function<void(const std::string& weight, const float* x, int64_t rows, int64_t cols)>;
 
 class WhisperModel {
  public:
@@ -50,12 +58,17 @@ class WhisperModel {
   std::vector<int> prompt() const;
   int eot() const;  // <|endoftext|>
   int n_vocab() const;
+  int n_audio_ctx() const;
   const std::vector<std::string>& vocab() const;
+
+  // Installs (or, with an empty function, removes) the observer of every matrix product's input.
+  void set_activation_observer(WhisperActivationObserver observer) { observer_ = std::move(observer); }
 
  private:
   struct Impl;
   struct Decoder;
   std::shared_ptr<const Impl> impl_;
+  WhisperActivationObserver observer_;
 };
 
 }  // namespace mixq
