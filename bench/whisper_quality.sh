@@ -64,7 +64,13 @@ parts = sorted(glob.glob(os.path.join(out, "parts", "*.json")))
 for p in parts:
     for r in json.load(open(p)):
         a = agg.setdefault(r["model"], {"errors": 0, "words": 0, "base_errors": 0, "kld": 0.0, "tokens": 0,
-                                        "same": 0.0, "utterances": 0})
+                                        "same": 0.0, "utterances": 0, "runaway": 0, "base_runaway": 0})
+        for u in r["per_utterance"]:  # more errors than words: a repetition loop of greedy decoding
+            a["runaway"] += u["model_errors"] > u["words"]
+            a["base_runaway"] += u["base_errors"] > u["words"]
+            if u["model_errors"] <= u["words"]:
+                a["kept_errors"] = a.get("kept_errors", 0) + u["model_errors"]
+                a["kept_words"] = a.get("kept_words", 0) + u["words"]
         a["errors"] += r["wer_model"]["errors"]
         a["words"] += r["wer_model"]["words"]
         a["base_errors"] += r["wer_base"]["errors"]
@@ -77,20 +83,23 @@ if agg:  # the base's own row: its WER (the same in every model's report), KLD 0
     a = next(iter(agg.values()))
     base = os.path.join(out, "models", "f16.bin")
     rows.append({"config": "f16 (base)", "bytes": os.path.getsize(base), "wer": a["base_errors"] / a["words"],
-                 "mean_kld": 0.0, "same_top": 1.0, "utterances": a["utterances"], "tokens": a["tokens"]})
+                 "mean_kld": 0.0, "same_top": 1.0, "utterances": a["utterances"], "tokens": a["tokens"],
+                 "runaway": a["base_runaway"], "wer_without_runaway": a["base_errors"] / a["words"]})
 for model, a in agg.items():
     rows.append({"config": os.path.basename(model)[:-4], "bytes": os.path.getsize(model),
                  "wer": a["errors"] / a["words"], "mean_kld": a["kld"] / a["tokens"],
-                 "same_top": a["same"] / a["tokens"], "utterances": a["utterances"], "tokens": a["tokens"]})
+                 "same_top": a["same"] / a["tokens"], "utterances": a["utterances"], "tokens": a["tokens"],
+                 "runaway": a["runaway"], "wer_without_runaway": a["kept_errors"] / a["kept_words"]})
 with open(os.path.join(out, "whisper_quality.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
 print(f"{rows[0]['utterances']} utterances, {rows[0]['tokens']} scored tokens; parts: {len(parts)}\n")
-print("| file | size (bytes) | WER | mean KLD vs F16 | same top token |")
-print("|---|---:|---:|---:|---:|")
+print("| file | size (bytes) | WER | runaway utterances | WER without them | mean KLD vs F16 | same top token |")
+print("|---|---:|---:|---:|---:|---:|---:|")
 for r in sorted(rows, key=lambda r: -r["bytes"]):
-    print(f"| {r['config']} | {r['bytes']:,} | {100 * r['wer']:.2f}% | {r['mean_kld']:.5f} | "
+    print(f"| {r['config']} | {r['bytes']:,} | {100 * r['wer']:.2f}% | {r['runaway']} | "
+          f"{100 * r['wer_without_runaway']:.2f}% | {r['mean_kld']:.5f} | "
           f"{100 * r['same_top']:.2f}% |")
 PY
 "$py" "$here/bench/plot_whisper_quality.py" "$out/whisper_quality.csv" "$out/whisper_quality.svg"
