@@ -7,6 +7,11 @@
 // logits against the token embedding. Prompt: <|startoftranscript|> [<|en|> <|transcribe|> for
 // multilingual models] <|notimestamps|>; every special token but <|endoftext|> is suppressed, and
 // <|endoftext|> and a lone space at the first step. One 30 s window (longer audio is cut).
+//
+// Numerics: whisper.cpp's CPU path without flash attention, where it rounds to F16: ggml's GELU
+// (tanh form, an F16 table), F16 im2col convolutions, F16 queries, keys, values and attention
+// probabilities (keys and decoder queries scaled by dh^-1/4 first), F16 inputs to F16 weights. The
+// decoder logits agree with whisper.cpp's to 1e-3 of their scale (tests/python/test_whisper_eval.py).
 #pragma once
 
 #include <cstdint>
