@@ -10,6 +10,8 @@
 #include "mixq/engine/registry.h"
 #include "mixq/calib/imatrix_collect.h"
 #include "progress.h"
+#include "whisper_commands.h"
+#include "mixq/io/whisper_file.h"
 
 namespace mixq::cli {
 
@@ -65,8 +67,10 @@ void run_imatrix(const ImatrixOpts& o) {
 void register_imatrix(CLI::App& app) {
   auto* cmd = app.add_subcommand("imatrix", "Importance matrix from a calibration text, as llama-imatrix computes it");
   auto o = std::make_shared<ImatrixOpts>();
-  cmd->add_option("MODEL", o->model, "Model (GGUF)")->required();
-  cmd->add_option("-f,--file", o->file, "Calibration text file")->required();
+  cmd->add_option("MODEL", o->model, "Model (GGUF, or a whisper.cpp file)")->required();
+  cmd->add_option("-f,--file", o->file,
+                  "Calibration text file; for a whisper.cpp model a list of AUDIO.wav<TAB>text lines")
+      ->required();
   cmd->add_option("-o,--output", o->out, "Output file")->capture_default_str();
   cmd->add_option("-c,--ctx-size", o->n_ctx, "Tokens per chunk")->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Process only the first N chunks (0: all; negative is refused)");
@@ -80,7 +84,11 @@ void register_imatrix(CLI::App& app) {
   cmd->add_flag("--f64-sums", o->f64_sums,
                 "Accumulate in double (exact) instead of llama-imatrix's float sums (which drift by up to ~1e-3 "
                 "relative over a long text)");
-  cmd->callback([o] { run_imatrix(*o); });
+  cmd->callback([o, cmd] {
+    // whisper.cpp files: collected while transcribing a spoken calibration list (whisper_commands.cpp).
+    if (is_whisper_file(o->model)) return run_whisper_imatrix(*cmd, {o->model, o->file, o->out, o->format, o->threads});
+    run_imatrix(*o);
+  });
 }
 
 }  // namespace mixq::cli

@@ -16,7 +16,9 @@
 #include "mixq/engine/registry.h"
 #include "mixq/eval/kld.h"
 #include "mixq/io/tensor_check.h"
+#include "mixq/io/whisper_file.h"
 #include "progress.h"
+#include "whisper_commands.h"
 
 namespace mixq::cli {
 
@@ -25,6 +27,7 @@ namespace {
 constexpr int kExitGateFailed = 3;
 
 struct Opts {
+  std::vector<std::string> models;  // one (GGUF); whisper.cpp files: one or more against one --base
   std::string model, base, base_logits, save_base, file, max_ppl_increase;
   int n_ctx = 512, chunks = 0, threads = 0;
   std::string attention = "f16", activations = "f32";
@@ -196,14 +199,19 @@ void register_kld(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "kld", "KL divergence of a model from a base model on a text (llama-perplexity's chunks and report)");
   auto o = std::make_shared<Opts>();
-  cmd->add_option("MODEL", o->model, "Model to judge (GGUF); with only --save-base, the base model to store")
+  cmd->add_option("MODEL", o->models,
+                  "Model to judge (GGUF); with only --save-base, the base model to store. whisper.cpp files: "
+                  "one or more models, judged against --base on the test set -f LIST.tsv")
       ->required();
   cmd->add_option("--base", o->base, "Base (reference) model, e.g. the F32/F16 original (GGUF)");
   cmd->add_option("--base-logits", o->base_logits, "A base run stored with --save-base (instead of --base)");
   cmd->add_option("--save-base", o->save_base,
                   "Store the base run's log-probabilities (float32, unclamped) here: with --base, the base "
                   "while comparing; alone, MODEL's run");
-  cmd->add_option("-f,--file", o->file, "Text file (e.g. wiki.test.raw)")->required();
+  cmd->add_option("-f,--file", o->file,
+                  "Text file (e.g. wiki.test.raw); for whisper.cpp models a test-set list: AUDIO.wav<TAB>reference "
+                  "text per line")
+      ->required();
   auto* ctx = cmd->add_option("-c,--ctx-size", o->n_ctx, "Context per chunk (with --base-logits: the file's)")
                   ->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
@@ -221,7 +229,20 @@ void register_kld(CLI::App& app) {
       "is stored without clamping. Exit status: 0 done (gates passed), 1 error, 3 a quality gate failed\n"
       "(--max-ppl-increase / --max-kld; the report is printed first), 130 interrupted (SIGINT; 143 SIGTERM,\n"
       "129 SIGHUP), with no output left behind.");
-  cmd->callback([o, ctx] { run(*o, ctx->count() > 0); });
+  cmd->callback([o, ctx, cmd] {
+    // Whisper: word error rates and teacher-forced KLD on a spoken test set (whisper_commands.cpp).
+    if (is_whisper_file(o->models.front())) {
+      run_whisper_kld(*cmd, {.models = o->models, .base = o->base, .list = o->file, .threads = o->threads,
+                             .json = o->json, .max_kld = o->max_kld});
+      return;
+    }
+    if (o->models.size() != 1) {
+      throw std::runtime_error(fmt::format("give one MODEL (got {}); several models are judged together only for "
+                                           "whisper.cpp files", o->models.size()));
+    }
+    o->model = o->models.front();
+    run(*o, ctx->count() > 0);
+  });
 }
 
 }  // namespace mixq::cli

@@ -1,5 +1,7 @@
 #include "whisper_commands.h"
 
+#include <chrono>
+#include <cmath>
 #include <fstream>
 #include <optional>
 
@@ -9,11 +11,16 @@
 #include "mixq/convert/whisper_convert.h"
 #include "mixq/engine/whisper_audio.h"
 #include "mixq/engine/whisper_model.h"
+#include "mixq/calib/imatrix.h"
+#include "mixq/calib/imatrix_collect.h"
+#include "mixq/calib/whisper_imatrix.h"
+#include "mixq/eval/whisper_eval.h"
 #include "mixq/io/whisper_file.h"
 #include "mixq/io/whisper_inspect.h"
 #include "mixq/policy/policy.h"
 #include "mixq/quantize/whisper_quantize.h"
 #include "option_helpers.h"
+#include "progress.h"
 
 namespace mixq::cli {
 
@@ -21,13 +28,13 @@ bool is_whisper_quantize_input(const std::string& input) { return detect_whisper
 
 void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
   // GGUF-only options: importance matrices, plans and layer rules need mixq's LLM engine.
-  for (const char* opt : {"--imatrix", "--plan", "--target-bpw", "--target-size", "--target-size-of", "--file",
+  for (const char* opt : {"--plan", "--target-bpw", "--target-size", "--target-size-of", "--file",
                           "--layers", "--config", "--output-tensor-type", "--outliers", "--outlier-tensors", "--calib",
                           "--symmetric", "--hqq", "--leave-output-tensor", "--save-plan", "--save-measurement"}) {
     if (cmd.count(opt) > 0) {
       throw PolicyError(fmt::format("{} does not apply to a whisper.cpp model ('{}'): its options are "
                                     "--tensor-type, --tensor-type-file, --token-embedding-type, --allow-requantize, "
-                                    "--compat whisper.cpp, --dry-run, --report-json, -t",
+                                    "--imatrix, --compat whisper.cpp, --dry-run, --report-json, -t",
                                     opt, a.input));
     }
   }
@@ -55,6 +62,11 @@ void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
     o.compat_whisper_cpp = true;
   }
   o.allow_requantize = a.allow_requantize;
+  std::optional<ImportanceMatrix> im;
+  if (!a.imatrix.empty()) {
+    im = load_imatrix(a.imatrix);
+    o.imatrix = &*im;
+  }
   o.threads = a.threads;
   if (!a.threads_pos.empty()) {
     try {
@@ -101,22 +113,179 @@ bool inspect_whisper_if_whisper(const std::string& file, bool json, bool show_te
   return true;
 }
 
+namespace {
+
+nlohmann::ordered_json word_errors_json(const WordErrors& e) {
+  nlohmann::ordered_json j;
+  j["wer"] = e.rate();
+  j["errors"] = e.errors();
+  j["words"] = e.reference_words;
+  j["substitutions"] = e.substitutions;
+  j["deletions"] = e.deletions;
+  j["insertions"] = e.insertions;
+  return j;
+}
+
+std::string word_errors_text(const WordErrors& e) {
+  return fmt::format("{:.2f}% ({} errors in {} words: {} substituted, {} deleted, {} inserted)", 100 * e.rate(),
+                     e.errors(), e.reference_words, e.substitutions, e.deletions, e.insertions);
+}
+
+}  // namespace
+
+void run_whisper_kld(const CLI::App& cmd, const WhisperKldArgs& a) {
+  for (const char* opt : {"--base-logits", "--save-base", "--ctx-size", "--chunks", "--attention", "--activations",
+                          "--max-ppl-increase"}) {
+    if (cmd.count(opt) > 0) {
+      throw std::runtime_error(fmt::format("{} is for GGUF models; for whisper.cpp models kld takes MODEL... --base "
+                                           "F16.bin -f LIST.tsv [-t N] [--json] [--max-kld X]",
+                                           opt));
+    }
+  }
+  if (a.base.empty()) throw std::runtime_error("whisper kld: give --base REF.bin (the F16 or F32 model)");
+  if (a.max_kld && !(std::isfinite(*a.max_kld) && *a.max_kld >= 0)) {
+    throw std::runtime_error(fmt::format("bad --max-kld {}: the limit must be a finite number >= 0", *a.max_kld));
+  }
+  const int threads = checked_threads(a.threads);
+  const std::vector<WhisperTestItem> items = read_whisper_test_set(a.list);
+  const WhisperModel base(WhisperFile::open(a.base, {.allow_mixed_weights = true}));
+  std::vector<WhisperModel> models;
+  models.reserve(a.models.size());
+  for (const auto& m : a.models) models.emplace_back(WhisperFile::open(m, {.allow_mixed_weights = true}));
+  std::vector<const WhisperModel*> ptrs;
+  for (const auto& m : models) ptrs.push_back(&m);
+
+  Progress bar("kld");
+  const auto start = std::chrono::steady_clock::now();
+  WhisperEvalOptions opts;
+  opts.threads = threads;
+  opts.on_utterance = [&](size_t done, size_t total, const WhisperEvalResult& r) {
+    const double kld = r.tokens.size() == 0 ? 0.0 : [&] {
+      double s = 0;
+      for (double v : r.tokens.kld) s += v;
+      return s / static_cast<double>(r.tokens.size());
+    }();
+    bar.update(done, total,
+               fmt::format("WER {:.2f}% vs {:.2f}%, KLD {:.6f}", 100 * r.model_errors.rate(),
+                           100 * r.base_errors.rate(), kld),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  };
+  std::vector<WhisperEvalResult> results;
+  try {
+    results = evaluate_whisper(base, ptrs, items, opts);
+  } catch (...) {
+    bar.finish();
+    throw;
+  }
+  bar.finish();
+
+  std::vector<std::string> failures;
+  nlohmann::ordered_json all = nlohmann::ordered_json::array();
+  for (size_t k = 0; k < results.size(); ++k) {
+    const WhisperEvalResult& r = results[k];
+    for (const auto& f : check_quality_gate(r.stats, std::nullopt, a.max_kld)) {
+      failures.push_back(fmt::format("{}: {}", a.models[k], f));
+    }
+    if (a.json) {
+      nlohmann::ordered_json j;
+      j["model"] = a.models[k];
+      j["base"] = a.base;
+      j["test_set"] = a.list;
+      j["utterances"] = items.size();
+      j["wer_base"] = word_errors_json(r.base_errors);
+      j["wer_model"] = word_errors_json(r.model_errors);
+      j["kld_scoring"] = "teacher-forced on the base's greedy tokens";
+      j.update(r.stats.to_json());
+      j.erase("chunks");
+      j.erase("n_ctx");
+      j["seconds"] = r.seconds;
+      nlohmann::ordered_json per = nlohmann::ordered_json::array();
+      for (const auto& u : r.utterances) {
+        per.push_back({{"reference", u.reference}, {"base", u.base_text}, {"model", u.model_text},
+                       {"base_errors", u.base_errors.errors()}, {"model_errors", u.model_errors.errors()},
+                       {"words", u.model_errors.reference_words}, {"tokens", u.scored_tokens},
+                       {"mean_kld", u.scored_tokens ? u.kld_sum / u.scored_tokens : 0.0}});
+      }
+      j["per_utterance"] = per;
+      all.push_back(j);
+      continue;
+    }
+    const KldStats& s = r.stats;
+    if (k > 0) fmt::print("\n");
+    fmt::print("model: {}\nbase:  {}\n", a.models[k], a.base);
+    fmt::print("{} utterances ({}), {} tokens scored (teacher-forced on the base's greedy tokens), {:.1f} s\n",
+               items.size(), a.list, s.tokens, r.seconds);
+    fmt::print("WER(base)  = {}\n", word_errors_text(r.base_errors));
+    fmt::print("WER(model) = {}\n", word_errors_text(r.model_errors));
+    fmt::print("Mean KLD:   {:.6f} +/- {:.6f}\n", s.kld.value, s.kld.error);
+    fmt::print("Median KLD: {:.6f}, 99% KLD: {:.6f}, max KLD: {:.6f}\n", s.kld_q.median, s.kld_q.p99, s.kld_q.max);
+    fmt::print("Same top token: {:.3f} +/- {:.3f} %\n", 100 * s.same_top.value, 100 * s.same_top.error);
+    fmt::print("PPL of the base's tokens: base {:.4f}, model {:.4f} (ratio {:.4f})\n", s.ppl_base.value,
+               s.ppl_model.value, s.ppl_ratio.value);
+  }
+  if (a.json) fmt::print("{}\n", (all.size() == 1 ? all[0] : all).dump(2));
+  if (!failures.empty()) {
+    std::fflush(stdout);
+    for (const auto& f : failures) fmt::print(stderr, "mixq: quality gate failed: {}\n", f);
+    throw CLI::RuntimeError(3);
+  }
+}
+
+void run_whisper_imatrix(const CLI::App& cmd, const WhisperImatrixArgs& a) {
+  for (const char* opt : {"--ctx-size", "--chunks", "--process-output", "--no-ppl", "--f64-sums"}) {
+    if (cmd.count(opt) > 0) {
+      throw std::runtime_error(fmt::format("{} is for GGUF models; for a whisper.cpp model imatrix takes MODEL.bin "
+                                           "-f LIST.tsv (AUDIO.wav<TAB>text lines) -o OUT [-t N] [--output-format]",
+                                           opt));
+    }
+  }
+  check_outputs({{"MODEL", a.model}, {"-f", a.list}}, {{"-o", a.out}}, false);
+  const int threads = checked_threads(a.threads);
+  const std::vector<WhisperTestItem> items = read_whisper_test_set(a.list);
+  WhisperModel model(WhisperFile::open(a.model, {.allow_mixed_weights = true}));
+  Progress bar("imatrix");
+  const auto start = std::chrono::steady_clock::now();
+  WhisperImatrixResult r = collect_whisper_imatrix(model, items, threads, [&](size_t done, size_t total) {
+    bar.update(done, total, "", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  });
+  bar.finish();
+  r.matrix.datasets = {a.list};
+  if (a.format == "dat") {
+    write_imatrix_dat(r.matrix, a.out);
+  } else {
+    write_imatrix_gguf(r.matrix, a.out);
+  }
+  fmt::print("{} utterances ({} decoder tokens), {} tensors collected, {:.1f} s\nwrote {} ({} format)\n",
+             r.utterances, r.decoder_tokens, r.matrix.sums.size(), r.seconds, a.out, a.format);
+}
+
 void register_transcribe(CLI::App& app) {
   auto* cmd = app.add_subcommand("transcribe", "Speech to text with a whisper.cpp model file (greedy, one 30 s window)");
   struct Opts {
-    std::string model, wav;
+    std::string model, wav, dump_logits;
     int threads = 0;
   };
   auto o = std::make_shared<Opts>();
   cmd->add_option("MODEL", o->model, "whisper.cpp model file (any types it holds, mixed included)")->required();
   cmd->add_option("-f,--file", o->wav, "16 kHz mono 16-bit PCM WAV file")->required();
   cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  cmd->add_option("--dump-logits", o->dump_logits,
+                  "Also write the decoder's logits, teacher-forced on the prompt and the transcript, to this file "
+                  "(eval/whisper_eval.h's MXWL layout; scripts/whisper_cpp_logits.sh gives whisper.cpp's)");
   cmd->callback([o] {
     const int threads = checked_threads(o->threads);
+    if (!o->dump_logits.empty()) check_outputs({{"MODEL", o->model}, {"-f", o->wav}}, {{"--dump-logits", o->dump_logits}}, false);
     const WhisperFile f = WhisperFile::open(o->model, {.allow_mixed_weights = true});
     const WhisperModel model(f);
     const auto samples = read_wav_16k_mono(o->wav);
-    fmt::print("{}\n", model.transcribe(samples, threads).text);
+    const WhisperAudioState audio = model.encode(samples, threads);
+    const WhisperTranscript t = model.decode_greedy(audio, threads);
+    fmt::print("{}\n", t.text);
+    if (!o->dump_logits.empty()) {
+      std::vector<int> seq = model.prompt();
+      seq.insert(seq.end(), t.tokens.begin(), t.tokens.end());
+      write_whisper_logits(o->dump_logits, seq, model.forced_logits(audio, seq, threads), model.n_vocab());
+    }
   });
 }
 

@@ -20,6 +20,7 @@ struct WhisperQuantizeArgs {
   std::string tensor_type_file, token_embedding_type, compat, report_json;
   int threads = 0;
   bool dry_run = false, allow_requantize = false;
+  std::string imatrix;  // --imatrix: an importance matrix of this model (mixq imatrix MODEL.bin -f LIST.tsv)
 };
 
 // Whether INPUT is a Whisper model (a whisper.cpp file, or a CTranslate2 / Hugging Face model, which
@@ -35,6 +36,24 @@ bool convert_whisper_if_whisper(const std::string& input, const std::string& out
 
 // `mixq inspect` on a whisper.cpp file: prints its report and returns true; false for other files.
 bool inspect_whisper_if_whisper(const std::string& file, bool json, bool show_tensors);
+
+// `mixq kld MODEL.bin [MODEL2.bin ...] --base F16.bin -f LIST.tsv` (eval/whisper_eval.h): word error
+// rates and teacher-forced KLD. Options of `cmd` that are for GGUF models are refused by name.
+struct WhisperKldArgs {
+  std::vector<std::string> models;
+  std::string base, list;
+  int threads = 0;
+  bool json = false;
+  std::optional<double> max_kld;
+};
+void run_whisper_kld(const CLI::App& cmd, const WhisperKldArgs& a);
+
+// `mixq imatrix MODEL.bin -f LIST.tsv -o OUT.imatrix.gguf` (calib/whisper_imatrix.h).
+struct WhisperImatrixArgs {
+  std::string model, list, out, format;
+  int threads = 0;
+};
+void run_whisper_imatrix(const CLI::App& cmd, const WhisperImatrixArgs& a);
 
 // `mixq transcribe MODEL -f AUDIO.wav`: engine/whisper_model.h on a whisper.cpp file.
 void register_transcribe(CLI::App& app);

@@ -262,9 +262,12 @@ def test_bad_inputs_fail_clearly(work, tmp_path):
     proc = subprocess.run([MIXQ, "quantize", work["f16"], tmp_path / "out.bin", "iq4_nl"], capture_output=True,
                           text=True)
     assert proc.returncode != 0 and "whisper.cpp does not load" in proc.stderr
+    proc = subprocess.run([MIXQ, "quantize", "--plan", bad, work["f16"], tmp_path / "out.bin", "q4_0"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and "--plan does not apply" in proc.stderr
     proc = subprocess.run([MIXQ, "quantize", "--imatrix", bad, work["f16"], tmp_path / "out.bin", "q4_0"],
                           capture_output=True, text=True)
-    assert proc.returncode != 0 and "--imatrix does not apply" in proc.stderr
+    assert proc.returncode != 0 and str(bad) in proc.stderr  # not an importance matrix
     assert not (tmp_path / "out.bin").exists()
 
 

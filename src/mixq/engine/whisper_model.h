@@ -7,8 +7,16 @@
 // logits against the token embedding. Prompt: <|startoftranscript|> [<|en|> <|transcribe|> for
 // multilingual models] <|notimestamps|>; every special token but <|endoftext|> is suppressed, and
 // <|endoftext|> and a lone space at the first step. One 30 s window (longer audio is cut).
+//
+// Numerics: whisper.cpp's CPU path without flash attention, where it rounds to F16: ggml's GELU
+// (tanh form, an F16 table), F16 im2col convolutions, F16 queries, keys, values and attention
+// probabilities (keys and decoder queries scaled by dh^-1/4 first), F16 inputs to F16 weights. The
+// decoder logits agree with whisper.cpp's to 1e-3 of their scale (tests/python/test_whisper_eval.py).
 #pragma once
 
+#include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -21,6 +29,18 @@ struct WhisperTranscript {
   std::vector<int> tokens;  // generated ids, <|endoftext|> excluded
 };
 
+// One 30 s window through the encoder: each decoder layer's cross-attention keys and values
+// ([n_audio_ctx][n_text_state] each), all the decoder needs of the audio.
+struct WhisperAudioState {
+  std::vector<std::vector<float>> cross_k, cross_v;
+};
+
+// Sees the input rows of every matrix product (rows x cols, F32, before any F16 rounding) under
+// the weight's tensor name, e.g. to collect an importance matrix (calib/whisper_imatrix.h). Called
+// from the calling thread, in model order.
+using WhisperActivationObserver =
+    std::function<void(const std::string& weight, const float* x, int64_t rows, int64_t cols)>;
+
 class WhisperModel {
  public:
   // Dequantizes every tensor; throws for header-only files.
@@ -28,9 +48,32 @@ class WhisperModel {
   // samples: 16 kHz mono in [-1, 1) (engine/whisper_audio.h). threads <= 0: all cores.
   WhisperTranscript transcribe(const std::vector<float>& samples, int threads = 0, int max_tokens = 224) const;
 
+  // The steps of transcribe, for evaluations that need the logits.
+  WhisperAudioState encode(const std::vector<float>& samples, int threads = 0) const;
+  // Greedy decoding after prompt(); with step_logits, the raw logits (n_vocab, before any token is
+  // suppressed) of every step are appended: tokens.size() + 1 rows when <|endoftext|> ends it.
+  WhisperTranscript decode_greedy(const WhisperAudioState& audio, int threads = 0, int max_tokens = 224,
+                                  std::vector<float>* step_logits = nullptr) const;
+  // Teacher forcing: the decoder reads `tokens` (prompt included) one by one; row i of the result
+  // (n_vocab logits each) is its prediction after tokens[0..i], so it scores tokens[i + 1].
+  std::vector<float> forced_logits(const WhisperAudioState& audio, const std::vector<int>& tokens,
+                                   int threads = 0) const;
+
+  // <|startoftranscript|> [<|en|> <|transcribe|> when multilingual] <|notimestamps|>.
+  std::vector<int> prompt() const;
+  int eot() const;  // <|endoftext|>
+  int n_vocab() const;
+  int n_audio_ctx() const;
+  const std::vector<std::string>& vocab() const;
+
+  // Installs (or, with an empty function, removes) the observer of every matrix product's input.
+  void set_activation_observer(WhisperActivationObserver observer) { observer_ = std::move(observer); }
+
  private:
   struct Impl;
+  struct Decoder;
   std::shared_ptr<const Impl> impl_;
+  WhisperActivationObserver observer_;
 };
 
 }  // namespace mixq

@@ -127,13 +127,25 @@ WhisperQuantizeReport quantize_whisper(const WhisperFile& in, const std::filesys
     dst.resize(p.bytes);
     const int64_t row = t.ne[0], rows = t.rows();
     const size_t in_row = type_traits(t.type).row_bytes(row), out_row = type_traits(p.to).row_bytes(row);
+    const float* importance = nullptr;
+    if (opts.imatrix && p.quantized) {
+      const auto it = opts.imatrix->weights.find(t.name);
+      if (it == opts.imatrix->weights.end()) {
+        rep.warnings.push_back(fmt::format("the importance matrix has no entry for {}: quantized without", t.name));
+      } else if (static_cast<int64_t>(it->second.size()) != row) {
+        throw PolicyError(fmt::format("the importance matrix's {} has {} columns, the tensor's rows {} values: "
+                                      "an imatrix of another model?", t.name, it->second.size(), row));
+      } else {
+        importance = it->second.data();
+      }
+    }
     const int64_t chunk = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, row / 256));
     const int64_t chunks = (rows + chunk - 1) / chunk;
     pool.parallel_for(chunks, [&](int64_t c) {
       const int64_t r0 = c * chunk, n = std::min(chunk, rows - r0);
       std::vector<float> v(static_cast<size_t>(n * row));
       dequantize_rows(t.type, src.data() + r0 * in_row, v.data(), n, row);
-      quantize_rows(p.to, v.data(), dst.data() + r0 * out_row, n, row);
+      quantize_rows(p.to, v.data(), dst.data() + r0 * out_row, n, row, importance);
     });
     w.add_tensor(t.name, t.ne, p.to, dst);
     in.mapping().drop_pages(t.data.data(), t.data.size());

