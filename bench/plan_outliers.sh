@@ -6,7 +6,7 @@
 #   bench/plan_outliers.sh [K] [BUDGETS]
 # K defaults to 8; BUDGETS (bytes) default to llama.cpp's Q4_K_M / Q3_K_M / Q2_K files of SmolLM2
 # with an imatrix (docs/BENCHMARKS.md). Needs bench/outliers.sh's imatrix and base run.
-# MEASURE_OPTS adds measure options (e.g. "--probe-group 1 --error-rows 0": the measurement before
+# MODES="with" (or "without") scores one kind of plan only. MEASURE_OPTS adds measure options (e.g. "--probe-group 1 --error-rows 0": the measurement before
 # issue 16); TAG names the measurement and the CSV apart (measurement-oK$TAG.json, plans$TAG.csv).
 # Appends to .cache/bench/outliers/plans$TAG.csv; the measurement's time per stage is in its log.
 set -euo pipefail
@@ -34,7 +34,7 @@ fi
 csv=$out/plans$tag.csv
 [ -f "$csv" ] || echo "budget,outliers,bytes,outlier_tensors,predicted_kld,mean_kld,kld_error,same_top" > "$csv"
 for b in $budgets; do
-  for mode in with without; do
+  for mode in ${MODES:-with without}; do
     opt=()
     [ "$mode" = without ] && opt=(--no-outliers)
     p=$out/plan-$b-$mode

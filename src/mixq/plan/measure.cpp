@@ -145,7 +145,8 @@ BaseRun run_base(const Model& model, const TextChunks& chunks, int threads, Atte
 // Mean KL(base || model with each `overrides` original read as its probe) over the scored rows
 // (per row as kld.h computes it: scores.h's kl_row); the probes change nothing before block
 // `start`, so with `restart` the run starts there from the cached state (and computes the head on
-// the scored rows only), else from the tokens. `ctx` is reused between probes: its overrides are
+// the scored rows only), else from the tokens (a probe of the token embedding changes the state
+// entering layer 0 itself). `ctx` is reused between probes: its overrides are
 // set here and cleared before returning.
 double probe_kld(Context& ctx, const std::vector<std::pair<const GgufTensor*, const GgufTensor*>>& overrides,
                  const BaseRun& base, int start, bool restart, ThreadPool& pool) {
@@ -157,7 +158,7 @@ double probe_kld(Context& ctx, const std::vector<std::pair<const GgufTensor*, co
     for (int c = 0; c < chunks.n_chunks; ++c) {
       ctx.reset();
       const float* scored = nullptr;
-      if (restart && start > 0) {
+      if (restart) {
         const auto& x = base.layer_inputs[static_cast<size_t>(c)][static_cast<size_t>(start)];
         scored = ctx.eval_from_layer_tail(start, x.data(), chunks.n_ctx, chunks.first()).data();
       } else {
@@ -458,11 +459,13 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     check_cancel();
     std::vector<Pending*> members;
     int start = model.n_layer();
+    bool embedding = false;
     for (size_t i : group) {
       Pending& p = pending.at(i);
       if (p.p1 < 0) continue;  // nothing to calibrate (every candidate exact)
       members.push_back(&p);
       start = std::min(start, start_layer.at(&file.tensors()[i]));
+      embedding |= classify_tensor(p.tm.name, true).component == Component::Embed;
     }
     double k[2] = {0, 0}, e[2] = {0, 0};
     bool have[2] = {false, false};
@@ -495,7 +498,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
       // A group's second probe is made only when every member has one (the fit compares sums).
       if (overrides.empty() || (pi == 1 && overrides.size() != members.size())) break;
       t0 = std::chrono::steady_clock::now();
-      k[pi] = probe_kld(*ctx, overrides, base, start, opts.restart_from_layer, pool);
+      k[pi] = probe_kld(*ctx, overrides, base, start, opts.restart_from_layer && !embedding, pool);
       m.stage_seconds["probe_eval"] += seconds_since(t0);
       ++m.probe_runs;
       have[pi] = true;
