@@ -6,7 +6,9 @@
 #   bench/plan_outliers.sh [K] [BUDGETS]
 # K defaults to 8; BUDGETS (bytes) default to llama.cpp's Q4_K_M / Q3_K_M / Q2_K files of SmolLM2
 # with an imatrix (docs/BENCHMARKS.md). Needs bench/outliers.sh's imatrix and base run.
-# Appends to .cache/bench/outliers/plans.csv.
+# MODES="with" (or "without") scores one kind of plan only. MEASURE_OPTS adds measure options (e.g. "--probe-group 1 --error-rows 0": the measurement before
+# issue 16); TAG names the measurement and the CSV apart (measurement-oK$TAG.json, plans$TAG.csv).
+# Appends to .cache/bench/outliers/plans$TAG.csv; the measurement's time per stage is in its log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 k=${1:-8}
@@ -18,18 +20,21 @@ im=$out/smollm2.imatrix.gguf
 for f in "$f32" "$im" "$out/base.kldbase" "$out/calib.raw" "$out/eval.raw"; do
   [ -f "$f" ] || { echo "missing $f: run bench/outliers.sh first" >&2; exit 1; }
 done
-m=$out/measurement-o$k.json
+tag=${TAG:-}
+read -r -a measure_opts <<< "${MEASURE_OPTS:-}"
+m=$out/measurement-o$k$tag.json
 if [ ! -f "$m" ]; then
   # The reference is a dequantized Q4_1 file: q4_1/q5_1 would reproduce it exactly (BENCHMARKS.md).
-  /usr/bin/time -f "%e s wall" -o "$out/measure-time.txt" build/mixq measure "$f32" -f "$out/calib.raw" \
-    --imatrix "$im" --chunks 2 --probes 1 --outliers "$k" -t "$threads" -o "$m" \
-    --types f32,f16,bf16,q4_0,q5_0,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl,iq4_xs,nf4,i8_row,i8_mm,lb3,lb2
-  echo "measure: $(cat "$out/measure-time.txt")"
+  /usr/bin/time -f "%e s wall" -o "$out/measure-time$tag.txt" build/mixq measure "$f32" -f "$out/calib.raw" \
+    --imatrix "$im" --chunks 2 --probes 1 --outliers "$k" -t "$threads" -o "$m" "${measure_opts[@]}" \
+    --types f32,f16,bf16,q4_0,q5_0,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl,iq4_xs,nf4,i8_row,i8_mm,lb3,lb2 \
+    2> "$out/measure$tag.log" | tee -a "$out/measure$tag.log"
+  echo "measure: $(cat "$out/measure-time$tag.txt"), load $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
-csv=$out/plans.csv
+csv=$out/plans$tag.csv
 [ -f "$csv" ] || echo "budget,outliers,bytes,outlier_tensors,predicted_kld,mean_kld,kld_error,same_top" > "$csv"
 for b in $budgets; do
-  for mode in with without; do
+  for mode in ${MODES:-with without}; do
     opt=()
     [ "$mode" = without ] && opt=(--no-outliers)
     p=$out/plan-$b-$mode

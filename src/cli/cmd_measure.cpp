@@ -20,6 +20,7 @@ struct MeasureArgs {
   std::string model, file, out = "measurement.json", imatrix, shard, types, save_imatrix, attention = "f16";
   std::vector<std::string> merge;
   int n_ctx = 512, chunks = 8, probes = 2, threads = 0, imatrix_chunks = 64, outliers = 0;
+  int error_rows = MeasureOptions{}.error_rows, probe_group = MeasureOptions{}.probe_group;
   bool clean_stale = false;
 };
 
@@ -57,6 +58,10 @@ void run_measure(const MeasureArgs& a) {
   o.chunks = a.chunks;
   o.probes = a.probes;
   o.outliers = a.outliers;
+  if (a.error_rows < 0) throw std::runtime_error(fmt::format("--error-rows {}: want 0 (every row) or more", a.error_rows));
+  if (a.probe_group < 1) throw std::runtime_error(fmt::format("--probe-group {}: want 1 or more", a.probe_group));
+  o.error_rows = a.error_rows;
+  o.probe_group = a.probe_group;
   o.threads = a.threads;
   o.attention = parse_attention_mode(a.attention);
   o.calibration_name = a.file;
@@ -94,13 +99,16 @@ void run_measure(const MeasureArgs& a) {
     }
   }
   m.save(a.out);
-  int probes = 0;
-  for (const auto& t : m.tensors) {
-    for (const auto& c : t.candidates) probes += c.kld.has_value();
-  }
   fmt::print("measured {} tensors x {} candidate types ({} probe runs on {} scored tokens) in {:.1f} s{}\n",
-             m.tensors.size(), m.types.size(), probes, m.scored_tokens, m.seconds,
+             m.tensors.size(), m.types.size(), m.probe_runs, m.scored_tokens, m.seconds,
              m.n_shards > 1 ? fmt::format(" (shard {}/{})", m.shard, m.n_shards) : "");
+  auto stage = [&](const char* k) {
+    const auto it = m.stage_seconds.find(k);
+    return it == m.stage_seconds.end() ? 0.0 : it->second;
+  };
+  fmt::print("time: reference run {:.1f} s, errors {:.1f} s, probes {:.1f} s (quantize {:.1f} s, runs {:.1f} s)\n",
+             stage("base"), stage("quantize"), stage("probe_quantize") + stage("probe_eval"), stage("probe_quantize"),
+             stage("probe_eval"));
   fmt::print("wrote {}\n", a.out);
 }
 
@@ -124,6 +132,13 @@ void register_measure(CLI::App& app) {
   cmd->add_option("--outliers", a->outliers,
                   "Also measure every block type with K outlier columns kept in f16 (quantize --outliers), so "
                   "the plan can choose them per tensor");
+  cmd->add_option("--error-rows", a->error_rows,
+                  "Rows per tensor each candidate's error is measured on, evenly spread (0: every row)")
+      ->capture_default_str();
+  cmd->add_option("--probe-group", a->probe_group,
+                  "Tensors of one kind in up to this many consecutive layers share one probe run and fit (1: each "
+                  "alone)")
+      ->capture_default_str();
   cmd->add_option("--shard", a->shard, "i/N: measure only tensors i, i+N, ... (merge the parts with --merge)");
   cmd->add_option("--merge", a->merge, "Merge measurement shards into -o (no model needed)")->expected(1, -1);
   cmd->add_option("-c,--ctx-size", a->n_ctx, "Tokens per chunk")->capture_default_str();

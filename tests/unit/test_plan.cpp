@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <map>
 #include <random>
 
 #include <fmt/format.h>
@@ -15,6 +16,7 @@
 #include "mixq/formats/outliers.h"
 #include "mixq/plan/measure.h"
 #include "mixq/plan/plan.h"
+#include "mixq/policy/tensor_names.h"
 #include "mixq/quantize/quantize_model.h"
 #include "plan_enumeration.h"
 #include "test_support.h"
@@ -275,6 +277,9 @@ class Measure : public ::testing::Test {
     o.probes = 2;
     o.threads = 2;
     o.types = {TypeId::Q4_0, TypeId::Q8_0, TypeId::F16, TypeId::I8_ROW};
+    // Exact errors and one tensor per probe: the probes can be checked against kld runs.
+    o.error_rows = 0;
+    o.probe_group = 1;
     o.shard = shard;
     o.n_shards = n_shards;
     o.imatrix = imatrix_.weights.empty() ? nullptr : &imatrix_;
@@ -478,6 +483,236 @@ TEST_F(Measure, OutlierCandidatesArePlannedAndWrittenAtThePlannedSize) {
   EXPECT_TRUE(make_plan(cheap, po).outliers().empty());
   qo.policy.compat_llamacpp = true;
   EXPECT_THROW(plan_model(*file_, qo), PolicyError);
+}
+
+}  // namespace
+}  // namespace mixq
+
+namespace mixq {
+namespace {
+
+CandidateMeasure cand(TypeId t, uint64_t bytes, double error, uint64_t outlier_bytes = 0) {
+  CandidateMeasure c;
+  c.type = t;
+  c.bytes = bytes;
+  c.error = error;
+  c.outlier_bytes = outlier_bytes;
+  c.outliers = outlier_bytes ? 4 : 0;
+  return c;
+}
+
+// A candidate is dominated when another is no larger and no worse, one of them strictly; outlier
+// bytes count in the size; two equal candidates do not dominate each other.
+TEST(MeasureRules, DominatedCandidates) {
+  std::vector<CandidateMeasure> c = {
+      cand(TypeId::LB2, 100, 0.30),       // smallest: never dominated
+      cand(TypeId::Q2_K, 120, 0.35),      // larger and worse than lb2
+      cand(TypeId::Q3_K, 140, 0.10),
+      cand(TypeId::Q4_0, 150, 0.10),      // larger, equal error: dominated by q3_k
+      cand(TypeId::Q3_K, 140, 0.05, 20),  // q3_k + outliers: 160 bytes, best so far
+      cand(TypeId::Q4_K, 160, 0.06),      // as large as q3_k+outliers and worse
+      cand(TypeId::Q5_0, 170, 0.04),
+      cand(TypeId::Q5_1, 170, 0.04),      // an exact twin of q5_0: neither dominates
+  };
+  mark_dominated(c);
+  const std::vector<bool> want = {false, true, false, true, false, true, false, false};
+  for (size_t i = 0; i < c.size(); ++i) EXPECT_EQ(c[i].dominated, want[i]) << i;
+  // The flag travels through the measurement's JSON.
+  Measurement m;
+  TensorMeasure t;
+  t.name = "blk.0.attn_q.weight";
+  t.shape = {64, 4};
+  CandidateMeasure a = cand(TypeId::Q8_0, 4 * 68, 0.01), b = cand(TypeId::F16, 4 * 128, 0.02);
+  std::vector<CandidateMeasure> two = {a, b};
+  mark_dominated(two);
+  t.candidates = two;
+  t.group_size = 3;
+  t.group_kld = 0.25;
+  m.tensors.push_back(t);
+  m.error_rows = 256;
+  m.probe_group = 4;
+  m.probe_runs = 7;
+  const Measurement back = Measurement::from_json(m.to_json(), "m");
+  EXPECT_FALSE(back.tensors[0].candidates[0].dominated);
+  EXPECT_TRUE(back.tensors[0].candidates[1].dominated);
+  EXPECT_EQ(back.tensors[0].group_size, 3);
+  EXPECT_DOUBLE_EQ(back.tensors[0].group_kld, 0.25);
+  EXPECT_EQ(back.error_rows, 256);
+  EXPECT_EQ(back.probe_group, 4);
+  EXPECT_EQ(back.probe_runs, 7);
+  // A measurement written before these settings: every row, one tensor per probe.
+  auto j = m.to_json();
+  j.erase("error_rows");
+  j.erase("probe_group");
+  j.erase("probe_runs");
+  const Measurement old = Measurement::from_json(j, "old");
+  EXPECT_EQ(old.error_rows, 0);
+  EXPECT_EQ(old.probe_group, 1);
+  j["probe_group"] = 0;
+  EXPECT_THROW(Measurement::from_json(j, "bad"), std::runtime_error);
+}
+
+// Probe groups: one kind, aligned blocks of G layers from layer 1; the first and last layers and
+// tensors outside the layers alone; the same groups whatever the shard.
+TEST(MeasureRules, ProbeGroups) {
+  std::vector<std::string> names = {"token_embd.weight"};
+  for (int l = 0; l < 7; ++l) {
+    for (const char* k : {"attn_q", "ffn_down"}) names.push_back(fmt::format("blk.{}.{}.weight", l, k));
+  }
+  names.push_back("output.weight");
+  const auto g = probe_groups(names, 7, 3);
+  auto name_sets = [&](const std::vector<std::vector<size_t>>& groups) {
+    std::vector<std::vector<std::string>> out;
+    for (const auto& grp : groups) {
+      auto& o = out.emplace_back();
+      for (size_t i : grp) o.push_back(names[i]);
+    }
+    return out;
+  };
+  const std::vector<std::vector<std::string>> want = {
+      {"token_embd.weight"},
+      {"blk.0.attn_q.weight"},
+      {"blk.0.ffn_down.weight"},
+      {"blk.1.attn_q.weight", "blk.2.attn_q.weight", "blk.3.attn_q.weight"},
+      {"blk.1.ffn_down.weight", "blk.2.ffn_down.weight", "blk.3.ffn_down.weight"},
+      {"blk.4.attn_q.weight", "blk.5.attn_q.weight"},
+      {"blk.4.ffn_down.weight", "blk.5.ffn_down.weight"},
+      {"blk.6.attn_q.weight"},
+      {"blk.6.ffn_down.weight"},
+      {"output.weight"},
+  };
+  EXPECT_EQ(name_sets(g), want);
+  const auto singles = probe_groups(names, 7, 1);
+  ASSERT_EQ(singles.size(), names.size());
+  for (size_t i = 0; i < singles.size(); ++i) EXPECT_EQ(singles[i], std::vector<size_t>{i});
+  EXPECT_THROW(probe_groups(names, 7, 0), std::runtime_error);
+}
+
+TEST(Engine, EvalFromLayerTailEqualsTheFullEvalsRows) {
+  const GgufFile f = GgufFile::open(test::stories260K_gguf());
+  const LlamaModel model(f);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 40; ++i) tokens.push_back((i * 53 + 7) % model.hparams().n_vocab);
+  LlamaContext ctx(model, 64, 2);
+  std::vector<std::vector<float>> inputs(static_cast<size_t>(model.hparams().n_layer) + 1);
+  ctx.set_layer_observer([&](int l, const float* x, int n) {
+    inputs[static_cast<size_t>(l)].assign(x, x + static_cast<size_t>(n) * model.hparams().n_embd);
+  });
+  const std::vector<float> full = ctx.eval(tokens, true);
+  ctx.set_layer_observer(nullptr);
+  const size_t V = static_cast<size_t>(model.hparams().n_vocab);
+  for (int l = 0; l <= model.hparams().n_layer; ++l) {
+    for (int first : {0, 20, 39}) {
+      ctx.reset();
+      const auto& tail = ctx.eval_from_layer_tail(l, inputs[static_cast<size_t>(l)].data(), 40, first);
+      ASSERT_EQ(tail.size(), (40 - first) * V);
+      EXPECT_TRUE(std::equal(tail.begin(), tail.end(), full.begin() + static_cast<ptrdiff_t>(first * V)))
+          << "layer " << l << ", first " << first;
+    }
+  }
+  ctx.reset();
+  EXPECT_THROW(ctx.eval_from_layer_tail(1, inputs[1].data(), 40, 40), std::runtime_error);
+  EXPECT_THROW(ctx.eval_from_layer_tail(1, inputs[1].data(), 40, -1), std::runtime_error);
+}
+
+// Probes restarted from the cached layer inputs give the figures of probes run from the tokens.
+TEST_F(Measure, CachedLayerInputsGiveTheProbesOfFullRuns) {
+  MeasureOptions o = options(0, 1);
+  o.types = {TypeId::Q4_0, TypeId::Q8_0, TypeId::I8_ROW};
+  o.restart_from_layer = false;
+  const Measurement uncached = measure_file(*file_, text_, o, 4, nullptr);
+  o.restart_from_layer = true;
+  const Measurement cached = measure_file(*file_, text_, o, 4, nullptr);
+  ASSERT_EQ(cached.tensors.size(), uncached.tensors.size());
+  int probes = 0;
+  for (size_t i = 0; i < cached.tensors.size(); ++i) {
+    const auto &a = cached.tensors[i], &b = uncached.tensors[i];
+    EXPECT_DOUBLE_EQ(a.alpha, b.alpha) << a.name;
+    ASSERT_EQ(a.candidates.size(), b.candidates.size());
+    for (size_t k = 0; k < a.candidates.size(); ++k) {
+      ASSERT_EQ(a.candidates[k].kld.has_value(), b.candidates[k].kld.has_value()) << a.name;
+      if (!a.candidates[k].kld) continue;
+      ++probes;
+      EXPECT_DOUBLE_EQ(*a.candidates[k].kld, *b.candidates[k].kld) << a.name;
+      EXPECT_GT(*a.candidates[k].kld, 0) << a.name;
+    }
+  }
+  EXPECT_GE(probes, 37);  // every tensor at least once; twice where a second probe type exists
+  EXPECT_EQ(cached.probe_runs, probes);
+}
+
+// Errors on a sample of rows track the exact ones, and the ratios between types (what the plan
+// compares within a tensor) closely, since every type is measured on the same rows.
+TEST_F(Measure, SampledRowErrorsTrackTheExactErrors) {
+  MeasureOptions o = options(0, 1);
+  o.error_rows = 24;
+  const Measurement sampled = measure_file(*file_, text_, o, 4, nullptr);
+  EXPECT_EQ(sampled.error_rows, 24);
+  ASSERT_EQ(sampled.tensors.size(), whole_.tensors.size());
+  int differs = 0;
+  for (size_t i = 0; i < sampled.tensors.size(); ++i) {
+    const auto &s = sampled.tensors[i], &w = whole_.tensors[i];
+    ASSERT_EQ(s.candidates.size(), w.candidates.size());
+    const int64_t rows = s.n_elements() / s.shape[0];
+    for (size_t k = 0; k < s.candidates.size(); ++k) {
+      const double a = s.candidates[k].error, b = w.candidates[k].error;
+      if (rows <= 24) {
+        EXPECT_EQ(a, b) << s.name;  // every row taken: exact
+      } else {
+        differs += a != b;
+        EXPECT_NEAR(a, b, 0.5 * b) << s.name << " " << type_traits(s.candidates[k].type).name;
+      }
+    }
+    const CandidateMeasure *i8 = s.find(TypeId::I8_ROW), *i8w = w.find(TypeId::I8_ROW);
+    for (TypeId t : {TypeId::Q4_0, TypeId::Q8_0}) {
+      if (!s.find(t)) continue;
+      const double rs = s.find(t)->error / i8->error, rw = w.find(t)->error / i8w->error;
+      EXPECT_NEAR(rs, rw, 0.1 * rw) << s.name << " " << type_traits(t).name;
+    }
+    if (s.find(TypeId::Q4_0)) {
+      EXPECT_GT(s.find(TypeId::Q4_0)->error, s.find(TypeId::Q8_0)->error) << s.name;
+    }
+    EXPECT_GT(s.find(TypeId::I8_ROW)->error, s.find(TypeId::F16)->error) << s.name;
+  }
+  EXPECT_GT(differs, 0);  // the sample is a sample
+}
+
+// Probing several tensors of one kind together: the group's KLD is close to the sum of its
+// members' KLDs probed alone (additivity), and the members share the fit.
+TEST_F(Measure, GroupedProbesAddUpToTheSingleProbes) {
+  MeasureOptions o = options(0, 1);
+  o.probe_group = 3;
+  o.probes = 1;
+  const Measurement grouped = measure_file(*file_, text_, o, 4, nullptr);
+  o.probe_group = 1;
+  const Measurement single = measure_file(*file_, text_, o, 4, nullptr);
+  EXPECT_EQ(grouped.probe_group, 3);
+  // 5 layers: layers 1..3 of each of 7 kinds in one group, the rest alone.
+  EXPECT_EQ(grouped.probe_runs, 37 - 7 * 2);
+  EXPECT_EQ(single.probe_runs, 37);
+  std::map<std::string, double> single_kld;
+  for (const auto& t : single.tensors) {
+    for (const auto& c : t.candidates) {
+      if (c.kld) single_kld[t.name] = *c.kld;
+    }
+  }
+  std::map<double, std::vector<const TensorMeasure*>> by_group;  // keyed by the group's KLD
+  for (const auto& t : grouped.tensors) {
+    const auto l = layer_of(t.name);
+    const bool inner = l && *l >= 1 && *l <= 3;
+    EXPECT_EQ(t.group_size, inner ? 3 : 0) << t.name;
+    if (inner) by_group[t.group_kld].push_back(&t);
+  }
+  ASSERT_EQ(by_group.size(), 7u);
+  for (const auto& [kld, members] : by_group) {
+    ASSERT_EQ(members.size(), 3u);
+    double sum = 0;
+    for (const TensorMeasure* t : members) {
+      sum += single_kld.at(t->name);
+      EXPECT_DOUBLE_EQ(t->alpha, members[0]->alpha);
+    }
+    EXPECT_NEAR(kld, sum, 0.35 * sum) << members[0]->name;
+  }
 }
 
 }  // namespace

@@ -137,7 +137,7 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
   check_batch(n);
   x_.resize(static_cast<size_t>(n) * static_cast<size_t>(llama_.hparams().n_embd));
   mm_.get_rows(*llama_.token_embd, tokens.data(), n, x_.data());
-  return run_layers(0, n, all_logits);
+  return run_layers(0, n, all_logits ? 0 : n - 1);
 }
 
 const std::vector<float>& LlamaContext::eval_from_layer(int start, const float* x, int n, bool all_logits) {
@@ -148,10 +148,24 @@ const std::vector<float>& LlamaContext::eval_from_layer(int start, const float* 
   if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
   if (n <= 0 || n > n_ctx_) throw std::runtime_error(fmt::format("eval_from_layer: {} tokens for a context of {}", n, n_ctx_));
   x_.assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(hp.n_embd));
-  return run_layers(start, n, all_logits);
+  return run_layers(start, n, all_logits ? 0 : n - 1);
 }
 
-const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_logits) {
+const std::vector<float>& LlamaContext::eval_from_layer_tail(int start, const float* x, int n, int first) {
+  if (first < 0 || first >= n) {
+    throw std::runtime_error(fmt::format("eval_from_layer_tail: first row {} is outside 0 .. {}", first, n - 1));
+  }
+  const auto& hp = llama_.hparams();
+  if (start < 0 || start > hp.n_layer) {
+    throw std::runtime_error(fmt::format("eval_from_layer: layer {} is outside 0 .. {}", start, hp.n_layer));
+  }
+  if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
+  if (n <= 0 || n > n_ctx_) throw std::runtime_error(fmt::format("eval_from_layer: {} tokens for a context of {}", n, n_ctx_));
+  x_.assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(hp.n_embd));
+  return run_layers(start, n, first);
+}
+
+const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_logit) {
   const auto& hp = llama_.hparams();
   const int e = hp.n_embd, kvd = hp.kv_dim(), ff = hp.n_ff;
   const auto un = static_cast<size_t>(n);
@@ -188,7 +202,7 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, bool all_lo
   }
   observe_layer(hp.n_layer, x.data(), n);
   const std::vector<float>& out_norm = norms_.back();
-  const int first = all_logits ? 0 : n - 1, count = n - first;
+  const int first = first_logit, count = n - first;
   for (int t = first; t < n; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();

@@ -64,6 +64,7 @@ class LlamaContext : public Context {
 
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits) override;
   const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) override;
+  const std::vector<float>& eval_from_layer_tail(int start, const float* x, int n, int first) override;
   void reset() override {
     n_past_ = 0;
     mark_ = -1;
@@ -82,8 +83,9 @@ class LlamaContext : public Context {
 
  private:
   void rope(float* v, int n_heads, int pos) const;
-  // Layers start .. n_layer-1 on x_ (n tokens at n_past_), then the output norm and head.
-  const std::vector<float>& run_layers(int start, int n, bool all_logits);
+  // Layers start .. n_layer-1 on x_ (n tokens at n_past_), then the output norm and head on the
+  // tokens from first_logit on.
+  const std::vector<float>& run_layers(int start, int n, int first_logit);
 
   const LlamaModel& llama_;
   AttentionMode attention_ = AttentionMode::kLlamaCppF16;

@@ -97,6 +97,15 @@ Context::Context(const Model& model, int n_ctx, int n_threads)
   if (n_ctx <= 0) throw std::runtime_error(fmt::format("context size must be positive, got {}", n_ctx));
 }
 
+const std::vector<float>& Context::eval_from_layer_tail(int start, const float* x, int n, int first) {
+  if (first < 0 || first >= n) {
+    throw std::runtime_error(fmt::format("eval_from_layer_tail: first row {} is outside 0 .. {}", first, n - 1));
+  }
+  const std::vector<float>& all = eval_from_layer(start, x, n, true);
+  tail_.assign(all.begin() + static_cast<ptrdiff_t>(first) * n_vocab(), all.end());
+  return tail_;
+}
+
 void Context::check_batch(int n) const {
   if (n == 0) throw std::runtime_error("eval: no tokens");
   if (n_past_ + n > n_ctx_) {

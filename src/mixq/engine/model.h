@@ -119,6 +119,11 @@ class Context {
   // observer saw it. A model that differs from another only from block `start` on gives the same
   // logits as a full eval.
   virtual const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) = 0;
+  // As eval_from_layer, returning the logits of rows [first, n) only ((n - first) x n_vocab, row i
+  // being token first + i), equal to those rows of the full result: a measurement probe scores
+  // only the second half of each chunk, and the head is a small model's largest matrix. The
+  // default computes every row and copies the tail; architectures skip the head's other rows.
+  virtual const std::vector<float>& eval_from_layer_tail(int start, const float* x, int n, int first);
   // Forgets the sequence (KV cache / recurrent state back to empty).
   virtual void reset() = 0;
   // Rollback (speculative decoding): mark_rollback() remembers the state at n_past(); later
@@ -189,6 +194,7 @@ class Context {
   LayerObserver layer_observer_;
   ActivationPrecision activations_;
   std::unordered_map<const float*, std::vector<float>> rounded_;  // matmul's rounded copies
+  std::vector<float> tail_;  // the default eval_from_layer_tail's result
 };
 
 }  // namespace mixq

@@ -16,6 +16,7 @@
 #include "mixq/formats/half.h"
 #include "mixq/io/outlier_columns.h"
 #include "mixq/policy/policy.h"
+#include "mixq/policy/tensor_names.h"
 #include "mixq/quantize/quantize_model.h"
 #include "mixq/util/thread_pool.h"
 
@@ -23,39 +24,60 @@ namespace mixq {
 
 namespace {
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+
+// One candidate of a tensor in the quantize-and-error stage: a type, with or without the outlier
+// columns.
+struct ErrorJob {
+  TypeId type;
+  bool outliers;
+};
 
 // Quantizes rows with the importance weights (as mixq quantize does), dequantizes them and returns
-// the importance-weighted relative squared error; keeps the quantized bytes when `keep` is given.
-// With outlier columns (`cols`), the quantizer sees them as zeros of weight 0 and the
-// reconstruction takes their f16 values, as quantize --outliers writes and the engine reads them.
-double quantize_and_measure(const float* x, int64_t rows, int64_t n, TypeId type, const float* importance,
-                            ThreadPool& pool, std::vector<uint8_t>* keep, const std::vector<int32_t>* cols = nullptr) {
-  const TypeTraits& t = type_traits(type);
-  if (!t.fits_row(n)) throw std::runtime_error(fmt::format("type {} cannot hold rows of {}", t.name, n));
-  const size_t rb = t.row_bytes(n);
-  if (keep) keep->resize(static_cast<size_t>(rows) * rb);
+// the importance-weighted relative squared error of each job, all jobs' row blocks in one parallel
+// loop (so many threads have work even when a tensor has few rows). With outlier columns (`cols`),
+// the quantizer sees them as zeros of weight 0 and the reconstruction takes their f16 values, as
+// quantize --outliers writes and the engine reads them. Keeps the quantized bytes of jobs[0] when
+// `keep` is given.
+std::vector<double> quantize_and_measure(const float* x, int64_t rows, int64_t n, const std::vector<ErrorJob>& jobs,
+                                         const float* importance, ThreadPool& pool, std::vector<uint8_t>* keep,
+                                         const std::vector<int32_t>& cols) {
+  for (const ErrorJob& j : jobs) {
+    const TypeTraits& t = type_traits(j.type);
+    if (!t.fits_row(n)) throw std::runtime_error(fmt::format("type {} cannot hold rows of {}", t.name, n));
+  }
+  if (keep) keep->resize(static_cast<size_t>(rows) * type_traits(jobs.at(0).type).row_bytes(n));
   constexpr int64_t kRowsPerTask = 16;
-  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t blocks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t tasks = blocks * static_cast<int64_t>(jobs.size());
   std::vector<double> num(static_cast<size_t>(tasks)), den(static_cast<size_t>(tasks));
   pool.parallel_for(tasks, [&](int64_t task) {
+    const ErrorJob& job = jobs[static_cast<size_t>(task / blocks)];
+    const int64_t block = task % blocks;
+    const TypeTraits& t = type_traits(job.type);
+    const size_t rb = t.row_bytes(n);
+    const bool masked_cols = job.outliers && !cols.empty();
     thread_local std::vector<uint8_t> q;
     thread_local std::vector<float> y, masked, masked_imp;
     q.resize(rb);
     y.resize(static_cast<size_t>(n));
-    if (cols && importance) {
+    if (masked_cols && importance) {
       masked_imp.assign(importance, importance + n);
-      for (int32_t c : *cols) masked_imp[static_cast<size_t>(c)] = 0.0f;
+      for (int32_t c : cols) masked_imp[static_cast<size_t>(c)] = 0.0f;
     }
     double a = 0, b = 0;
-    for (int64_t r = task * kRowsPerTask; r < std::min(rows, (task + 1) * kRowsPerTask); ++r) {
+    for (int64_t r = block * kRowsPerTask; r < std::min(rows, (block + 1) * kRowsPerTask); ++r) {
       const float* xr = x + static_cast<size_t>(r) * static_cast<size_t>(n);
-      uint8_t* dst = keep ? keep->data() + static_cast<size_t>(r) * rb : q.data();
-      if (cols) {
+      uint8_t* dst = keep && task < blocks ? keep->data() + static_cast<size_t>(r) * rb : q.data();
+      if (masked_cols) {
         masked.assign(xr, xr + n);
-        for (int32_t c : *cols) masked[static_cast<size_t>(c)] = 0.0f;
+        for (int32_t c : cols) masked[static_cast<size_t>(c)] = 0.0f;
         t.quantize_row(masked.data(), dst, n, importance ? masked_imp.data() : nullptr);
         t.dequantize_row(dst, y.data(), n);
-        for (int32_t c : *cols) y[static_cast<size_t>(c)] = round_fp16(xr[c]);
+        for (int32_t c : cols) y[static_cast<size_t>(c)] = round_fp16(xr[c]);
       } else {
         t.quantize_row(xr, dst, n, importance);
         t.dequantize_row(dst, y.data(), n);
@@ -70,12 +92,16 @@ double quantize_and_measure(const float* x, int64_t rows, int64_t n, TypeId type
     num[static_cast<size_t>(task)] = a;
     den[static_cast<size_t>(task)] = b;
   });
-  double a = 0, b = 0;
-  for (size_t i = 0; i < num.size(); ++i) {
-    a += num[i];
-    b += den[i];
+  std::vector<double> out;
+  for (size_t k = 0; k < jobs.size(); ++k) {
+    double a = 0, b = 0;
+    for (int64_t i = 0; i < blocks; ++i) {
+      a += num[k * static_cast<size_t>(blocks) + static_cast<size_t>(i)];
+      b += den[k * static_cast<size_t>(blocks) + static_cast<size_t>(i)];
+    }
+    out.push_back(b > 0 ? a / b : (a > 0 ? a : 0.0));
   }
-  return b > 0 ? a / b : (a > 0 ? a : 0.0);
+  return out;
 }
 
 // The per-column weights the quantizers get for a tensor: its importance-matrix entry, or null.
@@ -116,37 +142,117 @@ BaseRun run_base(const Model& model, const TextChunks& chunks, int threads, Atte
   return b;
 }
 
-// Mean KL(base || model with `original` read as `probe`) over the scored rows (per row as kld.h
-// computes it: scores.h's kl_row); the probe changes nothing before block `start`.
-double probe_kld(const Model& model, const GgufTensor& original, const GgufTensor& probe, const BaseRun& base,
-                 int start, int threads, AttentionMode attention, ThreadPool& pool) {
+// Mean KL(base || model with each `overrides` original read as its probe) over the scored rows
+// (per row as kld.h computes it: scores.h's kl_row); the probes change nothing before block
+// `start`, so with `restart` the run starts there from the cached state (and computes the head on
+// the scored rows only), else from the tokens (a probe of the token embedding changes the state
+// entering layer 0 itself). `ctx` is reused between probes: its overrides are
+// set here and cleared before returning.
+double probe_kld(Context& ctx, const std::vector<std::pair<const GgufTensor*, const GgufTensor*>>& overrides,
+                 const BaseRun& base, int start, bool restart, ThreadPool& pool) {
   const TextChunks& chunks = *base.chunks;
-  const std::unique_ptr<Context> ctx = model.new_context(chunks.n_ctx, threads);
-  ctx->set_attention(attention);
-  ctx->override_weight(original, &probe);
-  const int rows = chunks.rows_per_chunk(), V = model.n_vocab();
+  for (const auto& [original, probe] : overrides) ctx.override_weight(*original, probe);
+  const int rows = chunks.rows_per_chunk(), V = ctx.n_vocab();
   double total = 0;
-  for (int c = 0; c < chunks.n_chunks; ++c) {
-    ctx->reset();
-    const std::vector<float>& logits =
-        start == 0 ? ctx->eval(chunks.input(c), true)
-                   : ctx->eval_from_layer(start, base.layer_inputs[static_cast<size_t>(c)][static_cast<size_t>(start)].data(),
-                                         chunks.n_ctx, true);
-    std::vector<double> per_row(static_cast<size_t>(rows));
-    std::vector<float> lq(static_cast<size_t>(rows) * V);
-    pool.parallel_for(rows, [&](int64_t r) {
-      const float* row = logits.data() + static_cast<size_t>(chunks.first() + r) * V;
-      float* q = lq.data() + static_cast<size_t>(r) * V;
-      LogSoftmax(row, V).all(q);
-      const float* lb = base.log_probs[static_cast<size_t>(c)].data() + static_cast<size_t>(r) * V;
-      per_row[static_cast<size_t>(r)] = kl_row(lb, q, V).kld;
-    });
-    for (double k : per_row) total += k;
+  try {
+    for (int c = 0; c < chunks.n_chunks; ++c) {
+      ctx.reset();
+      const float* scored = nullptr;
+      if (restart) {
+        const auto& x = base.layer_inputs[static_cast<size_t>(c)][static_cast<size_t>(start)];
+        scored = ctx.eval_from_layer_tail(start, x.data(), chunks.n_ctx, chunks.first()).data();
+      } else {
+        scored = ctx.eval(chunks.input(c), true).data() + static_cast<size_t>(chunks.first()) * V;
+      }
+      std::vector<double> per_row(static_cast<size_t>(rows));
+      std::vector<float> lq(static_cast<size_t>(rows) * V);
+      pool.parallel_for(rows, [&](int64_t r) {
+        const float* row = scored + static_cast<size_t>(r) * V;
+        float* q = lq.data() + static_cast<size_t>(r) * V;
+        LogSoftmax(row, V).all(q);
+        const float* lb = base.log_probs[static_cast<size_t>(c)].data() + static_cast<size_t>(r) * V;
+        per_row[static_cast<size_t>(r)] = kl_row(lb, q, V).kld;
+      });
+      for (double k : per_row) total += k;
+    }
+  } catch (...) {
+    for (const auto& o : overrides) ctx.override_weight(*o.first, nullptr);
+    throw;
   }
+  for (const auto& o : overrides) ctx.override_weight(*o.first, nullptr);
   return total / static_cast<double>(chunks.scored_tokens());
 }
 
+// Evenly spread rows of a tensor (x: rows x n) for the error proxy: all of them when rows <= want
+// or want <= 0, else `want` rows, row i being the middle of the i-th of `want` equal bands.
+std::vector<float> sample_rows(const std::vector<float>& x, int64_t rows, int64_t n, int want, int64_t* kept) {
+  if (want <= 0 || rows <= want) {
+    *kept = rows;
+    return x;
+  }
+  std::vector<float> out(static_cast<size_t>(want) * static_cast<size_t>(n));
+  for (int i = 0; i < want; ++i) {
+    const int64_t r = (2 * static_cast<int64_t>(i) + 1) * rows / (2 * static_cast<int64_t>(want));
+    std::copy_n(x.data() + static_cast<size_t>(r) * static_cast<size_t>(n), n,
+                out.data() + static_cast<size_t>(i) * static_cast<size_t>(n));
+  }
+  *kept = want;
+  return out;
+}
+
+// The name of a tensor with its layer number replaced by '*' (what a probe group shares).
+std::string kind_of(const std::string& name, int layer) {
+  const std::string mark = fmt::format(".{}.", layer);
+  const size_t at = name.find(mark);
+  if (at == std::string::npos) return name;
+  return name.substr(0, at) + ".*." + name.substr(at + mark.size());
+}
+
+// Everything measured about one tensor before its probes.
+struct Pending {
+  size_t file_index = 0;
+  TensorMeasure tm;
+  int p1 = -1, p2 = -1;  // probe candidates (indices into tm.candidates)
+};
+
 }  // namespace
+
+void mark_dominated(std::vector<CandidateMeasure>& candidates) {
+  for (auto& c : candidates) {
+    c.dominated = false;
+    for (const auto& o : candidates) {
+      const uint64_t cb = c.bytes + c.outlier_bytes, ob = o.bytes + o.outlier_bytes;
+      if (ob <= cb && o.error <= c.error && (ob < cb || o.error < c.error)) {
+        c.dominated = true;
+        break;
+      }
+    }
+  }
+}
+
+std::vector<std::vector<size_t>> probe_groups(const std::vector<std::string>& names, int n_layer, int group) {
+  if (group < 1) throw std::runtime_error(fmt::format("probe group {}: want 1 or more tensors", group));
+  std::vector<std::vector<size_t>> out;
+  std::map<std::pair<std::string, int>, size_t> open;  // (kind, block of layers) -> group
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::optional<int> layer = layer_of(names[i]);
+    // The first and last layers (next to the embedding and the head) differ most from their
+    // neighbours: they are probed alone, as are tensors outside the layers.
+    if (group == 1 || !layer || *layer <= 0 || *layer >= n_layer - 1) {
+      out.push_back({i});
+      continue;
+    }
+    const auto key = std::make_pair(kind_of(names[i], *layer), (*layer - 1) / group);
+    const auto it = open.find(key);
+    if (it == open.end()) {
+      open.emplace(key, out.size());
+      out.push_back({i});
+    } else {
+      out[it->second].push_back(i);
+    }
+  }
+  return out;
+}
 
 std::vector<TypeId> default_candidate_types() {
   std::vector<TypeId> out;
@@ -167,6 +273,8 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     throw std::runtime_error(fmt::format("shard {}/{}: want 0 <= i < N", opts.shard, opts.n_shards));
   }
   if (opts.probes < 1 || opts.probes > 2) throw std::runtime_error("probes must be 1 or 2");
+  if (opts.error_rows < 0) throw std::runtime_error(fmt::format("error rows {}: want 0 (all rows) or more", opts.error_rows));
+  if (opts.probe_group < 1) throw std::runtime_error(fmt::format("probe group {}: want 1 or more", opts.probe_group));
   if (has_outlier_columns(file)) {
     throw std::runtime_error(fmt::format("{} keeps outlier columns (quantize --outliers): measure the unquantized "
                                          "model it was made from",
@@ -182,6 +290,8 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
   m.imatrix = opts.imatrix ? opts.imatrix->source : "";
   m.n_ctx = opts.n_ctx;
   m.probes = opts.probes;
+  m.error_rows = opts.error_rows;
+  m.probe_group = opts.probe_group;
   if (opts.outliers < 0) throw std::runtime_error(fmt::format("outliers {}: want 0 (none) or more", opts.outliers));
   m.outliers = opts.outliers;
   m.shard = opts.shard;
@@ -201,8 +311,8 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
 
   const auto descs = tensor_descs(file);
   const ModelInfo info = model_info_from_gguf(file, descs);
-  std::vector<size_t> todo;
-  int quantizable = 0;
+  std::vector<size_t> quantizable;
+  std::vector<std::string> names;
   for (size_t i = 0; i < descs.size(); ++i) {
     const GgufTensor& t = file.tensors()[i];
     m.n_params += t.n_elements();
@@ -216,107 +326,212 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
                                            "be measured",
                                            t.name, model.architecture()));
     }
-    if (quantizable++ % opts.n_shards == opts.shard) todo.push_back(i);
+    quantizable.push_back(i);
+    names.push_back(t.name);
   }
+  // Probe groups over the whole model, so that every shard forms the same ones; shard i takes
+  // groups i, i + N, ... (with groups of one: the tensors whose quantizable index is i mod N).
+  std::vector<std::vector<size_t>> groups;
+  {
+    const auto all = probe_groups(names, model.n_layer(), opts.probe_group);
+    for (size_t g = 0; g < all.size(); ++g) {
+      if (static_cast<int>(g % static_cast<size_t>(opts.n_shards)) != opts.shard) continue;
+      auto& mine = groups.emplace_back();
+      for (size_t k : all[g]) mine.push_back(quantizable[k]);
+    }
+  }
+  std::vector<size_t> todo;
+  for (const auto& g : groups) todo.insert(todo.end(), g.begin(), g.end());
+  std::sort(todo.begin(), todo.end());
 
   const TextChunks chunks = split_text(tok, calibration_text, opts.n_ctx, opts.chunks);
   chunks.check_vocabulary(model.n_vocab());
   m.chunks = chunks.n_chunks;
   m.scored_tokens = chunks.scored_tokens();
+  auto t0 = std::chrono::steady_clock::now();
   const BaseRun base = run_base(model, chunks, opts.threads, opts.attention);
+  m.stage_seconds["base"] = seconds_since(t0);
   ThreadPool pool(opts.threads);
-
-  for (size_t k = 0; k < todo.size(); ++k) {
+  const size_t total_steps = todo.size() + groups.size();
+  size_t steps = 0;
+  auto progress = [&](const std::string& what) {
+    ++steps;
+    if (opts.on_tensor) {
+      opts.on_tensor({static_cast<int>(steps), static_cast<int>(total_steps), what, seconds_since(start_time)});
+    }
+  };
+  auto check_cancel = [&] {
     if (opts.cancel && opts.cancel->load()) throw std::runtime_error("interrupted: no output was written");
-    const GgufTensor& t = file.tensors()[todo[k]];
-    TensorMeasure tm;
+  };
+
+  // Stage 1, per tensor: every candidate's bytes and error (on error_rows rows), the dominated
+  // candidates, the probe types.
+  std::map<size_t, Pending> pending;
+  for (size_t file_index : todo) {
+    check_cancel();
+    const GgufTensor& t = file.tensors()[file_index];
+    Pending& p = pending[file_index];
+    p.file_index = file_index;
+    TensorMeasure& tm = p.tm;
     tm.name = t.name;
     tm.shape = t.shape;
     tm.stored = t.type->id;
-    tm.index = static_cast<int>(todo[k]);
+    tm.index = static_cast<int>(file_index);
     const int64_t n = t.row_length(), rows = t.n_rows();
     std::vector<float> x(static_cast<size_t>(rows * n));
     dequantize_rows(t.type->id, t.data, x.data(), rows, n);
     const float* imp = importance_of(opts.imatrix, t.name, n);
-    // Outlier candidates: the columns quantize --outliers would keep (chosen once per tensor).
+    // Outlier candidates: the columns quantize --outliers would keep (chosen once per tensor, on
+    // every row).
     std::vector<int32_t> cols;
     if (opts.outliers > 0 && t.shape.size() == 2 && n > opts.outliers) {
       cols = select_outlier_columns(x.data(), rows, n, imp, opts.outliers);
     }
+    int64_t kept = 0;
+    const std::vector<float> xs = sample_rows(x, rows, n, opts.error_rows, &kept);
+    x.clear();
+    x.shrink_to_fit();
+    std::vector<ErrorJob> jobs;
     for (TypeId type : types) {
       const TypeTraits& tt = type_traits(type);
       if (!tt.fits_row(n)) continue;
       CandidateMeasure c;
       c.type = type;
       c.bytes = tt.row_bytes(n) * static_cast<uint64_t>(rows);
-      c.error = type == t.type->id ? 0.0 : quantize_and_measure(x.data(), rows, n, type, imp, pool, nullptr);
       tm.candidates.push_back(c);
+      if (type != t.type->id) jobs.push_back({type, false});
       if (!cols.empty() && type != t.type->id && can_keep_outlier_columns(t.shape, tt, opts.outliers)) {
         c.outliers = opts.outliers;
         c.outlier_bytes = outlier_bytes(c.outliers, rows);
-        c.error = quantize_and_measure(x.data(), rows, n, type, imp, pool, nullptr, &cols);
         tm.candidates.push_back(c);
+        jobs.push_back({type, true});
       }
     }
     if (tm.candidates.empty()) {
       throw std::runtime_error(fmt::format("no candidate type can hold the rows of '{}' ({} values)", t.name, n));
     }
+    t0 = std::chrono::steady_clock::now();
+    const std::vector<double> errors =
+        jobs.empty() ? std::vector<double>{} : quantize_and_measure(xs.data(), kept, n, jobs, imp, pool, nullptr, cols);
+    m.stage_seconds["quantize"] += seconds_since(t0);
+    for (auto& c : tm.candidates) {
+      for (size_t k = 0; k < jobs.size(); ++k) {
+        if (jobs[k].type == c.type && jobs[k].outliers == (c.outliers > 0)) c.error = errors[k];
+      }
+    }
     std::stable_sort(tm.candidates.begin(), tm.candidates.end(), [](const auto& a, const auto& b) {
       return a.bytes + a.outlier_bytes < b.bytes + b.outlier_bytes;
     });
+    mark_dominated(tm.candidates);
 
-    // Probes (among the candidates without outliers): the one with the largest error, and one
-    // with about 1/16 of it.
-    int p1 = -1, p2 = -1;
+    // Probes, among the candidates without outliers that are not dominated (the plan never
+    // picks a dominated one, so its loss is the wrong place to calibrate): the one with the
+    // largest error, and one with about 1/16 of it.
     for (size_t i = 0; i < tm.candidates.size(); ++i) {
-      if (tm.candidates[i].outliers > 0) continue;
-      if (tm.candidates[i].error > 0 && (p1 < 0 || tm.candidates[i].error > tm.candidates[static_cast<size_t>(p1)].error)) {
-        p1 = static_cast<int>(i);
-      }
+      const CandidateMeasure& c = tm.candidates[i];
+      if (c.outliers > 0 || c.dominated) continue;
+      if (c.error > 0 && (p.p1 < 0 || c.error > tm.candidates[static_cast<size_t>(p.p1)].error)) p.p1 = static_cast<int>(i);
     }
-    if (p1 >= 0 && opts.probes == 2) {
-      const double target = std::log(tm.candidates[static_cast<size_t>(p1)].error / 16);
+    if (p.p1 >= 0 && opts.probes == 2) {
+      const double e1 = tm.candidates[static_cast<size_t>(p.p1)].error, target = std::log(e1 / 16);
       double best = INFINITY;
       for (size_t i = 0; i < tm.candidates.size(); ++i) {
-        const double e = tm.candidates[i].error;
-        if (tm.candidates[i].outliers > 0) continue;
-        if (static_cast<int>(i) == p1 || e <= 0 || e > tm.candidates[static_cast<size_t>(p1)].error / 2) continue;
-        if (std::abs(std::log(e) - target) < best) {
-          best = std::abs(std::log(e) - target);
-          p2 = static_cast<int>(i);
+        const CandidateMeasure& c = tm.candidates[i];
+        if (c.outliers > 0 || c.dominated) continue;
+        if (static_cast<int>(i) == p.p1 || c.error <= 0 || c.error > e1 / 2) continue;
+        if (std::abs(std::log(c.error) - target) < best) {
+          best = std::abs(std::log(c.error) - target);
+          p.p2 = static_cast<int>(i);
         }
       }
     }
-    for (int p : {p1, p2}) {
-      if (p < 0) continue;
-      CandidateMeasure& c = tm.candidates[static_cast<size_t>(p)];
-      std::vector<uint8_t> bytes;
-      quantize_and_measure(x.data(), rows, n, c.type, imp, pool, &bytes);
-      GgufTensor probe = t;
-      probe.type = &type_traits(c.type);
-      probe.data = bytes.data();
-      probe.nbytes = bytes.size();
-      c.kld = probe_kld(model, t, probe, base, start_layer.at(&t), opts.threads, opts.attention, pool);
+    progress(t.name);
+  }
+
+  // Stage 2, per probe group: its tensors quantized together to their probe types, one run from
+  // the group's first layer. For small perturbations the KL divergence is additive over tensors
+  // (second order in the logits' change, cross terms of independent quantization noise averaging
+  // out), so a group of G tensors of one kind in consecutive layers costs one run instead of G and
+  // gives them one shared fit: sum over the group of alpha * error^beta = the measured KLD.
+  const std::unique_ptr<Context> ctx = model.new_context(chunks.n_ctx, opts.threads);
+  ctx->set_attention(opts.attention);
+  for (const auto& group : groups) {
+    check_cancel();
+    std::vector<Pending*> members;
+    int start = model.n_layer();
+    bool embedding = false;
+    for (size_t i : group) {
+      Pending& p = pending.at(i);
+      if (p.p1 < 0) continue;  // nothing to calibrate (every candidate exact)
+      members.push_back(&p);
+      start = std::min(start, start_layer.at(&file.tensors()[i]));
+      embedding |= classify_tensor(p.tm.name, true).component == Component::Embed;
     }
-    // The fit: kld = alpha * error^beta through the probes.
-    if (p1 >= 0) {
-      const double e1 = tm.candidates[static_cast<size_t>(p1)].error, k1 = std::max(*tm.candidates[static_cast<size_t>(p1)].kld, 0.0);
-      tm.beta = 1;
-      if (p2 >= 0) {
-        const double e2 = tm.candidates[static_cast<size_t>(p2)].error, k2 = *tm.candidates[static_cast<size_t>(p2)].kld;
-        if (k1 > 0 && k2 > 0) tm.beta = std::clamp(std::log(k1 / k2) / std::log(e1 / e2), 0.5, 2.0);
+    double k[2] = {0, 0}, e[2] = {0, 0};
+    bool have[2] = {false, false};
+    for (int pi = 0; pi < 2 && !members.empty(); ++pi) {
+      std::vector<std::vector<uint8_t>> bytes;
+      std::vector<GgufTensor> probes;
+      bytes.reserve(members.size());
+      probes.reserve(members.size());
+      std::vector<std::pair<const GgufTensor*, const GgufTensor*>> overrides;
+      t0 = std::chrono::steady_clock::now();
+      for (Pending* p : members) {
+        const int c = pi == 0 ? p->p1 : p->p2;
+        if (c < 0) continue;
+        const GgufTensor& t = file.tensors()[p->file_index];
+        const CandidateMeasure& cand = p->tm.candidates[static_cast<size_t>(c)];
+        const int64_t n = t.row_length(), rows = t.n_rows();
+        std::vector<float> x(static_cast<size_t>(rows * n));
+        dequantize_rows(t.type->id, t.data, x.data(), rows, n);
+        auto& b = bytes.emplace_back();
+        quantize_and_measure(x.data(), rows, n, {{cand.type, false}}, importance_of(opts.imatrix, t.name, n), pool, &b,
+                             {});
+        GgufTensor& probe = probes.emplace_back(t);
+        probe.type = &type_traits(cand.type);
+        probe.data = b.data();
+        probe.nbytes = b.size();
+        overrides.emplace_back(&t, &probe);
+        e[pi] += cand.error;
       }
-      tm.alpha = k1 / std::pow(e1, tm.beta);
+      m.stage_seconds["probe_quantize"] += seconds_since(t0);
+      // A group's second probe is made only when every member has one (the fit compares sums).
+      if (overrides.empty() || (pi == 1 && overrides.size() != members.size())) break;
+      t0 = std::chrono::steady_clock::now();
+      k[pi] = probe_kld(*ctx, overrides, base, start, opts.restart_from_layer && !embedding, pool);
+      m.stage_seconds["probe_eval"] += seconds_since(t0);
+      ++m.probe_runs;
+      have[pi] = true;
+      if (members.size() == 1) {
+        members[0]->tm.candidates[static_cast<size_t>(pi == 0 ? members[0]->p1 : members[0]->p2)].kld = k[pi];
+      }
     }
-    for (auto& c : tm.candidates) c.predicted = c.error > 0 ? tm.alpha * std::pow(c.error, tm.beta) : 0.0;
-    m.tensors.push_back(std::move(tm));
-    if (opts.on_tensor) {
-      opts.on_tensor({static_cast<int>(k + 1), static_cast<int>(todo.size()), t.name,
-                      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count()});
+    // The fit: kld = alpha * error^beta through the probes (summed over the group).
+    if (have[0]) {
+      double beta = 1;
+      const double k1 = std::max(k[0], 0.0);
+      if (have[1] && k1 > 0 && k[1] > 0) beta = std::clamp(std::log(k1 / k[1]) / std::log(e[0] / e[1]), 0.5, 2.0);
+      double sum = 0;
+      for (Pending* p : members) sum += std::pow(p->tm.candidates[static_cast<size_t>(p->p1)].error, beta);
+      const double alpha = k1 / sum;
+      for (Pending* p : members) {
+        p->tm.alpha = alpha;
+        p->tm.beta = beta;
+        if (members.size() > 1) {
+          p->tm.group_size = static_cast<int>(members.size());
+          p->tm.group_kld = k[0];
+        }
+      }
     }
+    progress(fmt::format("probe of {}{}", file.tensors()[group.front()].name,
+                         group.size() > 1 ? fmt::format(" and {} more", group.size() - 1) : ""));
+  }
+  for (auto& [i, p] : pending) {
+    for (auto& c : p.tm.candidates) c.predicted = c.error > 0 ? p.tm.alpha * std::pow(c.error, p.tm.beta) : 0.0;
+    m.tensors.push_back(std::move(p.tm));
   }
   m.shards_merged = {opts.shard};
-  m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_time).count();
+  m.seconds = seconds_since(start_time);
   return m;
 }
 

@@ -11,24 +11,32 @@
 // the importance-weighted relative error of the quantized tensor (w_j: the importance matrix, the
 // mean squared input of column j, so error is the relative output error E||(W - Q) a||^2 /
 // E||W a||^2 under independent inputs; unit weights where a tensor has no entry, as
-// token_embd). Every candidate's error is exact and cheap: the tensor is quantized with the
-// importance weights as `mixq quantize --imatrix` would, and dequantized.
+// token_embd). The tensor is quantized with the importance weights as `mixq quantize --imatrix`
+// would, and dequantized; by default on MeasureOptions::error_rows evenly spread rows (the same
+// rows for every type, all candidates' row blocks in one parallel loop), since the error is a
+// mean over rows. Candidates that another is no larger and no worse than are marked dominated.
 //
 // How much output error of tensor t costs at the model's output depends on where t sits, so the
-// error is calibrated per tensor by real KL divergence: t alone is quantized to one or two probe
-// types (the candidate with the largest error, and one with about 1/16 of it), the model is run on
-// the calibration chunks from the layer that holds t (the residual stream entering every layer is
-// cached from the reference run, so a probe of layer l skips layers 0 .. l-1), and
+// error is calibrated per tensor by real KL divergence: t is quantized to one or two probe types
+// (among the candidates that are not dominated, the one with the largest error, and one with
+// about 1/16 of it), the model is run on the calibration chunks from the layer that holds t (the
+// residual stream entering every layer is cached from the reference run, so a probe of layer l
+// skips layers 0 .. l-1, and the head runs on the scored rows only), and
 //
 //   predicted_kld(t, T) = alpha_t * error(t, T) ^ beta_t
 //
-// is fitted through the probes (beta_t = 1 with one probe; clamped to [0.5, 2]). Candidates with
+// is fitted through the probes (beta_t = 1 with one probe; clamped to [0.5, 2]). The probe runs
+// are the cost, so tensors of one kind in up to MeasureOptions::probe_group consecutive layers are
+// probed together in one run, with one shared fit: sum over the group of alpha * error^beta equals
+// the group's KLD (KL divergence is additive for small independent perturbations; the tests hold a
+// group's KLD to the sum of its members' single probes). Candidates with
 // outlier columns (MeasureOptions::outliers) have their own exact error (the columns merged back)
 // and share the tensor's fit; the probes are made without outliers. The scored
 // positions and log-softmax are llama-perplexity's (second half of each chunk), as `mixq kld`.
 //
-// A measurement can be split over processes or machines (shard i of N measures the tensors whose
-// index modulo N is i) and merged.
+// A measurement can be split over processes or machines (shard i of N measures the probe groups
+// whose index modulo N is i, the groups formed over the whole model; with groups of one, the
+// tensors whose quantizable index modulo N is i) and merged.
 #pragma once
 
 #include <atomic>
@@ -64,6 +72,19 @@ struct MeasureOptions {
   // > 0: every block type is also measured with this many outlier columns kept in f16 (the
   // quantize --outliers layout, chosen as it chooses them); the plan may then pick them per tensor.
   int outliers = 0;
+  // Rows per tensor the candidates' errors are measured on (evenly spread; 0: every row). The
+  // error is a mean over rows, so a few hundred rows estimate it to a few percent, and the same
+  // rows serve every type, so the types' order is kept; the probes quantize whole tensors. Default:
+  // every row, since sampling has not yet been held to the quality bar on SmolLM2 (BENCHMARKS).
+  int error_rows = 0;
+  // Tensors of one kind (blk.*.attn_q, ...) in up to this many consecutive layers are probed in
+  // one run and share one fit (1: every tensor alone). Layer 0, the last layer and tensors outside
+  // the layers are always probed alone. Default 1: groups of 4 cost SmolLM2's plans 30-60% more
+  // KLD (docs/BENCHMARKS.md, issue 16).
+  int probe_group = 1;
+  // Probes restart from the tensor's layer on the reference run's cached state (false: from the
+  // tokens; the same figures, slower: for tests).
+  bool restart_from_layer = true;
   const ImportanceMatrix* imatrix = nullptr;  // null: unit weights everywhere
   std::string calibration_name, model_name;
   uint64_t header_bytes = 0;    // filled by the caller from the output metadata it will write
@@ -75,6 +96,15 @@ struct MeasureOptions {
 // Every weight type mixq can both quantize and decode, llama.cpp's and mixq's own, except those
 // that only make sense for models trained for them (ternary) and activation-only types (Q8_1, Q8_K).
 std::vector<TypeId> default_candidate_types();
+
+// Marks the candidates another one of the same tensor dominates: no more bytes (outlier bytes
+// included) and no more error, one of the two strictly less.
+void mark_dominated(std::vector<CandidateMeasure>& candidates);
+
+// The probe groups of a model's quantizable tensors (names in file order; indices into names):
+// tensors of one kind in layers 1 + G*j .. G*(j+1) together (G = group), every tensor of layer 0,
+// of layer n_layer - 1 and outside the layers alone. Throws std::runtime_error for group < 1.
+std::vector<std::vector<size_t>> probe_groups(const std::vector<std::string>& names, int n_layer, int group);
 
 // Measures every quantizable tensor of the shard. Throws std::runtime_error for a model the engine
 // cannot run, a text shorter than two contexts, or an unknown type.

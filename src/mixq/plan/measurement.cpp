@@ -26,6 +26,7 @@ nlohmann::ordered_json candidate_json(const CandidateMeasure& c) {
   j["error"] = c.error;
   j["predicted_kld"] = c.predicted;
   if (c.kld) j["measured_kld"] = *c.kld;
+  if (c.dominated) j["dominated"] = true;
   return j;
 }
 
@@ -79,12 +80,17 @@ nlohmann::ordered_json Measurement::to_json() const {
   j["chunks"] = chunks;
   j["probes"] = probes;
   j["outliers"] = outliers;
+  j["error_rows"] = error_rows;
+  j["probe_group"] = probe_group;
+  j["probe_runs"] = probe_runs;
   j["scored_tokens"] = scored_tokens;
   j["types"] = types;
   j["shard"] = shard;
   j["n_shards"] = n_shards;
   j["shards_merged"] = shards_merged;
   j["seconds"] = seconds;
+  if (!stage_seconds.empty()) j["stage_seconds"] = stage_seconds;
+  if (!type_seconds.empty()) j["type_seconds"] = type_seconds;
   auto ts = nlohmann::ordered_json::array();
   for (const auto& t : tensors) {
     nlohmann::ordered_json e;
@@ -94,6 +100,10 @@ nlohmann::ordered_json Measurement::to_json() const {
     e["index"] = t.index;
     e["alpha"] = t.alpha;
     e["beta"] = t.beta;
+    if (t.group_size > 1) {
+      e["group_size"] = t.group_size;
+      e["group_kld"] = t.group_kld;
+    }
     auto cs = nlohmann::ordered_json::array();
     for (const auto& c : t.candidates) cs.push_back(candidate_json(c));
     e["candidates"] = cs;
@@ -132,12 +142,21 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
   m.probes = get<int>(j, "probes", origin);
   m.outliers = j.contains("outliers") ? get<int>(j, "outliers", origin) : 0;
   if (m.outliers < 0) throw std::runtime_error(fmt::format("{}: 'outliers' is negative", origin));
+  // Measurements made before these settings existed: every row, one tensor per probe.
+  m.error_rows = j.contains("error_rows") ? get<int>(j, "error_rows", origin) : 0;
+  m.probe_group = j.contains("probe_group") ? get<int>(j, "probe_group", origin) : 1;
+  m.probe_runs = j.contains("probe_runs") ? get<int>(j, "probe_runs", origin) : 0;
+  if (m.error_rows < 0 || m.probe_group < 1 || m.probe_runs < 0) {
+    throw std::runtime_error(fmt::format("{}: error_rows / probe_runs negative or probe_group below 1", origin));
+  }
   m.scored_tokens = get<int64_t>(j, "scored_tokens", origin);
   m.types = get<std::vector<std::string>>(j, "types", origin);
   m.shard = get<int>(j, "shard", origin);
   m.n_shards = get<int>(j, "n_shards", origin);
   m.shards_merged = get<std::vector<int>>(j, "shards_merged", origin);
   m.seconds = get<double>(j, "seconds", origin);
+  if (j.contains("stage_seconds")) m.stage_seconds = get<std::map<std::string, double>>(j, "stage_seconds", origin);
+  if (j.contains("type_seconds")) m.type_seconds = get<std::map<std::string, double>>(j, "type_seconds", origin);
   if (!j.contains("tensors") || !j["tensors"].is_array()) {
     throw std::runtime_error(fmt::format("{}: 'tensors' is missing or not a list", origin));
   }
@@ -156,6 +175,10 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
     t.index = get<int>(e, "index", where);
     t.alpha = get<double>(e, "alpha", where);
     t.beta = get<double>(e, "beta", where);
+    if (e.contains("group_size")) {
+      t.group_size = get<int>(e, "group_size", where);
+      t.group_kld = get<double>(e, "group_kld", where);
+    }
     if (!e.contains("candidates") || !e["candidates"].is_array() || e["candidates"].empty()) {
       throw std::runtime_error(where + ": 'candidates' is missing or empty");
     }
@@ -170,6 +193,7 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
       c.predicted = get<double>(ce, "predicted_kld", cw);
       if (!std::isfinite(c.predicted) || c.predicted < 0) throw std::runtime_error(cw + ": predicted_kld is not a finite value >= 0");
       if (ce.contains("measured_kld")) c.kld = get<double>(ce, "measured_kld", cw);
+      if (ce.contains("dominated")) c.dominated = get<bool>(ce, "dominated", cw);
       if (ce.contains("outliers")) {
         c.outliers = get<int>(ce, "outliers", cw);
         c.outlier_bytes = get<uint64_t>(ce, "outlier_bytes", cw);
@@ -204,6 +228,8 @@ Measurement merge_measurements(const std::vector<Measurement>& parts) {
   m.tensors.clear();
   m.shards_merged.clear();
   m.seconds = 0;
+  m.stage_seconds.clear();
+  m.type_seconds.clear();
   std::set<int> seen;
   std::set<std::string> names;
   for (const auto& p : parts) {
@@ -215,7 +241,7 @@ Measurement merge_measurements(const std::vector<Measurement>& parts) {
     if (p.model_bytes != m.model_bytes || p.n_tensors != m.n_tensors || p.n_params != m.n_params) throw differs("model");
     if (p.n_shards != m.n_shards) throw differs("shard count");
     if (p.n_ctx != m.n_ctx || p.chunks != m.chunks || p.probes != m.probes || p.types != m.types ||
-        p.outliers != m.outliers) {
+        p.outliers != m.outliers || p.error_rows != m.error_rows || p.probe_group != m.probe_group) {
       throw differs("settings");
     }
     if (p.calibration != m.calibration || p.imatrix != m.imatrix) throw differs("calibration text or imatrix");
@@ -223,6 +249,9 @@ Measurement merge_measurements(const std::vector<Measurement>& parts) {
       if (!seen.insert(s).second) throw std::runtime_error(fmt::format("cannot merge: shard {} appears twice", s));
     }
     m.seconds += p.seconds;
+    if (&p != &parts.front()) m.probe_runs += p.probe_runs;
+    for (const auto& [k, v] : p.stage_seconds) m.stage_seconds[k] += v;
+    for (const auto& [k, v] : p.type_seconds) m.type_seconds[k] += v;
     m.header_bytes = std::max(m.header_bytes, p.header_bytes);
     for (const auto& t : p.tensors) {
       if (!names.insert(t.name).second) throw std::runtime_error(fmt::format("cannot merge: tensor '{}' appears twice", t.name));

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,7 +25,10 @@ struct CandidateMeasure {
   uint64_t outlier_bytes = 0;
   double error = 0;         // importance-weighted relative squared error (see the top)
   double predicted = 0;     // predicted mean KLD with this tensor alone in this type
-  std::optional<double> kld;  // the measured mean KLD, for the probe types
+  std::optional<double> kld;  // the measured mean KLD, for the probe types (tensors probed alone)
+  // Another candidate of the tensor is no larger and no worse (and one of the two strictly): the
+  // plan never needs this one, and it is never a probe type. Kept so that rules can still name it.
+  bool dominated = false;
 };
 
 struct TensorMeasure {
@@ -33,6 +37,10 @@ struct TensorMeasure {
   TypeId stored = TypeId::F32;
   int index = 0;            // position among the file's tensors
   double alpha = 0, beta = 1;
+  // Probed together with others of its kind (measure.h): how many, and the group's measured KLD
+  // (0 / unset when probed alone).
+  int group_size = 0;
+  double group_kld = 0;
   std::vector<CandidateMeasure> candidates;  // by increasing bytes
 
   int64_t n_elements() const;
@@ -53,11 +61,18 @@ struct Measurement {
   std::string imatrix;            // the importance matrix's source ("" when computed here)
   int n_ctx = 0, chunks = 0, probes = 0;
   int outliers = 0;               // K of the outlier candidates (0: none measured)
+  int error_rows = 0;             // rows per tensor the errors were measured on (0: all)
+  int probe_group = 1;            // tensors of one kind probed together
+  int probe_runs = 0;             // probe forward runs made (each over every chunk)
   int64_t scored_tokens = 0;
   std::vector<std::string> types;  // candidate types
   int shard = 0, n_shards = 1;
   std::vector<int> shards_merged;  // after a merge: the shards it holds
   double seconds = 0;
+  // Where the time went (the cost model in docs/BENCHMARKS.md): seconds per stage ("base",
+  // "quantize", "probe_quantize", "probe_eval") and the quantize-and-error seconds per candidate
+  // type; summed over merged shards. Informational: nothing reads them back into a decision.
+  std::map<std::string, double> stage_seconds, type_seconds;
   std::vector<TensorMeasure> tensors;  // quantizable tensors measured, in file order
 
   nlohmann::ordered_json to_json() const;
