@@ -78,7 +78,10 @@ MIXQ_PANEL void panel_tile(const PackedPanel* const panels[2], const PreparedAct
 #pragma GCC unroll 8
     for (int c = 0; c < G / 4; ++c) {
       __m512i w[NP];
-      for (int p = 0; p < NP; ++p) w[p] = _mm512_loadu_si512(wq[p] + (i0 + 4 * c) * P);
+      for (int p = 0; p < NP; ++p) {
+        w[p] = _mm512_loadu_si512(wq[p] + (i0 + 4 * c) * P);
+        __asm__("" : "+v"(w[p]));  // one load per panel and chunk, not one folded into each dpbusd
+      }
       for (int j = 0; j < NT; ++j) {
         const __m512i av = broadcast4(au[j] + i0 + 4 * c);
         for (int p = 0; p < NP; ++p) s[p][j] = _mm512_dpbusd_epi32(s[p][j], av, w[p]);
