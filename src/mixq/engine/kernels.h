@@ -13,6 +13,10 @@
 // integer view (F32, F16, BF16, NF4, I8_MM, LB3, LB2, ...) are dequantized to F32 and take the F32
 // kernel, with the activation rounded to F16/BF16 first for the half types, as ggml does.
 //
+// Prefill (many tokens) of the integer types takes a third shape where a set has it: 16 rows'
+// integer views repacked into a panel (PackedPanel, KernelSet::panel_int8), so one vector
+// instruction serves 16 rows and each activation load serves them all.
+//
 // Kernel sets: "scalar" (the reference, plain C++), "avx2" (AVX2 + FMA + F16C) and "avx512"
 // (AVX-512 F/BW/VL + VNNI matrix products), chosen at run time by CPU detection (MIXQ_KERNELS=NAME
 // forces one the CPU runs, e.g. MIXQ_KERNELS=scalar the reference). Tests check every set against the
@@ -76,7 +80,8 @@ void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow
 // type's activation format, as prepare_activations lays it out (PreparedActs::q_row etc.). The
 // integer sums are the ones the reference (prepare_row + dot_int8) forms; only the F32 summation
 // order differs. The decode path of matmul (a few tokens) uses them; prefill keeps the unpacked
-// rows, which pay for themselves over many tokens.
+// rows (repacked into panels where the set has a panel kernel), which pay for themselves over many
+// tokens.
 using RowDotFn = float (*)(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum);
 // Prefill (many tokens): kPanelRows weight rows' integer views repacked into one panel, so that one
 // 4-byte slice of a token's activation codes, broadcast, meets the same 4 codes of all 16 rows in

@@ -238,6 +238,18 @@ MIXQ_AVX2 void attn_scores_avx2(const float* q, const float* kt, int64_t stride,
 
 MIXQ_AVX2 void attn_accumulate_avx2(const float* w, int n, const float* v, int64_t stride, int hd, float* out) {
   int i = 0;
+  // 64 dimensions at a time: eight chains (each still in position order) instead of two, so the
+  // FMA latency no longer bounds a head of 64.
+  for (; i + 64 <= hd; i += 64) {
+    __m256 a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_loadu_ps(out + i + 8 * j);
+    for (int p = 0; p < n; ++p) {
+      const __m256 wp = _mm256_broadcast_ss(w + p);
+      const float* vp = v + p * stride + i;
+      for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(wp, _mm256_loadu_ps(vp + 8 * j), a[j]);
+    }
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out + i + 8 * j, a[j]);
+  }
   for (; i + 16 <= hd; i += 16) {
     __m256 a0 = _mm256_loadu_ps(out + i), a1 = _mm256_loadu_ps(out + i + 8);
     for (int p = 0; p < n; ++p) {
