@@ -4,7 +4,9 @@
 // previous step's argmax, as in greedy decoding) after a 1-token warm-up. Each test is repeated R
 // times; the mean and standard deviation of the rates are printed as
 //   mixq pp512 t=1: 1234.5 +- 6.7 tok/s
-// Run: build/bench/mixq_bench_decode MODEL [-t THREADS] [-p 512] [-n 128] [-r 3]
+// Run: build/bench/mixq_bench_decode MODEL [-t THREADS] [-p 512] [-n 128] [-r 3] [-a f16|tiled|f32]
+// (-a: the attention mode, as --attention of the commands; default f16. llama.cpp's CPU flash
+// attention runs its tiled F32 path for prompt batches and its F16 one for single tokens.)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -37,13 +39,18 @@ int argmax(const float* x, int n) { return static_cast<int>(std::max_element(x, 
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fputs("usage: mixq_bench_decode MODEL [-t THREADS] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPEATS]\n", stderr);
+    std::fputs("usage: mixq_bench_decode MODEL [-t THREADS] [-p PROMPT_TOKENS] [-n GEN_TOKENS] [-r REPEATS] [-a f16|tiled|f32]\n", stderr);
     return 2;
   }
   const std::string path = argv[1];
   int threads = 1, p = 512, n = 128, reps = 3;
+  mixq::AttentionMode attention = mixq::AttentionMode::kLlamaCppF16;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
+    if (k == "-a") {
+      attention = mixq::parse_attention_mode(argv[i + 1]);
+      continue;
+    }
     const int v = std::stoi(argv[i + 1]);
     if (k == "-t") threads = v;
     else if (k == "-p") p = v;
@@ -58,6 +65,7 @@ int main(int argc, char** argv) {
   const auto model = mixq::load_model(f);
   const int vocab = model->n_vocab();
   const auto ctx = model->new_context(std::max(p, n + 1) + 1, threads);
+  ctx->set_attention(attention);
   std::mt19937 rng(1234);
   std::uniform_int_distribution<int> tok(0, vocab - 1);
   using clock = std::chrono::steady_clock;

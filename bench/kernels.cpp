@@ -1,5 +1,6 @@
 // Single-thread throughput of the engine's matrix-product pieces for every kernel set this CPU runs:
-// the in-place decode kernels (row_dot/SET/TYPE), the 4-row x 2-token integer and F32 kernels, and the per-type row preparation (integer view or
+// the in-place decode kernels (row_dot/SET/TYPE), the prefill panel kernel (panel/SET/TYPE: 2 panels
+// of 16 rows x 4 tokens per call, as matmul runs it) and the panel packing, the 4-row x 2-token integer and F32 kernels, and the per-type row preparation (integer view or
 // F32 decode) that a batched product does once per weight row tile. Row lengths 576 and 1536 are
 // SmolLM2-135M's (n_embd, n_ff).
 // Run: build/bench/mixq_bench_kernels [--benchmark_filter=avx512]
@@ -86,6 +87,46 @@ void row_dot(benchmark::State& state, mixq::kernels::RowDotFn fn, mixq::TypeId t
   state.SetItemsProcessed(state.iterations() * kRows * n);  // multiply-adds
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(rb) * kRows);
 }
+
+// The prefill panel kernel: 32 rows (2 panels) against 4 tokens per call.
+void panel(benchmark::State& state, const mixq::kernels::KernelSet* k, mixq::TypeId type, int64_t n) {
+  const auto& t = mixq::type_traits(type);
+  constexpr int P = mixq::kernels::kPanelRows;
+  std::vector<mixq::kernels::PreparedRow> rows(2 * P);
+  for (int r = 0; r < 2 * P; ++r) {
+    const auto w = gaussian(n, 3 + static_cast<unsigned>(r));
+    std::vector<uint8_t> bytes(t.row_bytes(n));
+    t.quantize_row(w.data(), bytes.data(), n, nullptr);
+    mixq::kernels::prepare_row(t, bytes.data(), n, rows[static_cast<size_t>(r)]);
+  }
+  mixq::kernels::PackedPanel panels[2];
+  for (int p = 0; p < 2; ++p) {
+    const mixq::kernels::PreparedRow* pr[P];
+    for (int r = 0; r < P; ++r) pr[r] = &rows[static_cast<size_t>(P * p + r)];
+    mixq::kernels::pack_panel(pr, P, panels[p]);
+  }
+  const auto x = gaussian(4 * n, 9);
+  mixq::kernels::PreparedActs acts;
+  mixq::kernels::prepare_activations(t.act_format, x.data(), 4, n, acts);
+  const mixq::kernels::PackedPanel* pp[2] = {&panels[0], &panels[1]};
+  std::vector<float> y(4 * 2 * P);
+  for (auto _ : state) {
+    k->panel_int8(pp, 2, acts, 0, 4, y.data(), 2 * P);
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetItemsProcessed(state.iterations() * 2 * P * 4 * n);  // multiply-adds
+}
+
+const bool registered_panel = [] {
+  for (const mixq::kernels::KernelSet* k : mixq::kernels::available_kernel_sets()) {
+    if (k->panel_int8 == nullptr) continue;
+    for (mixq::TypeId type : {mixq::TypeId::Q8_0, mixq::TypeId::Q5_0, mixq::TypeId::Q4_1, mixq::TypeId::Q4_K, mixq::TypeId::Q6_K}) {
+      const std::string tn = mixq::type_traits(type).name;
+      benchmark::RegisterBenchmark(("panel/" + std::string(k->name) + "/" + tn + "/1536").c_str(), panel, k, type, int64_t{1536});
+    }
+  }
+  return true;
+}();
 
 const bool registered_row_dot = [] {
   for (const mixq::kernels::KernelSet* k : mixq::kernels::available_kernel_sets()) {

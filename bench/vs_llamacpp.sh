@@ -10,7 +10,8 @@
 # cached in .cache/bench). LLAMA_BENCH=path/to/llama-bench (default: the oracle build in
 # ~/.cache/mixq/oracles/llama.cpp-build, see docs/BENCHMARKS.md); THREADS="1 2"; GEN=128 (tg sizes,
 # e.g. GEN="64 128");
-# PROMPT=512; REPS=3. Without llama-bench, only mixq's rates are printed.
+# PROMPT=512; REPS=3; BUILD=build (mixq's build folder); ATTENTION=f16 (mixq's attention mode: f16,
+# its default, or tiled, the F32 tiled path llama.cpp runs for prompt batches). Without llama-bench, only mixq's rates are printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 llama_bench=${LLAMA_BENCH:-$HOME/.cache/mixq/oracles/llama.cpp-build/bin/llama-bench}
@@ -18,9 +19,11 @@ threads=${THREADS:-1 2}
 gen=${GEN:-128}
 prompt=${PROMPT:-512}
 reps=${REPS:-3}
-decode=build/bench/mixq_bench_decode
-membw=build/bench/mixq_bench_membw
-[ -x "$decode" ] && [ -x "$membw" ] || { echo "build first: ninja -C build mixq_bench_decode mixq_bench_membw" >&2; exit 1; }
+attention=${ATTENTION:-f16}
+build=${BUILD:-build}
+decode=$build/bench/mixq_bench_decode
+membw=$build/bench/mixq_bench_membw
+[ -x "$decode" ] && [ -x "$membw" ] || { echo "build first: ninja -C $build mixq_bench_decode mixq_bench_membw" >&2; exit 1; }
 
 models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
@@ -29,14 +32,14 @@ if [ ${#models[@]} -eq 0 ]; then
   q41=$(scripts/fetch_models.sh 2>/dev/null | sed -n 's/^MIXQ_SMOLLM2_GGUF=//p')
   [ -n "$q41" ] || { echo "no SmolLM2 file (scripts/fetch_models.sh could not fetch it)" >&2; exit 1; }
   f32=$cache/smollm2-135m-f32.gguf
-  [ -f "$f32" ] || build/mixq convert "$q41" "$f32" --outtype f32 >/dev/null
-  [ -f "$cache/smollm2-135m-Q4_K_M.gguf" ] || build/mixq quantize "$f32" "$cache/smollm2-135m-Q4_K_M.gguf" Q4_K_M >/dev/null
-  [ -f "$cache/smollm2-135m-q8_0.gguf" ] || build/mixq quantize "$f32" "$cache/smollm2-135m-q8_0.gguf" q8_0 >/dev/null
+  [ -f "$f32" ] || "$build"/mixq convert "$q41" "$f32" --outtype f32 >/dev/null
+  [ -f "$cache/smollm2-135m-Q4_K_M.gguf" ] || "$build"/mixq quantize "$f32" "$cache/smollm2-135m-Q4_K_M.gguf" Q4_K_M >/dev/null
+  [ -f "$cache/smollm2-135m-q8_0.gguf" ] || "$build"/mixq quantize "$f32" "$cache/smollm2-135m-q8_0.gguf" q8_0 >/dev/null
   models=("$cache/smollm2-135m-Q4_K_M.gguf" "$cache/smollm2-135m-q8_0.gguf" "$q41")
 fi
 
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; load:$(uptime | sed 's/.*load average://')"
-echo "mixq $(git rev-parse --short HEAD 2>/dev/null || echo '?'), kernels: ${MIXQ_KERNELS:-best}; llama-bench: $llama_bench"
+echo "mixq $(git rev-parse --short HEAD 2>/dev/null || echo '?'), kernels: ${MIXQ_KERNELS:-best}, attention: $attention; llama-bench: $llama_bench"
 have_llama=0
 [ -x "$llama_bench" ] && have_llama=1
 
@@ -56,7 +59,7 @@ for m in "${models[@]}"; do
     for test in "${tests[@]}"; do
       read -r kind p n <<< "$test"
       size=$([ "$kind" = pp ] && echo "$p" || echo "$n")
-      mine=$("$decode" "$m" -t "$t" -p "$p" -n "$n" -r "$reps" | sed -E 's/.*: ([0-9.]+) \+- ([0-9.]+) tok\/s/\1 \2/')
+      mine=$("$decode" "$m" -t "$t" -p "$p" -n "$n" -r "$reps" -a "$attention" | sed -E 's/.*: ([0-9.]+) \+- ([0-9.]+) tok\/s/\1 \2/')
       read -r mr msd <<< "$mine"
       if [ "$have_llama" = 1 ]; then
         read -r lr lsd <<< "$(llama_rate "$m" "$t" "$p" "$n")"

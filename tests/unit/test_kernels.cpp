@@ -266,6 +266,108 @@ TEST(Kernels, FastPathsMatchTheReferenceOnEveryType) {
   }
 }
 
+// The prefill panel kernels (PackedPanel, KernelSet::panel_int8) against the scalar reference dot
+// of every (row, token), on every integer type: 29 rows (a full panel and a partial one, whose
+// padding rows must not be written), 7 tokens (a tile of 4 and a remainder of 3), one and two
+// panels per call, and a pair of panels that group differently (q4_K's 32s beside q6_K's 16s).
+TEST(Kernels, PanelKernelsMatchTheReferenceOnEveryType) {
+  constexpr int kRows = 29, kTokens = 7, P = kernels::kPanelRows;
+  int checked = 0;
+  std::vector<std::string> covered;
+  // y (kTokens x ldy) against the reference of rows[r] (r < n_rows) at columns col0 + r.
+  auto check = [&](const char* set, const std::string& what, const std::vector<kernels::PreparedRow>& rows,
+                   const kernels::PreparedActs& a, const std::vector<float>& y, int64_t ldy) {
+    for (int tok = 0; tok < kTokens; ++tok) {
+      for (size_t r = 0; r < rows.size(); ++r) {
+        const kernels::PreparedRow& row = rows[r];
+        const float ref = kernels::dot(kernels::scalar_kernels(), row, a, tok);
+        double mag = 0;
+        const int8_t* aq = a.q_row(tok);
+        for (int64_t g = 0; g < a.n_pad / 16; ++g) {
+          int64_t sum = 0;
+          for (int64_t i = 16 * g; i < 16 * g + 16; ++i) sum += int64_t{row.q[static_cast<size_t>(i)]} * aq[i];
+          mag += std::fabs(double{row.scale[static_cast<size_t>(g)]} * a.dx_row(tok)[g] * static_cast<double>(sum));
+          mag += std::fabs(double{row.offset[static_cast<size_t>(g)]} * a.dsum_row(tok)[g]);
+        }
+        const double bound = 2 * (static_cast<double>(a.n_pad / 16) * 2 + 16) * std::ldexp(1.0, -24) * mag;
+        EXPECT_NEAR(y[static_cast<size_t>(tok * ldy) + r], ref, bound) << set << " " << what << " row " << r << " tok " << tok;
+        ++checked;
+      }
+      // Columns past the rows (the padding rows of the last panel) stay untouched.
+      for (auto c = static_cast<int64_t>(rows.size()); c < ldy; ++c) {
+        EXPECT_EQ(y[static_cast<size_t>(tok * ldy + c)], -1.0f) << set << " " << what << " column " << c;
+      }
+    }
+  };
+  auto quantized_rows = [](const TypeTraits& t, int64_t n, int count, uint32_t seed) {
+    std::vector<kernels::PreparedRow> rows(static_cast<size_t>(count));
+    for (int r = 0; r < count; ++r) {
+      const auto w = random_row(n, seed + 13 * static_cast<uint32_t>(r), r % 5 == 0 ? 9.0f : 0.0f);
+      std::vector<uint8_t> bytes(t.row_bytes(n));
+      t.quantize_row(w.data(), bytes.data(), n, nullptr);
+      kernels::prepare_row(t, bytes.data(), n, rows[static_cast<size_t>(r)]);
+    }
+    return rows;
+  };
+  auto pack = [](const std::vector<kernels::PreparedRow>& rows, size_t first, size_t count, kernels::PackedPanel& out) {
+    const kernels::PreparedRow* p[P];
+    for (size_t i = 0; i < count; ++i) p[i] = &rows[first + i];
+    kernels::pack_panel(p, static_cast<int>(count), out);
+  };
+  for (const kernels::KernelSet* k : kernels::available_kernel_sets()) {
+    if (k->panel_int8 == nullptr) continue;
+    for (const TypeTraits& t : all_types()) {
+      if (!engine_runs(t) || t.unpack_row == nullptr) continue;
+      covered.push_back(t.name);
+      for (int64_t n : lengths_for(t)) {
+        const auto rows = quantized_rows(t, n, kRows, 5 + static_cast<uint32_t>(n));
+        const auto x = random_row(n * kTokens, 41 + static_cast<uint32_t>(n), -25.0f);
+        kernels::PreparedActs a;
+        kernels::prepare_activations(t.act_format, x.data(), kTokens, n, a);
+        kernels::PackedPanel panels[2];
+        pack(rows, 0, P, panels[0]);
+        pack(rows, P, kRows - P, panels[1]);
+        const std::string what = fmt::format("{} n={}", t.name, n);
+        for (int np : {2, 1}) {
+          // np == 1: each panel alone, the second written at its own columns.
+          const int64_t ldy = 2 * P;
+          std::vector<float> y(static_cast<size_t>(kTokens * ldy), -1.0f);
+          for (int first = 0; first < 2; first += np) {
+            const kernels::PackedPanel* pp[2] = {&panels[first], &panels[np == 2 ? 1 : first]};
+            for (int t0 = 0; t0 < kTokens; t0 += 4) {
+              k->panel_int8(pp, np, a, t0, std::min(4, kTokens - t0), y.data() + t0 * ldy + P * first, ldy);
+            }
+          }
+          check(k->name, fmt::format("{} np={}", what, np), rows, a, y, ldy);
+        }
+      }
+    }
+    // Two panels that group differently in one call: q4_K (groups of 32) and q6_K (16), both Q8_K.
+    const auto r4 = quantized_rows(type_traits(TypeId::Q4_K), 512, P, 3);
+    const auto r6 = quantized_rows(type_traits(TypeId::Q6_K), 512, P, 4);
+    std::vector<kernels::PreparedRow> both(r4);
+    both.insert(both.end(), r6.begin(), r6.end());
+    kernels::PackedPanel panels[2];
+    pack(both, 0, P, panels[0]);
+    pack(both, P, P, panels[1]);
+    EXPECT_EQ(panels[0].group, 32);
+    EXPECT_EQ(panels[1].group, 16);
+    const auto x = random_row(512 * kTokens, 8);
+    kernels::PreparedActs a;
+    kernels::prepare_activations(ActFormat::Q8_K, x.data(), kTokens, 512, a);
+    std::vector<float> y(static_cast<size_t>(kTokens * 2 * P), -1.0f);
+    const kernels::PackedPanel* pp[2] = {&panels[0], &panels[1]};
+    for (int t0 = 0; t0 < kTokens; t0 += 4) k->panel_int8(pp, 2, a, t0, std::min(4, kTokens - t0), y.data() + t0 * 2 * P, 2 * P);
+    check(k->name, "q4_K + q6_K", both, a, y, 2 * P);
+  }
+  if (kernels::avx512_kernels() != nullptr) {
+    EXPECT_GT(checked, 0);
+    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs"}) {
+      EXPECT_NE(std::find(covered.begin(), covered.end(), name), covered.end()) << name;
+    }
+  }
+}
+
 TEST(Kernels, AttentionKernelsAgreeAcrossSets) {
   const int hd = 64, len = 300;
   const int64_t stride = 320;

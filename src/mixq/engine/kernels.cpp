@@ -43,17 +43,23 @@ inline float round_half_away(float v) {
 // unrounded d. A last partial block (row lengths that are not a multiple of 32) counts only its
 // values; the padding codes are zero.
 void quantize_q8_0(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* dx, float* dsum, bool q8_1) {
+  static const ActBlockQuantizers* fast = avx2_act_block_quantizers();
   for (int64_t b = 0; b < n_pad / 32; ++b) {
     const int64_t i0 = b * 32, i1 = std::min(n, i0 + 32);
-    float amax = 0.0f;
-    for (int64_t i = i0; i < i1; ++i) amax = std::max(amax, std::fabs(x[i]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float d = 0.0f;
+    int32_t sums[2] = {0, 0};
+    if (fast == nullptr || i1 - i0 != 32 || !fast->q8_0(x + i0, q + i0, &d, sums)) {
+      float amax = 0.0f;
+      for (int64_t i = i0; i < i1; ++i) amax = std::max(amax, std::fabs(x[i]));
+      d = amax / 127.0f;
+      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      for (int64_t i = i0; i < i0 + 32; ++i) q[i] = i < i1 ? saturate_int8(round_half_away(x[i] * id)) : 0;
+      for (int g = 0; g < 2; ++g) {
+        for (int64_t i = i0 + 16 * g; i < i0 + 16 * g + 16; ++i) sums[g] += q[i];
+      }
+    }
     const float ds = round_fp16(d);
-    for (int64_t i = i0; i < i0 + 32; ++i) q[i] = i < i1 ? saturate_int8(round_half_away(x[i] * id)) : 0;
-    int sums[2] = {0, 0};
     for (int g = 0; g < 2; ++g) {
-      for (int64_t i = i0 + 16 * g; i < i0 + 16 * g + 16; ++i) sums[g] += q[i];
       dx[2 * b + g] = ds;
       dsum[2 * b + g] = ds * static_cast<float>(sums[g]);
     }
@@ -70,8 +76,18 @@ void quantize_q8_0(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* d
 // rounded to nearest (ties to even) and capped at 127, d = 1 / iscale in f32. Partial last blocks as
 // above.
 void quantize_q8_k(const float* x, int64_t n, int64_t n_pad, int8_t* q, float* dx, float* dsum) {
+  static const ActBlockQuantizers* fast = avx2_act_block_quantizers();
   for (int64_t b0 = 0; b0 < n_pad; b0 += 256) {
     const int64_t b1 = std::min(n_pad, b0 + 256), v1 = std::min(n, b1);
+    float fd = 0.0f;
+    int32_t fsums[16];
+    if (fast != nullptr && v1 - b0 == 256 && fast->q8_k(x + b0, q + b0, &fd, fsums)) {
+      for (int64_t g = 0; g < 16; ++g) {
+        dx[b0 / 16 + g] = fd;
+        dsum[b0 / 16 + g] = fd * static_cast<float>(fsums[g]);
+      }
+      continue;
+    }
     float amax = 0.0f, vmax = 0.0f;
     for (int64_t i = b0; i < v1; ++i) {
       if (std::fabs(x[i]) > amax) {
@@ -188,7 +204,7 @@ void attn_f16_x4_scalar(const float* const q[4], const float* kt, int64_t kstrid
 constexpr KernelSet kScalar{"scalar", dot_int8_scalar, dot_f32_scalar, dot_int8_x4_scalar, dot_f32_x4_scalar,
                             exp_sum_scalar, attn_scores_scalar,
                             attn_accumulate_scalar, attn_f16_scalar,
-                            attn_f16_x4_scalar, nullptr};
+                            attn_f16_x4_scalar, nullptr, nullptr};
 
 }  // namespace
 
@@ -203,6 +219,7 @@ void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t
     out.q.resize(rows * pad);
     out.dx.resize(rows * pad / 16);
     out.dsum.resize(rows * pad / 16);
+    out.qu.resize(rows * pad);
     for (int t = 0; t < n_tokens; ++t) {
       const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(n);
       auto* qt = out.q.data() + t * pad;
@@ -213,6 +230,8 @@ void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t
       } else {
         quantize_q8_k(xt, n, out.n_pad, qt, dxt, dst);
       }
+      auto* ut = out.qu.data() + t * pad;
+      for (size_t i = 0; i < pad; ++i) ut[i] = static_cast<uint8_t>(static_cast<uint8_t>(qt[i]) ^ 0x80u);
     }
     return;
   }
@@ -251,6 +270,45 @@ void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow
   out.f.resize(static_cast<size_t>(n_pad));
   type.dequantize_row(row, out.f.data(), n);
   std::fill(out.f.begin() + n, out.f.end(), 0.0f);
+}
+
+void pack_panel(const PreparedRow* const rows[], int n_rows, PackedPanel& out) {
+  if (n_rows < 1 || n_rows > kPanelRows) throw std::logic_error("pack_panel: 1 to 16 rows");
+  const auto n_pad = static_cast<int64_t>(rows[0]->q.size());
+  bool pairs = true, offsets = false;
+  for (int r = 0; r < n_rows; ++r) {
+    const PreparedRow& w = *rows[r];
+    offsets = offsets || w.has_offset;
+    for (size_t g = 0; pairs && g + 1 < w.scale.size(); g += 2) {
+      pairs = w.scale[g] == w.scale[g + 1] && w.offset[g] == w.offset[g + 1];
+    }
+  }
+  out.rows = n_rows;
+  out.n_pad = n_pad;
+  out.group = pairs ? 32 : 16;
+  out.has_offset = offsets;
+  const auto groups = static_cast<size_t>(n_pad / out.group), P = static_cast<size_t>(kPanelRows);
+  const auto G = static_cast<size_t>(out.group), per = G / 16, chunks = static_cast<size_t>(n_pad / 4);
+  out.q.resize(static_cast<size_t>(n_pad) * P);
+  out.scale.resize(groups * P);
+  out.offset.resize(groups * P);
+  out.bias.resize(groups * P);
+  for (size_t r = 0; r < P; ++r) {
+    if (r >= static_cast<size_t>(n_rows)) {  // padding rows: zero codes, factors and biases
+      for (size_t c = 0; c < chunks; ++c) std::memset(&out.q[c * 64 + 4 * r], 0, 4);
+      for (size_t g = 0; g < groups; ++g) out.scale[g * P + r] = out.offset[g * P + r] = 0.0f, out.bias[g * P + r] = 0;
+      continue;
+    }
+    const PreparedRow& w = *rows[r];
+    for (size_t c = 0; c < chunks; ++c) std::memcpy(&out.q[c * 64 + 4 * r], &w.q[4 * c], 4);
+    for (size_t g = 0; g < groups; ++g) {
+      out.scale[g * P + r] = w.scale[g * per];
+      out.offset[g * P + r] = w.has_offset ? w.offset[g * per] : 0.0f;
+      int32_t sum = 0;
+      for (size_t i = g * G; i < (g + 1) * G; ++i) sum += w.q[i];
+      out.bias[g * P + r] = -128 * sum;
+    }
+  }
 }
 
 void dot4(const KernelSet& k, const PreparedRow* const rows[4], const PreparedActs& a, int t, int nt, float* out) {

@@ -13,6 +13,10 @@
 // integer view (F32, F16, BF16, NF4, I8_MM, LB3, LB2, ...) are dequantized to F32 and take the F32
 // kernel, with the activation rounded to F16/BF16 first for the half types, as ggml does.
 //
+// Prefill (many tokens) of the integer types takes a third shape where a set has it: 16 rows'
+// integer views repacked into a panel (PackedPanel, KernelSet::panel_int8), so one vector
+// instruction serves 16 rows and each activation load serves them all.
+//
 // Kernel sets: "scalar" (the reference, plain C++), "avx2" (AVX2 + FMA + F16C) and "avx512"
 // (AVX-512 F/BW/VL + VNNI matrix products), chosen at run time by CPU detection (MIXQ_KERNELS=NAME
 // forces one the CPU runs, e.g. MIXQ_KERNELS=scalar the reference). Tests check every set against the
@@ -38,15 +42,27 @@ struct PreparedActs {
   std::vector<int8_t> q;       // integer formats: n_pad codes per token
   std::vector<float> dx;       // per 16 values: the block scale
   std::vector<float> dsum;     // per 16 values: block scale * sum of the 16 codes
+  std::vector<uint8_t> qu;     // integer formats: the codes + 128 as unsigned bytes (panel kernels)
 
   const float* f_row(int t) const { return f.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad); }
   const int8_t* q_row(int t) const { return q.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad); }
+  const uint8_t* qu_row(int t) const { return qu.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad); }
   const float* dx_row(int t) const { return dx.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad / 16); }
   const float* dsum_row(int t) const { return dsum.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad / 16); }
 };
 
 // Quantizes / rounds rows of activations (x: n_tokens x n, row-major) as ggml does for `format`.
 void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t n, PreparedActs& out);
+
+// Vector versions of prepare_activations' full-block quantizers, bit for bit with the scalar ones
+// (activations_avx2.cpp): a Q8_0 block of 32 (codes, the unrounded d, the two 16-value code sums)
+// and a Q8_K block of 256 (codes, d, sixteen code sums). false: the scalar code must do the block
+// (a non-finite value, an overflowing reciprocal). Used wherever the CPU has AVX2.
+struct ActBlockQuantizers {
+  bool (*q8_0)(const float* x, int8_t* q, float* d, int32_t sums[2]);
+  bool (*q8_k)(const float* x, int8_t* q, float* d, int32_t sums[16]);
+};
+const ActBlockQuantizers* avx2_act_block_quantizers();
 
 // One weight row prepared for the kernels: its integer view, or its F32 values.
 struct PreparedRow {
@@ -64,8 +80,36 @@ void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow
 // type's activation format, as prepare_activations lays it out (PreparedActs::q_row etc.). The
 // integer sums are the ones the reference (prepare_row + dot_int8) forms; only the F32 summation
 // order differs. The decode path of matmul (a few tokens) uses them; prefill keeps the unpacked
-// rows, which pay for themselves over many tokens.
+// rows (repacked into panels where the set has a panel kernel), which pay for themselves over many
+// tokens.
 using RowDotFn = float (*)(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum);
+// Prefill (many tokens): kPanelRows weight rows' integer views repacked into one panel, so that one
+// 4-byte slice of a token's activation codes, broadcast, meets the same 4 codes of all 16 rows in
+// one 64-byte vector (VNNI: 16 int32 lanes, one per row). Layout: value i of row r at byte
+// (i / 4) * 64 + 4 * r + i % 4 of q. Per group of `group` values (32 where every row's scale and
+// offset agree over both 16-halves of each 32 and the activation's dx does too, as for every
+// activation format; else 16), 16 floats each of scale and offset and 16 int32 of bias =
+// -128 * (the row's code sum over the group): the kernels multiply the activation codes + 128
+// (PreparedActs::qu, unsigned as VNNI wants them) and start each group's sum at the bias, so the
+// group's integer sum is exactly the reference's. Rows past `rows` are zero.
+inline constexpr int kPanelRows = 16;
+struct PackedPanel {
+  int rows = 0;
+  int group = 16;
+  int64_t n_pad = 0;
+  bool has_offset = false;
+  std::vector<int8_t> q;
+  std::vector<float> scale, offset;
+  std::vector<int32_t> bias;
+};
+// Packs rows[0 .. n_rows) (n_rows <= kPanelRows; integer views of the same n_pad).
+void pack_panel(const PreparedRow* const rows[], int n_rows, PackedPanel& out);
+// Panel kernel: np (1 or 2) panels against nt (1 to 4) activation rows t0 ..: row r of panel p times
+// activation t0 + j goes to y[j * ldy + kPanelRows * p + r] for r < panels[p]->rows. The same
+// integer sums as dot_int8 per 16-group; only the F32 summation order differs.
+using PanelFn = void (*)(const PackedPanel* const panels[2], int np, const PreparedActs& a, int t0, int nt, float* y,
+                         int64_t ldy);
+
 // Slots of a row_dot table: GGML type ids below this (the extension types have no fast path).
 inline constexpr uint32_t kRowDotSlots = 40;
 
@@ -103,6 +147,8 @@ struct KernelSet {
   // In-place decode kernels by type id (kRowDotSlots entries, null where a type has no fast path),
   // or null for a set without any (the scalar reference).
   const RowDotFn* row_dot;
+  // The prefill panel kernel (PanelFn), or null (matmul then runs dot_int8_x4 on the integer views).
+  PanelFn panel_int8 = nullptr;
 };
 
 // The in-place decode kernel of set k for a weight type, or null.
@@ -140,5 +186,7 @@ const KernelSet* avx512_kernels();
 // them, after their CPU checks.
 const RowDotFn* avx2_row_dot_table();
 const RowDotFn* avx512_row_dot_table();
+// The AVX-512 VNNI panel kernel (kernels_panel_avx512.cpp); only avx512_kernels() calls it.
+PanelFn avx512_panel_kernel();
 
 }  // namespace mixq::kernels

@@ -238,6 +238,18 @@ MIXQ_AVX2 void attn_scores_avx2(const float* q, const float* kt, int64_t stride,
 
 MIXQ_AVX2 void attn_accumulate_avx2(const float* w, int n, const float* v, int64_t stride, int hd, float* out) {
   int i = 0;
+  // 64 dimensions at a time: eight chains (each still in position order) instead of two, so the
+  // FMA latency no longer bounds a head of 64.
+  for (; i + 64 <= hd; i += 64) {
+    __m256 a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_loadu_ps(out + i + 8 * j);
+    for (int p = 0; p < n; ++p) {
+      const __m256 wp = _mm256_broadcast_ss(w + p);
+      const float* vp = v + p * stride + i;
+      for (int j = 0; j < 8; ++j) a[j] = _mm256_fmadd_ps(wp, _mm256_loadu_ps(vp + 8 * j), a[j]);
+    }
+    for (int j = 0; j < 8; ++j) _mm256_storeu_ps(out + i + 8 * j, a[j]);
+  }
   for (; i + 16 <= hd; i += 16) {
     __m256 a0 = _mm256_loadu_ps(out + i), a1 = _mm256_loadu_ps(out + i + 8);
     for (int p = 0; p < n; ++p) {
@@ -337,23 +349,75 @@ MIXQ_AVX2 void attn_f16_accumulate_any(const float* vs_arr, const float* ms_arr,
   for (int i = 0; i < hd; ++i) out[i] *= inv;
 }
 
-// The scores of every position first (vectorized over positions), then the running maximum and
-// each step's two factors (ms rescales the accumulator on a new maximum, vs weighs the value), whose
-// exponentials are vectorized too; only the F16-rounded accumulation stays sequential.
-MIXQ_AVX2 void attn_f16_factors(const float* q, const float* kt, int64_t kstride, int hd, int len, float scale,
-                                float* s, float* f) {
-  alignas(32) float q16[256];
-  for (int i = 0; i < hd; i += 8) _mm256_store_ps(q16 + i, round_f16(_mm256_loadu_ps(q + i)));
-  const __m256 vscale = _mm256_set1_ps(scale);
-  for (int p0 = 0; p0 < len; p0 += 8) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int i = 0; i < hd; ++i) acc = _mm256_fmadd_ps(_mm256_broadcast_ss(q16 + i), _mm256_loadu_ps(kt + i * kstride + p0), acc);
-    _mm256_storeu_ps(s + p0, _mm256_mul_ps(acc, vscale));
+// Scores of NQ queries (F16-rounded, q16: NQ rows of 256) against NB blocks of 8 positions from p0:
+// s[r][p] = scale * (FMA chain over dimensions in order). Each K vector loaded once serves every
+// query, and the NQ * NB chains are independent, so the FMA latency is hidden.
+template <int NQ, int NB>
+MIXQ_AVX2 inline void attn_score_blocks(const float* q16, const float* kt, int64_t kstride, int hd, int p0, float scale,
+                                        float* const s[]) {
+  __m256 acc[NQ][NB];
+  for (int r = 0; r < NQ; ++r) {
+    for (int c = 0; c < NB; ++c) acc[r][c] = _mm256_setzero_ps();
   }
+  for (int i = 0; i < hd; ++i) {
+    const float* k = kt + i * kstride + p0;
+    __m256 kv[NB];
+    for (int c = 0; c < NB; ++c) kv[c] = _mm256_loadu_ps(k + 8 * c);
+    for (int r = 0; r < NQ; ++r) {
+      const __m256 qi = _mm256_broadcast_ss(q16 + 256 * r + i);
+      for (int c = 0; c < NB; ++c) acc[r][c] = _mm256_fmadd_ps(qi, kv[c], acc[r][c]);
+    }
+  }
+  const __m256 vscale = _mm256_set1_ps(scale);
+  for (int r = 0; r < NQ; ++r) {
+    for (int c = 0; c < NB; ++c) _mm256_storeu_ps(s[r] + p0 + 8 * c, _mm256_mul_ps(acc[r][c], vscale));
+  }
+}
+
+// s[r][p] for p < len (rounded up to 8; kt readable that far), NQ queries (1 or 4) at once.
+template <int NQ>
+MIXQ_AVX2 void attn_scores_f16(const float* const q[], const float* kt, int64_t kstride, int hd, int len, float scale,
+                               float* const s[]) {
+  alignas(32) float q16[NQ * 256];
+  for (int r = 0; r < NQ; ++r) {
+    for (int i = 0; i < hd; i += 8) _mm256_store_ps(q16 + 256 * r + i, round_f16(_mm256_loadu_ps(q[r] + i)));
+  }
+  constexpr int kBlocks = NQ == 1 ? 8 : 2;  // 8 chains either way
+  int p0 = 0;
+  for (; p0 + 8 * kBlocks <= len; p0 += 8 * kBlocks) attn_score_blocks<NQ, kBlocks>(q16, kt, kstride, hd, p0, scale, s);
+  for (; p0 < len; p0 += 8) attn_score_blocks<NQ, 1>(q16, kt, kstride, hd, p0, scale, s);
+}
+
+// From the scores s[p] (p < len): the running maximum and each step's two factors (ms rescales the
+// accumulator on a new maximum, vs weighs the value), whose exponentials are vectorized too; only
+// the F16-rounded accumulation stays sequential.
+MIXQ_AVX2 void attn_f16_factors(int len, float* s, float* f) {
   // Positions that raise the maximum get ms = exp(old - new), vs = 1; others ms = 1 and
   // vs = exp(s - max). Exponent arguments first, then one vector pass each.
+  // The running maximum m_p = max(m_{p-1}, s_p) in vectors (a prefix maximum per 8 positions,
+  // carried over): both cases of the step are then ms = exp(m_{p-1} - m_p) and vs = exp(s_p - m_p)
+  // (a new maximum gives vs = exp(0); an old one ms = exp(0)), the same values as the branches below.
   float m = -INFINITY;
-  for (int p = 0; p < len; ++p) {
+  int p = 0;
+  {
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    const __m256i up1 = _mm256_setr_epi32(0, 0, 1, 2, 3, 4, 5, 6), up2 = _mm256_setr_epi32(0, 0, 0, 1, 2, 3, 4, 5),
+                  up4 = _mm256_setr_epi32(0, 0, 0, 0, 0, 1, 2, 3);
+    __m256 carry = ninf;
+    for (; p + 8 <= len; p += 8) {
+      const __m256 x = _mm256_loadu_ps(s + p);
+      __m256 c = _mm256_max_ps(x, _mm256_blend_ps(_mm256_permutevar8x32_ps(x, up1), ninf, 0x01));
+      c = _mm256_max_ps(c, _mm256_blend_ps(_mm256_permutevar8x32_ps(c, up2), ninf, 0x03));
+      c = _mm256_max_ps(c, _mm256_blend_ps(_mm256_permutevar8x32_ps(c, up4), ninf, 0x0f));
+      const __m256 incl = _mm256_max_ps(c, carry);
+      const __m256 prev = _mm256_blend_ps(_mm256_permutevar8x32_ps(incl, up1), carry, 0x01);
+      _mm256_storeu_ps(f + p, _mm256_sub_ps(prev, incl));
+      _mm256_storeu_ps(s + p, _mm256_sub_ps(x, incl));
+      carry = _mm256_permutevar8x32_ps(incl, _mm256_set1_epi32(7));
+    }
+    m = _mm256_cvtss_f32(carry);
+  }
+  for (; p < len; ++p) {
     if (s[p] > m) {
       f[p] = m - s[p];
       m = s[p];
@@ -375,7 +439,12 @@ MIXQ_AVX2 void attn_f16_avx2(const float* q, const float* kt, int64_t kstride, c
   }
   float* s = scratch;                      // vs
   float* f = scratch + (len + 7) / 8 * 8;  // ms
-  attn_f16_factors(q, kt, kstride, hd, len, scale, s, f);
+  {
+    const float* qs[1] = {q};
+    float* ss[1] = {s};
+    attn_scores_f16<1>(qs, kt, kstride, hd, len, scale, ss);
+  }
+  attn_f16_factors(len, s, f);
   switch (hd / 8) {
     case 1: attn_f16_accumulate<1>(s, f, len, v, vstride, out); break;
     case 2: attn_f16_accumulate<2>(s, f, len, v, vstride, out); break;
@@ -397,11 +466,15 @@ MIXQ_AVX2 void attn_f16_x4_avx2(const float* const q[4], const float* kt, int64_
   const int stride = (max_len + 7) / 8 * 8;
   const float* vs[4];
   const float* ms[4];
+  float* sc[4];
+  for (int r = 0; r < 4; ++r) sc[r] = scratch + 2 * r * stride;
+  // All four queries' scores over the longest length in one pass over K (each query's positions
+  // past its own length are computed and ignored).
+  attn_scores_f16<4>(q, kt, kstride, hd, max_len, scale, sc);
   for (int r = 0; r < 4; ++r) {
-    float* s = scratch + 2 * r * stride;
-    attn_f16_factors(q[r], kt, kstride, hd, len[r], scale, s, s + stride);
-    vs[r] = s;
-    ms[r] = s + stride;
+    attn_f16_factors(len[r], sc[r], sc[r] + stride);
+    vs[r] = sc[r];
+    ms[r] = sc[r] + stride;
   }
   switch (hd / 8) {
     case 1: attn_f16_accumulate4<1>(vs, ms, len, v, vstride, out); break;
@@ -412,7 +485,7 @@ MIXQ_AVX2 void attn_f16_x4_avx2(const float* const q[4], const float* kt, int64_
 }
 
 const KernelSet kAvx2{"avx2", dot_int8_avx2, dot_f32_avx2, dot_int8_x4_avx2, dot_f32_x4_avx2, exp_sum_avx2, attn_scores_avx2, attn_accumulate_avx2,
-                      attn_f16_avx2, attn_f16_x4_avx2, nullptr};
+                      attn_f16_avx2, attn_f16_x4_avx2, nullptr, nullptr};
 
 }  // namespace
 

@@ -206,6 +206,7 @@ const KernelSet* avx512_kernels() {
     k.dot_int8_x4 = dot_int8_x4_avx512;
     k.dot_f32_x4 = dot_f32_x4_avx512;
     k.row_dot = avx512_row_dot_table();
+    k.panel_int8 = avx512_panel_kernel();
     return &k;
   }();
   return set;

@@ -137,7 +137,7 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
   check_batch(n);
   x_.resize(static_cast<size_t>(n) * static_cast<size_t>(llama_.hparams().n_embd));
   mm_.get_rows(*llama_.token_embd, tokens.data(), n, x_.data());
-  return run_layers(0, n, all_logits ? 0 : n - 1);
+  return run_layers(0, n, all_logits ? 0 : n - 1, all_logits);
 }
 
 const std::vector<float>& LlamaContext::eval_from_layer(int start, const float* x, int n, bool all_logits) {
@@ -148,7 +148,7 @@ const std::vector<float>& LlamaContext::eval_from_layer(int start, const float* 
   if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
   if (n <= 0 || n > n_ctx_) throw std::runtime_error(fmt::format("eval_from_layer: {} tokens for a context of {}", n, n_ctx_));
   x_.assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(hp.n_embd));
-  return run_layers(start, n, all_logits ? 0 : n - 1);
+  return run_layers(start, n, all_logits ? 0 : n - 1, all_logits);
 }
 
 const std::vector<float>& LlamaContext::eval_from_layer_tail(int start, const float* x, int n, int first) {
@@ -162,10 +162,10 @@ const std::vector<float>& LlamaContext::eval_from_layer_tail(int start, const fl
   if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
   if (n <= 0 || n > n_ctx_) throw std::runtime_error(fmt::format("eval_from_layer: {} tokens for a context of {}", n, n_ctx_));
   x_.assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(hp.n_embd));
-  return run_layers(start, n, first);
+  return run_layers(start, n, first, first == 0);
 }
 
-const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_logit) {
+const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_logit, bool every_token) {
   const auto& hp = llama_.hparams();
   const int e = hp.n_embd, kvd = hp.kv_dim(), ff = hp.n_ff;
   const auto un = static_cast<size_t>(n);
@@ -206,7 +206,7 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_l
   for (int t = first; t < n; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();
-  head_matmul(*llama_.output, xn.data(), count, all_logits, logits_.data());
+  head_matmul(*llama_.output, xn.data(), count, every_token, logits_.data());
   n_past_ += n;
   return logits_;
 }

@@ -84,8 +84,9 @@ class LlamaContext : public Context {
  private:
   void rope(float* v, int n_heads, int pos) const;
   // Layers start .. n_layer-1 on x_ (n tokens at n_past_), then the output norm and head on the
-  // tokens from first_logit on.
-  const std::vector<float>& run_layers(int start, int n, int first_logit);
+  // tokens from first_logit on (every_token: the caller asked for every token's logits, which
+  // head_matmul needs to emulate a batch's numerics).
+  const std::vector<float>& run_layers(int start, int n, int first_logit, bool every_token);
 
   const LlamaModel& llama_;
   AttentionMode attention_ = AttentionMode::kLlamaCppF16;

@@ -111,6 +111,33 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
     return;
   }
 
+  // Prefill of an integer type with a panel kernel: each task unpacks 2 panels of 16 rows once,
+  // repacks them (kernels.h, PackedPanel) and runs them against 4 tokens per kernel call.
+  if (k.panel_int8 != nullptr && w.type->unpack_row != nullptr) {
+    constexpr int64_t kRowsPerTask = 2 * kernels::kPanelRows;
+    run((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+      thread_local std::vector<kernels::PreparedRow> rows(kRowsPerTask);
+      thread_local kernels::PackedPanel panels[2];
+      const int64_t r0 = task * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+      for (int64_t r = r0; r < r1; ++r) {
+        kernels::prepare_row(*w.type, w.data + static_cast<size_t>(r) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
+      }
+      int np = 0;
+      for (int64_t p0 = r0; p0 < r1; p0 += kernels::kPanelRows, ++np) {
+        const kernels::PreparedRow* prow[kernels::kPanelRows];
+        const int nr = static_cast<int>(std::min<int64_t>(kernels::kPanelRows, r1 - p0));
+        for (int i = 0; i < nr; ++i) prow[i] = &rows[static_cast<size_t>(p0 - r0 + i)];
+        kernels::pack_panel(prow, nr, panels[np]);
+      }
+      const kernels::PackedPanel* pp[2] = {&panels[0], &panels[np - 1]};
+      for (int t = 0; t < n_tokens; t += 4) {
+        k.panel_int8(pp, np, acts, t, std::min(4, n_tokens - t), y + static_cast<size_t>(t) * static_cast<size_t>(out) + r0, out);
+      }
+      add_outliers(r0, r1);
+    });
+    return;
+  }
+
   constexpr int64_t kRowsPerTask = 8;
   run((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     thread_local std::vector<kernels::PreparedRow> rows(kRowsPerTask);

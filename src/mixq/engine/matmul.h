@@ -3,8 +3,9 @@
 //
 // - Activations are prepared once per input (F16/BF16 rounding, Q8_0 / Q8_1 / Q8_K blocks as ggml
 //   quantizes them) and reused by every product that reads the same input until invalidate().
-// - Each thread task decodes (or unpacks) a tile of 8 weight rows once and applies it to every
-//   token, 4 rows x 2 tokens per kernel call.
+// - Each thread task decodes (or unpacks) a tile of weight rows once and applies it to every
+//   token: for an integer type with a panel kernel (kernels.h, PackedPanel) 32 rows repacked into
+//   2 panels of 16, 4 tokens per kernel call; otherwise 8 rows, 4 rows x 2 tokens per call.
 // - Decode (at most kRowDotMaxTokens tokens) of a type with an in-place kernel (kernels.h, RowDotFn)
 //   reads each row as stored instead: no unpacking, one pass over the weight's bytes.
 // - Products under kInlineMacs multiply-accumulates run on the calling thread alone (a wake-up of

@@ -68,13 +68,13 @@ void Context::matmul(const GgufTensor& w, const float* x, int n, float* y) {
   mm_(w, r.data(), n, y);
 }
 
-void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool all_logits, float* y) {
+void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool every_token, float* y) {
   const int b = mm_.numerics_batch();
-  if (all_logits || b == 0) {
+  if (every_token || b == 0) {
     matmul(w, x, count, y);
     return;
   }
-  mm_.set_numerics_batch(1);
+  mm_.set_numerics_batch(count);
   try {
     matmul(w, x, count, y);
   } catch (...) {

@@ -176,9 +176,10 @@ class Context {
   // A graph's matrix product: mm_ on x rounded to the activation precision (a rounded copy per
   // input buffer, so the product's per-input preparation cache stays keyed by distinct inputs).
   void matmul(const GgufTensor& w, const float* x, int n, float* y);
-  // The output head's product over `count` rows: every token's (all_logits) or the last token's
-  // alone, which a batch of numerics_batch() tokens also computes as a product of one token.
-  void head_matmul(const GgufTensor& w, const float* x, int count, bool all_logits, float* y);
+  // The output head's product over `count` rows: every token's (every_token) or fewer (the last
+  // token's, or the scored tail's), which a batch of numerics_batch() tokens also computes as a
+  // product of `count` rows.
+  void head_matmul(const GgufTensor& w, const float* x, int count, bool every_token, float* y);
   // Throws unless n tokens fit after n_past (when the model bounds the context) and n > 0.
   void check_batch(int n) const;
   // Throws unless mark <= p <= n_past (mark < 0: no mark).
