@@ -27,6 +27,30 @@ TEST(ThreadPool, EveryIndexRunsOnceInEveryLoop) {
   }
 }
 
+// Loops of 2 and 64 items back to back: a worker finishing the last item of a short loop looks
+// at the claim word again just as the next, longer loop is published. Were it to read the new
+// loop's length against the old word, it would run index 2 twice (or an index of a loop that is
+// over) and count it into the new loop, whose wait would then never end (found as a hang in
+// mixq kld under load).
+TEST(ThreadPool, ALateWorkerNeverClaimsFromTheOldLoopWord) {
+  ThreadPool pool(4);  // more threads than this machine's cores: preemption widens the window
+  std::vector<std::atomic<int>> hits(64);
+  std::atomic<int> out_of_range{0};
+  for (int loop = 0; loop < 60000; ++loop) {
+    const int64_t n = loop % 2 == 0 ? 2 : 64;
+    for (int64_t i = 0; i < n; ++i) hits[static_cast<size_t>(i)].store(0, std::memory_order_relaxed);
+    pool.parallel_for(n, [&](int64_t i) {
+      if (i < 0 || i >= n) {
+        out_of_range.fetch_add(1);
+        return;
+      }
+      hits[static_cast<size_t>(i)].fetch_add(1);
+    });
+    for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << "loop " << loop << " index " << i;
+    ASSERT_EQ(out_of_range.load(), 0) << "loop " << loop;
+  }
+}
+
 TEST(ThreadPool, WorkersWakeAfterSleepingAndShareTheWork) {
   ThreadPool pool(3);
   for (int round = 0; round < 3; ++round) {

@@ -77,14 +77,16 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::run_items(uint32_t generation) {
-  uint64_t c = claim_.load(std::memory_order_acquire);
+  // Sequentially consistent claim and count: a worker that read the next loop's n_ must fail its
+  // claim on this loop's word, because run_loop closes the word before it writes n_ (see there).
+  uint64_t c = claim_.load();
   for (;;) {
     // A claim succeeds only while its loop is current and has items left; then n_ and fn_ are
     // that loop's (the loop cannot end before the claimed item finishes).
     if (static_cast<uint32_t>(c >> 32) != generation) return;
     const int64_t i = static_cast<int64_t>(c & 0xffffffffu);
-    if (i >= n_.load(std::memory_order_relaxed)) return;
-    if (!claim_.compare_exchange_weak(c, c + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+    if (i >= n_.load()) return;
+    if (!claim_.compare_exchange_weak(c, c + 1)) continue;
     if (!failed_.load(std::memory_order_relaxed)) {
       try {
         (*fn_.load(std::memory_order_relaxed))(i);
@@ -98,7 +100,7 @@ void ThreadPool::run_items(uint32_t generation) {
       { std::lock_guard lock(mu_); }
       done_.notify_all();
     }
-    c = claim_.load(std::memory_order_acquire);
+    c = claim_.load();
   }
 }
 
@@ -119,12 +121,17 @@ void ThreadPool::worker_loop() {
 }
 
 void ThreadPool::run_loop(int64_t n, const std::function<void(int64_t)>& fn) {
-  n_.store(n, std::memory_order_relaxed);
+  const uint32_t g = generation_.load() + 1;
+  // Close the previous loop's claim word first (the new generation with no index left). A worker
+  // still in the previous loop holds that word's old value: without this, it could read the new
+  // n_ below, claim "index n_old" on the old word, run it and count it into this loop (finished_
+  // then passes n, and the wait below never ends).
+  claim_.store(static_cast<uint64_t>(g) << 32 | 0xffffffffu);
+  n_.store(n);
   fn_.store(&fn, std::memory_order_relaxed);
   finished_.store(0, std::memory_order_relaxed);
   failed_.store(false, std::memory_order_relaxed);
-  const uint32_t g = generation_.load() + 1;
-  claim_.store(static_cast<uint64_t>(g) << 32, std::memory_order_release);
+  claim_.store(static_cast<uint64_t>(g) << 32);
   generation_.store(g);
   if (sleepers_.load() > 0) {
     { std::lock_guard lock(mu_); }
