@@ -7,6 +7,7 @@
 // percent of prefill. Blocks with a non-finite value, or whose reciprocal scale overflows, are
 // left to the scalar code (its saturation rules); so are partial blocks.
 #include "mixq/engine/kernels.h"
+#include "mixq/util/cpu_features.h"
 
 #include <cmath>
 #include <limits>
@@ -107,10 +108,7 @@ MIXQ_ACT bool q8_k_block_avx2(const float* x, int8_t* q, float* d_out, int32_t s
   return true;
 }
 
-bool cpu_has_avx2() {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
+bool cpu_has_avx2() { return cpu_features().has_avx2_fma(); }
 
 }  // namespace
 

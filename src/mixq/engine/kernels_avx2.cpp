@@ -1,12 +1,12 @@
 // AVX2 + FMA kernels. Compiled with target attributes, so a portable build (MIXQ_NATIVE=OFF) still
 // carries them and best_kernels() picks them only when the CPU reports AVX2 and FMA.
 #include "mixq/engine/kernels.h"
+#include "mixq/util/cpu_features.h"
 
 #include <algorithm>
 #include <cmath>
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
 #include <immintrin.h>
 #define MIXQ_HAVE_AVX2_KERNELS 1
 #endif
@@ -490,11 +490,7 @@ const KernelSet kAvx2{"avx2", dot_int8_avx2, dot_f32_avx2, dot_int8_x4_avx2, dot
 }  // namespace
 
 const KernelSet* avx2_kernels() {
-  __builtin_cpu_init();
-  // F16C from CPUID leaf 1 (ECX bit 29): clang's __builtin_cpu_supports does not know "f16c".
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
-  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)) return nullptr;
+  if (!(cpu_features().has_avx2_fma() && cpu_features().f16c)) return nullptr;
   static const KernelSet k = [] {
     KernelSet s = kAvx2;
     s.row_dot = avx2_row_dot_table();

@@ -12,9 +12,9 @@
 // The attention and softmax kernels are the AVX2 set's (this CPU has AVX2 too): with the head
 // sizes of the models here (8 to 64), wider vectors would not shorten their sequential F16 chains.
 #include "mixq/engine/kernels.h"
+#include "mixq/util/cpu_features.h"
 
 #if defined(__x86_64__) || defined(__i386__)
-#include <cpuid.h>
 #include <immintrin.h>
 #define MIXQ_HAVE_AVX512_KERNELS 1
 #endif
@@ -180,25 +180,14 @@ MIXQ_AVX512 void dot_f32_x4_avx512(int64_t n_pad, const float* const w[4], const
   }
 }
 
-// AVX-512 F/BW/VL from CPUID leaf 7 (EBX bits 16, 30, 31), VNNI (ECX bit 11), and the OS saving
-// the opmask and ZMM state (XCR0 bits 1, 2, 5, 6, 7).
-bool cpu_has_avx512_vnni() {
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0 || (ecx & (1u << 27)) == 0) return false;  // OSXSAVE
-  unsigned xcr0_lo = 0, xcr0_hi = 0;
-  __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
-  if ((xcr0_lo & 0xe6u) != 0xe6u) return false;
-  if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
-  const unsigned need_ebx = (1u << 16) | (1u << 30) | (1u << 31);
-  return (ebx & need_ebx) == need_ebx && (ecx & (1u << 11)) != 0;
-}
 
 }  // namespace
 
 const KernelSet* avx512_kernels() {
   static const KernelSet* set = []() -> const KernelSet* {
     const KernelSet* avx2 = avx2_kernels();
-    if (avx2 == nullptr || !cpu_has_avx512_vnni()) return nullptr;
+    const CpuFeatures& cpu = cpu_features();
+    if (avx2 == nullptr || !cpu.has_avx512_fbwvl() || !cpu.avx512vnni) return nullptr;
     static KernelSet k = *avx2;
     k.name = "avx512";
     k.dot_int8 = dot_int8_avx512;
