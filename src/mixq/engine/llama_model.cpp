@@ -141,28 +141,26 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
 }
 
 const std::vector<float>& LlamaContext::eval_from_layer(int start, const float* x, int n, bool all_logits) {
-  const auto& hp = llama_.hparams();
-  if (start < 0 || start > hp.n_layer) {
-    throw std::runtime_error(fmt::format("eval_from_layer: layer {} is outside 0 .. {}", start, hp.n_layer));
-  }
-  if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
-  if (n <= 0 || n > n_ctx_) throw std::runtime_error(fmt::format("eval_from_layer: {} tokens for a context of {}", n, n_ctx_));
-  x_.assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(hp.n_embd));
-  return run_layers(start, n, all_logits ? 0 : n - 1, all_logits);
+  return eval_from_layer_tail(start, x, n, all_logits ? 0 : n - 1, all_logits);
 }
 
 const std::vector<float>& LlamaContext::eval_from_layer_tail(int start, const float* x, int n, int first) {
-  if (first < 0 || first >= n) {
-    throw std::runtime_error(fmt::format("eval_from_layer_tail: first row {} is outside 0 .. {}", first, n - 1));
-  }
+  return eval_from_layer_tail(start, x, n, first, first == 0);
+}
+
+const std::vector<float>& LlamaContext::eval_from_layer_tail(int start, const float* x, int n, int first,
+                                                             bool every_token) {
   const auto& hp = llama_.hparams();
   if (start < 0 || start > hp.n_layer) {
     throw std::runtime_error(fmt::format("eval_from_layer: layer {} is outside 0 .. {}", start, hp.n_layer));
   }
   if (n_past_ != 0) throw std::runtime_error("eval_from_layer: the context must be reset first");
   if (n <= 0 || n > n_ctx_) throw std::runtime_error(fmt::format("eval_from_layer: {} tokens for a context of {}", n, n_ctx_));
+  if (first < 0 || first >= n) {
+    throw std::runtime_error(fmt::format("eval_from_layer_tail: first row {} is outside 0 .. {}", first, n - 1));
+  }
   x_.assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(hp.n_embd));
-  return run_layers(start, n, first, first == 0);
+  return run_layers(start, n, first, every_token);
 }
 
 const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_logit, bool every_token) {

@@ -87,6 +87,8 @@ class LlamaContext : public Context {
   // tokens from first_logit on (every_token: the caller asked for every token's logits, which
   // head_matmul needs to emulate a batch's numerics).
   const std::vector<float>& run_layers(int start, int n, int first_logit, bool every_token);
+  // eval_from_layer and its tail form: the checks, then run_layers.
+  const std::vector<float>& eval_from_layer_tail(int start, const float* x, int n, int first, bool every_token);
 
   const LlamaModel& llama_;
   AttentionMode attention_ = AttentionMode::kLlamaCppF16;
