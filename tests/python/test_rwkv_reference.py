@@ -11,7 +11,9 @@ Two checks: the reference itself reproduces rwkv.cpp's expected logits for the b
 mixq's log-probabilities over a 128-byte chunk of text (`mixq kld MODEL --save-base`, the scored
 second half of the chunk) match the reference's, which exercises the recurrent state far longer
 than three tokens. A third test checks the names and shapes of mixq's llama.cpp layout for
-RWKV-7 against the gguf package's tables.
+RWKV-7 against the gguf package's tables; a fourth loads mixq's llama.cpp-layout files (F32 and
+quantized with llama.cpp types) in llama.cpp itself and runs them (llama-bench from the dev-time
+oracle build; skipped without it).
 """
 import struct
 
@@ -234,3 +236,40 @@ def test_llama_cpp_layout_names_and_shapes(tmp_path):
                        ("rwkv7.attention.gate_lora_rank", d_g), ("rwkv7.token_shift_count", 2),
                        ("rwkv7.block_count", n_layer), ("rwkv7.embedding_length", E)]:
         assert fields[key].contents() == value, key
+
+
+def llama_bench():
+    """llama.cpp's llama-bench from the dev-time oracle build (docs/BENCHMARKS.md), or MIXQ_LLAMA_BENCH."""
+    import os
+    import pathlib
+    path = pathlib.Path(os.environ.get("MIXQ_LLAMA_BENCH",
+                                       pathlib.Path.home() / ".cache/mixq/oracles/llama.cpp-build/bin/llama-bench"))
+    if not path.exists():
+        pytest.skip(f"llama.cpp's llama-bench not found at {path} (build the oracle as docs/BENCHMARKS.md says, or "
+                    "set MIXQ_LLAMA_BENCH)")
+    return path
+
+
+@pytest.mark.parametrize("qtype", ["f32", "q8_0", "q5_1", "q4_0"])
+def test_llama_cpp_loads_and_runs_mixq_rwkv7_files(qtype, tmp_path):
+    """A file mixq converts to llama.cpp's layout, and quantizes with llama.cpp types, loads in llama.cpp as
+    an rwkv7 model of that type and evaluates a prompt and generated tokens there (llama-bench)."""
+    import json
+    import subprocess
+    bench = llama_bench()
+    src = require_shared("rwkv-tiny/tiny-rwkv-7v0-834K-FP32.bin")
+    f32 = tmp_path / "l-f32.gguf"
+    run(MIXQ, "convert", src, f32, "--layout", "llama.cpp")
+    model = f32
+    if qtype != "f32":
+        model = tmp_path / f"l-{qtype}.gguf"
+        run(MIXQ, "quantize", f32, model, qtype, "--compat", "llama.cpp")
+    r = subprocess.run([str(bench), "-m", str(model), "-p", "8", "-n", "8", "-t", "1", "-r", "1", "-o", "json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(r.stdout)
+    assert [(x["n_prompt"], x["n_gen"]) for x in rows] == [(8, 0), (0, 8)]
+    for x in rows:
+        assert x["model_type"].startswith("rwkv7"), x["model_type"]
+        assert qtype.upper() in x["model_type"] or (qtype == "f32" and "F32" in x["model_type"]), x["model_type"]
+        assert x["avg_ts"] > 0
