@@ -384,18 +384,26 @@ TEST_F(Measure, QuantizeAppliesThePlanAtThePlannedSize) {
   EXPECT_THROW(plan_model(*file_, qo), PolicyError);
 }
 
+// A full eval (every token's logits), keeping the state entering every block and the head.
+std::vector<float> eval_keeping_layer_inputs(const LlamaModel& model, LlamaContext& ctx, const std::vector<int32_t>& tokens,
+                                            std::vector<std::vector<float>>& inputs) {
+  inputs.assign(static_cast<size_t>(model.hparams().n_layer) + 1, {});
+  ctx.set_layer_observer([&](int l, const float* x, int n) {
+    inputs[static_cast<size_t>(l)].assign(x, x + static_cast<size_t>(n) * model.hparams().n_embd);
+  });
+  std::vector<float> full = ctx.eval(tokens, true);
+  ctx.set_layer_observer(nullptr);
+  return full;
+}
+
 TEST(Engine, EvalFromLayerEqualsTheFullEval) {
   const GgufFile f = GgufFile::open(test::stories260K_gguf());
   const LlamaModel model(f);
   std::vector<int32_t> tokens;
   for (int i = 0; i < 40; ++i) tokens.push_back((i * 37 + 1) % model.hparams().n_vocab);
   LlamaContext ctx(model, 64, 2);
-  std::vector<std::vector<float>> inputs(static_cast<size_t>(model.hparams().n_layer) + 1);
-  ctx.set_layer_observer([&](int l, const float* x, int n) {
-    inputs[static_cast<size_t>(l)].assign(x, x + static_cast<size_t>(n) * model.hparams().n_embd);
-  });
-  const std::vector<float> full = ctx.eval(tokens, true);
-  ctx.set_layer_observer(nullptr);
+  std::vector<std::vector<float>> inputs;
+  const std::vector<float> full = eval_keeping_layer_inputs(model, ctx, tokens, inputs);
   for (int l = 0; l <= model.hparams().n_layer; ++l) {
     ctx.reset();
     const auto& part = ctx.eval_from_layer(l, inputs[static_cast<size_t>(l)].data(), 40, true);
@@ -594,12 +602,8 @@ TEST(Engine, EvalFromLayerTailEqualsTheFullEvalsRows) {
   std::vector<int32_t> tokens;
   for (int i = 0; i < 40; ++i) tokens.push_back((i * 53 + 7) % model.hparams().n_vocab);
   LlamaContext ctx(model, 64, 2);
-  std::vector<std::vector<float>> inputs(static_cast<size_t>(model.hparams().n_layer) + 1);
-  ctx.set_layer_observer([&](int l, const float* x, int n) {
-    inputs[static_cast<size_t>(l)].assign(x, x + static_cast<size_t>(n) * model.hparams().n_embd);
-  });
-  const std::vector<float> full = ctx.eval(tokens, true);
-  ctx.set_layer_observer(nullptr);
+  std::vector<std::vector<float>> inputs;
+  const std::vector<float> full = eval_keeping_layer_inputs(model, ctx, tokens, inputs);
   const size_t V = static_cast<size_t>(model.hparams().n_vocab);
   for (int l = 0; l <= model.hparams().n_layer; ++l) {
     for (int first : {0, 20, 39}) {
