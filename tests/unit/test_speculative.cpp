@@ -359,31 +359,31 @@ std::string stdout_text(const std::string& out) {
 TEST(SpeculativeCli, GreedyDraftAndSamePrefillChangeNothing) {
   const auto dir = fresh_dir("spec-cli");
   // The F32 model, and a q8_0 one (batch and decode kernels round differently).
-  for (const std::string m : {test::stories260K_gguf().string(),
-                              quantized(test::stories260K_gguf(), dir / "q8.gguf", TypeId::Q8_0).string()}) {
-  SCOPED_TRACE(m);
-  const std::string d = quantized(test::stories260K_gguf(), dir / "q4.gguf", TypeId::Q4_0).string();
-  const std::string base = fmt::format("generate '{}' -p 'Once upon a time' -n 48 --temp 0 -t 1", m);
-  const auto alone = test::run_cli(base);
-  ASSERT_EQ(alone.exit_code, 0) << alone.output;
-  const auto spec = test::run_cli(base + fmt::format(" --draft '{}' --draft-max 5 --draft-baseline", d));
-  ASSERT_EQ(spec.exit_code, 0) << spec.output;
-  EXPECT_EQ(stdout_text(spec.output), stdout_text(alone.output));
-  EXPECT_NE(spec.output.find("speculative: "), std::string::npos) << spec.output;
-  EXPECT_NE(spec.output.find("acceptance "), std::string::npos) << spec.output;
-  EXPECT_NE(spec.output.find("target alone: 48 tokens, "), std::string::npos) << spec.output;
-  EXPECT_NE(spec.output.find("x\n", spec.output.find("speedup ")), std::string::npos) << spec.output;
-  // --prefill-model with the main file itself: the same text, and a KLD of zero.
-  const auto same = test::run_cli(base + fmt::format(" --prefill-model '{}' --prefill-kld", m));
-  ASSERT_EQ(same.exit_code, 0) << same.output;
-  EXPECT_EQ(stdout_text(same.output), stdout_text(alone.output));
-  EXPECT_NE(same.output.find("KLD(MODEL throughout || prefill by --prefill-model) mean 0,"), std::string::npos)
-      << same.output;
-  // A q4_0 prefill: runs, and costs a KLD above zero.
-  const auto low = test::run_cli(base + fmt::format(" --prefill-model '{}' --prefill-kld", d));
-  ASSERT_EQ(low.exit_code, 0) << low.output;
-  EXPECT_NE(low.output.find("prefill-kld: "), std::string::npos) << low.output;
-  EXPECT_EQ(low.output.find("mean 0,"), std::string::npos) << low.output;
+  for (const std::string& m : {test::stories260K_gguf().string(),
+                               quantized(test::stories260K_gguf(), dir / "q8.gguf", TypeId::Q8_0).string()}) {
+    SCOPED_TRACE(m);
+    const std::string d = quantized(test::stories260K_gguf(), dir / "q4.gguf", TypeId::Q4_0).string();
+    const std::string base = fmt::format("generate '{}' -p 'Once upon a time' -n 48 --temp 0 -t 1", m);
+    const auto alone = test::run_cli(base);
+    ASSERT_EQ(alone.exit_code, 0) << alone.output;
+    const auto spec = test::run_cli(base + fmt::format(" --draft '{}' --draft-max 5 --draft-baseline", d));
+    ASSERT_EQ(spec.exit_code, 0) << spec.output;
+    EXPECT_EQ(stdout_text(spec.output), stdout_text(alone.output));
+    EXPECT_NE(spec.output.find("speculative: "), std::string::npos) << spec.output;
+    EXPECT_NE(spec.output.find("acceptance "), std::string::npos) << spec.output;
+    EXPECT_NE(spec.output.find("target alone: 48 tokens, "), std::string::npos) << spec.output;
+    EXPECT_NE(spec.output.find("x\n", spec.output.find("speedup ")), std::string::npos) << spec.output;
+    // --prefill-model with the main file itself: the same text, and a KLD of zero.
+    const auto same = test::run_cli(base + fmt::format(" --prefill-model '{}' --prefill-kld", m));
+    ASSERT_EQ(same.exit_code, 0) << same.output;
+    EXPECT_EQ(stdout_text(same.output), stdout_text(alone.output));
+    EXPECT_NE(same.output.find("KLD(MODEL throughout || prefill by --prefill-model) mean 0,"), std::string::npos)
+        << same.output;
+    // A q4_0 prefill: runs, and costs a KLD above zero.
+    const auto low = test::run_cli(base + fmt::format(" --prefill-model '{}' --prefill-kld", d));
+    ASSERT_EQ(low.exit_code, 0) << low.output;
+    EXPECT_NE(low.output.find("prefill-kld: "), std::string::npos) << low.output;
+    EXPECT_EQ(low.output.find("mean 0,"), std::string::npos) << low.output;
   }
 }
 
