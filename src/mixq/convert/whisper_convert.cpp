@@ -4,10 +4,10 @@
 #include <fstream>
 #include <functional>
 #include <map>
-#include <regex>
 #include <stdexcept>
 
 #include <fmt/format.h>
+#include <re2/re2.h>
 #include <nlohmann/json.hpp>
 
 #include "mixq/convert/ctranslate2.h"
@@ -194,10 +194,10 @@ struct Ct2Piece {
 };
 
 Ct2Piece ct2_piece_for(const std::string& name) {
-  static const std::regex block(R"((encoder|decoder)\.blocks\.(\d+)\.(.*))");
-  std::smatch m;
-  if (std::regex_match(name, m, block)) {
-    const std::string base = fmt::format("{}/layer_{}/", m[1].str(), m[2].str()), rest = m[3].str();
+  static const re2::RE2 block(R"((encoder|decoder)\.blocks\.(\d+)\.(.*))");
+  std::string part, layer, rest;
+  if (re2::RE2::FullMatch(name, block, &part, &layer, &rest)) {
+    const std::string base = fmt::format("{}/layer_{}/", part, layer);
     auto linear = [&](const std::string& mod, const std::string& lin, int part, int parts, const std::string& what) {
       return Ct2Piece{base + mod + "/" + lin + "/" + what, part, parts};
     };
