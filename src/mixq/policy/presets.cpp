@@ -122,7 +122,8 @@ std::string upper(std::string s) {
 // or "boundary:nf4:i8_row". The embedding is not a layer: it gets TYPE.
 Preset boundary_preset(TypeId base, std::optional<TypeId> edge = std::nullopt) {
   const TypeId up = edge ? *edge : one_step_more_precise(base);
-  Preset p{"boundary:" + std::string(type_traits(base).name) + (edge ? ":" + std::string(type_traits(*edge).name) : ""),
+  Preset p{edge ? fmt::format("boundary:{}:{}", type_traits(base).name, type_traits(*edge).name)
+                : fmt::format("boundary:{}", type_traits(base).name),
            base, {}, 15,
            edge ? fmt::format("first and last two layers and the head {}, the rest {}", type_traits(up).name,
                               type_traits(base).name)
