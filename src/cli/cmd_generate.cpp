@@ -204,9 +204,8 @@ void register_generate(CLI::App& app) {
       pctx->set_numerics_batch(whole);
       pctx->eval(std::vector<int32_t>(prompt.begin(), prompt.end() - 1), false);
       ctx->import_state(pctx->export_state());
-      ctx->set_numerics_batch(whole);
+      const NumericsBatchScope as_whole(*ctx, whole);
       logits = &ctx->eval({prompt.back()}, false);
-      ctx->set_numerics_batch(0);
     } else {
       logits = &ctx->eval(prompt, false);
     }

@@ -69,19 +69,12 @@ void Context::matmul(const GgufTensor& w, const float* x, int n, float* y) {
 }
 
 void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool every_token, float* y) {
-  const int b = mm_.numerics_batch();
-  if (every_token || b == 0) {
+  if (every_token || numerics_batch() == 0) {
     matmul(w, x, count, y);
     return;
   }
-  mm_.set_numerics_batch(count);
-  try {
-    matmul(w, x, count, y);
-  } catch (...) {
-    mm_.set_numerics_batch(b);
-    throw;
-  }
-  mm_.set_numerics_batch(b);
+  const NumericsBatchScope head(*this, count);
+  matmul(w, x, count, y);
 }
 
 void Model::load_outliers() {

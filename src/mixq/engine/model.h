@@ -198,4 +198,17 @@ class Context {
   std::vector<float> tail_;  // the default eval_from_layer_tail's result
 };
 
+// Context::set_numerics_batch(b) for as long as this lives; the previous setting comes back after.
+class NumericsBatchScope {
+ public:
+  NumericsBatchScope(Context& c, int b) : c_(c), before_(c.numerics_batch()) { c_.set_numerics_batch(b); }
+  ~NumericsBatchScope() { c_.set_numerics_batch(before_); }
+  NumericsBatchScope(const NumericsBatchScope&) = delete;
+  NumericsBatchScope& operator=(const NumericsBatchScope&) = delete;
+
+ private:
+  Context& c_;
+  int before_;
+};
+
 }  // namespace mixq

@@ -12,19 +12,6 @@ namespace mixq {
 namespace {
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-// A context evaluates with a lone token's numerics while this lives (Context::set_numerics_batch).
-class LoneTokenNumerics {
- public:
-  explicit LoneTokenNumerics(Context& c) : c_(c), before_(c.numerics_batch()) { c_.set_numerics_batch(1); }
-  ~LoneTokenNumerics() { c_.set_numerics_batch(before_); }
-  LoneTokenNumerics(const LoneTokenNumerics&) = delete;
-  LoneTokenNumerics& operator=(const LoneTokenNumerics&) = delete;
-
- private:
-  Context& c_;
-  int before_;
-};
 }  // namespace
 
 SpeculativeDecoder::SpeculativeDecoder(Context& target, Context& draft, Sampler& sampler, Sampler& draft_sampler,
@@ -62,7 +49,7 @@ std::vector<int32_t> SpeculativeDecoder::step(int max_new) {
     const std::vector<int32_t> pending(seq_.begin() + draft_.n_past(), seq_.end());
     const std::vector<float>* logits = &draft_prompt_logits_;
     if (!pending.empty()) {
-      const LoneTokenNumerics lone(draft_);
+      const NumericsBatchScope lone(draft_, 1);
       logits = &draft_.eval(pending, false);
     }
     if (q_.size() < static_cast<size_t>(m_max)) q_.resize(static_cast<size_t>(m_max));
@@ -99,7 +86,7 @@ std::vector<int32_t> SpeculativeDecoder::step(int max_new) {
   const float* rows = nullptr;
   if (!batch.empty()) {
     const auto t_target = Clock::now();
-    const LoneTokenNumerics lone(target_);
+    const NumericsBatchScope lone(target_, 1);
     rows = target_.eval(batch, batch.size() > 1).data();
     stats_.target_seconds += since(t_target);
   }
