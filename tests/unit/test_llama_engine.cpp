@@ -1,6 +1,7 @@
 // The reference LLaMA forward pass on the real stories260K model.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -104,6 +105,7 @@ TEST(LlamaEngine, BadInputIsAClearError) {
   }
 }
 
+
 }  // namespace
 }  // namespace mixq
 
@@ -169,6 +171,7 @@ TEST(LlamaEngine, SmolLM2PerplexityAndGenerationMatchLlamaCpp) {
   EXPECT_EQ(out.substr(0, 6), " Paris") << out;
 }
 
+
 }  // namespace
 }  // namespace mixq
 
@@ -205,6 +208,7 @@ TEST(LlamaEngine, AttentionModesAgree) {
     EXPECT_NE(std::string(e.what()).find("f16"), std::string::npos) << e.what();
   }
 }
+
 
 }  // namespace
 }  // namespace mixq
@@ -308,6 +312,65 @@ TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
   for (const TypeTraits& t : all_types()) {
     if (kernels::row_dot_for(best, t.id) != nullptr) {
       EXPECT_TRUE(exercised.count(t.name)) << t.name << " not exercised";
+    }
+  }
+  fs::remove_all(dir);
+}
+
+
+// MatMul's grouped products (a layer's Q, K, V; gate and up) are the single products, bit for bit:
+// in the grouped decode loop (types of different activation formats side by side, one and two
+// threads, the inline size and the pooled one), and in the one-by-one fallback (prefill batches).
+// The observer sees every weight once with the shared input; inputs of different lengths throw.
+TEST(MatMul, GroupedProductsEqualOneByOne) {
+  namespace fs = std::filesystem;
+  const fs::path dir = test::temp_dir() / "grouped_products";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const int n_embd : {64, 256}) {  // 64: the whole group under kInlineMacs
+    const fs::path f32 = dir / fmt::format("f32-{}.gguf", n_embd), q = dir / fmt::format("mix-{}.gguf", n_embd);
+    test::write_synthetic_llama(f32, {.n_layers = 1, .n_embd = n_embd, .n_head = 4, .n_head_kv = 2, .n_ff = 2 * n_embd, .n_vocab = 64});
+    const auto r = test::run_cli(fmt::format("quantize --pure '{}' '{}' q5_0 --tensor-type attn_k=q4_k --tensor-type attn_v=q8_0 "
+                                             "--tensor-type ffn_up=q6_k",
+                                             f32.string(), q.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const GgufFile f = GgufFile::open(q);
+    const LlamaModel model(f);
+    const auto& L = model.layers[0];
+    for (const int threads : {1, 2}) {
+      ThreadPool pool(threads);
+      MatMul one(model, pool), grouped(model, pool);
+      std::vector<std::string> seen;
+      grouped.set_observer([&](const GgufTensor& w, const float*, int) { seen.push_back(w.name); });
+      for (const int nt : {1, 2, 3, 8}) {
+        std::vector<float> x(static_cast<size_t>(nt * n_embd));
+        std::mt19937 rng(static_cast<uint32_t>(nt * 31 + n_embd));
+        std::normal_distribution<float> g;
+        for (auto& v : x) v = g(rng);
+        for (const auto& group : {std::vector<const GgufTensor*>{L.wq, L.wk, L.wv}, std::vector<const GgufTensor*>{L.gate, L.up}}) {
+          std::vector<std::vector<float>> a, b;
+          for (const GgufTensor* w : group) {
+            a.emplace_back(static_cast<size_t>(nt * w->n_rows()), 0.0f);
+            b.emplace_back(static_cast<size_t>(nt * w->n_rows()), 1.0f);
+            one(*w, x.data(), nt, a.back().data());
+          }
+          seen.clear();
+          grouped.invalidate();
+          if (group.size() == 3) {
+            grouped({{group[0], b[0].data()}, {group[1], b[1].data()}, {group[2], b[2].data()}}, x.data(), nt);
+          } else {
+            grouped({{group[0], b[0].data()}, {group[1], b[1].data()}}, x.data(), nt);
+          }
+          ASSERT_EQ(seen.size(), group.size());
+          for (size_t i = 0; i < group.size(); ++i) {
+            EXPECT_EQ(seen[i], group[i]->name);
+            EXPECT_EQ(std::memcmp(a[i].data(), b[i].data(), a[i].size() * sizeof(float)), 0)
+                << group[i]->name << " (" << group[i]->type->name << ") nt=" << nt << " threads=" << threads << " n_embd=" << n_embd;
+          }
+        }
+      }
+      std::vector<float> x(static_cast<size_t>(2 * model.hparams().n_ff)), y1(10000), y2(10000);
+      EXPECT_THROW(grouped({{L.wq, y1.data()}, {L.down, y2.data()}}, x.data(), 1), std::runtime_error);
     }
   }
   fs::remove_all(dir);

@@ -177,9 +177,7 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_l
     const std::vector<float>&attn_norm = norms_[2 * static_cast<size_t>(l)], &ffn_norm = norms_[2 * static_cast<size_t>(l) + 1];
     for (int t = 0; t < n; ++t) rms_norm(&x[t * e], attn_norm.data(), e, hp.rms_eps, &xn[t * e]);
     mm_.invalidate();
-    matmul(*L.wq, xn.data(), n, q.data());
-    matmul(*L.wk, xn.data(), n, k.data());
-    matmul(*L.wv, xn.data(), n, v.data());
+    matmuls({{L.wq, q.data()}, {L.wk, k.data()}, {L.wv, v.data()}}, xn.data(), n);
     for (int t = 0; t < n; ++t) {
       rope(&q[t * e], hp.n_head, n_past_ + t);
       rope(&k[t * kvd], hp.n_head_kv, n_past_ + t);
@@ -191,8 +189,7 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_l
     for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
     for (int t = 0; t < n; ++t) rms_norm(&x[t * e], ffn_norm.data(), e, hp.rms_eps, &xn[t * e]);
     mm_.invalidate();
-    matmul(*L.gate, xn.data(), n, gate.data());
-    matmul(*L.up, xn.data(), n, up.data());
+    matmuls({{L.gate, gate.data()}, {L.up, up.data()}}, xn.data(), n);
     for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];  // SwiGLU
     mm_.invalidate();
     matmul(*L.down, gate.data(), n, tmp.data());

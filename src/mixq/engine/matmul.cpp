@@ -51,6 +51,76 @@ void MatMul::get_rows(const GgufTensor& weight, const int32_t* ids, int n, float
   }
 }
 
+kernels::RowDotFn MatMul::decode_kernel(const GgufTensor& w, int n_tokens) const {
+  const int path_tokens = numerics_batch_ > 0 ? numerics_batch_ : n_tokens;
+  return path_tokens <= kRowDotMaxTokens ? kernels::row_dot_for(*kernels_, w.type->id) : nullptr;
+}
+
+int64_t MatMul::decode_rows_per_block(int64_t rows, bool inline_run) const {
+  // About 8 blocks per thread (at least 16 rows each): enough for the threads to even out, few
+  // enough that claiming them (an atomic on a line the threads share) stays off the profile.
+  const int64_t wanted = inline_run ? 1 : 8 * static_cast<int64_t>(pool_.size());
+  return std::max<int64_t>(16, ((rows + wanted - 1) / wanted + 15) / 16 * 16);
+}
+
+void MatMul::decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, const kernels::PreparedActs& acts, int n_tokens,
+                         int64_t r0, int64_t r1, float* y) {
+  const int64_t in = w.row_length(), out = w.n_rows();
+  const size_t row_bytes = w.type->row_bytes(in);
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + static_cast<size_t>(r) * row_bytes;
+    for (int t = 0; t < n_tokens; ++t) {
+      y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] = row_dot(row, in, acts.q_row(t), acts.dx_row(t), acts.dsum_row(t));
+    }
+  }
+}
+
+void MatMul::operator()(std::initializer_list<Product> products, const float* x, int n_tokens) {
+  // Grouped only where every product takes the plain in-place decode path; otherwise one by one.
+  bool grouped = products.size() > 1;
+  for (const Product& p : products) {
+    if (p.w->row_length() != products.begin()->w->row_length()) {
+      throw std::runtime_error(fmt::format("grouped product: {} and {} take inputs of different lengths", products.begin()->w->name, p.w->name));
+    }
+    const GgufTensor& w = resolve(*p.w);
+    grouped = grouped && decode_kernel(w, n_tokens) != nullptr && model_.outliers_of(w) == nullptr;
+  }
+  if (!grouped) {
+    for (const Product& p : products) (*this)(*p.w, x, n_tokens, p.y);
+    return;
+  }
+  int64_t macs = 0;
+  for (const Product& p : products) {
+    if (observer_) observer_(*p.w, x, n_tokens);
+    macs += p.w->row_length() * p.w->n_rows() * n_tokens;
+  }
+  // Every format's activations first (each format has its own slot, so these stay valid).
+  std::vector<const kernels::PreparedActs*> acts;
+  acts.reserve(products.size());
+  for (const Product& p : products) acts.push_back(&prepared(resolve(*p.w).type->act_format, x, n_tokens, p.w->row_length()));
+  const bool inline_run = macs < kInlineMacs;
+  row_blocks_.clear();
+  int i = 0;
+  for (const Product& p : products) {
+    const int64_t rows = p.w->n_rows(), per = decode_rows_per_block(rows, inline_run);
+    for (int64_t r0 = 0; r0 < rows; r0 += per) row_blocks_.push_back({i, r0, std::min(rows, r0 + per)});
+    ++i;
+  }
+  const Product* ps = products.begin();
+  const auto task = [&](int64_t t) {
+    const RowBlock& b = row_blocks_[static_cast<size_t>(t)];
+    const Product& p = ps[b.product];
+    const GgufTensor& w = resolve(*p.w);
+    decode_rows(decode_kernel(w, n_tokens), w, *acts[static_cast<size_t>(b.product)], n_tokens, b.r0, b.r1, p.y);
+  };
+  const auto n_tasks = static_cast<int64_t>(row_blocks_.size());
+  if (inline_run) {
+    for (int64_t t = 0; t < n_tasks; ++t) task(t);
+  } else {
+    pool_.parallel_for(n_tasks, task);
+  }
+}
+
 void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, float* y) {
   if (observer_) observer_(weight, x, n_tokens);
   const GgufTensor& w = resolve(weight);
@@ -92,20 +162,11 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
 
   // Decode (a few tokens, or numerics_batch_ says so): each row is read once, as stored, by the
   // type's in-place kernel.
-  const int path_tokens = numerics_batch_ > 0 ? numerics_batch_ : n_tokens;
-  if (const kernels::RowDotFn row_dot = path_tokens <= kRowDotMaxTokens ? kernels::row_dot_for(k, w.type->id) : nullptr) {
-    // About 8 blocks per thread (at least 16 rows each): enough for the threads to even out, few
-    // enough that claiming them (an atomic on a line the threads share) stays off the profile.
-    const int64_t wanted = inline_run ? 1 : 8 * static_cast<int64_t>(pool_.size());
-    const int64_t rows_per_block = std::max<int64_t>(16, ((out + wanted - 1) / wanted + 15) / 16 * 16);
+  if (const kernels::RowDotFn row_dot = decode_kernel(w, n_tokens)) {
+    const int64_t rows_per_block = decode_rows_per_block(out, inline_run);
     run((out + rows_per_block - 1) / rows_per_block, [&](int64_t task) {
       const int64_t r0 = task * rows_per_block, r1 = std::min(out, r0 + rows_per_block);
-      for (int64_t r = r0; r < r1; ++r) {
-        const uint8_t* row = w.data + static_cast<size_t>(r) * row_bytes;
-        for (int t = 0; t < n_tokens; ++t) {
-          y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] = row_dot(row, in, acts.q_row(t), acts.dx_row(t), acts.dsum_row(t));
-        }
-      }
+      decode_rows(row_dot, w, acts, n_tokens, r0, r1, y);
       add_outliers(r0, r1);
     });
     return;

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <initializer_list>
 #include <unordered_map>
 #include <vector>
 
@@ -42,6 +43,15 @@ class MatMul {
   MatMul(const Model& model, ThreadPool& pool);
 
   void operator()(const GgufTensor& w, const float* x, int n_tokens, float* y);
+  // Several products of one input (a layer's Q, K and V; gate and up): y_i = x times w_i's rows.
+  // Decode runs all their row blocks in one parallel loop (one wake-up, and the threads even out
+  // over the sum of the rows instead of each small product alone); the results are bit-identical to
+  // calling operator() on each in turn, which is what other batches and outlier columns do.
+  struct Product {
+    const GgufTensor* w;
+    float* y;
+  };
+  void operator()(std::initializer_list<Product> products, const float* x, int n_tokens);
   // Rows `ids` of an embedding matrix, decoded to F32 (n x row length), outlier columns restored.
   void get_rows(const GgufTensor& w, const int32_t* ids, int n, float* out);
   // The input buffers may have changed: prepare activations again on the next product.
@@ -69,6 +79,11 @@ class MatMul {
 
  private:
   const kernels::PreparedActs& prepared(ActFormat f, const float* x, int n_tokens, int64_t n);
+  // The in-place kernel w's product of n_tokens takes, or null (another path).
+  kernels::RowDotFn decode_kernel(const GgufTensor& w, int n_tokens) const;
+  int64_t decode_rows_per_block(int64_t rows, bool inline_run) const;
+  static void decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, const kernels::PreparedActs& acts, int n_tokens,
+                          int64_t r0, int64_t r1, float* y);
 
   const Model& model_;
   ThreadPool& pool_;
@@ -85,6 +100,11 @@ class MatMul {
   // A weight with outlier columns: its input with those entries zeroed, prepared for it alone.
   std::vector<float> x_masked_;
   kernels::PreparedActs masked_acts_;
+  struct RowBlock {
+    int product;
+    int64_t r0, r1;
+  };
+  std::vector<RowBlock> row_blocks_;  // the grouped decode's tasks
 };
 
 }  // namespace mixq

@@ -68,6 +68,22 @@ void Context::matmul(const GgufTensor& w, const float* x, int n, float* y) {
   mm_(w, r.data(), n, y);
 }
 
+void Context::matmuls(std::initializer_list<MatMul::Product> products, const float* x, int n) {
+  if (activations_ == ActivationPrecision::kF32 || products.size() == 0) {
+    mm_(products, x, n);
+    return;
+  }
+  const GgufTensor& w = *products.begin()->w;
+  const auto len = static_cast<size_t>(w.row_length()), count = len * static_cast<size_t>(n);
+  std::vector<float>& r = rounded_[x];
+  if (r.size() < count) {
+    r.resize(count);
+    mm_.invalidate();
+  }
+  round_activations(activations_, x, count, len, r.data());
+  mm_(products, r.data(), n);
+}
+
 void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool every_token, float* y) {
   if (every_token || numerics_batch() == 0) {
     matmul(w, x, count, y);

@@ -176,6 +176,8 @@ class Context {
   // A graph's matrix product: mm_ on x rounded to the activation precision (a rounded copy per
   // input buffer, so the product's per-input preparation cache stays keyed by distinct inputs).
   void matmul(const GgufTensor& w, const float* x, int n, float* y);
+  // Several products of one input (MatMul's grouped operator: bit-identical to one by one).
+  void matmuls(std::initializer_list<MatMul::Product> products, const float* x, int n);
   // The output head's product over `count` rows: every token's (every_token) or fewer (the last
   // token's, or the scored tail's), which a batch of numerics_batch() tokens also computes as a
   // product of `count` rows.
