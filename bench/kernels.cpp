@@ -81,7 +81,7 @@ void row_dot(benchmark::State& state, mixq::kernels::RowDotFn fn, mixq::TypeId t
   mixq::kernels::prepare_activations(t.act_format, x.data(), 1, n, acts);
   float out = 0;
   for (auto _ : state) {
-    for (int r = 0; r < kRows; ++r) out += fn(bytes.data() + rb * static_cast<size_t>(r), n, acts.q_row(0), acts.dx_row(0), acts.dsum_row(0));
+    for (int r = 0; r < kRows; ++r) out += fn(bytes.data() + rb * static_cast<size_t>(r), n, acts.row(0));
     benchmark::DoNotOptimize(out);
   }
   state.SetItemsProcessed(state.iterations() * kRows * n);  // multiply-adds

@@ -63,7 +63,7 @@ float one_token_product(const kernels::KernelSet& k, const TypeTraits& type, con
   float sink = 0;
   if (const kernels::RowDotFn row_dot = kernels::row_dot_for(k, type.id)) {
     for (int64_t r = 0; r < rows; ++r) {
-      sink += row_dot(w.data() + static_cast<size_t>(r) * row_bytes, n, acts.q_row(0), acts.dx_row(0), acts.dsum_row(0));
+      sink += row_dot(w.data() + static_cast<size_t>(r) * row_bytes, n, acts.row(0));
     }
     return sink;
   }

@@ -220,6 +220,7 @@ void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t
     out.dx.resize(rows * pad / 16);
     out.dsum.resize(rows * pad / 16);
     out.qu.resize(rows * pad);
+    out.nsum4.resize(rows * pad / 4);
     for (int t = 0; t < n_tokens; ++t) {
       const float* xt = x + static_cast<size_t>(t) * static_cast<size_t>(n);
       auto* qt = out.q.data() + t * pad;
@@ -232,6 +233,8 @@ void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t
       }
       auto* ut = out.qu.data() + t * pad;
       for (size_t i = 0; i < pad; ++i) ut[i] = static_cast<uint8_t>(static_cast<uint8_t>(qt[i]) ^ 0x80u);
+      int32_t* nt = out.nsum4.data() + t * pad / 4;
+      for (size_t i = 0; i < pad / 4; ++i) nt[i] = -(qt[4 * i] + qt[4 * i + 1] + qt[4 * i + 2] + qt[4 * i + 3]);
     }
     return;
   }

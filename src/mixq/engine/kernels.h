@@ -33,6 +33,16 @@
 namespace mixq::kernels {
 
 // Activations of n_tokens rows of n values, prepared for one activation format.
+// One token's activation row in an integer format (PreparedActs::row): codes, per-16 dx and dsum,
+// and per-4 negated code sums (a VNNI lane's share: a kernel that feeds codes + c as unsigned
+// bytes starts the lane at c * nsum4 to keep the exact signed sum).
+struct ActRow {
+  const int8_t* q;
+  const float* dx;
+  const float* dsum;
+  const int32_t* nsum4;
+};
+
 struct PreparedActs {
   ActFormat format = ActFormat::F32;
   int64_t n = 0;         // values per row
@@ -43,12 +53,15 @@ struct PreparedActs {
   std::vector<float> dx;       // per 16 values: the block scale
   std::vector<float> dsum;     // per 16 values: block scale * sum of the 16 codes
   std::vector<uint8_t> qu;     // integer formats: the codes + 128 as unsigned bytes (panel kernels)
+  std::vector<int32_t> nsum4;  // integer formats: minus the sum of each 4 consecutive codes
 
   const float* f_row(int t) const { return f.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad); }
   const int8_t* q_row(int t) const { return q.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad); }
   const uint8_t* qu_row(int t) const { return qu.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad); }
   const float* dx_row(int t) const { return dx.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad / 16); }
   const float* dsum_row(int t) const { return dsum.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad / 16); }
+  const int32_t* nsum4_row(int t) const { return nsum4.data() + static_cast<size_t>(t) * static_cast<size_t>(n_pad / 4); }
+  ActRow row(int t) const { return {q_row(t), dx_row(t), dsum_row(t), nsum4_row(t)}; }
 };
 
 // Quantizes / rounds rows of activations (x: n_tokens x n, row-major) as ggml does for `format`.
@@ -82,7 +95,7 @@ void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow
 // order differs. The decode path of matmul (a few tokens) uses them; prefill keeps the unpacked
 // rows (repacked into panels where the set has a panel kernel), which pay for themselves over many
 // tokens.
-using RowDotFn = float (*)(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum);
+using RowDotFn = float (*)(const void* row, int64_t n, const ActRow& a);
 // Prefill (many tokens): kPanelRows weight rows' integer views repacked into one panel, so that one
 // 4-byte slice of a token's activation codes, broadcast, meets the same 4 codes of all 16 rows in
 // one 64-byte vector (VNNI: 16 int32 lanes, one per row). Layout: value i of row r at byte

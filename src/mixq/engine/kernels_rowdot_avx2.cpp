@@ -107,7 +107,10 @@ MIXQ_RD2 inline __m256 legacy_block(const typename Dec::Block& blk, const int8_t
 }
 
 template <class Dec>
-MIXQ_RD2 float rowdot_legacy(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD2 float rowdot_legacy(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   const auto* blk = static_cast<const typename Dec::Block*>(row);
   const int64_t nb = n / 32;
   const __m256i lut = _mm256_broadcastsi128_si256(load128(iq4::kGrid.data()));
@@ -135,7 +138,10 @@ inline void scales_mins_k4(const uint8_t* packed, uint8_t sc[8], uint8_t m[8]) {
 
 // Q4_K: per super-block, the exact integer sum over sub-blocks of sc_j * (codes . a) times d * dx,
 // minus the minimums' share (dmin * m_j) * dsum per group.
-MIXQ_RD2 float rowdot_q4k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD2 float rowdot_q4k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
   const __m256i m4 = _mm256_set1_epi8(0x0f);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
@@ -164,7 +170,10 @@ MIXQ_RD2 float rowdot_q4k(const void* row, int64_t n, const int8_t* a, const flo
 
 // Q6_K: codes (6 bits) - 32; per 32 codes two groups, each with its signed 8-bit scale (madd
 // against [scale A x 8 | scale B x 8] int16 lanes), exact int32 over the super-block.
-MIXQ_RD2 float rowdot_q6k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD2 float rowdot_q6k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m256 acc = _mm256_setzero_ps();
   const __m256i m4 = _mm256_set1_epi8(0x0f), m2 = _mm256_set1_epi8(0x03), bias = _mm256_set1_epi8(32);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
@@ -206,7 +215,10 @@ MIXQ_RD2 inline __m256 mins16(__m256 m_lo, __m256 m_hi, const float* dsum, __m25
 }
 
 // Q5_K: Q4_K plus the fifth bit of sub-block j in bit j of qh[l].
-MIXQ_RD2 float rowdot_q5k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD2 float rowdot_q5k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
   const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
@@ -236,7 +248,10 @@ MIXQ_RD2 float rowdot_q5k(const void* row, int64_t n, const int8_t* a, const flo
 }
 
 // Q2_K: 2-bit codes; per group a 4-bit scale (low nibble) and minimum (high nibble).
-MIXQ_RD2 float rowdot_q2k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD2 float rowdot_q2k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m256 acc = _mm256_setzero_ps(), macc = _mm256_setzero_ps();
   const __m256i m2 = _mm256_set1_epi8(0x03);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
@@ -263,7 +278,10 @@ MIXQ_RD2 float rowdot_q2k(const void* row, int64_t n, const int8_t* a, const flo
 }
 
 // Q3_K: codes low2 - (high bit ? 0 : 4), 16 signed 6-bit scales (stored + 32).
-MIXQ_RD2 float rowdot_q3k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD2 float rowdot_q3k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m256 acc = _mm256_setzero_ps();
   const __m256i m2 = _mm256_set1_epi8(0x03), one = _mm256_set1_epi8(1), four = _mm256_set1_epi8(4);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
@@ -294,7 +312,10 @@ MIXQ_RD2 float rowdot_q3k(const void* row, int64_t n, const int8_t* a, const flo
 }
 
 // IQ4_XS: grid codes, a 6-bit scale (stored + 32) per 32 values.
-MIXQ_RD2 float rowdot_iq4xs(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD2 float rowdot_iq4xs(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m256 acc = _mm256_setzero_ps();
   const __m256i lut = _mm256_broadcastsi128_si256(load128(iq4::kGrid.data()));
   for (int64_t sb = 0; sb < n / iq4::kBlockXS; ++sb) {

@@ -176,8 +176,33 @@ MIXQ_RD inline void codes4(const typename Dec::Block* b, __m512i lut512, __m256i
   (void)lut;
 }
 
+// The signed types' codes plus a bias 2^kBiasShift<Dec>, as the unsigned bytes vpdpbusd takes:
+// a lane that starts at -bias * (its four activation codes' sum) (ActRow::nsum4, shifted) then
+// holds the exact signed sum, one instruction instead of dot_s's three per 64 codes.
 template <class Dec>
-MIXQ_RD float rowdot_legacy(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+inline constexpr int kBiasShift = std::is_same_v<Dec, DecQ4_0> ? 3 : std::is_same_v<Dec, DecQ5_0> ? 4 : 7;  // iq4_nl: 7
+// (q8_0 keeps dot_s: its codes need no unpacking, and there the extra stream of lane sums cost
+// more than the two instructions it saves, 12 % in bench/kernels.cpp's row_dot.)
+template <class Dec>
+MIXQ_RD inline void biased_codes4(const typename Dec::Block* b, __m512i lut512_biased, __m512i& c0, __m512i& c1) {
+  using B = typename Dec::Block;
+  nibbles4<B>(b, c0, c1);  // q4_0: the nibble is the code + 8 already
+  if constexpr (std::is_same_v<Dec, DecIQ4NL>) {
+    c0 = _mm512_shuffle_epi8(lut512_biased, c0);
+    c1 = _mm512_shuffle_epi8(lut512_biased, c1);
+  }
+  if constexpr (std::is_same_v<Dec, DecQ5_0>) {  // code + 16 = nibble + 16 * fifth bit
+    const __m512i sixteen = _mm512_set1_epi8(16);
+    c0 = _mm512_mask_add_epi8(c0, fifth2<B>(b), c0, sixteen);
+    c1 = _mm512_mask_add_epi8(c1, fifth2<B>(b + 2), c1, sixteen);
+  }
+}
+
+template <class Dec>
+MIXQ_RD float rowdot_legacy(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   const auto* blk = static_cast<const typename Dec::Block*>(row);
   const int64_t nb = n / 32;
   const __m256i lut = grid_lut256();
@@ -188,12 +213,21 @@ MIXQ_RD float rowdot_legacy(const void* row, int64_t n, const int8_t* a, const f
   // the four f16 scales (and minimums) converted in one instruction.
   const __m512i lut512 = _mm512_broadcast_i32x4(_mm256_castsi256_si128(lut));
   __m256 macc8 = _mm256_setzero_ps();
+  const __m512i lut512_biased = _mm512_add_epi8(lut512, _mm512_set1_epi8(static_cast<char>(0x80)));
   for (; b + 4 <= nb; b += 4) {
-    __m512i q0, q1;
-    codes4<Dec>(blk + b, lut512, lut, q0, q1);
+    __m512i q0, q1, p0, p1;
     const __m512i a0 = load512(a + 32 * b), a1 = load512(a + 32 * b + 64);
-    const __m512i p0 = Dec::kSigned ? dot_s(q0, a0) : dot_u(q0, a0);
-    const __m512i p1 = Dec::kSigned ? dot_s(q1, a1) : dot_u(q1, a1);
+    if constexpr (Dec::kSigned && !std::is_same_v<Dec, DecQ8_0>) {
+      biased_codes4<Dec>(blk + b, lut512_biased, q0, q1);
+      const __m512i s0 = _mm512_slli_epi32(load512(act.nsum4 + 8 * b), kBiasShift<Dec>);
+      const __m512i s1 = _mm512_slli_epi32(load512(act.nsum4 + 8 * b + 16), kBiasShift<Dec>);
+      p0 = _mm512_dpbusd_epi32(s0, q0, a0);
+      p1 = _mm512_dpbusd_epi32(s1, q1, a1);
+    } else {
+      codes4<Dec>(blk + b, lut512, lut, q0, q1);
+      p0 = Dec::kSigned ? dot_s(q0, a0) : dot_u(q0, a0);
+      p1 = Dec::kSigned ? dot_s(q1, a1) : dot_u(q1, a1);
+    }
     const __m128 d = _mm_cvtph_ps(_mm_setr_epi16(static_cast<short>(blk[b].d), static_cast<short>(blk[b + 1].d),
                                                  static_cast<short>(blk[b + 2].d), static_cast<short>(blk[b + 3].d), 0, 0, 0, 0));
     const __m256 dx8 = _mm256_loadu_ps(dx + 2 * b);  // dx per 16 values: one per block at even entries
@@ -271,7 +305,10 @@ MIXQ_RD inline __m256 u8x8_to_f32(const uint8_t* p) {
 // Q4_K and Q5_K: per super-block, factor (d * sc_j) * dx per sub-block, minimums -(dmin * m_j)
 // against dsum per group.
 template <bool kFive>
-MIXQ_RD float rowdot_q45k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD float rowdot_q45k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m512 acc = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
   const __m512i m4 = bytes(0x0f);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
@@ -313,9 +350,12 @@ MIXQ_RD float rowdot_q45k(const void* row, int64_t n, const int8_t* a, const flo
 }
 
 // Q6_K: codes (6 bits) - 32, a signed 8-bit scale per group.
-MIXQ_RD float rowdot_q6k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD float rowdot_q6k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m512 acc = _mm512_setzero_ps();
-  const __m512i m4 = bytes(0x0f), m2 = bytes(0x03), bias = bytes(32);
+  const __m512i m4 = bytes(0x0f), m2 = bytes(0x03);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
     const auto* B = static_cast<const kq::BlockQ6K*>(row) + sb;
     const int8_t* as = a + sb * kq::kSuperBlock;
@@ -326,9 +366,12 @@ MIXQ_RD float rowdot_q6k(const void* row, int64_t n, const int8_t* a, const floa
       const __m512i qh = _mm512_broadcast_i64x4(load256(B->qh + 32 * h));
       const __m512i h0 = _mm512_slli_epi16(_mm512_and_si512(shift_halves(qh, 0, 2), m2), 4);
       const __m512i h1 = _mm512_slli_epi16(_mm512_and_si512(shift_halves(qh, 4, 6), m2), 4);
-      const __m512i c0 = _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(ql, m4), h0), bias);
-      const __m512i c1 = _mm512_sub_epi8(_mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h1), bias);
-      const __m512i p0 = dot_s(c0, load512(as + 128 * h)), p1 = dot_s(c1, load512(as + 128 * h + 64));
+      // code + 32 as unsigned bytes against lanes that start at -32 * their activation sum.
+      const __m512i u0 = _mm512_or_si512(_mm512_and_si512(ql, m4), h0);
+      const __m512i u1 = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4), h1);
+      const int32_t* ns = act.nsum4 + sb * (kq::kSuperBlock / 4) + 32 * h;
+      const __m512i p0 = _mm512_dpbusd_epi32(_mm512_slli_epi32(load512(ns), 5), u0, load512(as + 128 * h));
+      const __m512i p1 = _mm512_dpbusd_epi32(_mm512_slli_epi32(load512(ns + 16), 5), u1, load512(as + 128 * h + 64));
       acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), spread_groups(f, 8 * h), acc);
       acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), spread_groups(f, 8 * h + 4), acc);
     }
@@ -337,7 +380,10 @@ MIXQ_RD float rowdot_q6k(const void* row, int64_t n, const int8_t* a, const floa
 }
 
 // Q2_K: 2-bit codes, per group a 4-bit scale (low nibble) and a 4-bit minimum (high nibble).
-MIXQ_RD float rowdot_q2k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD float rowdot_q2k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m512 acc = _mm512_setzero_ps(), macc = _mm512_setzero_ps();
   const __m512i m2 = bytes(0x03);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
@@ -361,7 +407,10 @@ MIXQ_RD float rowdot_q2k(const void* row, int64_t n, const int8_t* a, const floa
 }
 
 // Q3_K: codes low2 - (high bit ? 0 : 4), 16 signed 6-bit scales (stored + 32).
-MIXQ_RD float rowdot_q3k(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD float rowdot_q3k(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m512 acc = _mm512_setzero_ps();
   const __m512i m2 = bytes(0x03), one = bytes(1), four = bytes(4);
   for (int64_t sb = 0; sb < n / kq::kSuperBlock; ++sb) {
@@ -401,10 +450,13 @@ MIXQ_RD float rowdot_q3k(const void* row, int64_t n, const int8_t* a, const floa
 }
 
 // IQ4_XS: grid codes, a 6-bit scale (stored + 32) per 32 values.
-MIXQ_RD float rowdot_iq4xs(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD float rowdot_iq4xs(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   __m512 acc = _mm512_setzero_ps();
   const __m512i m4 = bytes(0x0f);
-  const __m512i lut = _mm512_broadcast_i32x4(load128(iq4::kGrid.data()));
+  const __m512i lut = _mm512_add_epi8(_mm512_broadcast_i32x4(load128(iq4::kGrid.data())), bytes(static_cast<char>(0x80)));
   const __m512i sel0 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11), sel1 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
   for (int64_t sb = 0; sb < n / iq4::kBlockXS; ++sb) {
     const auto* B = static_cast<const iq4::BlockIQ4XS*>(row) + sb;
@@ -420,7 +472,10 @@ MIXQ_RD float rowdot_iq4xs(const void* row, int64_t n, const int8_t* a, const fl
       const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(raw, m4));
       const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4));
       const __m512i c0 = _mm512_permutex2var_epi64(lo, sel0, hi), c1 = _mm512_permutex2var_epi64(lo, sel1, hi);
-      const __m512i p0 = dot_s(c0, load512(as + 128 * h)), p1 = dot_s(c1, load512(as + 128 * h + 64));
+      // grid value + 128 as unsigned bytes against lanes that start at -128 * their activation sum.
+      const int32_t* ns = act.nsum4 + sb * (iq4::kBlockXS / 4) + 32 * h;
+      const __m512i p0 = _mm512_dpbusd_epi32(_mm512_slli_epi32(load512(ns), 7), c0, load512(as + 128 * h));
+      const __m512i p1 = _mm512_dpbusd_epi32(_mm512_slli_epi32(load512(ns + 16), 7), c1, load512(as + 128 * h + 64));
       acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p0), spread_subblocks(f, 4 * h), acc);
       acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p1), spread_subblocks(f, 4 * h + 2), acc);
     }

@@ -70,7 +70,7 @@ void MatMul::decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, const k
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + static_cast<size_t>(r) * row_bytes;
     for (int t = 0; t < n_tokens; ++t) {
-      y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] = row_dot(row, in, acts.q_row(t), acts.dx_row(t), acts.dsum_row(t));
+      y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] = row_dot(row, in, acts.row(t));
     }
   }
 }
