@@ -25,6 +25,25 @@ smollm2_imatrix() {
   fi
   echo "$cache/smollm2-imatrix.gguf"
 }
+# smollm2_measurement: the measurement plan-* files come from (DRAFT_TYPES on the first 40 kB).
+smollm2_measurement() {
+  local m=$cache/smollm2-measure-draft.json
+  if [ ! -f "$m" ]; then
+    build/mixq measure "$f32" -f "$cache/calib-40k.txt" --imatrix "$(smollm2_imatrix)" --chunks 2 --probes 1 \
+      --types "${DRAFT_TYPES:-q8_0,q5_0,q4_0,iq4_nl,lb3,lb2}" -o "$m" >/dev/null 2>&1
+  fi
+  echo "$m"
+}
+# plan_sized_as REFERENCE.gguf NAME: mixq's measured plan of llama.cpp-loadable types at most the
+# size of REFERENCE (plan --compat llama.cpp --target-size-of), quantized once into the cache.
+plan_sized_as() {
+  local f=$cache/smollm2-135m-$2.gguf
+  if [ ! -f "$f" ]; then
+    build/mixq plan "$(smollm2_measurement)" --compat llama.cpp --target-size-of "$1" -o "$f.plan.json" -q >/dev/null
+    build/mixq quantize "$f32" "$f" --plan "$f.plan.json" --imatrix "$(smollm2_imatrix)" >/dev/null 2>&1
+  fi
+  echo "$f"
+}
 file_of() {
   local t=$1 f=$cache/smollm2-135m-$1.gguf
   case $t in
@@ -34,12 +53,7 @@ file_of() {
   if [ ! -f "$f" ]; then
     case $t in
       plan-*)
-        local m=$cache/smollm2-measure-draft.json
-        if [ ! -f "$m" ]; then
-          build/mixq measure "$f32" -f "$cache/calib-40k.txt" --imatrix "$(smollm2_imatrix)" --chunks 2 --probes 1 \
-            --types "${DRAFT_TYPES:-q8_0,q5_0,q4_0,iq4_nl,lb3,lb2}" -o "$m" >/dev/null 2>&1
-        fi
-        build/mixq plan "$m" --target-bpw "${t#plan-}" -o "$f.plan.json" -q >/dev/null
+        build/mixq plan "$(smollm2_measurement)" --target-bpw "${t#plan-}" -o "$f.plan.json" -q >/dev/null
         build/mixq quantize "$f32" "$f" --plan "$f.plan.json" --imatrix "$(smollm2_imatrix)" >/dev/null 2>&1 ;;
       *)
         local type=${t%%_im*} args=()

@@ -7,7 +7,8 @@
 #   bench/vs_llamacpp.sh [MODEL.gguf ...]
 # Default models: SmolLM2-135M as Q4_K_M, Q8_0 and Q4_1 (the PyPI Q4_1 file from
 # scripts/fetch_models.sh; the others quantized from its F32 dequantization with mixq quantize,
-# cached in .cache/bench). LLAMA_BENCH=path/to/llama-bench (default: the oracle build in
+# cached in .cache/bench), and mixq's measured plan of llama.cpp-loadable types at the Q4_K_M
+# file's size (bench/smollm2_files.sh, plan_sized_as). LLAMA_BENCH=path/to/llama-bench (default: the oracle build in
 # ~/.cache/mixq/oracles/llama.cpp-build, see docs/BENCHMARKS.md); THREADS="1 2"; GEN=128 (tg sizes,
 # e.g. GEN="64 128");
 # PROMPT=512; REPS=3; BUILD=build (mixq's build folder); ATTENTION=f16 (mixq's attention mode: f16,
@@ -35,7 +36,10 @@ if [ ${#models[@]} -eq 0 ]; then
   [ -f "$f32" ] || "$build"/mixq convert "$q41" "$f32" --outtype f32 >/dev/null
   [ -f "$cache/smollm2-135m-Q4_K_M.gguf" ] || "$build"/mixq quantize "$f32" "$cache/smollm2-135m-Q4_K_M.gguf" Q4_K_M >/dev/null
   [ -f "$cache/smollm2-135m-q8_0.gguf" ] || "$build"/mixq quantize "$f32" "$cache/smollm2-135m-q8_0.gguf" q8_0 >/dev/null
-  models=("$cache/smollm2-135m-Q4_K_M.gguf" "$cache/smollm2-135m-q8_0.gguf" "$q41")
+  # mixq's measured plan of llama.cpp-loadable types at the size of the Q4_K_M file.
+  # shellcheck source=bench/smollm2_files.sh
+  plan=$(. bench/smollm2_files.sh; plan_sized_as "$cache/smollm2-135m-Q4_K_M.gguf" plan-Q4_K_M-size)
+  models=("$cache/smollm2-135m-Q4_K_M.gguf" "$cache/smollm2-135m-q8_0.gguf" "$q41" "$plan")
 fi
 
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; load:$(uptime | sed 's/.*load average://')"
