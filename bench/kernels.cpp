@@ -120,7 +120,8 @@ void panel(benchmark::State& state, const mixq::kernels::KernelSet* k, mixq::Typ
 const bool registered_panel = [] {
   for (const mixq::kernels::KernelSet* k : mixq::kernels::available_kernel_sets()) {
     if (k->panel_int8 == nullptr) continue;
-    for (mixq::TypeId type : {mixq::TypeId::Q8_0, mixq::TypeId::Q5_0, mixq::TypeId::Q4_1, mixq::TypeId::Q4_K, mixq::TypeId::Q6_K}) {
+    for (mixq::TypeId type : {mixq::TypeId::Q8_0, mixq::TypeId::Q5_0, mixq::TypeId::Q4_1, mixq::TypeId::Q4_K, mixq::TypeId::Q6_K,
+                               mixq::TypeId::LB3, mixq::TypeId::LB2}) {
       const std::string tn = mixq::type_traits(type).name;
       benchmark::RegisterBenchmark(("panel/" + std::string(k->name) + "/" + tn + "/1536").c_str(), panel, k, type, int64_t{1536});
     }

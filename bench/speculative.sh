@@ -3,7 +3,8 @@
 # a real network from a quantized source): greedy generation of each target alone and with drafts
 # of several bits per weight, on a few prompts. Prints per run the generation rate, the draft's
 # acceptance and mean accepted length, the speedup over the target alone on the same prompt in
-# the same run, and whether the text is identical to the target's (it must be, at --temp 0).
+# the same run, and whether the text is identical to the target's (it must be, at --temp 0), with
+# each process's CPU time (user + sys, loading included) and the speculative run's draft/target split.
 #   bench/speculative.sh [THREADS] [DRAFT_MAX]
 # TARGETS / DRAFTS (space-separated names, see file_of) choose the files; N tokens (64).
 set -euo pipefail
@@ -25,14 +26,19 @@ for target in ${TARGETS:-f32 q8_0}; do
     echo "target $target, draft $draft ($(stat -L -c %s "$df") bytes):"
     for i in "${!prompts[@]}"; do
       p=${prompts[$i]}
-      build/mixq generate "$tf" -p "$p" -n "$n" --temp 0 -t "$threads" >"$cache/alone.txt" 2>"$cache/alone.err"
-      build/mixq generate "$tf" -p "$p" -n "$n" --temp 0 -t "$threads" --draft "$df" --draft-max "$draft_max" \
+      /usr/bin/time -f '%U %S' -o "$cache/alone.cpu" \
+        build/mixq generate "$tf" -p "$p" -n "$n" --temp 0 -t "$threads" >"$cache/alone.txt" 2>"$cache/alone.err"
+      /usr/bin/time -f '%U %S' -o "$cache/spec.cpu" \
+        build/mixq generate "$tf" -p "$p" -n "$n" --temp 0 -t "$threads" --draft "$df" --draft-max "$draft_max" \
         >"$cache/spec.txt" 2>"$cache/spec.err"
       a=$(rate "$cache/alone.err") s=$(rate "$cache/spec.err")
+      cpu_a=$(awk '{print $1 + $2}' "$cache/alone.cpu") cpu_s=$(awk '{print $1 + $2}' "$cache/spec.cpu")
+      split=$(sed -nE 's/.*(draft [0-9.]+ s, target [0-9.]+ s).*/\1/p' "$cache/spec.err")
       same=no
       cmp -s "$cache/alone.txt" "$cache/spec.txt" && same=yes
       acc=$(sed -nE 's/.*\(acceptance ([0-9.]+%)\), mean accepted length ([0-9.]+).*/acceptance \1, mean accepted length \2/p' "$cache/spec.err")
-      echo "  prompt $i: alone $a tok/s, speculative $s tok/s, speedup $(python3 -c "print(f'{$s/$a:.2f}x')"); $acc; identical: $same"
+      echo "  prompt $i: alone $a tok/s, speculative $s tok/s, speedup $(python3 -c "print(f'{$s/$a:.2f}x')"); $acc; identical: $same;" \
+        "process CPU s alone $cpu_a, speculative $cpu_s ($split)"
     done
   done
 done

@@ -36,6 +36,8 @@ std::vector<int64_t> lengths_for(const TypeTraits& t) {
   // 96, 160, 288 and 1280 leave 32 codes after the last 64 (the wide kernels' masked tail).
   if (t.block_size == 1) return {64, 96, 172, 576};
   if (t.block_size == 32) return {64, 160, 288, 576};
+  // 64, 192 and 1344 end on a single group after the two-group steps.
+  if (t.block_size == 64) return {64, 192, 512, 1344};
   return {256, 1280, 1536};
 }
 
@@ -252,12 +254,12 @@ TEST(Kernels, FastPathsMatchTheReferenceOnEveryType) {
   }
   // On an AVX-512 machine every type of the decode tables is covered (the engine's fast paths).
   if (kernels::avx512_kernels() != nullptr) {
-    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs"}) {
+    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs", "lb3", "lb2"}) {
       EXPECT_NE(std::find(covered.begin(), covered.end(), fmt::format("avx512:{}", name)), covered.end()) << name;
     }
   }
   if (kernels::avx2_kernels() != nullptr) {
-    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs"}) {
+    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "iq4_nl", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs", "lb3", "lb2"}) {
       EXPECT_NE(std::find(covered.begin(), covered.end(), fmt::format("avx2:{}", name)), covered.end()) << name;
     }
   }
@@ -362,7 +364,7 @@ TEST(Kernels, PanelKernelsMatchTheReferenceOnEveryType) {
   }
   if (kernels::avx512_kernels() != nullptr) {
     EXPECT_GT(checked, 0);
-    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs"}) {
+    for (const char* name : {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K", "iq4_xs", "lb3", "lb2"}) {
       EXPECT_NE(std::find(covered.begin(), covered.end(), name), covered.end()) << name;
     }
   }

@@ -238,7 +238,7 @@ TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
   const Mix mixes[] = {
       {"q4_k", "--tensor-type attn_q=q6_k --tensor-type attn_k=q5_0 --tensor-type attn_v=q8_0 --tensor-type ffn_down=q4_0 --output-tensor-type q6_k"},
       {"q5_k", "--tensor-type attn_q=q2_k --tensor-type attn_k=q3_k --tensor-type attn_v=q4_1 --tensor-type ffn_down=q5_1 --output-tensor-type iq4_xs"},
-      {"iq4_nl", "--tensor-type ffn_up=iq4_xs --output-tensor-type q8_0 --token-embedding-type q8_0"},
+      {"iq4_nl", "--tensor-type ffn_up=iq4_xs --tensor-type attn_k=lb3 --tensor-type ffn_gate=lb2 --output-tensor-type q8_0 --token-embedding-type q8_0"},
   };
   std::set<std::string> exercised;
   for (const Mix& mix : mixes) {

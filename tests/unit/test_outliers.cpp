@@ -96,19 +96,20 @@ TEST(Outliers, EngineComputesTheMergedMatrixProduct) {
   const auto dir = test::temp_dir() / "outliers-merged";
   std::filesystem::create_directories(dir);
   const GgufFile src = GgufFile::open(bundled_model());
-  // lb3 rows are decoded to F32 and take F32 activations, so both files compute the same sums in
-  // another order. ffn_down (rows of 172, which lb3 cannot hold) stays F32: an 8-bit activation
-  // format would turn those last-bit differences into rounding flips that grow layer by layer.
-  auto opts = options(TypeId::LB3, 6);
+  // nf4 rows are decoded to F32 and take F32 activations, so both files compute the same sums in
+  // another order (lb3, with an integer view, takes 8-bit activations: it would turn those
+  // last-bit differences into rounding flips that grow layer by layer). ffn_down (rows of 172,
+  // which nf4 cannot hold) stays F32 for the same reason.
+  auto opts = options(TypeId::NF4, 6);
   opts.policy.tensor_type_rules.push_back(parse_tensor_type_rule("ffn_down=f32"));
-  const QuantizeReport rep = quantize_model(src, dir / "lb3-outliers.gguf", opts);
+  const QuantizeReport rep = quantize_model(src, dir / "nf4-outliers.gguf", opts);
   int with = 0;
   for (const auto& p : rep.plans) with += p.outliers > 0;
   ASSERT_GE(with, 30) << rep.to_text();
   EXPECT_GT(rep.outlier_bytes, 0u);
-  EXPECT_EQ(rep.output_file_bytes, std::filesystem::file_size(dir / "lb3-outliers.gguf"));
+  EXPECT_EQ(rep.output_file_bytes, std::filesystem::file_size(dir / "nf4-outliers.gguf"));
   {
-    const GgufFile q = GgufFile::open(dir / "lb3-outliers.gguf");
+    const GgufFile q = GgufFile::open(dir / "nf4-outliers.gguf");
     ASSERT_NE(q.find(std::string(kOutlierColumnsKey)), nullptr);
     EXPECT_EQ(q.find(std::string(kOutlierColumnsKey))->as_int(), 6);
     const GgufTensor* cols = q.find_tensor("blk.0.attn_q.weight.outlier_cols");
@@ -118,7 +119,7 @@ TEST(Outliers, EngineComputesTheMergedMatrixProduct) {
   }
   std::vector<int32_t> tokens;
   for (int i = 0; i < 40; ++i) tokens.push_back(1 + (i * 37) % 500);
-  const auto a = logits_of(dir / "lb3-outliers.gguf", tokens), b = logits_of(dir / "merged-f32.gguf", tokens);
+  const auto a = logits_of(dir / "nf4-outliers.gguf", tokens), b = logits_of(dir / "merged-f32.gguf", tokens);
   ASSERT_EQ(a.size(), b.size());
   double max_diff = 0, max_mag = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -127,8 +128,8 @@ TEST(Outliers, EngineComputesTheMergedMatrixProduct) {
   }
   EXPECT_LT(max_diff, 1e-4 * max_mag) << "max |diff| " << max_diff << " of " << max_mag;
   // And the outliers are not a no-op: the file without them differs by far more.
-  quantize_model(src, dir / "lb3.gguf", options(TypeId::LB3, 0));
-  const auto c = logits_of(dir / "lb3.gguf", tokens);
+  quantize_model(src, dir / "nf4.gguf", options(TypeId::NF4, 0));
+  const auto c = logits_of(dir / "nf4.gguf", tokens);
   double diff0 = 0;
   for (size_t i = 0; i < a.size(); ++i) diff0 = std::max(diff0, std::fabs(static_cast<double>(c[i]) - b[i]));
   EXPECT_GT(diff0, 100 * max_diff);

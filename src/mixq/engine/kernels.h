@@ -9,9 +9,10 @@
 //
 // where a[i] are the activation's int8 codes and dx[g] its block scale (Q8_0: per 32 values, an
 // f16; Q8_K: per 256 values, an f32), quantized exactly as ggml quantizes activations. The integer
-// sums are exact; only the F32 accumulation order differs between kernels. Types without an
-// integer view (F32, F16, BF16, NF4, I8_MM, LB3, LB2, ...) are dequantized to F32 and take the F32
-// kernel, with the activation rounded to F16/BF16 first for the half types, as ggml does.
+// sums are exact; only the F32 accumulation order differs between kernels. mixq's LB3 and LB2 take
+// Q8_0 activations too (codes 0..7 / 0..3, offset -z * s). Types without an integer view (F32,
+// F16, BF16, NF4, I8_MM, ...) are dequantized to F32 and take the F32 kernel, with the activation
+// rounded to F16/BF16 first for the half types, as ggml does.
 //
 // Prefill (many tokens) of the integer types takes a third shape where a set has it: 16 rows'
 // integer views repacked into a panel (PackedPanel, KernelSet::panel_int8), so one vector
@@ -123,8 +124,20 @@ void pack_panel(const PreparedRow* const rows[], int n_rows, PackedPanel& out);
 using PanelFn = void (*)(const PackedPanel* const panels[2], int np, const PreparedActs& a, int t0, int nt, float* y,
                          int64_t ldy);
 
-// Slots of a row_dot table: GGML type ids below this (the extension types have no fast path).
-inline constexpr uint32_t kRowDotSlots = 40;
+// Slots of a row_dot table: GGML's type ids below kGgmlRowDotSlots, then mixq's extension ids
+// (kFirstExtensionTypeId ..) after them.
+inline constexpr uint32_t kGgmlRowDotSlots = 40;
+inline constexpr uint32_t kExtensionRowDotSlots = 8;
+inline constexpr uint32_t kRowDotSlots = kGgmlRowDotSlots + kExtensionRowDotSlots;
+// The slot of a type id in a row_dot table, or kRowDotSlots where it has none.
+constexpr uint32_t row_dot_slot(TypeId id) {
+  const auto i = static_cast<uint32_t>(id);
+  if (i < kGgmlRowDotSlots) return i;
+  if (i >= kFirstExtensionTypeId && i - kFirstExtensionTypeId < kExtensionRowDotSlots) {
+    return kGgmlRowDotSlots + (i - kFirstExtensionTypeId);
+  }
+  return kRowDotSlots;
+}
 
 struct KernelSet {
   const char* name;
@@ -166,7 +179,7 @@ struct KernelSet {
 
 // The in-place decode kernel of set k for a weight type, or null.
 inline RowDotFn row_dot_for(const KernelSet& k, TypeId id) {
-  const auto i = static_cast<uint32_t>(id);
+  const uint32_t i = row_dot_slot(id);
   return k.row_dot != nullptr && i < kRowDotSlots ? k.row_dot[i] : nullptr;
 }
 inline constexpr int kAttnTile = 64;

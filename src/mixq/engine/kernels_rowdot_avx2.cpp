@@ -9,9 +9,11 @@
 #include <array>
 #include <cstring>
 
+#include "mixq/engine/kernels_lowbit.h"
 #include "mixq/formats/iq4.h"
 #include "mixq/formats/kquants/kquants.h"
 #include "mixq/formats/legacy.h"
+#include "mixq/formats/lowbit.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -333,12 +335,58 @@ MIXQ_RD2 float rowdot_iq4xs(const void* row, int64_t n, const ActRow& act) {
   return hsum(acc);
 }
 
+// LB3 / LB2 (kernels_rowdot_avx512.cpp's scheme, 32 codes per step): codes from
+// kernels_lowbit.h's shuffles and multiplications, per 32 values s * dx * (codes . a), and the
+// offset -z * s against dsum.
+template <int kBits>
+struct LowbitDecoder {
+  __m256i even[2], odd[2], even_mul[2], odd_mul[2], even_mask, odd_mask;
+  MIXQ_RD2 explicit LowbitDecoder(const lowbit_simd::Tables& t)
+      : even_mask(_mm256_set1_epi16(static_cast<int16_t>(lowbit_simd::kEvenMask<kBits>))),
+        odd_mask(_mm256_set1_epi16(static_cast<int16_t>(lowbit_simd::kOddMask<kBits>))) {
+    for (int h = 0; h < 2; ++h) {
+      even[h] = load256(t.even + 32 * h);
+      odd[h] = load256(t.odd + 32 * h);
+      even_mul[h] = load256(t.even_mul + 16 * h);
+      odd_mul[h] = load256(t.odd_mul + 16 * h);
+    }
+  }
+  // Codes 32h .. 32h + 31 of a group, one per byte, in value order.
+  MIXQ_RD2 __m256i codes(const uint8_t* qs, int h) const {
+    const __m256i raw = _mm256_broadcastsi128_si256(load128(kBits == 3 ? qs + 8 * h : qs));
+    const __m256i e = _mm256_srli_epi16(_mm256_mullo_epi16(_mm256_shuffle_epi8(raw, even[h]), even_mul[h]), 8);
+    const __m256i o = _mm256_mullo_epi16(_mm256_shuffle_epi8(raw, odd[h]), odd_mul[h]);
+    return _mm256_or_si256(_mm256_and_si256(e, even_mask), _mm256_and_si256(o, odd_mask));
+  }
+};
+
+template <int kBits, class Block>
+MIXQ_RD2 float rowdot_lowbit(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+  const auto* blk = static_cast<const Block*>(row);
+  const LowbitDecoder<kBits> dec(kBits == 3 ? lowbit_simd::kLB3 : lowbit_simd::kLB2);
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  __m128 zacc = _mm_setzero_ps();
+  for (int64_t g = 0; g < n / lowbit::kGroup; ++g) {
+    const Block& b = blk[g];
+    const int8_t* ag = a + 64 * g;
+    const __m256i p0 = _mm256_madd_epi16(pairs_u(dec.codes(b.qs, 0), load256(ag)), ones);
+    const __m256i p1 = _mm256_madd_epi16(pairs_u(dec.codes(b.qs, 1), load256(ag + 32)), ones);
+    const float s = h2f(b.s);
+    acc0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_set1_ps(s * dx[4 * g]), acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_set1_ps(s * dx[4 * g + 2]), acc1);
+    zacc = _mm_fmadd_ps(_mm_set1_ps(h2f(b.z) * s), _mm_loadu_ps(dsum + 4 * g), zacc);
+  }
+  zacc = _mm_add_ps(zacc, _mm_movehl_ps(zacc, zacc));
+  return hsum(_mm256_add_ps(acc0, acc1)) - _mm_cvtss_f32(_mm_add_ss(zacc, _mm_movehdup_ps(zacc)));
+}
+
 }  // namespace
 
 const RowDotFn* avx2_row_dot_table() {
   static const auto table = [] {
     std::array<RowDotFn, kRowDotSlots> t{};
-    auto set = [&](TypeId id, RowDotFn f) { t[static_cast<uint32_t>(id)] = f; };
+    auto set = [&](TypeId id, RowDotFn f) { t[row_dot_slot(id)] = f; };
     set(TypeId::Q4_0, rowdot_legacy<DecQ4_0>);
     set(TypeId::Q4_1, rowdot_legacy<DecQ4_1>);
     set(TypeId::Q5_0, rowdot_legacy<DecQ5_0>);
@@ -351,6 +399,8 @@ const RowDotFn* avx2_row_dot_table() {
     set(TypeId::Q3_K, rowdot_q3k);
     set(TypeId::Q5_K, rowdot_q5k);
     set(TypeId::IQ4_XS, rowdot_iq4xs);
+    set(TypeId::LB3, rowdot_lowbit<3, lowbit::BlockLB3>);
+    set(TypeId::LB2, rowdot_lowbit<2, lowbit::BlockLB2>);
     return t;
   }();
   return table.data();

@@ -20,16 +20,19 @@
 //     2-bit pairs (bits 2k..2k+1 of qh[l] belong to value 32k + l);
 //   q2_K / q3_K: per 128 values, 32 bytes of 2-bit fields (bits 2k..2k+1 of q[l]: value 32k + l),
 //     q3_K's high bits in hmask (bit 4h + k of hmask[l] for value 128h + 32k + l);
-//   iq4_xs: 32-value sub-blocks of 16 nibble bytes each, as iq4_nl.
+//   iq4_xs: 32-value sub-blocks of 16 nibble bytes each, as iq4_nl;
+//   lb3 / lb2: groups of 64, f16 s and z, then the codes as one bit stream (3 or 2 bits each).
 #include "mixq/engine/kernels.h"
 
 #include <array>
 #include <cstring>
 #include <type_traits>
 
+#include "mixq/engine/kernels_lowbit.h"
 #include "mixq/formats/iq4.h"
 #include "mixq/formats/kquants/kquants.h"
 #include "mixq/formats/legacy.h"
+#include "mixq/formats/lowbit.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -483,12 +486,67 @@ MIXQ_RD float rowdot_iq4xs(const void* row, int64_t n, const ActRow& act) {
   return _mm512_reduce_add_ps(acc);
 }
 
+// LB3 / LB2: groups of 64 with an f16 scale s and zero-point z, codes 0..7 / 0..3 (unsigned, as
+// they are) against Q8_0 activations: per group s * dx * (codes . a) for each of its two 32s, and
+// the offset -z * s against dsum. The codes come from kernels_lowbit.h's shuffles and shifts.
+template <int kBits>
+struct LowbitDecoder {
+  __m512i even, odd, even_down, odd_up, even_mask, odd_mask;
+  MIXQ_RD explicit LowbitDecoder(const lowbit_simd::Tables& t)
+      : even(load512(t.even)), odd(load512(t.odd)), even_down(load512(t.even_down)), odd_up(load512(t.odd_up)),
+        even_mask(_mm512_set1_epi16(static_cast<int16_t>(lowbit_simd::kEvenMask<kBits>))),
+        odd_mask(_mm512_set1_epi16(static_cast<int16_t>(lowbit_simd::kOddMask<kBits>))) {}
+  // The 64 codes of a group, one per byte, in value order.
+  MIXQ_RD __m512i codes(const uint8_t* qs) const {
+    __m512i raw;
+    if constexpr (kBits == 3) {
+      raw = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_broadcastsi128_si256(load128(qs))),
+                               _mm256_broadcastsi128_si256(load128(qs + 8)), 1);
+    } else {
+      raw = _mm512_broadcast_i32x4(load128(qs));
+    }
+    const __m512i e = _mm512_srlv_epi16(_mm512_shuffle_epi8(raw, even), even_down);
+    const __m512i o = _mm512_sllv_epi16(_mm512_shuffle_epi8(raw, odd), odd_up);
+    return _mm512_or_si512(_mm512_and_si512(e, even_mask), _mm512_and_si512(o, odd_mask));
+  }
+};
+
+// One group into acc (its codes' sums) and zacc (z * s against its four dsum entries).
+template <int kBits, class Block>
+MIXQ_RD inline __m512 lowbit_group(const LowbitDecoder<kBits>& dec, const Block& b, const int8_t* a, const float* dx,
+                                   const float* dsum, __m512 acc, __m128& zacc) {
+  // Lanes 0-7 hold the first 32 values' sums (dx[0]), lanes 8-15 the second's (dx[2]).
+  const __m512i halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+  const __m512i p = dot_u(dec.codes(b.qs), load512(a));
+  const float s = h2f(b.s);
+  const __m512 f = _mm512_mul_ps(_mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_loadu_ps(dx))), _mm512_set1_ps(s));
+  zacc = _mm_fmadd_ps(_mm_set1_ps(h2f(b.z) * s), _mm_loadu_ps(dsum), zacc);
+  return _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), f, acc);
+}
+
+template <int kBits, class Block>
+MIXQ_RD float rowdot_lowbit(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+  const auto* blk = static_cast<const Block*>(row);
+  const LowbitDecoder<kBits> dec(kBits == 3 ? lowbit_simd::kLB3 : lowbit_simd::kLB2);
+  const int64_t ng = n / lowbit::kGroup;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  __m128 zacc = _mm_setzero_ps();
+  int64_t g = 0;
+  for (; g + 2 <= ng; g += 2) {
+    acc0 = lowbit_group(dec, blk[g], a + 64 * g, dx + 4 * g, dsum + 4 * g, acc0, zacc);
+    acc1 = lowbit_group(dec, blk[g + 1], a + 64 * g + 64, dx + 4 * g + 4, dsum + 4 * g + 4, acc1, zacc);
+  }
+  if (g < ng) acc0 = lowbit_group(dec, blk[g], a + 64 * g, dx + 4 * g, dsum + 4 * g, acc0, zacc);
+  zacc = _mm_add_ps(zacc, _mm_movehl_ps(zacc, zacc));
+  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1)) - _mm_cvtss_f32(_mm_add_ss(zacc, _mm_movehdup_ps(zacc)));
+}
+
 }  // namespace
 
 const RowDotFn* avx512_row_dot_table() {
   static const auto table = [] {
     std::array<RowDotFn, kRowDotSlots> t{};
-    auto set = [&](TypeId id, RowDotFn f) { t[static_cast<uint32_t>(id)] = f; };
+    auto set = [&](TypeId id, RowDotFn f) { t[row_dot_slot(id)] = f; };
     set(TypeId::Q4_0, rowdot_legacy<DecQ4_0>);
     set(TypeId::Q4_1, rowdot_legacy<DecQ4_1>);
     set(TypeId::Q5_0, rowdot_legacy<DecQ5_0>);
@@ -501,6 +559,8 @@ const RowDotFn* avx512_row_dot_table() {
     set(TypeId::Q5_K, rowdot_q45k<true>);
     set(TypeId::Q6_K, rowdot_q6k);
     set(TypeId::IQ4_XS, rowdot_iq4xs);
+    set(TypeId::LB3, rowdot_lowbit<3, lowbit::BlockLB3>);
+    set(TypeId::LB2, rowdot_lowbit<2, lowbit::BlockLB2>);
     return t;
   }();
   return table.data();

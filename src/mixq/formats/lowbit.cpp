@@ -44,7 +44,7 @@ struct Grid {
   }
 
   // The dequantizer's arithmetic, so the error scored is the error stored.
-  float decode(int c) const { return (static_cast<float>(c) - z) * s; }
+  float decode(int c) const { return static_cast<float>(c) * s - z * s; }
 
   int nearest(float x) const {
     int c = 0;
@@ -200,10 +200,30 @@ void dequantize_row(const void* src, float* y, int64_t n, Unpack unpack) {
     Block block;
     std::memcpy(&block, in + g * sizeof(Block), sizeof block);
     const float s = fp16_to_fp32(block.s);
-    const float z = fp16_to_fp32(block.z);
+    const float zs = fp16_to_fp32(block.z) * s;
     unpack(block.qs, codes);
     float* yg = y + g * kGroup;
-    for (int i = 0; i < kGroup; ++i) yg[i] = (static_cast<float>(codes[i]) - z) * s;
+    for (int i = 0; i < kGroup; ++i) yg[i] = static_cast<float>(codes[i]) * s - zs;
+  }
+}
+
+// The integer view: the codes as they are, scale s and offset -z * s for each 16 of the group, so
+// scale * q + offset is the dequantizer's c * s - z * s bit for bit.
+template <typename Block, typename Unpack>
+void unpack_row(const void* src, int8_t* q, float* scale, float* offset, int64_t n, Unpack unpack) {
+  const auto* in = static_cast<const uint8_t*>(src);
+  uint8_t codes[kGroup];
+  for (int64_t g = 0; g < n / kGroup; ++g) {
+    Block block;
+    std::memcpy(&block, in + g * sizeof(Block), sizeof block);
+    const float s = fp16_to_fp32(block.s);
+    const float zs = fp16_to_fp32(block.z) * s;
+    unpack(block.qs, codes);
+    std::memcpy(q + g * kGroup, codes, kGroup);
+    for (int k = 0; k < kGroup / 16; ++k) {
+      scale[g * (kGroup / 16) + k] = s;
+      offset[g * (kGroup / 16) + k] = -zs;
+    }
   }
 }
 
@@ -226,10 +246,16 @@ void quantize_row_lb3(const float* x, void* dst, int64_t n, const float* importa
   quantize_row_calib<8, BlockLB3>(x, dst, n, importance, Calibration{}, pack_lb3);
 }
 void dequantize_row_lb3(const void* src, float* y, int64_t n) { dequantize_row<BlockLB3>(src, y, n, unpack_lb3); }
+void unpack_row_lb3(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  unpack_row<BlockLB3>(src, q, scale, offset, n, unpack_lb3);
+}
 void quantize_row_lb2(const float* x, void* dst, int64_t n, const float* importance) {
   quantize_row_calib<4, BlockLB2>(x, dst, n, importance, Calibration{}, pack_lb2);
 }
 void dequantize_row_lb2(const void* src, float* y, int64_t n) { dequantize_row<BlockLB2>(src, y, n, unpack_lb2); }
+void unpack_row_lb2(const void* src, int8_t* q, float* scale, float* offset, int64_t n) {
+  unpack_row<BlockLB2>(src, q, scale, offset, n, unpack_lb2);
+}
 void quantize_row_lb3_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c) {
   quantize_row_calib<8, BlockLB3>(x, dst, n, importance, c, pack_lb3);
 }

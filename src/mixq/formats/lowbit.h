@@ -1,6 +1,10 @@
 // mixq's low-bit affine formats LB3 and LB2: groups of 64 values, each with an f16 scale s and an
 // f16 zero-point z (in code units, not necessarily an integer); value = (q - z) * s.
 //
+// Decoding computes q * s - z * s: both products are exact in F32 (f16 times f16, f16 times a
+// code below 8), so the value is rounded once, the same as (q - z) * s wherever q - z is exact, and
+// it equals the engine's integer view (q, scale s, offset -z * s) bit for bit.
+//
 // LB3, 28 bytes per group: s, z (little-endian f16), then 24 bytes of 3-bit codes. Every 8 codes
 // fill 3 bytes read as one little-endian 24-bit word; code i of the 8 sits in bits 3i .. 3i + 2.
 // LB2, 20 bytes per group: s, z, then 16 bytes of 2-bit codes, 4 per byte, code i in bits 2i, 2i + 1.
@@ -59,6 +63,9 @@ void quantize_row_lb3(const float* x, void* dst, int64_t n, const float* importa
 void dequantize_row_lb3(const void* src, float* y, int64_t n);
 void quantize_row_lb2(const float* x, void* dst, int64_t n, const float* importance);
 void dequantize_row_lb2(const void* src, float* y, int64_t n);
+// The engine's integer views (type_table.h, UnpackRowFn): codes 0..7 / 0..3, scale s, offset -z * s.
+void unpack_row_lb3(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
+void unpack_row_lb2(const void* src, int8_t* q, float* scale, float* offset, int64_t n);
 // With a --calib range choice (formats/calibration.h).
 void quantize_row_lb3_calib(const float* x, void* dst, int64_t n, const float* importance, const Calibration& c);
 // With a --calib range choice (formats/calibration.h).
