@@ -361,7 +361,10 @@ struct LowbitDecoder {
 };
 
 template <int kBits, class Block>
-MIXQ_RD2 float rowdot_lowbit(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD2 float rowdot_lowbit(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   const auto* blk = static_cast<const Block*>(row);
   const LowbitDecoder<kBits> dec(kBits == 3 ? lowbit_simd::kLB3 : lowbit_simd::kLB2);
   const __m256i ones = _mm256_set1_epi16(1);

@@ -525,7 +525,10 @@ MIXQ_RD inline __m512 lowbit_group(const LowbitDecoder<kBits>& dec, const Block&
 }
 
 template <int kBits, class Block>
-MIXQ_RD float rowdot_lowbit(const void* row, int64_t n, const int8_t* a, const float* dx, const float* dsum) {
+MIXQ_RD float rowdot_lowbit(const void* row, int64_t n, const ActRow& act) {
+  [[maybe_unused]] const int8_t* a = act.q;
+  [[maybe_unused]] const float* dx = act.dx;
+  [[maybe_unused]] const float* dsum = act.dsum;
   const auto* blk = static_cast<const Block*>(row);
   const LowbitDecoder<kBits> dec(kBits == 3 ? lowbit_simd::kLB3 : lowbit_simd::kLB2);
   const int64_t ng = n / lowbit::kGroup;
