@@ -108,7 +108,8 @@ out = sys.argv[1]
 agg = {}
 parts = sorted(glob.glob(os.path.join(out, "parts", "*.json"))) + sorted(glob.glob(os.path.join(out, "parts-plans", "*.json")))
 for p in parts:
-    for r in json.load(open(p)):
+    data = json.load(open(p))
+    for r in data if isinstance(data, list) else [data]:  # one model: one object
         a = agg.setdefault(r["model"], {"errors": 0, "words": 0, "base_errors": 0, "kld": 0.0, "tokens": 0,
                                         "same": 0.0, "utterances": 0, "runaway": 0, "base_runaway": 0})
         for u in r["per_utterance"]:  # more errors than words: a repetition loop of greedy decoding
