@@ -5,8 +5,8 @@ and word error rate, each against file size, one labelled point per file.
     bench/plot_whisper_quality.py whisper_quality.csv OUT.svg
 
 The CSV is what bench/whisper_quality.sh writes (config, bytes, wer, mean_kld, ...). Uniform
-types are blue circles, --tensor-type mixes orange squares; the F16 base (KLD 0) is left out of
-the KLD panel.
+types are blue circles, --tensor-type mixes orange squares, mixq's measured plans (config
+"plan@FILE": planned at FILE's size) green diamonds; the F16 base (KLD 0) is left out of the KLD panel.
 """
 import csv
 import math
@@ -49,10 +49,17 @@ def panel(rows, key, log, top, height, width, label, fmt_tick):
         if log and r[key] <= 0:
             continue
         x, y = px(r["bytes"]), py(r[key])
-        mixed = "+" in r["config"]
-        c = "#ff7f0e" if mixed else "#1f77b4"
-        shape = (f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="{c}"/>' if mixed else
-                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{c}"/>')
+        planned = r["config"].startswith("plan@")
+        mixed = "+" in r["config"] and not planned
+        c = "#2ca02c" if planned else "#ff7f0e" if mixed else "#1f77b4"
+        if planned:
+            shape = (f'<polygon points="{x:.1f},{y - 5:.1f} {x + 5:.1f},{y:.1f} {x:.1f},{y + 5:.1f} {x - 5:.1f},{y:.1f}" '
+                     f'fill="{c}"/>')
+        elif mixed:
+            shape = f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="{c}"/>'
+        else:
+            shape = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{c}"/>'
+
         out.append(shape)
         out.append(f'<text x="{x + 7:.1f}" y="{y - 5:.1f}" fill="{c}" font-size="10">{r["config"]}</text>')
     return out

@@ -1,9 +1,19 @@
 #!/usr/bin/env bash
 # Whisper tiny.en quality per byte (issue 14): size, word error rate and teacher-forced KLD against
-# the F16 model for uniform types and whisper.cpp's documented --tensor-type mixes, on jfk.wav plus
-# N utterances synthesized by espeak-ng from wikitext-2's evaluation split.
+# the F16 model for uniform types, whisper.cpp's documented --tensor-type mixes and mixq's measured
+# plans at the sizes of some of those files, on jfk.wav plus N utterances synthesized by espeak-ng
+# from wikitext-2's evaluation split.
 #
 #   bench/whisper_quality.sh [OUT_DIR] [N=100] [PART=10]
+#
+# Measured plans: `mixq measure` on a spoken calibration set read from wiki.test.raw's calibration
+# part (its first 40%, disjoint from the evaluation sentences): an importance matrix from
+# MIXQ_CALIBRATION (default 8) utterances, MIXQ_MEASURE_PROBES (default 1) probes per tensor
+# scored on the first MIXQ_MEASURE_UTTERANCES (default 2) of them (about 9 minutes on a loaded
+# 2-core machine); then `mixq plan --target-size-of FILE` for every file named in MIXQ_PLAN_SIZES
+# (default: the document's mixes and q4_0) and `mixq quantize --plan --imatrix`.
+# MIXQ_GROUPS (default "files plans") chooses which models are evaluated; each group keeps its own
+# parts, so plans can be added to a finished run of the files. MIXQ_PARTS=K stops after K parts.
 #
 # Runs `mixq kld` once per PART utterances (all models against the F16 base in one pass: its
 # encoder runs once per utterance) and keeps each part's JSON, so an interrupted run resumes where
@@ -34,35 +44,72 @@ configs=(
   "attn-q8_0+q4_0|--tensor-type .*attn.*\.weight=q8_0 q4_0"
   "enc-q8_0+dec-q4_k|--tensor-type encoder\..*\.weight=q8_0 q4_k"
 )
+# Quantizes config NAME unless its file exists.
+make_config() {
+  local c args
+  for c in "${configs[@]}"; do
+    [ "${c%%|*}" = "$1" ] || continue
+    read -r -a args <<<"${c#*|}"
+    [ -f "$m/$1.bin" ] || "$mixq" quantize "${args[@]:0:${#args[@]}-1}" "$m/f16.bin" "$m/$1.bin" \
+      "${args[-1]}" -t "$threads" >/dev/null 2>&1
+    return
+  done
+  echo "whisper_quality: no configuration '$1'" >&2
+  exit 1
+}
 models=()
 for c in "${configs[@]}"; do
-  name=${c%%|*}
-  read -r -a args <<<"${c#*|}"
-  [ -f "$m/$name.bin" ] || "$mixq" quantize "${args[@]:0:${#args[@]}-1}" "$m/f16.bin" "$m/$name.bin" \
-    "${args[-1]}" -t "$threads" >/dev/null 2>&1
-  models+=("$m/$name.bin")
+  models+=("$m/${c%%|*}.bin")
+  [[ " ${MIXQ_GROUPS:-files plans} " == *" files "* ]] && make_config "${c%%|*}"
+done
+
+# mixq's measured plans, at the sizes of the files in MIXQ_PLAN_SIZES.
+cal=$out/calibration
+"$py" "$here/scripts/make_whisper_testset.py" "$cal" -n "${MIXQ_CALIBRATION:-8}" --split calibration --wiki "$wiki" >/dev/null
+[ -f "$out/calibration.imatrix.gguf" ] ||
+  "$mixq" imatrix "$m/f16.bin" -f "$cal/list.tsv" -o "$out/calibration.imatrix.gguf" -t "$threads" >/dev/null 2>&1
+[ -f "$out/measurement.json" ] ||
+  "$mixq" measure "$m/f16.bin" -f "$cal/list.tsv" --chunks "${MIXQ_MEASURE_UTTERANCES:-2}" --probes "${MIXQ_MEASURE_PROBES:-1}" \
+    --imatrix "$out/calibration.imatrix.gguf" -t "$threads" -o "$out/measurement.json" >"$out/measure.log" 2>&1
+plans=()
+for s in ${MIXQ_PLAN_SIZES:-enc-q8_0+q4_0 dec-q8_0+q4_0 q4_0}; do
+  make_config "$s"
+  name=plan@$s
+  [ -f "$out/$name.json" ] ||
+    "$mixq" plan "$out/measurement.json" --target-size-of "$m/$s.bin" -o "$out/$name.json" -q >/dev/null
+  [ -f "$m/$name.bin" ] || "$mixq" quantize --plan "$out/$name.json" --imatrix "$out/calibration.imatrix.gguf" \
+    "$m/f16.bin" "$m/$name.bin" -t "$threads" >/dev/null 2>&1
+  plans+=("$m/$name.bin")
 done
 
 "$py" "$here/scripts/make_whisper_testset.py" "$out/spoken" -n "$n" --wiki "$wiki" >/dev/null
 { printf '%s\t%s\n' "$jfk" "And so my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
   cat "$out/spoken/list.tsv" | sed "s|^|$out/spoken/|"; } >"$out/all.tsv"
 total=$(wc -l <"$out/all.tsv")
-for ((start = 0; start < total && ${MIXQ_REPORT_ONLY:-0} != 1; start += part)); do
-  p=$(printf '%s/parts/%04d.json' "$out" "$start")
-  [ -f "$p" ] && continue
-  sed -n "$((start + 1)),$((start + part))p" "$out/all.tsv" >"$out/parts/list.tsv"
-  echo "whisper_quality: utterances $((start + 1))..$((start + part < total ? start + part : total)) of $total" >&2
-  "$mixq" kld "${models[@]}" --base "$m/f16.bin" -f "$out/parts/list.tsv" -t "$threads" --json \
-    >"$p.part" 2>"$out/parts/progress.log"
-  mv "$p.part" "$p"
+for group in ${MIXQ_GROUPS:-files plans}; do
+  case $group in
+    files) set -- "${models[@]}"; parts=$out/parts ;;
+    plans) set -- "${plans[@]}"; parts=$out/parts-plans ;;
+    *) echo "whisper_quality: MIXQ_GROUPS: unknown group '$group' (files, plans)" >&2; exit 1 ;;
+  esac
+  mkdir -p "$parts"
+  for ((start = 0, k = 0; start < total && ${MIXQ_REPORT_ONLY:-0} != 1 && k < ${MIXQ_PARTS:-1000000}; start += part, ++k)); do
+    p=$(printf '%s/%04d.json' "$parts" "$start")
+    [ -f "$p" ] && continue
+    sed -n "$((start + 1)),$((start + part))p" "$out/all.tsv" >"$parts/list.tsv"
+    echo "whisper_quality: $group, utterances $((start + 1))..$((start + part < total ? start + part : total)) of $total" >&2
+    "$mixq" kld "$@" --base "$m/f16.bin" -f "$parts/list.tsv" -t "$threads" --json >"$p.part" 2>"$parts/progress.log"
+    mv "$p.part" "$p"
+  done
 done
 "$py" - "$out" <<'PY'
 import csv, glob, json, os, sys
 out = sys.argv[1]
 agg = {}
-parts = sorted(glob.glob(os.path.join(out, "parts", "*.json")))
+parts = sorted(glob.glob(os.path.join(out, "parts", "*.json"))) + sorted(glob.glob(os.path.join(out, "parts-plans", "*.json")))
 for p in parts:
-    for r in json.load(open(p)):
+    data = json.load(open(p))
+    for r in data if isinstance(data, list) else [data]:  # one model: one object
         a = agg.setdefault(r["model"], {"errors": 0, "words": 0, "base_errors": 0, "kld": 0.0, "tokens": 0,
                                         "same": 0.0, "utterances": 0, "runaway": 0, "base_runaway": 0})
         for u in r["per_utterance"]:  # more errors than words: a repetition loop of greedy decoding
@@ -94,11 +141,11 @@ with open(os.path.join(out, "whisper_quality.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-print(f"{rows[0]['utterances']} utterances, {rows[0]['tokens']} scored tokens; parts: {len(parts)}\n")
-print("| file | size (bytes) | WER | runaway utterances | WER without them | mean KLD vs F16 | same top token |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print(f"parts: {len(parts)}\n")
+print("| file | size (bytes) | utterances (scored tokens) | WER | runaway utterances | WER without them | mean KLD vs F16 | same top token |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for r in sorted(rows, key=lambda r: -r["bytes"]):
-    print(f"| {r['config']} | {r['bytes']:,} | {100 * r['wer']:.2f}% | {r['runaway']} | "
+    print(f"| {r['config']} | {r['bytes']:,} | {r['utterances']} ({r['tokens']}) | {100 * r['wer']:.2f}% | {r['runaway']} | "
           f"{100 * r['wer_without_runaway']:.2f}% | {r['mean_kld']:.5f} | "
           f"{100 * r['same_top']:.2f}% |")
 PY

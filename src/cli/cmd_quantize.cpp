@@ -198,7 +198,7 @@ void register_quantize(CLI::App& app) {
     if (is_whisper_quantize_input(a->input)) {  // whisper.cpp's own format (whisper_commands.cpp)
       return run_whisper_quantize(*cmd, {a->input, a->output, a->type, a->threads_pos, a->tensor_types, a->tensor_type_file,
                                          a->token_embedding_type, a->compat, a->report_json, a->threads, a->dry_run,
-                                         a->allow_requantize, a->imatrix});
+                                         a->allow_requantize, a->plan, a->imatrix});
     }
     check_chunks(a->chunks, "--chunks");
     check_chunks(a->imatrix_chunks, "--imatrix-chunks");

@@ -3,6 +3,9 @@
 #include <chrono>
 #include <cmath>
 #include <fstream>
+#include <filesystem>
+#include <map>
+#include <tuple>
 #include <optional>
 
 #include <fmt/format.h>
@@ -17,6 +20,7 @@
 #include "mixq/eval/whisper_eval.h"
 #include "mixq/io/whisper_file.h"
 #include "mixq/io/whisper_inspect.h"
+#include "mixq/plan/plan.h"
 #include "mixq/policy/policy.h"
 #include "mixq/quantize/whisper_quantize.h"
 #include "option_helpers.h"
@@ -24,31 +28,54 @@
 
 namespace mixq::cli {
 
+namespace fs = std::filesystem;
+
 bool is_whisper_quantize_input(const std::string& input) { return detect_whisper_source(input).has_value(); }
 
 void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
   // GGUF-only options: importance matrices, plans and layer rules need mixq's LLM engine.
-  for (const char* opt : {"--plan", "--target-bpw", "--target-size", "--target-size-of", "--file",
+  for (const char* opt : {"--target-bpw", "--target-size", "--target-size-of", "--file",
                           "--layers", "--config", "--output-tensor-type", "--outliers", "--outlier-tensors", "--calib",
                           "--symmetric", "--hqq", "--leave-output-tensor", "--save-plan", "--save-measurement"}) {
     if (cmd.count(opt) > 0) {
       throw PolicyError(fmt::format("{} does not apply to a whisper.cpp model ('{}'): its options are "
                                     "--tensor-type, --tensor-type-file, --token-embedding-type, --allow-requantize, "
-                                    "--imatrix, --compat whisper.cpp, --dry-run, --report-json, -t",
+                                    "--imatrix, --plan, --compat whisper.cpp, --dry-run, --report-json, -t",
                                     opt, a.input));
     }
   }
-  if (a.type.empty()) throw PolicyError("give a DEFAULT_TYPE: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k .. q6_k, f16 or f32");
   WhisperQuantizeOptions o;
+  std::string type = a.type;
+  std::optional<Plan> plan_file;
+  if (!a.plan.empty()) {
+    const Plan& plan = plan_file.emplace(Plan::load(a.plan));
+    o.plan = plan.types();
+    for (const auto& t : plan.tensors) {
+      if (t.outliers > 0) throw PolicyError(fmt::format("--plan {}: whisper.cpp files keep no outlier columns", a.plan));
+    }
+    if (type.empty()) {  // the header's type: the plan's quantized type with the most bytes
+      std::map<TypeId, uint64_t> bytes;
+      for (const auto& t : plan.tensors) {
+        if (type_traits(t.type).quantized) bytes[t.type] += t.bytes;
+      }
+      TypeId best = TypeId::F16;
+      uint64_t most = 0;
+      for (const auto& [t, b] : bytes) {
+        if (b > most) std::tie(best, most) = std::pair{t, b};
+      }
+      type = type_traits(best).name;
+    }
+  }
+  if (type.empty()) throw PolicyError("give a DEFAULT_TYPE: q4_0, q4_1, q5_0, q5_1, q8_0, q2_k .. q6_k, f16 or f32");
   // whisper.cpp's quantize also takes ggml's ftype numbers (2 = q4_0, 7 = q8_0, 12 = q4_k, ...).
-  if (a.type.find_first_not_of("0123456789") == std::string::npos && a.type.size() < 6) {
-    const auto t = whisper_weight_type(std::stoi(a.type));
+  if (type.find_first_not_of("0123456789") == std::string::npos && type.size() < 6) {
+    const auto t = whisper_weight_type(std::stoi(type));
     if (!t) {
-      throw PolicyError(fmt::format("DEFAULT_TYPE {}: not an ftype whisper.cpp loads (0, 1, 2, 3, 7, 8, 9, 10-14)", a.type));
+      throw PolicyError(fmt::format("DEFAULT_TYPE {}: not an ftype whisper.cpp loads (0, 1, 2, 3, 7, 8, 9, 10-14)", type));
     }
     o.default_type = *t;
   } else {
-    o.default_type = parse_type_name(a.type);
+    o.default_type = parse_type_name(type);
   }
   for (const auto& r : a.tensor_types) o.rules.push_back(parse_tensor_type_rule(r));
   if (!a.tensor_type_file.empty()) {
@@ -91,6 +118,11 @@ void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
   for (const auto& w : rep.warnings) fmt::print(stderr, "mixq: warning: {}\n", w);
   if (!a.report_json.empty()) write_file_atomically(a.report_json, rep.to_json().dump(2) + "\n");
   if (!a.dry_run) fmt::print("wrote {}\n", a.output);
+  if (plan_file && !a.dry_run && plan_file->target.is_bytes() && fs::file_size(a.output) > plan_file->budget_bytes) {
+    fmt::print(stderr, "mixq: warning: the file ({} bytes) exceeds the plan's budget ({} bytes): was the plan made "
+                       "from a measurement of another file?\n",
+               fs::file_size(a.output), plan_file->budget_bytes);
+  }
 }
 
 bool convert_whisper_if_whisper(const std::string& input, const std::string& output, std::optional<TypeId> outtype) {

@@ -20,13 +20,15 @@ struct WhisperQuantizeArgs {
   std::string tensor_type_file, token_embedding_type, compat, report_json;
   int threads = 0;
   bool dry_run = false, allow_requantize = false;
+  std::string plan;     // --plan: a plan from a Whisper measurement (mixq measure MODEL.bin -f LIST.tsv, mixq plan)
   std::string imatrix;  // --imatrix: an importance matrix of this model (mixq imatrix MODEL.bin -f LIST.tsv)
 };
 
 // Whether INPUT is a Whisper model (a whisper.cpp file, or a CTranslate2 / Hugging Face model, which
 // is converted to a temporary F16 whisper.cpp file first): `mixq quantize` then runs run_whisper_quantize.
 bool is_whisper_quantize_input(const std::string& input);
-// `mixq quantize [--tensor-type REGEX=TYPE ...] IN OUT TYPE` on a whisper.cpp file. Options of
+// `mixq quantize [--tensor-type REGEX=TYPE ...] IN OUT TYPE` on a whisper.cpp file; with --plan,
+// TYPE may be left out (the header's type is then the plan's quantized type with the most bytes). Options of
 // `cmd` that do not apply to Whisper (imatrix, plans, layers, ...) are refused by name.
 void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a);
 

@@ -195,3 +195,33 @@ def test_imatrix_covers_encoder_decoder_and_cross_attention(models, spoken, tmp_
     proc = subprocess.run([MIXQ, "imatrix", models["f16"], "-f", spoken, "-o", tmp_path / "x.gguf", "-c", "64"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and "--ctx-size is for GGUF models" in proc.stderr
+
+
+def test_measure_plan_and_quantize_plan_on_tiny_en(models, spoken, tmp_path):
+    """mixq measure on tiny.en (one utterance, one probe per tensor, three types, to stay short):
+    all 65 tensors whisper.cpp quantizes, encoder, decoder and cross-attention, each with a probe's
+    measured KLD; mixq plan at the size of the uniform q4_0 file and quantize --plan: a file of
+    exactly the planned size, within the budget, with the planned types and a lower KLD than
+    uniform q4_0 on the test utterances."""
+    meas = tmp_path / "m.json"
+    run(MIXQ, "measure", models["f16"], "-f", spoken, "--chunks", "1", "--probes", "1", "--types", "q4_0,q8_0,f16",
+        "-t", "2", "-o", meas)
+    m = json.loads(meas.read_text())
+    names = [t["name"] for t in m["tensors"]]
+    assert len(names) == 65 and m["alignment"] == 1
+    assert sum(n.startswith("encoder.blocks.") for n in names) == 24
+    assert sum(".cross_attn." in n for n in names) == 16 and "decoder.token_embedding.weight" in names
+    assert all(any("measured_kld" in c for c in t["candidates"]) for t in m["tensors"])
+    q4 = tmp_path / "q4_0.bin"
+    run(MIXQ, "quantize", models["f16"], q4, "q4_0", "-t", "2")
+    budget = q4.stat().st_size + 1_000_000
+    plan, out = tmp_path / "plan.json", tmp_path / "planned.bin"
+    run(MIXQ, "plan", meas, "--target-size", str(budget), "-o", plan)
+    p = json.loads(plan.read_text())
+    run(MIXQ, "quantize", "--plan", plan, models["f16"], out, "-t", "2")
+    assert out.stat().st_size == p["file_bytes"] <= budget
+    report = json.loads(run(MIXQ, "inspect", out, "--json"))
+    types = {t["name"]: t["type"] for t in report["tensors"]}
+    assert all(types[t["name"]].lower() == t["type"].lower() for t in p["tensors"])
+    res = json.loads(run(MIXQ, "kld", q4, out, "--base", models["f16"], "-f", spoken, "-t", "2", "--json"))
+    assert res[1]["kld"]["mean"] < res[0]["kld"]["mean"]

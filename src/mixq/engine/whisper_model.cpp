@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -99,10 +100,22 @@ __attribute__((target_clones("avx512f", "avx2,fma", "default"))) void dot_tile_4
   }
 }
 
+// What a forward pass consults besides the weights: the activation observer and the weights
+// replaced for a measurement probe (by tensor name; none in plain inference).
+struct Hooks {
+  const WhisperActivationObserver* observer = nullptr;
+  const std::map<std::string, Linear>* overrides = nullptr;
+};
+
 // y[t][o] = W[o] . x[t] + b[o] for n rows of x; the observer, when there is one, sees the input.
-void linear(ThreadPool& pool, const WhisperActivationObserver* observer, const Linear& l, const float* x_in, int64_t n,
-            float* y) {
-  if (observer && *observer && !l.name.empty()) (*observer)(l.name, x_in, n, l.in);
+// An override of the weight (same shape, bias kept) replaces it.
+void linear(ThreadPool& pool, const Hooks& hooks, const Linear& stored, const float* x_in, int64_t n, float* y) {
+  const Linear& l = [&]() -> const Linear& {
+    if (!hooks.overrides || hooks.overrides->empty() || stored.name.empty()) return stored;
+    const auto it = hooks.overrides->find(stored.name);
+    return it == hooks.overrides->end() ? stored : it->second;
+  }();
+  if (hooks.observer && *hooks.observer && !l.name.empty()) (*hooks.observer)(l.name, x_in, n, l.in);
   std::vector<float> rounded;
   const float* x = x_in;
   if (l.f16_input) {
@@ -319,11 +332,16 @@ WhisperModel::WhisperModel(const WhisperFile& f) {
   impl_ = std::move(m);
 }
 
-WhisperAudioState WhisperModel::encode(const std::vector<float>& samples, int threads) const {
+// The hooks of a pass: the model's observer and its weight overrides.
+struct WhisperModel::Overrides {
+  std::map<std::string, Linear> linear;  // by weight name
+  std::vector<float> tok_emb;            // empty: the stored token embedding
+};
+
+std::vector<float> WhisperModel::encoder_input(const std::vector<float>& samples, int threads) const {
   const Impl& m = *impl_;
   const WhisperHparams& hp = m.hp;
   ThreadPool pool(threads);
-  const WhisperActivationObserver* obs = &observer_;
   const int64_t d = hp.n_audio_state, n_ctx = hp.n_audio_ctx, n_frames = 2 * n_ctx, n_mels = hp.n_mels;
   std::vector<float> mel = whisper_log_mel(samples, m.filters, static_cast<int>(n_frames));
   round_to_f16(mel.data(), static_cast<int64_t>(mel.size()));  // ggml's im2col is F16
@@ -344,29 +362,51 @@ WhisperAudioState WhisperModel::encode(const std::vector<float>& samples, int th
     return cols;
   };
   std::vector<float> c1(static_cast<size_t>(n_frames * d)), x(static_cast<size_t>(n_ctx * d));
-  linear(pool, nullptr, m.conv1, im2col(mel, n_mels, n_frames, false, 1).data(), n_frames, c1.data());
+  linear(pool, Hooks{}, m.conv1, im2col(mel, n_mels, n_frames, false, 1).data(), n_frames, c1.data());
   for (auto& v : c1) v = gelu(v);
-  linear(pool, nullptr, m.conv2, im2col(c1, d, n_frames, true, 2).data(), n_ctx, x.data());
+  linear(pool, Hooks{}, m.conv2, im2col(c1, d, n_frames, true, 2).data(), n_ctx, x.data());
   for (size_t i = 0; i < x.size(); ++i) x[i] = gelu(x[i]) + m.enc_pos[i];
+  return x;
+}
 
+WhisperAudioState WhisperModel::encode(const std::vector<float>& samples, int threads,
+                                       std::vector<std::vector<float>>* block_inputs) const {
+  return encode_from(0, encoder_input(samples, threads), threads, block_inputs);
+}
+
+WhisperAudioState WhisperModel::encode_from(int first_block, std::vector<float> x, int threads,
+                                            std::vector<std::vector<float>>* block_inputs) const {
+  const Impl& m = *impl_;
+  const WhisperHparams& hp = m.hp;
+  const int64_t d = hp.n_audio_state, n_ctx = hp.n_audio_ctx;
+  if (first_block < 0 || first_block > hp.n_audio_layer || static_cast<int64_t>(x.size()) != n_ctx * d) {
+    throw std::invalid_argument(fmt::format("whisper: no encoder restart at block {} with {} values (want 0..{} and {})",
+                                            first_block, x.size(), hp.n_audio_layer, n_ctx * d));
+  }
+  ThreadPool pool(threads);
+  const Hooks hooks{&observer_, overrides_ ? &overrides_->linear : nullptr};
+  if (block_inputs) block_inputs->assign(static_cast<size_t>(hp.n_audio_layer) + 1, {});
   std::vector<float> h(x.size()), q(x.size()), kk(x.size()), vv(x.size()), a(x.size());
   std::vector<float> ff(static_cast<size_t>(n_ctx * 4 * d));
-  for (const Block& b : m.enc) {
+  for (size_t l = static_cast<size_t>(first_block); l < m.enc.size(); ++l) {
+    const Block& b = m.enc[l];
+    if (block_inputs) (*block_inputs)[l] = x;
     layer_norm(b.self.ln, x.data(), n_ctx, d, h.data());
-    linear(pool, obs, b.self.q, h.data(), n_ctx, q.data());
-    linear(pool, obs, b.self.k, h.data(), n_ctx, kk.data());
-    linear(pool, obs, b.self.v, h.data(), n_ctx, vv.data());
+    linear(pool, hooks, b.self.q, h.data(), n_ctx, q.data());
+    linear(pool, hooks, b.self.k, h.data(), n_ctx, kk.data());
+    linear(pool, hooks, b.self.v, h.data(), n_ctx, vv.data());
     for (auto* t : {&q, &kk, &vv}) round_to_f16(t->data(), static_cast<int64_t>(t->size()));
     const float scale = 1.0f / std::sqrt(static_cast<float>(d / hp.n_audio_head));
     attend(pool, q.data(), n_ctx, kk.data(), vv.data(), n_ctx, d, hp.n_audio_head, scale, a.data());
-    linear(pool, obs, b.self.o, a.data(), n_ctx, h.data());
+    linear(pool, hooks, b.self.o, a.data(), n_ctx, h.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += h[i];
     layer_norm(b.mlp_ln, x.data(), n_ctx, d, h.data());
-    linear(pool, obs, b.fc1, h.data(), n_ctx, ff.data());
+    linear(pool, hooks, b.fc1, h.data(), n_ctx, ff.data());
     for (auto& v : ff) v = gelu(v);
-    linear(pool, obs, b.fc2, ff.data(), n_ctx, h.data());
+    linear(pool, hooks, b.fc2, ff.data(), n_ctx, h.data());
     for (size_t i = 0; i < x.size(); ++i) x[i] += h[i];
   }
+  if (block_inputs) (*block_inputs)[m.enc.size()] = x;
   std::vector<float> enc(x.size());
   layer_norm(m.enc_ln, x.data(), n_ctx, d, enc.data());
 
@@ -378,8 +418,8 @@ WhisperAudioState WhisperModel::encode(const std::vector<float>& samples, int th
   // whisper.cpp stores them in F16, the keys scaled by dh^-1/4 first.
   const float kscale = std::pow(static_cast<float>(hp.n_text_state / hp.n_text_head), -0.25f);
   for (size_t l = 0; l < layers; ++l) {
-    linear(pool, obs, m.dec[l].cross.k, enc.data(), n_ctx, st.cross_k[l].data());
-    linear(pool, obs, m.dec[l].cross.v, enc.data(), n_ctx, st.cross_v[l].data());
+    linear(pool, hooks, m.dec[l].cross.k, enc.data(), n_ctx, st.cross_k[l].data());
+    linear(pool, hooks, m.dec[l].cross.v, enc.data(), n_ctx, st.cross_v[l].data());
     for (auto& v : st.cross_k[l]) v = round_fp16(v * kscale);
     round_to_f16(st.cross_v[l].data(), static_cast<int64_t>(st.cross_v[l].size()));
   }
@@ -391,13 +431,22 @@ struct WhisperModel::Decoder {
   const Impl& m;
   const WhisperAudioState& audio;
   ThreadPool& pool;
-  const WhisperActivationObserver* obs;
+  Hooks hooks;
+  const std::vector<float>& tok_emb;  // the stored token embedding or its override
+  bool tok_emb_f16;
   int64_t d, pos = 0;
   std::vector<std::vector<float>> sk, sv;
   std::vector<float> y, yh, yq, ya, yf;
 
-  Decoder(const Impl& model, const WhisperAudioState& a, ThreadPool& p, const WhisperActivationObserver* observer)
-      : m(model), audio(a), pool(p), obs(observer), d(model.hp.n_text_state) {
+  Decoder(const Impl& model, const WhisperAudioState& a, ThreadPool& p, const WhisperActivationObserver* observer,
+          const Overrides* overrides)
+      : m(model),
+        audio(a),
+        pool(p),
+        hooks{observer, overrides ? &overrides->linear : nullptr},
+        tok_emb(overrides && !overrides->tok_emb.empty() ? overrides->tok_emb : model.tok_emb),
+        tok_emb_f16(model.tok_emb_f16 && &tok_emb == &model.tok_emb),
+        d(model.hp.n_text_state) {
     const size_t cache = static_cast<size_t>(m.hp.n_text_ctx * d);
     sk.assign(m.dec.size(), std::vector<float>(cache));
     sv = sk;
@@ -420,13 +469,13 @@ struct WhisperModel::Decoder {
     // whisper.cpp scales q and k by dh^-1/4 each, keeps the KV cache in F16 and multiplies q by
     // the F16 keys in F16.
     const float s = std::pow(static_cast<float>(d / hp.n_text_head), -0.25f);
-    for (int64_t i = 0; i < d; ++i) y[i] = m.tok_emb[tok * d + i] + m.dec_pos[pos * d + i];
+    for (int64_t i = 0; i < d; ++i) y[i] = tok_emb[tok * d + i] + m.dec_pos[pos * d + i];
     for (size_t l = 0; l < m.dec.size(); ++l) {
       const Block& b = m.dec[l];
       layer_norm(b.self.ln, y.data(), 1, d, yh.data());
-      linear(pool, obs, b.self.q, yh.data(), 1, yq.data());
-      linear(pool, obs, b.self.k, yh.data(), 1, sk[l].data() + pos * d);
-      linear(pool, obs, b.self.v, yh.data(), 1, sv[l].data() + pos * d);
+      linear(pool, hooks, b.self.q, yh.data(), 1, yq.data());
+      linear(pool, hooks, b.self.k, yh.data(), 1, sk[l].data() + pos * d);
+      linear(pool, hooks, b.self.v, yh.data(), 1, sv[l].data() + pos * d);
       float* kp = sk[l].data() + pos * d;
       float* vp = sv[l].data() + pos * d;
       for (int64_t i = 0; i < d; ++i) {
@@ -435,34 +484,70 @@ struct WhisperModel::Decoder {
         vp[i] = round_fp16(vp[i]);
       }
       attend(pool, yq.data(), 1, sk[l].data(), sv[l].data(), pos + 1, d, hp.n_text_head, 1.0f, ya.data());
-      linear(pool, obs, b.self.o, ya.data(), 1, yh.data());
+      linear(pool, hooks, b.self.o, ya.data(), 1, yh.data());
       for (int64_t i = 0; i < d; ++i) y[i] += yh[i];
       layer_norm(b.cross.ln, y.data(), 1, d, yh.data());
-      linear(pool, obs, b.cross.q, yh.data(), 1, yq.data());
+      linear(pool, hooks, b.cross.q, yh.data(), 1, yq.data());
       round_to_f16(yq.data(), d);
       attend(pool, yq.data(), 1, audio.cross_k[l].data(), audio.cross_v[l].data(), n_ctx, d, hp.n_text_head, s,
              ya.data());
-      linear(pool, obs, b.cross.o, ya.data(), 1, yh.data());
+      linear(pool, hooks, b.cross.o, ya.data(), 1, yh.data());
       for (int64_t i = 0; i < d; ++i) y[i] += yh[i];
       layer_norm(b.mlp_ln, y.data(), 1, d, yh.data());
-      linear(pool, obs, b.fc1, yh.data(), 1, yf.data());
+      linear(pool, hooks, b.fc1, yh.data(), 1, yf.data());
       for (auto& v : yf) v = gelu(v);
-      linear(pool, obs, b.fc2, yf.data(), 1, yh.data());
+      linear(pool, hooks, b.fc2, yf.data(), 1, yh.data());
       for (int64_t i = 0; i < d; ++i) y[i] += yh[i];
     }
     ++pos;
     if (!logits) return;
     layer_norm(m.dec_ln, y.data(), 1, d, yh.data());
-    if (*obs) (*obs)("decoder.token_embedding.weight", yh.data(), 1, d);
-    if (m.tok_emb_f16) round_to_f16(yh.data(), d);
+    if (hooks.observer && *hooks.observer) (*hooks.observer)("decoder.token_embedding.weight", yh.data(), 1, d);
+    if (tok_emb_f16) round_to_f16(yh.data(), d);
     const int64_t vocab_n = hp.n_vocab;
     pool.parallel_for((vocab_n + 255) / 256, [&](int64_t c) {
       for (int64_t v = c * 256; v < std::min(vocab_n, (c + 1) * 256); ++v) {
-        logits[v] = dot(m.tok_emb.data() + v * d, yh.data(), d);
+        logits[v] = dot(tok_emb.data() + v * d, yh.data(), d);
       }
     });
   }
 };
+
+void WhisperModel::set_weight_override(const std::string& name, std::vector<float> values) {
+  const Impl& m = *impl_;
+  // Copy on write: a copy of this model made before keeps its own overrides.
+  auto o = overrides_ ? std::make_shared<Overrides>(*overrides_) : std::make_shared<Overrides>();
+  if (name == "decoder.token_embedding.weight") {
+    if (values.size() != m.tok_emb.size()) {
+      throw std::invalid_argument(fmt::format("whisper: override of '{}' has {} values, want {}", name, values.size(),
+                                              m.tok_emb.size()));
+    }
+    o->tok_emb = std::move(values);
+    overrides_ = std::move(o);
+    return;
+  }
+  const Linear* found = nullptr;
+  for (const auto* blocks : {&m.enc, &m.dec}) {
+    for (const Block& b : *blocks) {
+      for (const Linear* l : {&b.self.q, &b.self.k, &b.self.v, &b.self.o, &b.cross.q, &b.cross.k, &b.cross.v,
+                              &b.cross.o, &b.fc1, &b.fc2}) {
+        if (!l->name.empty() && l->name == name) found = l;
+      }
+    }
+  }
+  if (!found) throw std::invalid_argument(fmt::format("whisper: no matrix weight '{}' to override", name));
+  if (values.size() != found->w.size()) {
+    throw std::invalid_argument(
+        fmt::format("whisper: override of '{}' has {} values, want {}", name, values.size(), found->w.size()));
+  }
+  Linear l = *found;
+  l.w = std::move(values);
+  l.f16_input = false;  // a quantized weight: the product reads F32 inputs
+  o->linear[name] = std::move(l);
+  overrides_ = std::move(o);
+}
+
+void WhisperModel::clear_weight_overrides() { overrides_.reset(); }
 
 int WhisperModel::n_vocab() const { return impl_->hp.n_vocab; }
 int WhisperModel::n_audio_ctx() const { return impl_->hp.n_audio_ctx; }
@@ -487,7 +572,7 @@ WhisperTranscript WhisperModel::decode_greedy(const WhisperAudioState& audio, in
                                               std::vector<float>* step_logits) const {
   const Impl& m = *impl_;
   ThreadPool pool(threads);
-  Decoder dec(m, audio, pool, &observer_);
+  Decoder dec(m, audio, pool, &observer_, overrides_.get());
   const int end = eot();
   int space = -1;
   for (size_t i = 0; i < m.vocab.size(); ++i) {
@@ -520,7 +605,7 @@ WhisperTranscript WhisperModel::decode_greedy(const WhisperAudioState& audio, in
 std::vector<float> WhisperModel::forced_logits(const WhisperAudioState& audio, const std::vector<int>& tokens,
                                                int threads) const {
   ThreadPool pool(threads);
-  Decoder dec(*impl_, audio, pool, &observer_);
+  Decoder dec(*impl_, audio, pool, &observer_, overrides_.get());
   const size_t n = static_cast<size_t>(impl_->hp.n_vocab);
   std::vector<float> out(tokens.size() * n);
   for (size_t i = 0; i < tokens.size(); ++i) dec.step(tokens[i], out.data() + i * n);

@@ -48,8 +48,18 @@ class WhisperModel {
   // samples: 16 kHz mono in [-1, 1) (engine/whisper_audio.h). threads <= 0: all cores.
   WhisperTranscript transcribe(const std::vector<float>& samples, int threads = 0, int max_tokens = 224) const;
 
-  // The steps of transcribe, for evaluations that need the logits.
-  WhisperAudioState encode(const std::vector<float>& samples, int threads = 0) const;
+  // The steps of transcribe, for evaluations that need the logits. With block_inputs, the encoder's
+  // residual stream entering each block, and ln_post last (n_audio_layer + 1 entries of
+  // n_audio_ctx x n_audio_state), is kept: encode_from(l, (*block_inputs)[l]) resumes there with
+  // the same result.
+  WhisperAudioState encode(const std::vector<float>& samples, int threads = 0,
+                           std::vector<std::vector<float>>* block_inputs = nullptr) const;
+  // The convolutions and positional embedding: the input of encoder block 0.
+  std::vector<float> encoder_input(const std::vector<float>& samples, int threads = 0) const;
+  // The encoder from block `first_block` (0..n_audio_layer) on its input `x`; throws
+  // std::invalid_argument for another block or size.
+  WhisperAudioState encode_from(int first_block, std::vector<float> x, int threads = 0,
+                                std::vector<std::vector<float>>* block_inputs = nullptr) const;
   // Greedy decoding after prompt(); with step_logits, the raw logits (n_vocab, before any token is
   // suppressed) of every step are appended: tokens.size() + 1 rows when <|endoftext|> ends it.
   WhisperTranscript decode_greedy(const WhisperAudioState& audio, int threads = 0, int max_tokens = 224,
@@ -66,13 +76,23 @@ class WhisperModel {
   int n_audio_ctx() const;
   const std::vector<std::string>& vocab() const;
 
+  // Measurement probes (plan/whisper_measure.h): the matrix weight `name` (a 2-D weight or the token
+  // embedding) reads `values` instead of its stored values until the overrides are cleared:
+  // the tensor stored in another type, dequantized (rows x row length, as in the file). Its
+  // product then takes F32 inputs, as for a quantized weight in a file. Throws
+  // std::invalid_argument for an unknown name or another size.
+  void set_weight_override(const std::string& name, std::vector<float> values);
+  void clear_weight_overrides();
+
   // Installs (or, with an empty function, removes) the observer of every matrix product's input.
   void set_activation_observer(WhisperActivationObserver observer) { observer_ = std::move(observer); }
 
  private:
   struct Impl;
   struct Decoder;
+  struct Overrides;
   std::shared_ptr<const Impl> impl_;
+  std::shared_ptr<const Overrides> overrides_;
   WhisperActivationObserver observer_;
 };
 

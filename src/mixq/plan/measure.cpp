@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -230,6 +231,36 @@ void mark_dominated(std::vector<CandidateMeasure>& candidates) {
   }
 }
 
+std::vector<double> quantization_errors(const float* x, int64_t rows, int64_t n, const std::vector<TypeId>& types,
+                                        const float* importance, ThreadPool& pool, std::vector<uint8_t>* keep) {
+  std::vector<ErrorJob> jobs;
+  for (TypeId t : types) jobs.push_back({t, false});
+  return quantize_and_measure(x, rows, n, jobs, importance, pool, keep, {});
+}
+
+std::pair<int, int> probe_candidates(const TensorMeasure& tm, int probes) {
+  int p1 = -1, p2 = -1;
+  for (size_t i = 0; i < tm.candidates.size(); ++i) {
+    const CandidateMeasure& c = tm.candidates[i];
+    if (c.outliers > 0 || c.dominated) continue;
+    if (c.error > 0 && (p1 < 0 || c.error > tm.candidates[static_cast<size_t>(p1)].error)) p1 = static_cast<int>(i);
+  }
+  if (p1 >= 0 && probes == 2) {
+    const double e1 = tm.candidates[static_cast<size_t>(p1)].error, target = std::log(e1 / 16);
+    double best = INFINITY;
+    for (size_t i = 0; i < tm.candidates.size(); ++i) {
+      const CandidateMeasure& c = tm.candidates[i];
+      if (c.outliers > 0 || c.dominated) continue;
+      if (static_cast<int>(i) == p1 || c.error <= 0 || c.error > e1 / 2) continue;
+      if (std::abs(std::log(c.error) - target) < best) {
+        best = std::abs(std::log(c.error) - target);
+        p2 = static_cast<int>(i);
+      }
+    }
+  }
+  return {p1, p2};
+}
+
 std::vector<std::vector<size_t>> probe_groups(const std::vector<std::string>& names, int n_layer, int group) {
   if (group < 1) throw std::runtime_error(fmt::format("probe group {}: want 1 or more tensors", group));
   std::vector<std::vector<size_t>> out;
@@ -425,26 +456,8 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     mark_dominated(tm.candidates);
 
     // Probes, among the candidates without outliers that are not dominated (the plan never
-    // picks a dominated one, so its loss is the wrong place to calibrate): the one with the
-    // largest error, and one with about 1/16 of it.
-    for (size_t i = 0; i < tm.candidates.size(); ++i) {
-      const CandidateMeasure& c = tm.candidates[i];
-      if (c.outliers > 0 || c.dominated) continue;
-      if (c.error > 0 && (p.p1 < 0 || c.error > tm.candidates[static_cast<size_t>(p.p1)].error)) p.p1 = static_cast<int>(i);
-    }
-    if (p.p1 >= 0 && opts.probes == 2) {
-      const double e1 = tm.candidates[static_cast<size_t>(p.p1)].error, target = std::log(e1 / 16);
-      double best = INFINITY;
-      for (size_t i = 0; i < tm.candidates.size(); ++i) {
-        const CandidateMeasure& c = tm.candidates[i];
-        if (c.outliers > 0 || c.dominated) continue;
-        if (static_cast<int>(i) == p.p1 || c.error <= 0 || c.error > e1 / 2) continue;
-        if (std::abs(std::log(c.error) - target) < best) {
-          best = std::abs(std::log(c.error) - target);
-          p.p2 = static_cast<int>(i);
-        }
-      }
-    }
+    // picks a dominated one, so its loss is the wrong place to calibrate).
+    std::tie(p.p1, p.p2) = probe_candidates(tm, opts.probes);
     progress(t.name);
   }
 

@@ -56,6 +56,8 @@
 
 namespace mixq {
 
+class ThreadPool;
+
 struct MeasureProgress {
   int done = 0, total = 0;   // tensors
   std::string tensor;
@@ -100,6 +102,19 @@ std::vector<TypeId> default_candidate_types();
 // Marks the candidates another one of the same tensor dominates: no more bytes (outlier bytes
 // included) and no more error, one of the two strictly less.
 void mark_dominated(std::vector<CandidateMeasure>& candidates);
+
+// The importance-weighted relative squared error (the top) of `x` (rows x n) quantized to each of
+// `types` with the importance weights (null: unit weights), all types' row blocks in one parallel
+// loop; with `keep`, the quantized bytes of types[0] are left there. Throws std::runtime_error for a
+// type that cannot hold rows of n.
+std::vector<double> quantization_errors(const float* x, int64_t rows, int64_t n, const std::vector<TypeId>& types,
+                                        const float* importance, ThreadPool& pool, std::vector<uint8_t>* keep = nullptr);
+
+// The probe candidates of a measured tensor (candidates by increasing bytes, dominated ones
+// marked), as indices into tm.candidates (-1: none): among the candidates without outliers that are
+// not dominated, the one with the largest error, and with probes == 2 the one whose error is
+// nearest 1/16 of it (at most half of it).
+std::pair<int, int> probe_candidates(const TensorMeasure& tm, int probes);
 
 // The probe groups of a model's quantizable tensors (names in file order; indices into names):
 // tensors of one kind in layers 1 + G*j .. G*(j+1) together (G = group), every tensor of layer 0,

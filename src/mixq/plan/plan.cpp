@@ -232,11 +232,16 @@ class KnapsackDp {
   int64_t rows_ = 1, peak_rows_ = 1;  // the caller's initial row
 };
 
-Selection solve_dp(const std::vector<Item>& items, uint64_t budget, int64_t max_units, uint64_t table_bytes,
-                   uint64_t& unit_out, uint64_t& peak_bytes) {
+std::optional<Selection> solve_dp(const std::vector<Item>& items, uint64_t budget, int64_t max_units,
+                                  uint64_t table_bytes, uint64_t& unit_out, uint64_t& peak_bytes) {
   const uint64_t unit = std::max<uint64_t>(1, (budget + static_cast<uint64_t>(max_units) - 1) / static_cast<uint64_t>(max_units));
   unit_out = unit;
   const size_t W = static_cast<size_t>(budget / unit);
+  // Costs round up to whole units: a budget within a few bytes per tensor of the smallest file
+  // may hold no choice in units. The Lagrangian solution stands alone then.
+  size_t min_units = 0;
+  for (const Item& it : items) min_units += static_cast<size_t>((it.choices.front().cost + unit - 1) / unit);
+  if (min_units > W) return std::nullopt;
   KnapsackDp dp(items, unit, W, table_bytes);
   const std::vector<double> start(W + 1, 0.0);
   std::vector<size_t> pick(items.size());
@@ -408,9 +413,10 @@ Plan make_plan(const Measurement& m, const PlanOptions& opts) {
   plan.lambda = lambda;
   if (opts.max_dp_units > 0) {
     uint64_t unit = 1;
-    Selection dp = solve_dp(items, budget, opts.max_dp_units, opts.max_dp_table_bytes, unit, plan.dp_peak_bytes);
-    if (dp.loss < best.loss - 1e-15 * std::abs(best.loss)) {
-      best = dp;
+    const std::optional<Selection> dp =
+        solve_dp(items, budget, opts.max_dp_units, opts.max_dp_table_bytes, unit, plan.dp_peak_bytes);
+    if (dp && dp->loss < best.loss - 1e-15 * std::abs(best.loss)) {
+      best = *dp;
       plan.method = unit == 1 ? "dp (exact)" : fmt::format("dp ({}-byte units)+greedy", unit);
     }
   }

@@ -30,6 +30,15 @@ WhisperQuantizeReport plan_whisper_quantize(const WhisperFile& in, const Whisper
   check_loadable(opts.default_type, "DEFAULT_TYPE");
   for (const auto& r : opts.rules) check_loadable(r.type, fmt::format("'{}'", r.origin));
   if (opts.token_embedding_type) check_loadable(*opts.token_embedding_type, "--token-embedding-type");
+  for (const auto& [name, type] : opts.plan) {
+    check_loadable(type, fmt::format("the plan's type for '{}'", name));
+    const WhisperTensor* t = in.find(name);
+    if (!t || !whisper_quantizes_tensor(t->name, t->ne.size())) {
+      throw PolicyError(fmt::format("the plan names '{}', which '{}' has no quantizable tensor of: a plan for "
+                                    "another model?",
+                                    name, in.path().string()));
+    }
+  }
   WhisperQuantizeReport rep;
   rep.hparams = in.hparams;
   rep.hparams.ftype = whisper_ftype_for(opts.default_type);
@@ -54,13 +63,17 @@ WhisperQuantizeReport plan_whisper_quantize(const WhisperFile& in, const Whisper
       TypeId want = opts.default_type;
       p.reason = "DEFAULT_TYPE";
       const Rule* hit = nullptr;
+      const auto planned = opts.plan.find(t.name);
       for (const auto& r : opts.rules) {
-        if (RE2::PartialMatch(t.name, *r.compiled)) {
+        if (planned == opts.plan.end() && RE2::PartialMatch(t.name, *r.compiled)) {
           hit = &r;
           break;
         }
       }
-      if (hit) {
+      if (planned != opts.plan.end()) {
+        want = planned->second;
+        p.reason = "plan";
+      } else if (hit) {
         want = hit->type;
         p.reason = hit->origin;
         ++hit->hits;

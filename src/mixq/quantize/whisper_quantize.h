@@ -6,7 +6,8 @@
 //     convolution kernels of an all-F32 input, which become F16: whisper.cpp loads them as F16 in
 //     any file that is not all-F32 (its own quantize copies them as F32 and the file then fails to
 //     load).
-//  2. Every other tensor (the 2-D weights and the token embedding) gets the type of the first
+//  2. Every other tensor (the 2-D weights and the token embedding) gets its type in the plan
+//     (mixq plan on a Whisper measurement, plan/whisper_measure.h) when it has one, else the type of the first
 //     --tensor-type REGEX=TYPE rule whose RE2 regex is found in its name (as llama-quantize reads
 //     them), else --token-embedding-type for decoder.token_embedding.weight, else DEFAULT_TYPE.
 //  3. Fallback: a type whose blocks do not divide the row (tiny's 384-wide rows
@@ -21,6 +22,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -36,6 +38,7 @@ namespace mixq {
 struct WhisperQuantizeOptions {
   TypeId default_type = TypeId::Q8_0;
   std::vector<Rule> rules;                    // --tensor-type, first match wins
+  std::map<std::string, TypeId> plan;         // --plan: tensor name -> type, before the rules
   std::optional<TypeId> token_embedding_type;  // decoder.token_embedding.weight
   bool allow_requantize = false;              // accept quantized weights as input
   bool compat_whisper_cpp = false;            // refuse what stock whisper.cpp cannot load
