@@ -197,6 +197,10 @@ def test_imatrix_covers_encoder_decoder_and_cross_attention(models, spoken, tmp_
     assert proc.returncode != 0 and "--ctx-size is for GGUF models" in proc.stderr
 
 
+@pytest.mark.skipif(os.environ.get("MIXQ_SLOW_TESTS") != "1",
+                    reason="65 probes of tiny.en, most rerunning the 30 s encoder (~2.5 min on 2 idle threads, "
+                           "~10 min loaded); WhisperMeasure.* covers the same pipeline on a small model in CI: "
+                           "set MIXQ_SLOW_TESTS=1")
 def test_measure_plan_and_quantize_plan_on_tiny_en(models, spoken, tmp_path):
     """mixq measure on tiny.en (one utterance, one probe per tensor, three types, to stay short):
     all 65 tensors whisper.cpp quantizes, encoder, decoder and cross-attention, each with a probe's
