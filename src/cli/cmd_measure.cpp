@@ -21,7 +21,8 @@ struct MeasureArgs {
   std::vector<std::string> merge;
   int n_ctx = 512, chunks = 8, probes = 2, threads = 0, imatrix_chunks = 64, outliers = 0;
   int error_rows = MeasureOptions{}.error_rows, probe_group = MeasureOptions{}.probe_group;
-  bool clean_stale = false;
+  int probe_stride = MeasureOptions{}.probe_stride;
+  bool clean_stale = false, fast = false;
 };
 
 }  // namespace
@@ -62,6 +63,8 @@ void run_measure(const MeasureArgs& a) {
   if (a.probe_group < 1) throw std::runtime_error(fmt::format("--probe-group {}: want 1 or more", a.probe_group));
   o.error_rows = a.error_rows;
   o.probe_group = a.probe_group;
+  if (a.probe_stride < 1) throw std::runtime_error(fmt::format("--probe-stride {}: want 1 or more", a.probe_stride));
+  o.probe_stride = a.probe_stride;
   o.threads = a.threads;
   o.attention = parse_attention_mode(a.attention);
   o.calibration_name = a.file;
@@ -139,13 +142,27 @@ void register_measure(CLI::App& app) {
                   "Tensors of one kind in up to this many consecutive layers share one probe run and fit (1: each "
                   "alone)")
       ->capture_default_str();
+  cmd->add_option("--probe-stride", a->probe_stride,
+                  "Probe the tensors of layers 0, S, 2S, ... and the last only; interpolate the others' fits per "
+                  "kind (1: probe every layer)")
+      ->capture_default_str();
   cmd->add_option("--shard", a->shard, "i/N: measure only tensors i, i+N, ... (merge the parts with --merge)");
   cmd->add_option("--merge", a->merge, "Merge measurement shards into -o (no model needed)")->expected(1, -1);
   cmd->add_option("-c,--ctx-size", a->n_ctx, "Tokens per chunk")->capture_default_str();
   cmd->add_option("-t,--threads", a->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
   add_clean_stale_flag(cmd, a->clean_stale);
   cmd->add_option("--attention", a->attention, "Attention numerics: f16 (llama.cpp's), tiled, f32")->capture_default_str();
-  cmd->callback([a] { run_measure(*a); });
+  cmd->add_flag("--fast", a->fast,
+                 "The fast preset (docs/BENCHMARKS.md, issue 16): --chunks 1 --error-rows 256 --probe-stride 3, "
+                 "each unless given");
+  cmd->callback([a, cmd] {
+    if (a->fast) {
+      if (cmd->count("--chunks") == 0) a->chunks = FastMeasurePreset::chunks;
+      if (cmd->count("--error-rows") == 0) a->error_rows = FastMeasurePreset::error_rows;
+      if (cmd->count("--probe-stride") == 0) a->probe_stride = FastMeasurePreset::probe_stride;
+    }
+    run_measure(*a);
+  });
 }
 
 }  // namespace mixq::cli
