@@ -22,7 +22,7 @@ struct MeasureArgs {
   int n_ctx = 512, chunks = 8, probes = 2, threads = 0, imatrix_chunks = 64, outliers = 0;
   int error_rows = MeasureOptions{}.error_rows, probe_group = MeasureOptions{}.probe_group;
   int probe_stride = MeasureOptions{}.probe_stride;
-  bool clean_stale = false, fast = false;
+  bool clean_stale = false;
 };
 
 }  // namespace
@@ -152,17 +152,7 @@ void register_measure(CLI::App& app) {
   cmd->add_option("-t,--threads", a->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
   add_clean_stale_flag(cmd, a->clean_stale);
   cmd->add_option("--attention", a->attention, "Attention numerics: f16 (llama.cpp's), tiled, f32")->capture_default_str();
-  cmd->add_flag("--fast", a->fast,
-                 "The fast preset (docs/BENCHMARKS.md, issue 16): --chunks 1 --error-rows 256 --probe-stride 3, "
-                 "each unless given");
-  cmd->callback([a, cmd] {
-    if (a->fast) {
-      if (cmd->count("--chunks") == 0) a->chunks = FastMeasurePreset::chunks;
-      if (cmd->count("--error-rows") == 0) a->error_rows = FastMeasurePreset::error_rows;
-      if (cmd->count("--probe-stride") == 0) a->probe_stride = FastMeasurePreset::probe_stride;
-    }
-    run_measure(*a);
-  });
+  cmd->callback([a] { run_measure(*a); });
 }
 
 }  // namespace mixq::cli

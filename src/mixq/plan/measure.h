@@ -89,7 +89,9 @@ struct MeasureOptions {
   // A tensor of another layer is not probed: its fit (alpha and beta) is interpolated, per kind,
   // between the probed layers of its kind below and above it (log-linear in alpha). The probes'
   // cost is roughly divided by S; tensors outside the layers are always probed. Needs
-  // probe_group 1 and no shards (the interpolation needs the neighbours' probes).
+  // probe_group 1 and no shards (the interpolation needs the neighbours' probes). Default 1: on
+  // SmolLM2 the sensitivity is not smooth over depth (attn_q/attn_k spike at single layers), and
+  // stride 3 (with one chunk and 256 error rows) cost its plans 17-50% more KLD (BENCHMARKS).
   int probe_stride = 1;
   // Probes restart from the tensor's layer on the reference run's cached state (false: from the
   // tokens; the same figures, slower: for tests).
@@ -100,12 +102,6 @@ struct MeasureOptions {
   AttentionMode attention = AttentionMode::kLlamaCppF16;
   std::function<void(const MeasureProgress&)> on_tensor;
   const std::atomic<bool>* cancel = nullptr;
-};
-
-// `mixq measure --fast` (docs/BENCHMARKS.md, issue 16): the probes on one chunk, the errors on
-// 256 rows, the probes at every third layer.
-struct FastMeasurePreset {
-  static constexpr int chunks = 1, error_rows = 256, probe_stride = 3;
 };
 
 // Every weight type mixq can both quantize and decode, llama.cpp's and mixq's own, except those
