@@ -78,7 +78,8 @@ struct MeasureOptions {
   // Rows per tensor the candidates' errors are measured on (evenly spread; 0: every row). The
   // error is a mean over rows, so a few hundred rows estimate it to a few percent, and the same
   // rows serve every type, so the types' order is kept; the probes quantize whole tensors. Default:
-  // every row, since sampling has not yet been held to the quality bar on SmolLM2 (BENCHMARKS).
+  // every row, the exact path; 256 rows with one probe chunk (`mixq measure --fast`) kept SmolLM2's
+  // plans within 5% of its KLD (docs/BENCHMARKS.md, issue 16).
   int error_rows = 0;
   // Tensors of one kind (blk.*.attn_q, ...) in up to this many consecutive layers are probed in
   // one run and share one fit (1: every tensor alone). Layer 0, the last layer and tensors outside
