@@ -7,7 +7,7 @@
 # K defaults to 8; BUDGETS (bytes) default to llama.cpp's Q4_K_M / Q3_K_M / Q2_K files of SmolLM2
 # with an imatrix (docs/BENCHMARKS.md). Needs bench/outliers.sh's imatrix and base run.
 # MODES="with" (or "without") scores one kind of plan only. MEASURE_OPTS adds measure options (e.g. "--probe-group 1 --error-rows 0": the measurement before
-# issue 16); TAG names the measurement and the CSV apart (measurement-oK$TAG.json, plans$TAG.csv).
+# issue 16); CHUNKS the probes' calibration chunks (default 2); TAG names the measurement and the CSV apart (measurement-oK$TAG.json, plans$TAG.csv).
 # Appends to .cache/bench/outliers/plans$TAG.csv; the measurement's time per stage is in its log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ m=$out/measurement-o$k$tag.json
 if [ ! -f "$m" ]; then
   # The reference is a dequantized Q4_1 file: q4_1/q5_1 would reproduce it exactly (BENCHMARKS.md).
   /usr/bin/time -f "%e s wall" -o "$out/measure-time$tag.txt" build/mixq measure "$f32" -f "$out/calib.raw" \
-    --imatrix "$im" --chunks 2 --probes 1 --outliers "$k" -t "$threads" -o "$m" "${measure_opts[@]}" \
+    --imatrix "$im" --chunks "${CHUNKS:-2}" --probes 1 --outliers "$k" -t "$threads" -o "$m" "${measure_opts[@]}" \
     --types f32,f16,bf16,q4_0,q5_0,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl,iq4_xs,nf4,i8_row,i8_mm,lb3,lb2 \
     2> "$out/measure$tag.log" | tee -a "$out/measure$tag.log"
   echo "measure: $(cat "$out/measure-time$tag.txt"), load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -214,6 +214,7 @@ struct Pending {
   size_t file_index = 0;
   TensorMeasure tm;
   int p1 = -1, p2 = -1;  // probe candidates (indices into tm.candidates)
+  bool probed = true;    // false: between the probed layers (MeasureOptions::probe_stride)
 };
 
 }  // namespace
@@ -285,6 +286,47 @@ std::vector<std::vector<size_t>> probe_groups(const std::vector<std::string>& na
   return out;
 }
 
+bool is_probed_layer(int layer, int n_layer, int stride) {
+  if (stride < 1) throw std::runtime_error(fmt::format("probe stride {}: want 1 or more", stride));
+  return layer % stride == 0 || layer >= n_layer - 1;
+}
+
+void interpolate_fits(std::vector<TensorMeasure>& tensors, const std::vector<bool>& probed) {
+  // (kind, layer) -> the probed tensor there, with a fit.
+  std::map<std::string, std::map<int, const TensorMeasure*>> anchors;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const std::optional<int> l = layer_of(tensors[i].name);
+    if (l && probed.at(i) && tensors[i].alpha > 0) anchors[kind_of(tensors[i].name, *l)][*l] = &tensors[i];
+  }
+  std::vector<std::pair<size_t, std::pair<const TensorMeasure*, const TensorMeasure*>>> fills;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const std::optional<int> l = layer_of(tensors[i].name);
+    if (!l || probed[i]) continue;
+    const auto kind = anchors.find(kind_of(tensors[i].name, *l));
+    if (kind == anchors.end()) continue;
+    const auto& by_layer = kind->second;
+    const auto above = by_layer.upper_bound(*l);
+    const TensorMeasure* hi = above == by_layer.end() ? nullptr : above->second;
+    const TensorMeasure* lo = above == by_layer.begin() ? nullptr : std::prev(above)->second;
+    fills.push_back({i, {lo ? lo : hi, hi ? hi : lo}});
+  }
+  // Every fit read above comes from a probed tensor, so filling in place cannot feed on itself.
+  for (const auto& [i, ends] : fills) {
+    TensorMeasure& t = tensors[i];
+    const auto [lo, hi] = ends;
+    const int l = *layer_of(t.name), a = *layer_of(lo->name), b = *layer_of(hi->name);
+    const double w = b > a ? static_cast<double>(l - a) / (b - a) : 0.0;
+    t.alpha = std::exp((1 - w) * std::log(lo->alpha) + w * std::log(hi->alpha));
+    t.beta = (1 - w) * lo->beta + w * hi->beta;
+    t.interpolated_from = a;
+    t.interpolated_to = b;
+    for (auto& c : t.candidates) {
+      c.kld.reset();
+      c.predicted = c.error > 0 ? t.alpha * std::pow(c.error, t.beta) : 0.0;
+    }
+  }
+}
+
 std::vector<TypeId> default_candidate_types() {
   std::vector<TypeId> out;
   for (const auto& t : all_types()) {
@@ -306,6 +348,11 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
   if (opts.probes < 1 || opts.probes > 2) throw std::runtime_error("probes must be 1 or 2");
   if (opts.error_rows < 0) throw std::runtime_error(fmt::format("error rows {}: want 0 (all rows) or more", opts.error_rows));
   if (opts.probe_group < 1) throw std::runtime_error(fmt::format("probe group {}: want 1 or more", opts.probe_group));
+  if (opts.probe_stride < 1) throw std::runtime_error(fmt::format("probe stride {}: want 1 or more", opts.probe_stride));
+  if (opts.probe_stride > 1 && (opts.probe_group != 1 || opts.n_shards != 1)) {
+    throw std::runtime_error("a probe stride above 1 needs probe group 1 and no shards (it interpolates between "
+                             "the probed layers)");
+  }
   if (has_outlier_columns(file)) {
     throw std::runtime_error(fmt::format("{} keeps outlier columns (quantize --outliers): measure the unquantized "
                                          "model it was made from",
@@ -323,6 +370,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
   m.probes = opts.probes;
   m.error_rows = opts.error_rows;
   m.probe_group = opts.probe_group;
+  m.probe_stride = opts.probe_stride;
   if (opts.outliers < 0) throw std::runtime_error(fmt::format("outliers {}: want 0 (none) or more", opts.outliers));
   m.outliers = opts.outliers;
   m.shard = opts.shard;
@@ -403,6 +451,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     const GgufTensor& t = file.tensors()[file_index];
     Pending& p = pending[file_index];
     p.file_index = file_index;
+    if (const auto l = layer_of(t.name)) p.probed = is_probed_layer(*l, model.n_layer(), opts.probe_stride);
     TensorMeasure& tm = p.tm;
     tm.name = t.name;
     tm.shape = t.shape;
@@ -476,6 +525,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     for (size_t i : group) {
       Pending& p = pending.at(i);
       if (p.p1 < 0) continue;  // nothing to calibrate (every candidate exact)
+      if (!p.probed) continue;  // between probed layers: interpolated below
       members.push_back(&p);
       start = std::min(start, start_layer.at(&file.tensors()[i]));
       embedding |= classify_tensor(p.tm.name, true).component == Component::Embed;
@@ -539,10 +589,13 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     progress(fmt::format("probe of {}{}", file.tensors()[group.front()].name,
                          group.size() > 1 ? fmt::format(" and {} more", group.size() - 1) : ""));
   }
+  std::vector<bool> probed;
   for (auto& [i, p] : pending) {
     for (auto& c : p.tm.candidates) c.predicted = c.error > 0 ? p.tm.alpha * std::pow(c.error, p.tm.beta) : 0.0;
     m.tensors.push_back(std::move(p.tm));
+    probed.push_back(p.probed);
   }
+  if (opts.probe_stride > 1) interpolate_fits(m.tensors, probed);
   m.shards_merged = {opts.shard};
   m.seconds = seconds_since(start_time);
   return m;

@@ -29,7 +29,10 @@
 // are the cost, so tensors of one kind in up to MeasureOptions::probe_group consecutive layers are
 // probed together in one run, with one shared fit: sum over the group of alpha * error^beta equals
 // the group's KLD (KL divergence is additive for small independent perturbations; the tests hold a
-// group's KLD to the sum of its members' single probes). Candidates with
+// group's KLD to the sum of its members' single probes). With MeasureOptions::probe_stride S > 1
+// only layers 0, S, 2S, ... and the last are probed (one tensor per run), and every other layer's
+// tensor takes a fit interpolated between the probed layers of its kind below and above it
+// (interpolate_fits): the probe runs drop to about 1/S. Candidates with
 // outlier columns (MeasureOptions::outliers) have their own exact error (the columns merged back)
 // and share the tensor's fit; the probes are made without outliers. The scored
 // positions and log-softmax are llama-perplexity's (second half of each chunk), as `mixq kld`.
@@ -77,13 +80,22 @@ struct MeasureOptions {
   // Rows per tensor the candidates' errors are measured on (evenly spread; 0: every row). The
   // error is a mean over rows, so a few hundred rows estimate it to a few percent, and the same
   // rows serve every type, so the types' order is kept; the probes quantize whole tensors. Default:
-  // every row, since sampling has not yet been held to the quality bar on SmolLM2 (BENCHMARKS).
+  // every row, the exact path; 256 rows with one probe chunk (`mixq measure --fast`) kept SmolLM2's
+  // plans within 5% of its KLD (docs/BENCHMARKS.md, issue 16).
   int error_rows = 0;
   // Tensors of one kind (blk.*.attn_q, ...) in up to this many consecutive layers are probed in
   // one run and share one fit (1: every tensor alone). Layer 0, the last layer and tensors outside
   // the layers are always probed alone. Default 1: groups of 4 cost SmolLM2's plans 30-60% more
   // KLD (docs/BENCHMARKS.md, issue 16).
   int probe_group = 1;
+  // Layers whose tensors are probed: 0, S, 2S, ... and the last (S = this stride; 1: every layer).
+  // A tensor of another layer is not probed: its fit (alpha and beta) is interpolated, per kind,
+  // between the probed layers of its kind below and above it (log-linear in alpha). The probes'
+  // cost is roughly divided by S; tensors outside the layers are always probed. Needs
+  // probe_group 1 and no shards (the interpolation needs the neighbours' probes). Default 1: on
+  // SmolLM2 the sensitivity is not smooth over depth (attn_q/attn_k spike at single layers), and
+  // stride 3 (with one chunk and 256 error rows) cost its plans 17-50% more KLD (BENCHMARKS).
+  int probe_stride = 1;
   // Probes restart from the tensor's layer on the reference run's cached state (false: from the
   // tokens; the same figures, slower: for tests).
   bool restart_from_layer = true;
@@ -120,6 +132,17 @@ std::pair<int, int> probe_candidates(const TensorMeasure& tm, int probes);
 // tensors of one kind in layers 1 + G*j .. G*(j+1) together (G = group), every tensor of layer 0,
 // of layer n_layer - 1 and outside the layers alone. Throws std::runtime_error for group < 1.
 std::vector<std::vector<size_t>> probe_groups(const std::vector<std::string>& names, int n_layer, int group);
+
+// The layers probe_stride S probes in a model of n_layer layers: 0, S, 2S, ... and n_layer - 1.
+// Throws std::runtime_error for S < 1.
+bool is_probed_layer(int layer, int n_layer, int stride);
+
+// Fills the fit of every tensor of `tensors` marked in `probed` false and inside the layers
+// (names blk.L.*) from the probed tensors of its kind (same name but for L) in the nearest layers
+// below and above: alpha log-linearly, beta linearly in the layer; the nearest one's where only
+// one side has a probed tensor with alpha > 0; left as it is where neither has. Records the two
+// layers (TensorMeasure::interpolated_from/_to) and recomputes its candidates' predicted KLDs.
+void interpolate_fits(std::vector<TensorMeasure>& tensors, const std::vector<bool>& probed);
 
 // Measures every quantizable tensor of the shard. Throws std::runtime_error for a model the engine
 // cannot run, a text shorter than two contexts, or an unknown type.

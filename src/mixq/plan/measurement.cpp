@@ -82,6 +82,7 @@ nlohmann::ordered_json Measurement::to_json() const {
   j["outliers"] = outliers;
   j["error_rows"] = error_rows;
   j["probe_group"] = probe_group;
+  j["probe_stride"] = probe_stride;
   j["probe_runs"] = probe_runs;
   j["scored_tokens"] = scored_tokens;
   j["types"] = types;
@@ -104,6 +105,7 @@ nlohmann::ordered_json Measurement::to_json() const {
       e["group_size"] = t.group_size;
       e["group_kld"] = t.group_kld;
     }
+    if (t.interpolated()) e["interpolated_from_layers"] = {t.interpolated_from, t.interpolated_to};
     auto cs = nlohmann::ordered_json::array();
     for (const auto& c : t.candidates) cs.push_back(candidate_json(c));
     e["candidates"] = cs;
@@ -146,6 +148,8 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
   m.error_rows = j.contains("error_rows") ? get<int>(j, "error_rows", origin) : 0;
   m.probe_group = j.contains("probe_group") ? get<int>(j, "probe_group", origin) : 1;
   m.probe_runs = j.contains("probe_runs") ? get<int>(j, "probe_runs", origin) : 0;
+  m.probe_stride = j.contains("probe_stride") ? get<int>(j, "probe_stride", origin) : 1;
+  if (m.probe_stride < 1) throw std::runtime_error(fmt::format("{}: probe_stride below 1", origin));
   if (m.error_rows < 0 || m.probe_group < 1 || m.probe_runs < 0) {
     throw std::runtime_error(fmt::format("{}: error_rows / probe_runs negative or probe_group below 1", origin));
   }
@@ -178,6 +182,15 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
     if (e.contains("group_size")) {
       t.group_size = get<int>(e, "group_size", where);
       t.group_kld = get<double>(e, "group_kld", where);
+    }
+    if (e.contains("interpolated_from_layers")) {
+      const auto& f = e["interpolated_from_layers"];
+      if (!f.is_array() || f.size() != 2 || !f[0].is_number_integer() || !f[1].is_number_integer() || f[0].get<int>() < 0 ||
+          f[1].get<int>() < f[0].get<int>()) {
+        throw std::runtime_error(where + ": 'interpolated_from_layers' is not two increasing layers");
+      }
+      t.interpolated_from = f[0].get<int>();
+      t.interpolated_to = f[1].get<int>();
     }
     if (!e.contains("candidates") || !e["candidates"].is_array() || e["candidates"].empty()) {
       throw std::runtime_error(where + ": 'candidates' is missing or empty");
@@ -241,7 +254,8 @@ Measurement merge_measurements(const std::vector<Measurement>& parts) {
     if (p.model_bytes != m.model_bytes || p.n_tensors != m.n_tensors || p.n_params != m.n_params) throw differs("model");
     if (p.n_shards != m.n_shards) throw differs("shard count");
     if (p.n_ctx != m.n_ctx || p.chunks != m.chunks || p.probes != m.probes || p.types != m.types ||
-        p.outliers != m.outliers || p.error_rows != m.error_rows || p.probe_group != m.probe_group) {
+        p.outliers != m.outliers || p.error_rows != m.error_rows || p.probe_group != m.probe_group ||
+        p.probe_stride != m.probe_stride) {
       throw differs("settings");
     }
     if (p.calibration != m.calibration || p.imatrix != m.imatrix) throw differs("calibration text or imatrix");

@@ -41,6 +41,10 @@ struct TensorMeasure {
   // (0 / unset when probed alone).
   int group_size = 0;
   double group_kld = 0;
+  // Not probed (MeasureOptions::probe_stride): alpha and beta interpolated from the probed layers
+  // of its kind below and above (equal when only one side was probed).
+  int interpolated_from = -1, interpolated_to = -1;
+  bool interpolated() const { return interpolated_from >= 0; }
   std::vector<CandidateMeasure> candidates;  // by increasing bytes
 
   int64_t n_elements() const;
@@ -63,6 +67,7 @@ struct Measurement {
   int outliers = 0;               // K of the outlier candidates (0: none measured)
   int error_rows = 0;             // rows per tensor the errors were measured on (0: all)
   int probe_group = 1;            // tensors of one kind probed together
+  int probe_stride = 1;           // layers probed: 0, S, 2S, ..., the last (the rest interpolated)
   int probe_runs = 0;             // probe forward runs made (each over every chunk)
   int64_t scored_tokens = 0;
   std::vector<std::string> types;  // candidate types
