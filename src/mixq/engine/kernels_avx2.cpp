@@ -545,10 +545,11 @@ MIXQ_AVX2 void attn_tiled_hd8(const float* const q_in[], int nq, const float* kt
       }
     }
     int tl_max = 0;
+    for (int j = 0; j < kQ; ++j) tl_max = std::max(tl_max, std::min(kAttnTile, len[j] - p0));
     for (int j = 0; j < kQ; ++j) {
       const int tl = std::min(kAttnTile, len[j] - p0);
       if (tl <= 0) {
-        std::fill(s[j], s[j] + kAttnTile, 0.0f);
+        for (int p = 0; p < tl_max; p += 8) _mm256_store_ps(s[j] + p, _mm256_setzero_ps());
         continue;
       }
       // The tile maximum (exact in any order).
@@ -564,9 +565,9 @@ MIXQ_AVX2 void attn_tiled_hd8(const float* const q_in[], int nq, const float* kt
         m[j] = tile_max;
       }
       sum[j] = static_cast<float>(static_cast<double>(sum[j]) + exp_sum_avx2(s[j], tl, m[j]));
-      // Zero weights past the query's length: fma(0, v, acc) leaves acc as it is.
-      std::fill(s[j] + tl, s[j] + kAttnTile, 0.0f);
-      tl_max = std::max(tl_max, tl);
+      // Zero weights past the query's length, up to the tile's longest: fma(0, v, acc) leaves acc
+      // as it is.
+      for (int p = tl; p < tl_max; ++p) s[j][p] = 0.0f;
     }
     for (int p = 0; p < tl_max; ++p) {
       const __m256 vp = _mm256_loadu_ps(v + static_cast<int64_t>(p0 + p) * vstride);
