@@ -141,6 +141,15 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
   return run_layers(0, n, all_logits ? 0 : n - 1, all_logits);
 }
 
+const std::vector<float>& LlamaContext::eval_tail(const std::vector<int32_t>& tokens, int first) {
+  const int n = static_cast<int>(tokens.size());
+  check_batch(n);
+  if (first < 0 || first >= n) throw std::runtime_error(fmt::format("eval_tail: first row {} is outside 0 .. {}", first, n - 1));
+  x_.resize(static_cast<size_t>(n) * static_cast<size_t>(llama_.hparams().n_embd));
+  mm_.get_rows(*llama_.token_embd, tokens.data(), n, x_.data());
+  return run_layers(0, n, first, true);
+}
+
 const std::vector<float>& LlamaContext::eval_from_layer(int start, const float* x, int n, bool all_logits) {
   return eval_from_layer_tail(start, x, n, all_logits ? 0 : n - 1, all_logits);
 }
