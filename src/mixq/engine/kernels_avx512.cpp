@@ -189,16 +189,19 @@ MIXQ_AVX512 void dot_f32_x4_avx512(int64_t n_pad, const float* const w[4], const
 // it, lane 4 j + r holds (row r, token j).
 MIXQ_AVX512 __m512 dot_f32_4x4(int64_t n_pad, const float* const w[4], const float* const x[4]) {
   __m512 acc[16];
+#pragma GCC unroll 16
   for (auto& a : acc) a = _mm512_setzero_ps();
   for (int64_t i = 0; i < n_pad; i += 16) {
     __m512 xv[4];
     // Every operand in a register (the empty asm statements): GCC would otherwise fold the w or
     // the x loads into the FMAs, 16 loads per step instead of 8, and the load ports (one 64-byte
     // load per cycle on Zen 4) would set the pace instead of the FMAs.
+#pragma GCC unroll 4
     for (int j = 0; j < 4; ++j) {
       xv[j] = _mm512_loadu_ps(x[j] + i);
       __asm__("" : "+v"(xv[j]));
     }
+#pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
       __m512 wv = _mm512_loadu_ps(w[r] + i);
       __asm__("" : "+v"(wv));
@@ -207,18 +210,21 @@ MIXQ_AVX512 __m512 dot_f32_4x4(int64_t n_pad, const float* const w[4], const flo
   }
   // Lanes 8 apart: b1[k] = accumulators 2k (lanes 0-7) and 2k + 1 (lanes 8-15).
   __m512 b1[8];
+#pragma GCC unroll 8
   for (int k = 0; k < 8; ++k) {
     const __m512 a = acc[2 * k], b = acc[2 * k + 1];
     b1[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
   }
   // 4 apart: b2[k] = accumulators 4k .. 4k + 3, one 128-bit lane each.
   __m512 b2[4];
+#pragma GCC unroll 8
   for (int k = 0; k < 4; ++k) {
     const __m512 a = b1[2 * k], b = b1[2 * k + 1];
     b2[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
   }
   // 2 apart: b3[k], 128-bit lane l = [accumulator 8k + l: two partial sums, 8k + 4 + l: two].
   __m512 b3[2];
+#pragma GCC unroll 8
   for (int k = 0; k < 2; ++k) {
     const __m512 a = b2[2 * k], b = b2[2 * k + 1];
     b3[k] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
