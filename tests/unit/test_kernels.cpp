@@ -436,6 +436,101 @@ TEST(Kernels, AttentionKernelsAgreeAcrossSets) {
   }
 }
 
+// The prefill F32 kernel: every value exactly the four-row kernel's (so a batch computes what
+// token pairs did), near a double-precision dot, and nothing written outside the 4 x nt block.
+TEST(Kernels, F32TileIsTheFourRowKernelForEveryToken) {
+  for (const int64_t n_pad : {32, 64, 192, 576}) {
+    const std::vector<float> wv = random_row(4 * n_pad, 11), xv = random_row(17 * n_pad, 12);
+    const float* w[4] = {wv.data(), wv.data() + n_pad, wv.data() + 2 * n_pad, wv.data() + 3 * n_pad};
+    for (const int nt : {1, 2, 3, 4, 5, 7, 8, 9, 17}) {
+      for (const kernels::KernelSet* k : kernels::available_kernel_sets()) {
+        const int64_t ldy = 6;
+        std::vector<float> y(static_cast<size_t>(nt * ldy), -7.0f);
+        k->dot_f32_tile(n_pad, w, xv.data(), n_pad, nt, y.data(), ldy);
+        for (int j = 0; j < nt; ++j) {
+          const float* x[2] = {xv.data() + j * n_pad, xv.data() + j * n_pad};
+          float four[8];
+          k->dot_f32_x4(n_pad, w, x, 1, four);
+          for (int r = 0; r < 4; ++r) {
+            double ref = 0;
+            for (int64_t i = 0; i < n_pad; ++i) ref += static_cast<double>(w[r][i]) * x[0][i];
+            const float got = y[static_cast<size_t>(j * ldy + r)];
+            EXPECT_EQ(got, four[r]) << k->name << " n_pad=" << n_pad << " nt=" << nt << " token " << j << " row " << r;
+            EXPECT_NEAR(got, ref, 1e-5 * std::sqrt(static_cast<double>(n_pad)) * 4) << k->name;
+          }
+          EXPECT_EQ(y[static_cast<size_t>(j * ldy + 4)], -7.0f) << k->name;
+          EXPECT_EQ(y[static_cast<size_t>(j * ldy + 5)], -7.0f) << k->name;
+        }
+      }
+    }
+  }
+}
+
+// Tiled attention of several queries at once: per query exactly attn_tiled_reference over the same
+// set's tile kernels (so the interleaving reorders nothing), close to the scalar set and to a
+// plain softmax in double. Lengths cross tile boundaries, differ within a call, and include 1.
+TEST(Kernels, TiledAttentionOfSeveralQueriesIsEachQuerysReference) {
+  for (const int hd : {8, 16, 64}) {
+    const int max_len = 200, n_kv = 2;  // two KV heads: V rows hold both, as the cache does
+    const int64_t kstride = 256, vstride = n_kv * hd;
+    std::mt19937 rng(static_cast<uint32_t>(hd));
+    std::normal_distribution<float> g(0.0f, 1.0f);
+    std::vector<float> kt(static_cast<size_t>(hd * kstride)), v(static_cast<size_t>(max_len * vstride)),
+        q(static_cast<size_t>(kernels::kAttnQueries * hd));
+    for (auto& x : kt) x = round_fp16(g(rng));
+    for (auto& x : v) x = round_fp16(g(rng));
+    for (auto& x : q) x = 3.0f * g(rng);
+    const float* vh = v.data() + hd;  // the second KV head
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    auto exact = [&](const float* qh, int n, int i) {
+      std::vector<double> s(static_cast<size_t>(n));
+      double m = -1e300, sum = 0, o = 0;
+      for (int p = 0; p < n; ++p) {
+        double d = 0;
+        for (int c = 0; c < hd; ++c) d += static_cast<double>(qh[c]) * kt[static_cast<size_t>(c * kstride + p)];
+        m = std::max(m, s[static_cast<size_t>(p)] = d * scale);
+      }
+      for (int p = 0; p < n; ++p) {
+        const double w = std::exp(s[static_cast<size_t>(p)] - m);
+        sum += w;
+        o += w * vh[static_cast<size_t>(p * vstride + i)];
+      }
+      return o / sum;
+    };
+    const std::vector<std::vector<int>> cases = {{1},
+                                                  {64, 65},
+                                                  {120, 121, 122, 123, 124, 125, 126, 127},
+                                                  {1, 2, 3, 63, 64, 65, 129, 200},
+                                                  {190, 7, 66}};
+    for (const auto& lens : cases) {
+      const int nq = static_cast<int>(lens.size());
+      const float* qs[kernels::kAttnQueries];
+      for (int j = 0; j < nq; ++j) qs[j] = q.data() + j * hd;
+      std::vector<float> scalar(static_cast<size_t>(nq * hd));
+      for (int j = 0; j < nq; ++j) {
+        kernels::attn_tiled_reference(kernels::scalar_kernels(), qs[j], kt.data(), kstride, vh, vstride, hd,
+                                      lens[static_cast<size_t>(j)], scale, scalar.data() + j * hd);
+      }
+      for (const kernels::KernelSet* k : kernels::available_kernel_sets()) {
+        std::vector<float> got(static_cast<size_t>(nq * hd), -7.0f), ref(got.size());
+        float* outs[kernels::kAttnQueries];
+        for (int j = 0; j < nq; ++j) outs[j] = got.data() + j * hd;
+        k->attn_tiled(qs, nq, kt.data(), kstride, vh, vstride, hd, lens.data(), scale, outs);
+        for (int j = 0; j < nq; ++j) {
+          const int len = lens[static_cast<size_t>(j)];
+          kernels::attn_tiled_reference(*k, qs[j], kt.data(), kstride, vh, vstride, hd, len, scale, ref.data() + j * hd);
+          for (int i = 0; i < hd; ++i) {
+            const auto at = static_cast<size_t>(j * hd + i);
+            EXPECT_EQ(got[at], ref[at]) << k->name << " hd=" << hd << " query " << j << " len " << len << " dim " << i;
+            EXPECT_NEAR(got[at], scalar[at], 2e-5) << k->name << " hd=" << hd << " len " << len;
+            EXPECT_NEAR(got[at], exact(qs[j], len, i), 2e-5) << k->name << " hd=" << hd << " len " << len;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Which sets a CPU is offered, and that the default is the last (widest) of them: an order, not a
 // speed (bench/ measures speed).
 TEST(Kernels, EveryCpuGetsTheWidestSetItRuns) {

@@ -102,35 +102,24 @@ void KvCache::attend(int layer, int pos, int n, const float* q, AttentionMode mo
     });
     return;
   }
-  // Tiled F32 flash attention (kTiled, and kF32 over its F32 cache): F32 Q, tiles of 64 cached
-  // positions, online softmax with the running maximum, sums of each tile's exponentials in
-  // double, F32 accumulation of V in position order.
-  pool.parallel_for(static_cast<int64_t>(n) * n_head, [&](int64_t task) {
-    constexpr int kTile = kernels::kAttnTile;
-    const int t = static_cast<int>(task / n_head), h = static_cast<int>(task % n_head);
-    const int kvh = h / group, len = pos + t + 1;
-    const float* qh = &q[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd];
-    const float* kt = kc + static_cast<size_t>(kvh) * hd * static_cast<size_t>(stride);
-    float* out = &att[static_cast<size_t>(t) * e + static_cast<size_t>(h) * hd];
-    std::fill(out, out + hd, 0.0f);
-    float s_tile[kTile];
-    float m = -INFINITY, sum = 0.0f;
-    for (int p0 = 0; p0 < len; p0 += kTile) {
-      const int tl = std::min(kTile, len - p0);
-      ks.attn_scores(qh, kt + p0, stride, hd, s_tile);
-      float tile_max = -INFINITY;
-      for (int p = 0; p < tl; ++p) tile_max = std::max(tile_max, s_tile[p] *= att_scale);
-      if (tile_max > m) {
-        const float ms = std::exp(m - tile_max);
-        for (int i = 0; i < hd; ++i) out[i] *= ms;
-        sum *= ms;
-        m = tile_max;
-      }
-      sum = static_cast<float>(static_cast<double>(sum) + ks.exp_sum(s_tile, tl, m));
-      ks.attn_accumulate(s_tile, tl, vc + static_cast<size_t>(p0) * kvd + static_cast<size_t>(kvh) * hd, kvd, hd, out);
+  // Tiled F32 flash attention (kTiled, and kF32 over its F32 cache; kernels.h,
+  // attn_tiled_reference): tasks of kAttnQueries consecutive tokens of one head, the longest
+  // (latest) tokens first so the short tasks even out the threads at the end.
+  constexpr int kQ = kernels::kAttnQueries;
+  const int groups = (n + kQ - 1) / kQ;
+  pool.parallel_for(static_cast<int64_t>(groups) * n_head, [&](int64_t task) {
+    const int t0 = (groups - 1 - static_cast<int>(task / n_head)) * kQ, h = static_cast<int>(task % n_head);
+    const int kvh = h / group, nq = std::min(kQ, n - t0);
+    const float* qs[kQ];
+    float* outs[kQ];
+    int lens[kQ];
+    for (int j = 0; j < nq; ++j) {
+      qs[j] = &q[static_cast<size_t>(t0 + j) * e + static_cast<size_t>(h) * hd];
+      outs[j] = &att[static_cast<size_t>(t0 + j) * e + static_cast<size_t>(h) * hd];
+      lens[j] = pos + t0 + j + 1;
     }
-    const float inv = 1.0f / sum;
-    for (int i = 0; i < hd; ++i) out[i] *= inv;
+    ks.attn_tiled(qs, nq, kc + static_cast<size_t>(kvh) * hd * static_cast<size_t>(stride), stride,
+                  vc + static_cast<size_t>(kvh) * hd, kvd, hd, lens, att_scale, outs);
   });
 }
 

@@ -169,6 +169,13 @@ void dot_f32_x4_scalar(int64_t n_pad, const float* const w[4], const float* cons
   }
 }
 
+void dot_f32_tile_scalar(int64_t n_pad, const float* const w[4], const float* x, int64_t ldx, int nt, float* y,
+                         int64_t ldy) {
+  for (int j = 0; j < nt; ++j) {
+    for (int r = 0; r < 4; ++r) y[j * ldy + r] = dot_f32_scalar(n_pad, w[r], x + j * ldx);
+  }
+}
+
 void attn_f16_scalar(const float* q, const float* kt, int64_t kstride, const float* v, int64_t vstride, int hd,
                      int len, float scale, float* /*scratch*/, float* out) {
   float q16[512];
@@ -201,12 +208,40 @@ void attn_f16_x4_scalar(const float* const q[4], const float* kt, int64_t kstrid
   for (int r = 0; r < 4; ++r) attn_f16_scalar(q[r], kt, kstride, v, vstride, hd, len[r], scale, scratch, out[r]);
 }
 
+void attn_tiled_scalar(const float* const q[], int nq, const float* kt, int64_t kstride, const float* v,
+                       int64_t vstride, int hd, const int len[], float scale, float* const out[]) {
+  for (int j = 0; j < nq; ++j) attn_tiled_reference(scalar_kernels(), q[j], kt, kstride, v, vstride, hd, len[j], scale, out[j]);
+}
+
 constexpr KernelSet kScalar{"scalar", dot_int8_scalar, dot_f32_scalar, dot_int8_x4_scalar, dot_f32_x4_scalar,
-                            exp_sum_scalar, attn_scores_scalar,
+                            dot_f32_tile_scalar, exp_sum_scalar, attn_scores_scalar,
                             attn_accumulate_scalar, attn_f16_scalar,
-                            attn_f16_x4_scalar, nullptr, nullptr};
+                            attn_f16_x4_scalar, attn_tiled_scalar, nullptr, nullptr};
 
 }  // namespace
+
+void attn_tiled_reference(const KernelSet& k, const float* q, const float* kt, int64_t kstride, const float* v,
+                          int64_t vstride, int hd, int len, float scale, float* out) {
+  std::fill(out, out + hd, 0.0f);
+  float s[kAttnTile];
+  float m = -INFINITY, sum = 0.0f;
+  for (int p0 = 0; p0 < len; p0 += kAttnTile) {
+    const int tl = std::min(kAttnTile, len - p0);
+    k.attn_scores(q, kt + p0, kstride, hd, s);
+    float tile_max = -INFINITY;
+    for (int p = 0; p < tl; ++p) tile_max = std::max(tile_max, s[p] *= scale);
+    if (tile_max > m) {
+      const float ms = std::exp(m - tile_max);
+      for (int i = 0; i < hd; ++i) out[i] *= ms;
+      sum *= ms;
+      m = tile_max;
+    }
+    sum = static_cast<float>(static_cast<double>(sum) + k.exp_sum(s, tl, m));
+    k.attn_accumulate(s, tl, v + static_cast<size_t>(p0) * static_cast<size_t>(vstride), vstride, hd, out);
+  }
+  const float inv = 1.0f / sum;
+  for (int i = 0; i < hd; ++i) out[i] *= inv;
+}
 
 void prepare_activations(ActFormat format, const float* x, int n_tokens, int64_t n, PreparedActs& out) {
   out.format = format;

@@ -153,6 +153,11 @@ struct KernelSet {
                       const float* const offset[4], const int8_t* const a[2], const float* const dx[2],
                       const float* const dsum[2], int nt, float* out);
   void (*dot_f32_x4)(int64_t n_pad, const float* const w[4], const float* const x[2], int nt, float* out);
+  // Four rows against nt (any number of) activation rows x + j * ldx: y[j * ldy + r] = exactly
+  // dot_f32_x4's value of (w[r], x + j * ldx). The prefill shape of the F32 product: a set may
+  // keep many products in registers at once and reduce them together, but not reorder any sum.
+  void (*dot_f32_tile)(int64_t n_pad, const float* const w[4], const float* x, int64_t ldx, int nt, float* y,
+                       int64_t ldy);
   // x[i] = exp(x[i] - m) for i < n (x[i] <= m); returns the sum in double (softmax tiles).
   double (*exp_sum)(float* x, int64_t n, float m);
   // Attention scores of one query against kAttnTile cached positions: s[p] = sum_i q[i] * kt[i][p]
@@ -170,6 +175,13 @@ struct KernelSet {
   // attn_f16 for four queries of the same head (scratch: 8 * (max len + 8) floats).
   void (*attn_f16_x4)(const float* const q[4], const float* kt, int64_t kstride, const float* v, int64_t vstride,
                       int hd, const int len[4], float scale, float* scratch, float* const out[4]);
+  // Tiled F32 attention (AttentionMode::kTiled) of nq (1 .. kAttnQueries) queries of one head:
+  // out[j] = attention of q[j] over positions [0, len[j]) (kt: the transposed K cache, rows of
+  // kstride floats readable up to the largest len rounded up to kAttnTile; v: rows vstride apart).
+  // Per query exactly attn_tiled_reference over this set's tile kernels; a set may interleave the
+  // queries (shared K and V loads, independent accumulation chains) but not reorder any sum.
+  void (*attn_tiled)(const float* const q[], int nq, const float* kt, int64_t kstride, const float* v,
+                     int64_t vstride, int hd, const int len[], float scale, float* const out[]);
   // In-place decode kernels by type id (kRowDotSlots entries, null where a type has no fast path),
   // or null for a set without any (the scalar reference).
   const RowDotFn* row_dot;
@@ -183,6 +195,16 @@ inline RowDotFn row_dot_for(const KernelSet& k, TypeId id) {
   return k.row_dot != nullptr && i < kRowDotSlots ? k.row_dot[i] : nullptr;
 }
 inline constexpr int kAttnTile = 64;
+// Queries one attn_tiled call takes at most.
+inline constexpr int kAttnQueries = 8;
+
+// The tiled attention of one query with set k's tile kernels (attn_scores, exp_sum,
+// attn_accumulate): tiles of kAttnTile positions, scores scaled, an online softmax with the
+// running maximum (accumulator and sum rescaled by std::exp(old - new) on a new tile maximum),
+// each tile's exponentials summed in double and added to the F32 sum, V accumulated in position
+// order, divided by the sum at the end. The definition every attn_tiled reproduces per query.
+void attn_tiled_reference(const KernelSet& k, const float* q, const float* kt, int64_t kstride, const float* v,
+                          int64_t vstride, int hd, int len, float scale, float* out);
 
 // The kernel sets this CPU can run, the reference first.
 std::span<const KernelSet* const> available_kernel_sets();

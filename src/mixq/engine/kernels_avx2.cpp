@@ -91,6 +91,13 @@ MIXQ_AVX2 void exp_inplace(float* x, int64_t n) {
 }
 
 
+MIXQ_AVX2 inline float hmax(__m256 v) {
+  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
+  x = _mm_max_ss(x, _mm_movehdup_ps(x));
+  return _mm_cvtss_f32(x);
+}
+
 // Sums of four vectors, one per lane of the result.
 MIXQ_AVX2 inline __m128 hsum4(__m256 a, __m256 b, __m256 c, __m256 d) {
   const __m256 ab = _mm256_hadd_ps(a, b), cd = _mm256_hadd_ps(c, d);
@@ -177,6 +184,22 @@ MIXQ_AVX2 void dot_f32_x4_avx2(int64_t n_pad, const float* const w[4], const flo
     dot_f32_x4_impl<2>(n_pad, w, x, out);
   } else {
     dot_f32_x4_impl<1>(n_pad, w, x, out);
+  }
+}
+
+MIXQ_AVX2 void dot_f32_tile_avx2(int64_t n_pad, const float* const w[4], const float* x, int64_t ldx, int nt, float* y,
+                                 int64_t ldy) {
+  int j = 0;
+  for (; j + 2 <= nt; j += 2) {
+    const float* xs[2] = {x + j * ldx, x + (j + 1) * ldx};
+    float out[8];
+    dot_f32_x4_impl<2>(n_pad, w, xs, out);
+    std::copy(out, out + 4, y + j * ldy);
+    std::copy(out + 4, out + 8, y + (j + 1) * ldy);
+  }
+  if (j < nt) {
+    const float* xs[2] = {x + j * ldx, x + j * ldx};
+    dot_f32_x4_impl<1>(n_pad, w, xs, y + j * ldy);
   }
 }
 
@@ -484,8 +507,88 @@ MIXQ_AVX2 void attn_f16_x4_avx2(const float* const q[4], const float* kt, int64_
   }
 }
 
-const KernelSet kAvx2{"avx2", dot_int8_avx2, dot_f32_avx2, dot_int8_x4_avx2, dot_f32_x4_avx2, exp_sum_avx2, attn_scores_avx2, attn_accumulate_avx2,
-                      attn_f16_avx2, attn_f16_x4_avx2, nullptr, nullptr};
+// attn_tiled for heads of 8: all kAttnQueries queries at once (missing ones padded with empty
+// queries), so each K row segment and each V row is loaded once for all of them, and the eight
+// V accumulators are independent FMA chains (one query's chain is latency-bound: a head of 8 is
+// one vector). Per query the operations and their order are attn_tiled_reference's.
+MIXQ_AVX2 void attn_tiled_hd8(const float* const q_in[], int nq, const float* kt, int64_t kstride, const float* v,
+                              int64_t vstride, const int len_in[], float scale, float* const out[]) {
+  constexpr int kQ = kAttnQueries;
+  const float* q[kQ];
+  int len[kQ];
+  int max_len = 0;
+  for (int j = 0; j < kQ; ++j) {
+    q[j] = q_in[j < nq ? j : 0];
+    len[j] = j < nq ? len_in[j] : 0;
+    max_len = std::max(max_len, len[j]);
+  }
+  __m256 acc[kQ];
+  float m[kQ], sum[kQ];
+  for (int j = 0; j < kQ; ++j) {
+    acc[j] = _mm256_setzero_ps();
+    m[j] = -INFINITY;
+    sum[j] = 0.0f;
+  }
+  alignas(32) float s[kQ][kAttnTile];
+  const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+  for (int p0 = 0; p0 < max_len; p0 += kAttnTile) {
+    // Scores (attn_scores: an FMA chain in dimension order, then the scale), every query over the
+    // whole tile; positions past a query's length are ignored below.
+    for (int b = 0; b < kAttnTile; b += 8) {
+      __m256 kv[8];
+      for (int i = 0; i < 8; ++i) kv[i] = _mm256_loadu_ps(kt + i * kstride + p0 + b);
+#pragma GCC unroll 8
+      for (int j = 0; j < kQ; ++j) {
+        __m256 a = _mm256_setzero_ps();
+        for (int i = 0; i < 8; ++i) a = _mm256_fmadd_ps(_mm256_broadcast_ss(q[j] + i), kv[i], a);
+        _mm256_store_ps(s[j] + b, _mm256_mul_ps(a, vscale));
+      }
+    }
+    int tl_max = 0;
+    for (int j = 0; j < kQ; ++j) tl_max = std::max(tl_max, std::min(kAttnTile, len[j] - p0));
+    for (int j = 0; j < kQ; ++j) {
+      const int tl = std::min(kAttnTile, len[j] - p0);
+      if (tl <= 0) {
+        for (int p = 0; p < tl_max; p += 8) _mm256_store_ps(s[j] + p, _mm256_setzero_ps());
+        continue;
+      }
+      // The tile maximum (exact in any order).
+      __m256 mx = ninf;
+      int p = 0;
+      for (; p + 8 <= tl; p += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(s[j] + p));
+      float tile_max = hmax(mx);
+      for (; p < tl; ++p) tile_max = std::max(tile_max, s[j][p]);
+      if (tile_max > m[j]) {
+        const float ms = std::exp(m[j] - tile_max);
+        acc[j] = _mm256_mul_ps(acc[j], _mm256_set1_ps(ms));
+        sum[j] *= ms;
+        m[j] = tile_max;
+      }
+      sum[j] = static_cast<float>(static_cast<double>(sum[j]) + exp_sum_avx2(s[j], tl, m[j]));
+      // Zero weights past the query's length, up to the tile's longest: fma(0, v, acc) leaves acc
+      // as it is.
+      for (int p = tl; p < tl_max; ++p) s[j][p] = 0.0f;
+    }
+    for (int p = 0; p < tl_max; ++p) {
+      const __m256 vp = _mm256_loadu_ps(v + static_cast<int64_t>(p0 + p) * vstride);
+#pragma GCC unroll 8
+      for (int j = 0; j < kQ; ++j) acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(s[j] + p), vp, acc[j]);
+    }
+  }
+  for (int j = 0; j < nq; ++j) _mm256_storeu_ps(out[j], _mm256_mul_ps(acc[j], _mm256_set1_ps(1.0f / sum[j])));
+}
+
+MIXQ_AVX2 void attn_tiled_avx2(const float* const q[], int nq, const float* kt, int64_t kstride, const float* v,
+                               int64_t vstride, int hd, const int len[], float scale, float* const out[]) {
+  if (hd == 8 && nq > 1) {
+    attn_tiled_hd8(q, nq, kt, kstride, v, vstride, len, scale, out);
+    return;
+  }
+  for (int j = 0; j < nq; ++j) attn_tiled_reference(*avx2_kernels(), q[j], kt, kstride, v, vstride, hd, len[j], scale, out[j]);
+}
+
+const KernelSet kAvx2{"avx2", dot_int8_avx2, dot_f32_avx2, dot_int8_x4_avx2, dot_f32_x4_avx2, dot_f32_tile_avx2, exp_sum_avx2, attn_scores_avx2, attn_accumulate_avx2,
+                      attn_f16_avx2, attn_f16_x4_avx2, attn_tiled_avx2, nullptr, nullptr};
 
 }  // namespace
 

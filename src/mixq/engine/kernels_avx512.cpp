@@ -14,6 +14,8 @@
 #include "mixq/engine/kernels.h"
 #include "mixq/util/cpu_features.h"
 
+#include <algorithm>
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define MIXQ_HAVE_AVX512_KERNELS 1
@@ -180,6 +182,78 @@ MIXQ_AVX512 void dot_f32_x4_avx512(int64_t n_pad, const float* const w[4], const
   }
 }
 
+// Four rows times four tokens in 16 accumulators (acc[4 r + j]: row r, token j), each the same FMA
+// chain over 16-lane steps as dot_f32_x4_impl, then the 16 reductions together: GCC's
+// _mm512_reduce_add_ps adds lanes 8 apart, then 4, 2 and 1 apart, and the tree below makes the
+// same pairs, four vectors' worth per shuffle, so every sum is bit for bit dot_f32_x4's. After
+// it, lane 4 j + r holds (row r, token j).
+MIXQ_AVX512 __m512 dot_f32_4x4(int64_t n_pad, const float* const w[4], const float* const x[4]) {
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (auto& a : acc) a = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n_pad; i += 16) {
+    __m512 xv[4];
+    // Every operand in a register (the empty asm statements): GCC would otherwise fold the w or
+    // the x loads into the FMAs, 16 loads per step instead of 8, and the load ports (one 64-byte
+    // load per cycle on Zen 4) would set the pace instead of the FMAs.
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      xv[j] = _mm512_loadu_ps(x[j] + i);
+      __asm__("" : "+v"(xv[j]));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      __m512 wv = _mm512_loadu_ps(w[r] + i);
+      __asm__("" : "+v"(wv));
+      for (int j = 0; j < 4; ++j) acc[4 * r + j] = _mm512_fmadd_ps(wv, xv[j], acc[4 * r + j]);
+    }
+  }
+  // Lanes 8 apart: b1[k] = accumulators 2k (lanes 0-7) and 2k + 1 (lanes 8-15).
+  __m512 b1[8];
+#pragma GCC unroll 8
+  for (int k = 0; k < 8; ++k) {
+    const __m512 a = acc[2 * k], b = acc[2 * k + 1];
+    b1[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // 4 apart: b2[k] = accumulators 4k .. 4k + 3, one 128-bit lane each.
+  __m512 b2[4];
+#pragma GCC unroll 8
+  for (int k = 0; k < 4; ++k) {
+    const __m512 a = b1[2 * k], b = b1[2 * k + 1];
+    b2[k] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+  }
+  // 2 apart: b3[k], 128-bit lane l = [accumulator 8k + l: two partial sums, 8k + 4 + l: two].
+  __m512 b3[2];
+#pragma GCC unroll 8
+  for (int k = 0; k < 2; ++k) {
+    const __m512 a = b2[2 * k], b = b2[2 * k + 1];
+    b3[k] = _mm512_add_ps(_mm512_shuffle_ps(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_ps(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+  }
+  // 1 apart: lane 4 l + c = accumulator 4 c + l.
+  return _mm512_add_ps(_mm512_shuffle_ps(b3[0], b3[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(b3[0], b3[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+MIXQ_AVX512 void dot_f32_tile_avx512(int64_t n_pad, const float* const w[4], const float* x, int64_t ldx, int nt,
+                                     float* y, int64_t ldy) {
+  int j = 0;
+  for (; j + 4 <= nt; j += 4) {
+    const float* xs[4] = {x + j * ldx, x + (j + 1) * ldx, x + (j + 2) * ldx, x + (j + 3) * ldx};
+    const __m512 r = dot_f32_4x4(n_pad, w, xs);
+    _mm_storeu_ps(y + j * ldy, _mm512_castps512_ps128(r));
+    _mm_storeu_ps(y + (j + 1) * ldy, _mm512_extractf32x4_ps(r, 1));
+    _mm_storeu_ps(y + (j + 2) * ldy, _mm512_extractf32x4_ps(r, 2));
+    _mm_storeu_ps(y + (j + 3) * ldy, _mm512_extractf32x4_ps(r, 3));
+  }
+  if (j < nt) {
+    const int left = nt - j;
+    const float* xs[4];
+    for (int i = 0; i < 4; ++i) xs[i] = x + (j + std::min(i, left - 1)) * ldx;
+    alignas(64) float r[16];
+    _mm512_store_ps(r, dot_f32_4x4(n_pad, w, xs));
+    for (int i = 0; i < left; ++i) std::copy(r + 4 * i, r + 4 * i + 4, y + (j + i) * ldy);
+  }
+}
 
 }  // namespace
 
@@ -194,6 +268,7 @@ const KernelSet* avx512_kernels() {
     k.dot_f32 = dot_f32_avx512;
     k.dot_int8_x4 = dot_int8_x4_avx512;
     k.dot_f32_x4 = dot_f32_x4_avx512;
+    k.dot_f32_tile = dot_f32_tile_avx512;
     k.row_dot = avx512_row_dot_table();
     k.panel_int8 = avx512_panel_kernel();
     return &k;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -140,6 +141,15 @@ const std::vector<float>& LlamaContext::eval(const std::vector<int32_t>& tokens,
   return run_layers(0, n, all_logits ? 0 : n - 1, all_logits);
 }
 
+const std::vector<float>& LlamaContext::eval_tail(const std::vector<int32_t>& tokens, int first) {
+  const int n = static_cast<int>(tokens.size());
+  check_batch(n);
+  if (first < 0 || first >= n) throw std::runtime_error(fmt::format("eval_tail: first row {} is outside 0 .. {}", first, n - 1));
+  x_.resize(static_cast<size_t>(n) * static_cast<size_t>(llama_.hparams().n_embd));
+  mm_.get_rows(*llama_.token_embd, tokens.data(), n, x_.data());
+  return run_layers(0, n, first, true);
+}
+
 const std::vector<float>& LlamaContext::eval_from_layer(int start, const float* x, int n, bool all_logits) {
   return eval_from_layer_tail(start, x, n, all_logits ? 0 : n - 1, all_logits);
 }
@@ -171,34 +181,63 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_l
   for (auto* b : {&k_, &v_}) b->resize(un * kvd);
   for (auto* b : {&gate_, &up_}) b->resize(un * ff);
   std::vector<float>&x = x_, &xn = xn_, &q = q_, &k = k_, &v = v_, &att = att_, &tmp = tmp_, &gate = gate_, &up = up_;
+  // The per-token steps (norms, RoPE and the cache store, SwiGLU, residual adds) over blocks of
+  // tokens on the pool: for a prompt batch they would otherwise leave the other threads waiting;
+  // a few tokens stay on the calling thread. Each token's arithmetic is the same either way.
+  const auto per_tokens = [&](int t_begin, const std::function<void(int, int)>& fn) {
+    constexpr int kBlock = 16;
+    const int count = n - t_begin;
+    if (count < 2 * kBlock || pool_.size() == 1) {
+      fn(t_begin, n);
+      return;
+    }
+    pool_.parallel_for((count + kBlock - 1) / kBlock, [&](int64_t b) {
+      const int t0 = t_begin + static_cast<int>(b) * kBlock;
+      fn(t0, std::min(n, t0 + kBlock));
+    });
+  };
   for (int l = start; l < hp.n_layer; ++l) {
     observe_layer(l, x.data(), n);
     const auto& L = llama_.layers[static_cast<size_t>(l)];
     const std::vector<float>&attn_norm = norms_[2 * static_cast<size_t>(l)], &ffn_norm = norms_[2 * static_cast<size_t>(l) + 1];
-    for (int t = 0; t < n; ++t) rms_norm(&x[t * e], attn_norm.data(), e, hp.rms_eps, &xn[t * e]);
+    per_tokens(0, [&](int t0, int t1) {
+      for (int t = t0; t < t1; ++t) rms_norm(&x[t * e], attn_norm.data(), e, hp.rms_eps, &xn[t * e]);
+    });
     mm_.invalidate();
     matmuls({{L.wq, q.data()}, {L.wk, k.data()}, {L.wv, v.data()}}, xn.data(), n);
-    for (int t = 0; t < n; ++t) {
-      rope(&q[t * e], hp.n_head, n_past_ + t);
-      rope(&k[t * kvd], hp.n_head_kv, n_past_ + t);
-    }
-    kv_.store(l, n_past_, n, k.data(), v.data(), attention_);
+    per_tokens(0, [&](int t0, int t1) {
+      for (int t = t0; t < t1; ++t) {
+        rope(&q[t * e], hp.n_head, n_past_ + t);
+        rope(&k[t * kvd], hp.n_head_kv, n_past_ + t);
+      }
+      kv_.store(l, n_past_ + t0, t1 - t0, &k[t0 * kvd], &v[t0 * kvd], attention_);
+    });
     kv_.attend(l, n_past_, n, q.data(), attention_, mm_.kernel_set(), pool_, att.data());
     mm_.invalidate();
     matmul(*L.wo, att.data(), n, tmp.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
-    for (int t = 0; t < n; ++t) rms_norm(&x[t * e], ffn_norm.data(), e, hp.rms_eps, &xn[t * e]);
+    per_tokens(0, [&](int t0, int t1) {
+      for (int i = t0 * e; i < t1 * e; ++i) x[i] += tmp[i];
+      for (int t = t0; t < t1; ++t) rms_norm(&x[t * e], ffn_norm.data(), e, hp.rms_eps, &xn[t * e]);
+    });
     mm_.invalidate();
     matmuls({{L.gate, gate.data()}, {L.up, up.data()}}, xn.data(), n);
-    for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];  // SwiGLU
+    per_tokens(0, [&](int t0, int t1) {
+      for (size_t i = static_cast<size_t>(t0) * ff; i < static_cast<size_t>(t1) * ff; ++i) {
+        gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];  // SwiGLU
+      }
+    });
     mm_.invalidate();
     matmul(*L.down, gate.data(), n, tmp.data());
-    for (size_t i = 0; i < x.size(); ++i) x[i] += tmp[i];
+    per_tokens(0, [&](int t0, int t1) {
+      for (int i = t0 * e; i < t1 * e; ++i) x[i] += tmp[i];
+    });
   }
   observe_layer(hp.n_layer, x.data(), n);
   const std::vector<float>& out_norm = norms_.back();
   const int first = first_logit, count = n - first;
-  for (int t = first; t < n; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);
+  per_tokens(first, [&](int t0, int t1) {
+    for (int t = t0; t < t1; ++t) rms_norm(&x[t * e], out_norm.data(), e, hp.rms_eps, &xn[(t - first) * e]);
+  });
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();
   head_matmul(*llama_.output, xn.data(), count, every_token, logits_.data());

@@ -63,6 +63,7 @@ class LlamaContext : public Context {
   LlamaContext(const LlamaModel& model, int n_ctx, int n_threads);
 
   const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits) override;
+  const std::vector<float>& eval_tail(const std::vector<int32_t>& tokens, int first) override;
   const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) override;
   const std::vector<float>& eval_from_layer_tail(int start, const float* x, int n, int first) override;
   void reset() override {

@@ -206,6 +206,22 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
     for (int64_t r = r0; r < r1; ++r) {
       kernels::prepare_row(*w.type, w.data + static_cast<size_t>(r) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
     }
+    if (!rows[0].integer && r1 - r0 >= 4) {
+      // F32 rows: four at a time against every token (KernelSet::dot_f32_tile).
+      int64_t r = r0;
+      for (; r + 4 <= r1; r += 4) {
+        const float* four[4] = {rows[static_cast<size_t>(r - r0)].f.data(), rows[static_cast<size_t>(r - r0 + 1)].f.data(),
+                                rows[static_cast<size_t>(r - r0 + 2)].f.data(), rows[static_cast<size_t>(r - r0 + 3)].f.data()};
+        k.dot_f32_tile(acts.n_pad, four, acts.f_row(0), acts.n_pad, n_tokens, y + r, out);
+      }
+      for (; r < r1; ++r) {
+        for (int t = 0; t < n_tokens; ++t) {
+          y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] = kernels::dot(k, rows[static_cast<size_t>(r - r0)], acts, t);
+        }
+      }
+      add_outliers(r0, r1);
+      return;
+    }
     for (int t = 0; t < n_tokens; t += 2) {
       const int nt = std::min(2, n_tokens - t);
       int64_t r = r0;

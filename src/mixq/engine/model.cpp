@@ -115,6 +115,14 @@ const std::vector<float>& Context::eval_from_layer_tail(int start, const float* 
   return tail_;
 }
 
+const std::vector<float>& Context::eval_tail(const std::vector<int32_t>& tokens, int first) {
+  const int n = static_cast<int>(tokens.size());
+  if (first < 0 || first >= n) throw std::runtime_error(fmt::format("eval_tail: first row {} is outside 0 .. {}", first, n - 1));
+  const std::vector<float>& all = eval(tokens, true);
+  tail_.assign(all.begin() + static_cast<ptrdiff_t>(first) * n_vocab(), all.end());
+  return tail_;
+}
+
 void Context::check_batch(int n) const {
   if (n == 0) throw std::runtime_error("eval: no tokens");
   if (n_past_ + n > n_ctx_) {

@@ -114,6 +114,10 @@ class Context {
   // Runs tokens at positions [n_past, n_past + n) and returns their logits (n x n_vocab,
   // row-major) when all_logits, else only the last token's.
   virtual const std::vector<float>& eval(const std::vector<int32_t>& tokens, bool all_logits) = 0;
+  // As eval with all_logits, returning the logits of rows [first, n) only ((n - first) x n_vocab),
+  // equal to those rows of the full result (perplexity scores a chunk's second half). The default
+  // computes every row and copies the tail; architectures skip the head's other rows.
+  virtual const std::vector<float>& eval_tail(const std::vector<int32_t>& tokens, int first);
   // Evaluates a fresh sequence (the context must be empty or reset) from block `start`
   // (0 .. n_layer) with x (n x layer_state_width), the state entering that block as a layer
   // observer saw it. A model that differs from another only from block `start` on gives the same
@@ -144,6 +148,10 @@ class Context {
   ActivationPrecision activation_precision() const { return activations_; }
   // Attention numerics; models without attention ignore it.
   virtual void set_attention(AttentionMode mode) {}
+
+  // The context's threads, idle between evaluations: callers may run their own parallel loops
+  // on them there (scoring a chunk's rows) instead of starting more threads.
+  ThreadPool& thread_pool() { return pool_; }
 
   int n_past() const { return n_past_; }
   int n_ctx() const { return n_ctx_; }
@@ -197,7 +205,7 @@ class Context {
   LayerObserver layer_observer_;
   ActivationPrecision activations_;
   std::unordered_map<const float*, std::vector<float>> rounded_;  // matmul's rounded copies
-  std::vector<float> tail_;  // the default eval_from_layer_tail's result
+  std::vector<float> tail_;  // the default eval_from_layer_tail's and eval_tail's result
 };
 
 // Context::set_numerics_batch(b) for as long as this lives; the previous setting comes back after.

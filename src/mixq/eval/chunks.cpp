@@ -50,13 +50,15 @@ ChunkRunner::ChunkRunner(const Model& model, const TextChunks& chunks, int threa
 
 ChunkLogits ChunkRunner::run(int c) {
   ctx_->reset();
-  const std::vector<float>& logits = ctx_->eval(chunks_.input(c), true);
+  // Only the scored rows' logits (the head's product over the other rows is skipped).
+  const std::vector<float>& logits = ctx_->eval_tail(chunks_.input(c), chunks_.first());
   ChunkLogits out;
   out.chunk = c;
   out.rows = chunks_.rows_per_chunk();
   out.n_vocab = ctx_->n_vocab();
-  out.logits = logits.data() + static_cast<size_t>(chunks_.first()) * static_cast<size_t>(out.n_vocab);
+  out.logits = logits.data();
   out.targets = chunks_.targets(c);
+  out.threads = &ctx_->thread_pool();
   return out;
 }
 

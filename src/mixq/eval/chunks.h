@@ -55,6 +55,7 @@ struct ChunkLogits {
   int n_vocab = 0;
   const float* logits = nullptr;
   const int32_t* targets = nullptr;
+  ThreadPool* threads = nullptr;  // the model's threads, idle during the callback
   const float* row(int i) const { return logits + static_cast<size_t>(i) * static_cast<size_t>(n_vocab); }
 };
 

@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <vector>
 
 namespace mixq {
 
@@ -11,9 +12,15 @@ PerplexityResult perplexity(const Model& model, const Tokenizer& tok, const std:
   const TextChunks chunks = split_text(tok, text, opts.n_ctx, opts.max_chunks);
   double nll = 0, nll2 = 0;
   int64_t count = 0;
+  std::vector<double> lps;
   run_chunks(model, chunks, opts.threads, [&](const ChunkLogits& c) {
+    // The rows' log-probabilities on the model's threads, summed here in row order.
+    lps.resize(static_cast<size_t>(c.rows));
+    c.threads->parallel_for(c.rows, [&](int64_t i) {
+      lps[static_cast<size_t>(i)] = LogSoftmax(c.row(static_cast<int>(i)), c.n_vocab)(c.targets[i]);
+    });
     for (int i = 0; i < c.rows; ++i) {
-      const double lp = LogSoftmax(c.row(i), c.n_vocab)(c.targets[i]);
+      const double lp = lps[static_cast<size_t>(i)];
       nll -= lp;
       nll2 += lp * lp;
       ++count;
