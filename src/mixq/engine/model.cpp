@@ -52,12 +52,9 @@ void round_activations(ActivationPrecision p, const float* x, size_t n, size_t r
   }
 }
 
-void Context::matmul(const GgufTensor& w, const float* x, int n, float* y) {
-  if (activations_ == ActivationPrecision::kF32) {
-    mm_(w, x, n, y);
-    return;
-  }
-  const auto len = static_cast<size_t>(w.row_length()), count = len * static_cast<size_t>(n);
+const float* Context::graph_input(const float* x, int64_t row_length, int n) {
+  if (activations_ == ActivationPrecision::kF32) return x;
+  const auto len = static_cast<size_t>(row_length), count = len * static_cast<size_t>(n);
   std::vector<float>& r = rounded_[x];
   if (r.size() < count) {
     r.resize(count);
@@ -65,23 +62,16 @@ void Context::matmul(const GgufTensor& w, const float* x, int n, float* y) {
     mm_.invalidate();
   }
   round_activations(activations_, x, count, len, r.data());
-  mm_(w, r.data(), n, y);
+  return r.data();
+}
+
+void Context::matmul(const GgufTensor& w, const float* x, int n, float* y) {
+  mm_(w, graph_input(x, w.row_length(), n), n, y);
 }
 
 void Context::matmuls(std::initializer_list<MatMul::Product> products, const float* x, int n) {
-  if (activations_ == ActivationPrecision::kF32 || products.size() == 0) {
-    mm_(products, x, n);
-    return;
-  }
-  const GgufTensor& w = *products.begin()->w;
-  const auto len = static_cast<size_t>(w.row_length()), count = len * static_cast<size_t>(n);
-  std::vector<float>& r = rounded_[x];
-  if (r.size() < count) {
-    r.resize(count);
-    mm_.invalidate();
-  }
-  round_activations(activations_, x, count, len, r.data());
-  mm_(products, r.data(), n);
+  if (products.size() == 0) return;
+  mm_(products, graph_input(x, products.begin()->w->row_length(), n), n);
 }
 
 void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool every_token, float* y) {

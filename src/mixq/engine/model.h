@@ -186,6 +186,9 @@ class Context {
   void matmul(const GgufTensor& w, const float* x, int n, float* y);
   // Several products of one input (MatMul's grouped operator: bit-identical to one by one).
   void matmuls(std::initializer_list<MatMul::Product> products, const float* x, int n);
+  // x (n rows of row_length) as the graph's products see it: itself in F32, else its copy rounded
+  // to the activation precision.
+  const float* graph_input(const float* x, int64_t row_length, int n);
   // The output head's product over `count` rows: every token's (every_token) or fewer (the last
   // token's, or the scored tail's), which a batch of numerics_batch() tokens also computes as a
   // product of `count` rows.

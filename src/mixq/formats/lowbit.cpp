@@ -192,8 +192,9 @@ void quantize_row_calib(const float* x, void* dst, int64_t n, const float* impor
   }
 }
 
-template <typename Block, typename Unpack>
-void dequantize_row(const void* src, float* y, int64_t n, Unpack unpack) {
+// Each group of a row: its index, scale s, zs = z * s and its codes, unpacked.
+template <typename Block, typename Unpack, typename Fn>
+void for_each_group(const void* src, int64_t n, Unpack unpack, Fn fn) {
   const auto* in = static_cast<const uint8_t*>(src);
   uint8_t codes[kGroup];
   for (int64_t g = 0; g < n / kGroup; ++g) {
@@ -202,29 +203,29 @@ void dequantize_row(const void* src, float* y, int64_t n, Unpack unpack) {
     const float s = fp16_to_fp32(block.s);
     const float zs = fp16_to_fp32(block.z) * s;
     unpack(block.qs, codes);
+    fn(g, s, zs, codes);
+  }
+}
+
+template <typename Block, typename Unpack>
+void dequantize_row(const void* src, float* y, int64_t n, Unpack unpack) {
+  for_each_group<Block>(src, n, unpack, [&](int64_t g, float s, float zs, const uint8_t* codes) {
     float* yg = y + g * kGroup;
     for (int i = 0; i < kGroup; ++i) yg[i] = static_cast<float>(codes[i]) * s - zs;
-  }
+  });
 }
 
 // The integer view: the codes as they are, scale s and offset -z * s for each 16 of the group, so
 // scale * q + offset is the dequantizer's c * s - z * s bit for bit.
 template <typename Block, typename Unpack>
 void unpack_row(const void* src, int8_t* q, float* scale, float* offset, int64_t n, Unpack unpack) {
-  const auto* in = static_cast<const uint8_t*>(src);
-  uint8_t codes[kGroup];
-  for (int64_t g = 0; g < n / kGroup; ++g) {
-    Block block;
-    std::memcpy(&block, in + g * sizeof(Block), sizeof block);
-    const float s = fp16_to_fp32(block.s);
-    const float zs = fp16_to_fp32(block.z) * s;
-    unpack(block.qs, codes);
+  for_each_group<Block>(src, n, unpack, [&](int64_t g, float s, float zs, const uint8_t* codes) {
     std::memcpy(q + g * kGroup, codes, kGroup);
     for (int k = 0; k < kGroup / 16; ++k) {
       scale[g * (kGroup / 16) + k] = s;
       offset[g * (kGroup / 16) + k] = -zs;
     }
-  }
+  });
 }
 
 void pack_lb3(const uint8_t* codes, uint8_t* qs) {
