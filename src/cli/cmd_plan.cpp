@@ -136,7 +136,7 @@ void register_plan(CLI::App& app) {
     }
     fmt::print("{}", a->quiet ? plan.summary() : plan.to_text());
     if (cost) {
-      fmt::print("decode time: {:.3f} ms per token (budget {:.3f}; one thread, weights only)\n",
+      fmt::print("decode time: {:.4g} ms per token (budget {:.4g}; one thread, weights only)\n",
                  plan_ms_per_token(plan, m, *cost), a->max_ms_per_token);
     }
     plan.save(a->out);

@@ -158,13 +158,15 @@ TEST(SpeedPlanCli, PrintsTheDecodeTimeWithinTheBudgetAndRefusesBadTimes) {
   const size_t at = free_run.output.find("decode time: ");
   ASSERT_NE(at, std::string::npos) << free_run.output;
   const double unconstrained = std::stod(free_run.output.substr(at + 13));
+  ASSERT_GT(unconstrained, 0) << free_run.output;  // printed to 4 significant digits, however small
   EXPECT_NE(free_run.output.find("ns per weight in cache: "), std::string::npos) << free_run.output;
   // Half of that time: the plan must trade quality for it, or say it cannot.
   const auto tight = test::run_cli(base + fmt::format(" --max-ms-per-token {}", unconstrained / 2));
   if (tight.exit_code == 0) {
     const size_t t = tight.output.find("decode time: ");
     ASSERT_NE(t, std::string::npos) << tight.output;
-    EXPECT_LE(std::stod(tight.output.substr(t + 13)), unconstrained / 2 * (1 + 1e-9));
+    // Within the budget up to the printed value's rounding (4 significant digits).
+    EXPECT_LE(std::stod(tight.output.substr(t + 13)), unconstrained / 2 * (1 + 1e-3));
   } else {
     EXPECT_NE(tight.output.find("the fastest takes"), std::string::npos) << tight.output;
   }
