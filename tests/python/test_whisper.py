@@ -253,7 +253,8 @@ def test_bad_inputs_fail_clearly(work, tmp_path):
     assert proc.returncode != 0 and "whisper.cpp does not load" in proc.stderr
     proc = subprocess.run([MIXQ, "quantize", "--plan", bad, work["f16"], tmp_path / "out.bin", "q4_0"],
                           capture_output=True, text=True)
-    assert proc.returncode != 0 and "--plan does not apply" in proc.stderr
+    # quantize --plan takes whisper.cpp files now (issue 14): a plan that is not one is a clear error.
+    assert proc.returncode != 0 and "is not valid JSON" in proc.stderr and str(bad) in proc.stderr
     proc = subprocess.run([MIXQ, "quantize", "--imatrix", bad, work["f16"], tmp_path / "out.bin", "q4_0"],
                           capture_output=True, text=True)
     assert proc.returncode != 0 and str(bad) in proc.stderr  # not an importance matrix
