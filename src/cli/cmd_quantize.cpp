@@ -1,3 +1,4 @@
+#include <charconv>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -101,18 +102,20 @@ QuantizeOptions build_options(const QuantizeArgs& a) {
   // With a --target-*, K is what the measurement offers per tensor; the plan then chooses.
   o.outlier_columns = planned ? 0 : a.outliers;
   o.outlier_tensors = a.outlier_tensors;
-  o.threads = a.threads;
-  if (!a.threads_pos.empty()) {
-    try {
-      o.threads = std::stoi(a.threads_pos);
-    } catch (const std::exception&) {
-      throw PolicyError(fmt::format("THREADS '{}' is not a number", a.threads_pos));
-    }
-  }
+  o.threads = positional_threads(a.threads_pos, a.threads);
   return o;
 }
 
 }  // namespace
+
+int positional_threads(const std::string& positional, int threads) {
+  if (positional.empty()) return threads;
+  int n = 0;
+  const auto [end, ec] = std::from_chars(positional.data(), positional.data() + positional.size(), n);
+  if (ec != std::errc() || end != positional.data() + positional.size())
+    throw PolicyError(fmt::format("THREADS '{}' is not a number", positional));
+  return n;
+}
 
 std::vector<std::string> read_rule_file(const std::string& path) {
   std::error_code ec;

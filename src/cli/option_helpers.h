@@ -22,4 +22,8 @@ PlanOptions plan_options(double target_bpw, const std::string& target_size, cons
 // throws PolicyError for a directory or an unreadable file. Defined in cmd_quantize.cpp.
 std::vector<std::string> read_rule_file(const std::string& path);
 
+// llama-quantize's trailing THREADS argument: `threads` when it is empty, else its value; throws
+// PolicyError unless the whole argument is a decimal number. Defined in cmd_quantize.cpp.
+int positional_threads(const std::string& positional, int threads);
+
 }  // namespace mixq::cli

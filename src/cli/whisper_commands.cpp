@@ -94,14 +94,7 @@ void run_whisper_quantize(const CLI::App& cmd, const WhisperQuantizeArgs& a) {
     im = load_imatrix(a.imatrix);
     o.imatrix = &*im;
   }
-  o.threads = a.threads;
-  if (!a.threads_pos.empty()) {
-    try {
-      o.threads = std::stoi(a.threads_pos);
-    } catch (const std::exception&) {
-      throw PolicyError(fmt::format("THREADS '{}' is not a number", a.threads_pos));
-    }
-  }
+  o.threads = positional_threads(a.threads_pos, a.threads);
   o.threads = checked_threads(o.threads);
   // A CTranslate2 or Hugging Face Whisper model is converted to a temporary F16 whisper.cpp file
   // beside the output first (removed on exit and on interruption).

@@ -97,6 +97,9 @@ TEST_F(Quantize, BadInputIsAClearErrorAndLeavesNoFile) {
       {"quantize " + q(model_) + " " + q(out) + " nf4 --compat llama.cpp", "llama.cpp cannot load"},
       {"quantize " + q(model_) + " " + q(out) + " q8_0 --config " + q(dir_ / "none.json"), "cannot read --config"},
       {"quantize " + q(model_) + " " + q(out) + " q8_0 --imatrix " + q(model_), "not an importance matrix"},
+      // llama-quantize's trailing THREADS must be a whole number, not a prefix of one.
+      {"quantize " + q(model_) + " " + q(out) + " q8_0 2x", "THREADS '2x' is not a number"},
+      {"quantize " + q(model_) + " " + q(out) + " q8_0 two", "THREADS 'two' is not a number"},
   };
   for (const auto& c : cases) {
     const auto r = test::run_cli(c.args);
