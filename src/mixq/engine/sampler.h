@@ -30,6 +30,15 @@ class Sampler {
   const SamplerOptions& options() const { return opts_; }
 
  private:
+  // The tokens sample() draws from: ids in descending logit order (top-k of them), their
+  // unnormalized weights exp(logit / T - top), and how many of them the nucleus keeps.
+  struct Cut {
+    std::vector<int32_t> ids;
+    std::vector<double> weights;
+    size_t keep = 0;
+  };
+  Cut cut(const float* logits, int n_vocab) const;
+
   SamplerOptions opts_;
   std::mt19937_64 rng_;
 };
