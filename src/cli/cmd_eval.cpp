@@ -47,8 +47,8 @@ void register_perplexity(CLI::App& app) {
   cmd->add_option("-f,--file", o->file, "Text file (e.g. wiki.test.raw)")->required();
   cmd->add_option("-c,--ctx-size", o->n_ctx, "Context per chunk")->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all; negative is refused)");
-  cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
-  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
+  add_threads_option(cmd, o->threads);
+  add_attention_option(cmd, o->attention);
   cmd->add_option("--activations", o->activations, "Activation precision, emulated: every matrix product's input rounded to f32 (none, the default), f16, bf16 or q8 (Q8_0 blocks of 32)");
   cmd->callback([o] {
     set_default_activation_precision(parse_activation_precision(o->activations));

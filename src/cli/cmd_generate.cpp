@@ -55,8 +55,8 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--top-p", o->top_p, "Top-p (1: off)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
   cmd->add_option("-c,--ctx-size", o->ctx, "Context (default: the model's, at most prompt + n)");
-  cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
-  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
+  add_threads_option(cmd, o->threads);
+  add_attention_option(cmd, o->attention);
   cmd->add_option("--activations", o->activations, "Activation precision, emulated: every matrix product's input rounded to f32 (none, the default), f16, bf16 or q8 (Q8_0 blocks of 32); every model of the run");
   cmd->add_option("--draft", o->draft,
                   "Speculative decoding: a draft model (GGUF) of the same architecture and vocabulary, usually a "

@@ -74,7 +74,7 @@ void register_imatrix(CLI::App& app) {
   cmd->add_option("-o,--output", o->out, "Output file")->capture_default_str();
   cmd->add_option("-c,--ctx-size", o->n_ctx, "Tokens per chunk")->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Process only the first N chunks (0: all; negative is refused)");
-  cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
+  add_threads_option(cmd, o->threads);
   add_clean_stale_flag(cmd, o->clean_stale);
   cmd->add_option("--output-format", o->format, "gguf (llama.cpp's GGUF imatrix) or dat (legacy)")
       ->check(CLI::IsMember({"gguf", "dat"}))

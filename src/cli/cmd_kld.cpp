@@ -215,9 +215,9 @@ void register_kld(CLI::App& app) {
   auto* ctx = cmd->add_option("-c,--ctx-size", o->n_ctx, "Context per chunk (with --base-logits: the file's)")
                   ->capture_default_str();
   cmd->add_option("--chunks", o->chunks, "Score only the first N chunks (0: all)");
-  cmd->add_option("-t,--threads", o->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
+  add_threads_option(cmd, o->threads);
   add_clean_stale_flag(cmd, o->clean_stale);
-  cmd->add_option("--attention", o->attention, "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 cache, as newer llama.cpp builds compute it), f32");
+  add_attention_option(cmd, o->attention);
   cmd->add_option("--activations", o->activations, "Activation precision, emulated: every matrix product's input rounded to f32 (none, the default), f16, bf16 or q8 (Q8_0 blocks of 32); MODEL only: compare with --base-logits");
   cmd->add_flag("--json", o->json, "Print one JSON object instead of the text report");
   cmd->add_option("--max-ppl-increase", o->max_ppl_increase,

@@ -217,9 +217,9 @@ void register_measure(CLI::App& app) {
   cmd->add_option("--shard", a->shard, "i/N: measure only tensors i, i+N, ... (merge the parts with --merge)");
   cmd->add_option("--merge", a->merge, "Merge measurement shards into -o (no model needed)")->expected(1, -1);
   cmd->add_option("-c,--ctx-size", a->n_ctx, "Tokens per chunk")->capture_default_str();
-  cmd->add_option("-t,--threads", a->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
+  add_threads_option(cmd, a->threads);
   add_clean_stale_flag(cmd, a->clean_stale);
-  cmd->add_option("--attention", a->attention, "Attention numerics: f16 (llama.cpp's), tiled, f32")->capture_default_str();
+  add_attention_option(cmd, a->attention);
   cmd->add_flag("--fast", a->fast,
                  "Probes on one chunk, errors on 256 rows (each unless given): about 2.4x less work, plans "
                  "within 5% of the exact path's KLD on SmolLM2-135M (docs/BENCHMARKS.md, issue 16)");

@@ -166,7 +166,7 @@ void register_quantize(CLI::App& app) {
   cmd->add_flag("--dry-run", a->dry_run, "Print the per-tensor plan, size and bits per weight; write nothing");
   cmd->add_option("--report-json", a->report_json, "Write the per-tensor report as JSON to this file");
   cmd->add_option("--compat", a->compat, "llama.cpp: refuse types llama.cpp cannot load");
-  cmd->add_option("-t,--threads", a->threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
+  add_threads_option(cmd, a->threads);
   cmd->add_option("--calib", a->calib,
                   "Scale choice for nf4, i8_row, i8_mm, lb3, lb2: search (default), minmax, percentile[:P], mse");
   cmd->add_flag("--symmetric", a->symmetric, "Zero-point formats (i8_mm, lb3, lb2): zero point fixed at the middle code");

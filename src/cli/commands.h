@@ -18,6 +18,9 @@ void check_outputs(const std::vector<NamedPath>& inputs, const std::vector<Named
 void add_clean_stale_flag(CLI::App* cmd, bool& flag);
 // -t: 0 (all cores) .. kMaxThreads; throws otherwise.
 int checked_threads(int requested);
+// The options several commands share, with one help text each: -t/--threads and --attention.
+void add_threads_option(CLI::App* cmd, int& threads);
+void add_attention_option(CLI::App* cmd, std::string& attention);
 // Throws naming the first tensor of `f` (model `label`) that holds NaN / infinity; called when an
 // evaluation produced a non-finite figure.
 [[noreturn]] void throw_non_finite(const GgufFile& f, const std::string& label);

@@ -47,6 +47,16 @@ void add_clean_stale_flag(CLI::App* cmd, bool& flag) {
                 "otherwise)");
 }
 
+void add_threads_option(CLI::App* cmd, int& threads) {
+  cmd->add_option("-t,--threads", threads, fmt::format("Threads (default: all cores; at most {})", kMaxThreads));
+}
+
+void add_attention_option(CLI::App* cmd, std::string& attention) {
+  cmd->add_option("--attention", attention,
+                  "Attention numerics: f16 (llama.cpp's reference figures, default), tiled (F32 tiles over an F16 "
+                  "cache, as newer llama.cpp builds compute it), f32");
+}
+
 int checked_threads(int requested) {
   if (requested < 0) throw std::runtime_error(fmt::format("-t {}: give a number of threads >= 1 (0: all cores)", requested));
   if (requested > kMaxThreads) {

@@ -293,7 +293,7 @@ void register_transcribe(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   cmd->add_option("MODEL", o->model, "whisper.cpp model file (any types it holds, mixed included)")->required();
   cmd->add_option("-f,--file", o->wav, "16 kHz mono 16-bit PCM WAV file")->required();
-  cmd->add_option("-t,--threads", o->threads, "Threads (default: all cores)");
+  add_threads_option(cmd, o->threads);
   cmd->add_option("--dump-logits", o->dump_logits,
                   "Also write the decoder's logits, teacher-forced on the prompt and the transcript, to this file "
                   "(eval/whisper_eval.h's MXWL layout; scripts/whisper_cpp_logits.sh gives whisper.cpp's)");
