@@ -949,8 +949,9 @@ TEST_F(Measure, BlockProxyPredictsTheFullProbes) {
   EXPECT_THROW(measure_file(*file_, text_, o, 4, nullptr), std::runtime_error);
 }
 
-// `mixq measure --fast` sets one probe chunk and 256 error rows, each only where not given, and
-// `--block-proxy` reaches the measurement; the proxy refuses probe groups.
+// `mixq measure --fast` sets one probe chunk, 256 error rows and the block proxy, each only where
+// not given (the proxy also not with probe groups, strides or shards, which it cannot combine
+// with); `--block-proxy` alone reaches the measurement; the proxy refuses probe groups.
 TEST_F(Measure, CliFastPresetAndBlockProxy) {
   const fs::path text = dir_ / "calib.txt", model = test::shared_data_dir() / kModelRel;
   {
@@ -966,17 +967,24 @@ TEST_F(Measure, CliFastPresetAndBlockProxy) {
   const Measurement fast = measure("--fast", dir_ / "fast.json");
   EXPECT_EQ(fast.chunks, 1);
   EXPECT_EQ(fast.error_rows, 256);
-  EXPECT_FALSE(fast.block_proxy);
-  EXPECT_EQ(fast.probe_runs, 37);
-  const Measurement given = measure("--fast --chunks 2 --error-rows 0", dir_ / "given.json");
+  EXPECT_TRUE(fast.block_proxy);
+  EXPECT_EQ(fast.probe_runs, 5 + 2);  // a gain probe per layer, the embedding and the head
+  const Measurement given = measure("--fast --chunks 2 --error-rows 0 --no-block-proxy", dir_ / "given.json");
   EXPECT_EQ(given.chunks, 2);
   EXPECT_EQ(given.error_rows, 0);
+  EXPECT_FALSE(given.block_proxy);
+  EXPECT_EQ(given.probe_runs, 37);  // every tensor probed
+  const Measurement grouped = measure("--fast --probe-group 3", dir_ / "grouped.json");
+  EXPECT_FALSE(grouped.block_proxy);
+  EXPECT_EQ(grouped.probe_group, 3);
   const Measurement plain = measure("--chunks 3", dir_ / "plain.json");
   EXPECT_EQ(plain.chunks, 3);
   EXPECT_EQ(plain.error_rows, 0);
-  const Measurement proxied = measure("--fast --block-proxy", dir_ / "proxy.json");
+  EXPECT_FALSE(plain.block_proxy);
+  const Measurement proxied = measure("--block-proxy --chunks 2", dir_ / "proxy.json");
   EXPECT_TRUE(proxied.block_proxy);
-  EXPECT_EQ(proxied.chunks, 1);
+  EXPECT_EQ(proxied.chunks, 2);
+  EXPECT_EQ(proxied.error_rows, 0);
   EXPECT_EQ(proxied.probe_runs, 5 + 2);
   const auto r = test::run_cli("measure " + q(model) + " -f " + q(text) + " --block-proxy --probe-group 2 -o " +
                                q(dir_ / "bad.json"));
