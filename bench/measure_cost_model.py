@@ -15,6 +15,9 @@ Stages (plan/measure.h):
                   with --probe-stride)
   probe runs      per probe group: chunks x n_ctx tokens from the group's first layer, the head
                   on the scored half (n_ctx / 2 rows); a token-embedding probe starts at the tokens
+  with --block-proxy (the measurement's "block_proxy"): probe runs are one gain probe per layer
+                  (from that layer, as above) and the token embedding's; block runs, per tensor of
+                  the layers, chunks x n_ctx tokens through its block alone
 Times are assumed linear in work and in cores (both stages are parallel loops over rows / row
 blocks); the coefficients carry the load of the machine they were measured on.
 """
@@ -40,6 +43,21 @@ def probe_groups(n_layer, group, stride=1, kinds=7):
         for s in range(1, n_layer - 1, group):
             out.append((s, min(group, n_layer - 1 - s)))
     return out
+
+
+def gain_probe_macs(n_layer, d, ff, kvd, vocab, chunks, n_ctx, tied):
+    """--block-proxy: one probe per layer from that layer, the token embedding's from the tokens."""
+    lm, head = layer_macs(d, ff, kvd), d * vocab
+    total = chunks * (n_ctx * n_layer * lm + n_ctx * head)
+    total += sum(chunks * (n_ctx * (n_layer - s) * lm + (n_ctx // 2) * head) for s in range(n_layer))
+    if not tied:
+        total += chunks * (n_ctx // 2) * head
+    return total
+
+
+def block_run_macs(n_layer, d, ff, kvd, chunks, n_ctx, kinds=7):
+    """--block-proxy: every tensor of the layers, its block alone."""
+    return kinds * n_layer * chunks * n_ctx * layer_macs(d, ff, kvd)
 
 
 def probed_fraction(n_layer, stride):
@@ -81,11 +99,14 @@ def main():
     err_work = sum(min(t["shape"][1], R) * t["shape"][0] * sum(1 for c in t["candidates"] if c["error"] > 0 or c["type"] != t["stored"])
                    for t in m["tensors"])
     base_macs = chunks * n_ctx * (L * layer_macs(d, ff, kvd) + d * V)
-    pm = probe_macs(L, d, ff, kvd, V, chunks, n_ctx, G, tied, S)
+    bp = m.get("block_proxy", False)
+    pm = gain_probe_macs(L, d, ff, kvd, V, chunks, n_ctx, tied) if bp else probe_macs(L, d, ff, kvd, V, chunks, n_ctx, G, tied, S)
+    xm = block_run_macs(L, d, ff, kvd, chunks, n_ctx) if bp else 0
     k_base = st["base"] / base_macs
     k_err = st["quantize"] / err_work
     k_pq = st["probe_quantize"] / params
     k_run = st["probe_eval"] / pm
+    k_block = st["proxy_eval"] / xm if bp else 0
     if len(sys.argv) >= 11:
         G, R = int(sys.argv[9]), int(sys.argv[10]) or 10**9
         if len(sys.argv) == 13:
@@ -95,7 +116,9 @@ def main():
           f"({base_macs / st['base'] / 1e9:.2f} GMAC/s); errors {st['quantize']:.1f} s = {err_work / 1e9:.2f} G "
           f"element-quantizations ({err_work / st['quantize'] / 1e6:.1f} M/s); probe quantize {st['probe_quantize']:.1f} s "
           f"= {params / 1e6:.0f} M elements; probe runs {st['probe_eval']:.1f} s = {pm / 1e9:.0f} GMAC "
-          f"({pm / st['probe_eval'] / 1e9:.2f} GMAC/s)")
+          f"({pm / st['probe_eval'] / 1e9:.2f} GMAC/s)" +
+          (f"; block runs {st['proxy_eval']:.1f} s = {xm / 1e9:.0f} GMAC ({xm / st['proxy_eval'] / 1e9:.2f} GMAC/s)"
+           if bp else ""))
     cand = 28  # 18 types + their outlier variants where they fit (SmolLM2 averages 22.7)
     models = {
         "SmolLM2-135M": (30, 576, 1536, 192, 49152, True),
@@ -112,7 +135,10 @@ def main():
         # the embedding and the head are always probed; the layers' tensors at the probed layers only
         emb = dd * v * (1 if ti else 2)
         q = k_pq * (emb + (p - emb) * probed_fraction(l, S))
-        r = k_run * probe_macs(l, dd, f, kv, v, chunks, n_ctx, G, ti, S)
+        if bp:  # probe runs: the gain probes plus the block runs
+            r = k_run * gain_probe_macs(l, dd, f, kv, v, chunks, n_ctx, ti) + k_block * block_run_macs(l, dd, f, kv, chunks, n_ctx)
+        else:
+            r = k_run * probe_macs(l, dd, f, kv, v, chunks, n_ctx, G, ti, S)
         tot = b + e + q + r
         cells = " | ".join(f"{tot * threads / c / 60:.0f} min" if tot * threads / c >= 600 else f"{tot * threads / c:.0f} s"
                            for c in (2, 16, 64))

@@ -25,7 +25,7 @@ read -r -a measure_opts <<< "${MEASURE_OPTS:-}"
 m=$out/measurement-o$k$tag.json
 if [ ! -f "$m" ]; then
   # The reference is a dequantized Q4_1 file: q4_1/q5_1 would reproduce it exactly (BENCHMARKS.md).
-  /usr/bin/time -f "%e s wall" -o "$out/measure-time$tag.txt" build/mixq measure "$f32" -f "$out/calib.raw" \
+  /usr/bin/time -f "%e s wall, %U s user, %S s system" -o "$out/measure-time$tag.txt" build/mixq measure "$f32" -f "$out/calib.raw" \
     --imatrix "$im" --chunks "${CHUNKS:-2}" --probes 1 --outliers "$k" -t "$threads" -o "$m" "${measure_opts[@]}" \
     --types f32,f16,bf16,q4_0,q5_0,q8_0,q2_k,q3_k,q4_k,q5_k,q6_k,iq4_nl,iq4_xs,nf4,i8_row,i8_mm,lb3,lb2 \
     2> "$out/measure$tag.log" | tee -a "$out/measure$tag.log"

@@ -28,6 +28,10 @@ namespace fs = std::filesystem;
 
 constexpr const char* kModelRel = "stories260K/stories260K-f32.llamacpp.gguf";
 constexpr const char* kTextRel = "wikitext-2-raw/wiki.test.raw";
+// How far the block proxy's prediction of a tensor's KLD may be from its full probe on
+// stories260K (Measure.BlockProxyPredictsTheFullProbes), as a factor: every tensor, and the median
+// over the 30 predicted tensors. Measured: worst x2.54 (blk.0.attn_k, q4_0), median x1.07.
+constexpr double kBlockProxyTolerance = 3.0, kBlockProxyMedianTolerance = 1.25;
 
 uint64_t align32(uint64_t v) { return (v + 31) / 32 * 32; }
 
@@ -840,5 +844,153 @@ TEST_F(Measure, StridedProbesInterpolateTheSkippedLayers) {
   EXPECT_THROW(measure_file(*file_, text_, o, 4, nullptr), std::runtime_error);
 }
 
+
+// eval_blocks returns the state a full eval's layer observer sees entering block `stop`, from any
+// start, in LLaMA's early stop and in the default (whole run) alike, and leaves the context reset.
+TEST(Engine, EvalBlocksGivesTheObservedState) {
+  const GgufFile f = GgufFile::open(test::stories260K_gguf());
+  const LlamaModel model(f);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 40; ++i) tokens.push_back((i * 29 + 3) % model.hparams().n_vocab);
+  LlamaContext ctx(model, 64, 2);
+  std::vector<std::vector<float>> inputs;
+  const std::vector<float> full = eval_keeping_layer_inputs(model, ctx, tokens, inputs);
+  const int n_layer = model.hparams().n_layer;
+  for (int start = 0; start < n_layer; ++start) {
+    for (int stop = start + 1; stop <= n_layer; ++stop) {
+      ctx.reset();
+      const std::vector<float> fast = ctx.eval_blocks(start, stop, inputs[static_cast<size_t>(start)].data(), 40);
+      EXPECT_EQ(fast, inputs[static_cast<size_t>(stop)]) << "blocks " << start << " .. " << stop - 1;
+      EXPECT_EQ(ctx.n_past(), 0);
+      const std::vector<float> whole = ctx.Context::eval_blocks(start, stop, inputs[static_cast<size_t>(start)].data(), 40);
+      EXPECT_EQ(whole, inputs[static_cast<size_t>(stop)]) << "default, blocks " << start << " .. " << stop - 1;
+      EXPECT_EQ(ctx.n_past(), 0);
+    }
+  }
+  // The context is usable after it: a full eval gives the same logits.
+  EXPECT_EQ(ctx.eval(tokens, true), full);
+  EXPECT_THROW(ctx.eval_blocks(0, 1, inputs[0].data(), 40), std::runtime_error);  // not reset
+  ctx.reset();
+  EXPECT_THROW(ctx.eval_blocks(1, 1, inputs[1].data(), 40), std::runtime_error);
+  EXPECT_THROW(ctx.eval_blocks(0, n_layer + 1, inputs[0].data(), 40), std::runtime_error);
+  EXPECT_THROW(ctx.eval_blocks(-1, 1, inputs[0].data(), 40), std::runtime_error);
+  EXPECT_THROW(ctx.eval_blocks(0, 1, inputs[0].data(), 65), std::runtime_error);
+}
+
+// The block proxy against the full probes (the exact path, itself held to mixq kld above): each
+// layer's tensor with the largest block perturbation is probed fully and keeps the exact figure;
+// every other tensor of the layer is predicted from its perturbation and that layer's gain, and the
+// prediction at its probe type is held to its own full probe.
+TEST_F(Measure, BlockProxyPredictsTheFullProbes) {
+  MeasureOptions o = options(0, 1);
+  o.probes = 1;
+  const Measurement exact = measure_file(*file_, text_, o, 4, nullptr);
+  o.block_proxy = true;
+  o.probes = 2;  // ignored: the proxy fits one probe type
+  const Measurement proxy = measure_file(*file_, text_, o, 4, nullptr);
+  EXPECT_TRUE(proxy.block_proxy);
+  EXPECT_EQ(proxy.probes, 1);
+  EXPECT_EQ(proxy.probe_runs, 5 + 2);  // one gain probe per layer, the embedding and the head
+  ASSERT_EQ(proxy.tensors.size(), exact.tensors.size());
+  std::map<int, int> calibrated;  // layer -> tensors probed fully
+  std::vector<double> ratios;
+  for (size_t i = 0; i < proxy.tensors.size(); ++i) {
+    const TensorMeasure &p = proxy.tensors[i], &x = exact.tensors[i];
+    ASSERT_EQ(p.name, x.name);
+    ASSERT_EQ(p.candidates.size(), x.candidates.size());
+    const auto l = layer_of(p.name);
+    EXPECT_EQ(p.proxied(), l.has_value()) << p.name;
+    if (!l) {  // outside the blocks: the exact path's probe
+      EXPECT_DOUBLE_EQ(p.alpha, x.alpha) << p.name;
+      continue;
+    }
+    EXPECT_GT(p.block_perturbation, 0) << p.name;
+    EXPECT_GT(p.layer_gain, 0) << p.name;
+    EXPECT_DOUBLE_EQ(p.beta, 1.0);
+    // The probe type is the exact path's (same errors, same choice).
+    size_t k = 0;
+    while (k < x.candidates.size() && !x.candidates[k].kld) ++k;
+    ASSERT_LT(k, x.candidates.size()) << x.name;
+    const double full = *x.candidates[k].kld;
+    EXPECT_EQ(p.candidates[k].error, x.candidates[k].error) << p.name;
+    if (p.candidates[k].kld) {
+      ++calibrated[*l];
+      EXPECT_DOUBLE_EQ(*p.candidates[k].kld, full) << p.name;
+      EXPECT_NEAR(p.candidates[k].predicted, full, 1e-9 * full) << p.name;
+      continue;
+    }
+    const double r = p.candidates[k].predicted / full;
+    ratios.push_back(r);
+    EXPECT_LT(std::abs(std::log(r)), std::log(kBlockProxyTolerance))
+        << p.name << " " << type_traits(p.candidates[k].type).name << ": proxy " << p.candidates[k].predicted
+        << ", full probe " << full;
+  }
+  EXPECT_EQ(calibrated.size(), 5u);
+  for (const auto& [l, n] : calibrated) EXPECT_EQ(n, 1) << "layer " << l;
+  ASSERT_EQ(ratios.size(), 5u * 6u);
+  std::sort(ratios.begin(), ratios.end());
+  const double median = ratios[ratios.size() / 2];
+  EXPECT_LT(std::abs(std::log(median)), std::log(kBlockProxyMedianTolerance)) << median;
+  // The JSON keeps the proxy's figures.
+  const Measurement back = Measurement::from_json(proxy.to_json(), "proxy");
+  EXPECT_TRUE(back.block_proxy);
+  for (size_t i = 0; i < back.tensors.size(); ++i) {
+    EXPECT_EQ(back.tensors[i].block_perturbation, proxy.tensors[i].block_perturbation);
+    EXPECT_EQ(back.tensors[i].layer_gain, proxy.tensors[i].layer_gain);
+  }
+  // A layer's gain needs all its tensors, and the fit is the tensor's own.
+  o.n_shards = 2;
+  EXPECT_THROW(measure_file(*file_, text_, o, 4, nullptr), std::runtime_error);
+  o.n_shards = 1;
+  o.probe_group = 3;
+  EXPECT_THROW(measure_file(*file_, text_, o, 4, nullptr), std::runtime_error);
+  o.probe_group = 1;
+  o.probe_stride = 2;
+  EXPECT_THROW(measure_file(*file_, text_, o, 4, nullptr), std::runtime_error);
+}
+
+// `mixq measure --fast` sets one probe chunk, 256 error rows and the block proxy, each only where
+// not given (the proxy also not with probe groups, strides or shards, which it cannot combine
+// with); `--block-proxy` alone reaches the measurement; the proxy refuses probe groups.
+TEST_F(Measure, CliFastPresetAndBlockProxy) {
+  const fs::path text = dir_ / "calib.txt", model = test::shared_data_dir() / kModelRel;
+  {
+    std::ofstream(text, std::ios::binary) << text_;
+  }
+  auto q = [](const fs::path& p) { return fmt::format("'{}'", p.string()); };
+  auto measure = [&](const std::string& opts, const fs::path& out) {
+    const auto r = test::run_cli("measure " + q(model) + " -f " + q(text) + " --types q4_0,q8_0,i8_row --probes 1 -t 2 " +
+                                 opts + " -o " + q(out));
+    EXPECT_EQ(r.exit_code, 0) << r.output;
+    return Measurement::load(out);
+  };
+  const Measurement fast = measure("--fast", dir_ / "fast.json");
+  EXPECT_EQ(fast.chunks, 1);
+  EXPECT_EQ(fast.error_rows, 256);
+  EXPECT_TRUE(fast.block_proxy);
+  EXPECT_EQ(fast.probe_runs, 5 + 2);  // a gain probe per layer, the embedding and the head
+  const Measurement given = measure("--fast --chunks 2 --error-rows 0 --no-block-proxy", dir_ / "given.json");
+  EXPECT_EQ(given.chunks, 2);
+  EXPECT_EQ(given.error_rows, 0);
+  EXPECT_FALSE(given.block_proxy);
+  EXPECT_EQ(given.probe_runs, 37);  // every tensor probed
+  const Measurement grouped = measure("--fast --probe-group 3", dir_ / "grouped.json");
+  EXPECT_FALSE(grouped.block_proxy);
+  EXPECT_EQ(grouped.probe_group, 3);
+  const Measurement plain = measure("--chunks 3", dir_ / "plain.json");
+  EXPECT_EQ(plain.chunks, 3);
+  EXPECT_EQ(plain.error_rows, 0);
+  EXPECT_FALSE(plain.block_proxy);
+  const Measurement proxied = measure("--block-proxy --chunks 2", dir_ / "proxy.json");
+  EXPECT_TRUE(proxied.block_proxy);
+  EXPECT_EQ(proxied.chunks, 2);
+  EXPECT_EQ(proxied.error_rows, 0);
+  EXPECT_EQ(proxied.probe_runs, 5 + 2);
+  const auto r = test::run_cli("measure " + q(model) + " -f " + q(text) + " --block-proxy --probe-group 2 -o " +
+                               q(dir_ / "bad.json"));
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find("block proxy needs probe group 1"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir_ / "bad.json"));
+}
 }  // namespace
 }  // namespace mixq

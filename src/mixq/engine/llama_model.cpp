@@ -173,7 +173,18 @@ const std::vector<float>& LlamaContext::eval_from_layer_tail(int start, const fl
   return run_layers(start, n, first, every_token);
 }
 
+const std::vector<float>& LlamaContext::eval_blocks(int start, int stop, const float* x, int n) {
+  check_blocks(start, stop, n);
+  x_.assign(x, x + static_cast<size_t>(n) * static_cast<size_t>(llama_.hparams().n_embd));
+  return run_layers(start, stop, n, n - 1, false, true);
+}
+
 const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_logit, bool every_token) {
+  return run_layers(start, llama_.hparams().n_layer, n, first_logit, every_token, false);
+}
+
+const std::vector<float>& LlamaContext::run_layers(int start, int stop, int n, int first_logit, bool every_token,
+                                                  bool state_only) {
   const auto& hp = llama_.hparams();
   const int e = hp.n_embd, kvd = hp.kv_dim(), ff = hp.n_ff;
   const auto un = static_cast<size_t>(n);
@@ -196,7 +207,7 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_l
       fn(t0, std::min(n, t0 + kBlock));
     });
   };
-  for (int l = start; l < hp.n_layer; ++l) {
+  for (int l = start; l < stop; ++l) {
     observe_layer(l, x.data(), n);
     const auto& L = llama_.layers[static_cast<size_t>(l)];
     const std::vector<float>&attn_norm = norms_[2 * static_cast<size_t>(l)], &ffn_norm = norms_[2 * static_cast<size_t>(l) + 1];
@@ -232,7 +243,12 @@ const std::vector<float>& LlamaContext::run_layers(int start, int n, int first_l
       for (int i = t0 * e; i < t1 * e; ++i) x[i] += tmp[i];
     });
   }
-  observe_layer(hp.n_layer, x.data(), n);
+  observe_layer(stop, x.data(), n);
+  if (state_only) {
+    blocks_out_.assign(x.begin(), x.begin() + static_cast<ptrdiff_t>(n) * e);
+    reset();
+    return blocks_out_;
+  }
   const std::vector<float>& out_norm = norms_.back();
   const int first = first_logit, count = n - first;
   per_tokens(first, [&](int t0, int t1) {

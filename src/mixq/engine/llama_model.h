@@ -66,6 +66,7 @@ class LlamaContext : public Context {
   const std::vector<float>& eval_tail(const std::vector<int32_t>& tokens, int first) override;
   const std::vector<float>& eval_from_layer(int start, const float* x, int n, bool all_logits) override;
   const std::vector<float>& eval_from_layer_tail(int start, const float* x, int n, int first) override;
+  const std::vector<float>& eval_blocks(int start, int stop, const float* x, int n) override;
   void reset() override {
     n_past_ = 0;
     mark_ = -1;
@@ -88,6 +89,9 @@ class LlamaContext : public Context {
   // tokens from first_logit on (every_token: the caller asked for every token's logits, which
   // head_matmul needs to emulate a batch's numerics).
   const std::vector<float>& run_layers(int start, int n, int first_logit, bool every_token);
+  // With state_only: layers start .. stop-1 only, then the state entering block stop is returned
+  // (blocks_out_) and the context reset (eval_blocks).
+  const std::vector<float>& run_layers(int start, int stop, int n, int first_logit, bool every_token, bool state_only);
   // eval_from_layer and its tail form: the checks, then run_layers.
   const std::vector<float>& eval_from_layer_tail(int start, const float* x, int n, int first, bool every_token);
 

@@ -105,6 +105,35 @@ const std::vector<float>& Context::eval_from_layer_tail(int start, const float* 
   return tail_;
 }
 
+void Context::check_blocks(int start, int stop, int n) const {
+  if (start < 0 || stop <= start || stop > model_.n_layer()) {
+    throw std::runtime_error(fmt::format("eval_blocks: blocks {} .. {} are outside 0 .. {}", start, stop - 1,
+                                         model_.n_layer() - 1));
+  }
+  if (n_past_ != 0) throw std::runtime_error("eval_blocks: the context must be reset first");
+  if (n <= 0 || n > n_ctx_) throw std::runtime_error(fmt::format("eval_blocks: {} tokens for a context of {}", n, n_ctx_));
+}
+
+const std::vector<float>& Context::eval_blocks(int start, int stop, const float* x, int n) {
+  check_blocks(start, stop, n);
+  const auto width = static_cast<size_t>(model_.layer_state_width());
+  LayerObserver saved = std::move(layer_observer_);
+  layer_observer_ = [&](int l, const float* state, int tokens) {
+    if (l == stop) blocks_out_.assign(state, state + static_cast<size_t>(tokens) * width);
+    if (saved) saved(l, state, tokens);
+  };
+  try {
+    eval_from_layer_tail(start, x, n, n - 1);
+  } catch (...) {
+    layer_observer_ = std::move(saved);
+    reset();
+    throw;
+  }
+  layer_observer_ = std::move(saved);
+  reset();
+  return blocks_out_;
+}
+
 const std::vector<float>& Context::eval_tail(const std::vector<int32_t>& tokens, int first) {
   const int n = static_cast<int>(tokens.size());
   if (first < 0 || first >= n) throw std::runtime_error(fmt::format("eval_tail: first row {} is outside 0 .. {}", first, n - 1));

@@ -128,6 +128,13 @@ class Context {
   // only the second half of each chunk, and the head is a small model's largest matrix. The
   // default computes every row and copies the tail; architectures skip the head's other rows.
   virtual const std::vector<float>& eval_from_layer_tail(int start, const float* x, int n, int first);
+  // Evaluates blocks start .. stop-1 only (0 <= start < stop <= n_layer) of a fresh sequence (the
+  // context must be empty or reset) from x (n x layer_state_width, the state entering block
+  // `start`) and returns the state entering block `stop` (n x layer_state_width), equal to what a
+  // layer observer sees there in eval_from_layer: a measurement proxy reads one block's output
+  // without the blocks after it and the head. The context is left reset. The default runs the whole
+  // model and keeps that state; architectures stop at `stop`.
+  virtual const std::vector<float>& eval_blocks(int start, int stop, const float* x, int n);
   // Forgets the sequence (KV cache / recurrent state back to empty).
   virtual void reset() = 0;
   // Rollback (speculative decoding): mark_rollback() remembers the state at n_past(); later
@@ -209,6 +216,9 @@ class Context {
   ActivationPrecision activations_;
   std::unordered_map<const float*, std::vector<float>> rounded_;  // matmul's rounded copies
   std::vector<float> tail_;  // the default eval_from_layer_tail's and eval_tail's result
+  std::vector<float> blocks_out_;  // eval_blocks' result
+  // Throws unless 0 <= start < stop <= n_layer, 0 < n <= n_ctx and the context is empty.
+  void check_blocks(int start, int stop, int n) const;
 };
 
 // Context::set_numerics_batch(b) for as long as this lives; the previous setting comes back after.

@@ -215,7 +215,37 @@ struct Pending {
   TensorMeasure tm;
   int p1 = -1, p2 = -1;  // probe candidates (indices into tm.candidates)
   bool probed = true;    // false: between the probed layers (MeasureOptions::probe_stride)
+  double perturbation = -1;  // the block proxy's perturbation at the probe type (MeasureOptions::block_proxy)
 };
+
+// The probe of one tensor in its probe type: the quantized bytes and the tensor view reading them.
+struct ProbeTensor {
+  std::vector<uint8_t> bytes;
+  GgufTensor view;
+};
+
+// Relative perturbation of the state leaving a block: mean over tokens of ||y - ref||^2 / ||ref||^2
+// (per token, because the next block's RMS norm divides each token by its own scale; tokens with
+// a zero reference state are skipped).
+double relative_perturbation(const float* y, const float* ref, int n_tokens, int width) {
+  double sum = 0;
+  int counted = 0;
+  for (int t = 0; t < n_tokens; ++t) {
+    const float* a = y + static_cast<size_t>(t) * static_cast<size_t>(width);
+    const float* b = ref + static_cast<size_t>(t) * static_cast<size_t>(width);
+    double d2 = 0, r2 = 0;
+    for (int j = 0; j < width; ++j) {
+      const double d = static_cast<double>(a[j]) - b[j];
+      d2 += d * d;
+      r2 += static_cast<double>(b[j]) * b[j];
+    }
+    if (r2 > 0) {
+      sum += d2 / r2;
+      ++counted;
+    }
+  }
+  return counted > 0 ? sum / counted : 0.0;
+}
 
 }  // namespace
 
@@ -353,6 +383,10 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     throw std::runtime_error("a probe stride above 1 needs probe group 1 and no shards (it interpolates between "
                              "the probed layers)");
   }
+  if (opts.block_proxy && (opts.probe_group != 1 || opts.probe_stride != 1 || opts.n_shards != 1)) {
+    throw std::runtime_error("the block proxy needs probe group 1, probe stride 1 and no shards (a layer's gain "
+                             "needs all its tensors)");
+  }
   if (has_outlier_columns(file)) {
     throw std::runtime_error(fmt::format("{} keeps outlier columns (quantize --outliers): measure the unquantized "
                                          "model it was made from",
@@ -371,6 +405,8 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
   m.error_rows = opts.error_rows;
   m.probe_group = opts.probe_group;
   m.probe_stride = opts.probe_stride;
+  m.block_proxy = opts.block_proxy;
+  if (opts.block_proxy) m.probes = 1;
   if (opts.outliers < 0) throw std::runtime_error(fmt::format("outliers {}: want 0 (none) or more", opts.outliers));
   m.outliers = opts.outliers;
   m.shard = opts.shard;
@@ -431,7 +467,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
   const BaseRun base = run_base(model, chunks, opts.threads, opts.attention);
   m.stage_seconds["base"] = seconds_since(t0);
   ThreadPool pool(opts.threads);
-  const size_t total_steps = todo.size() + groups.size();
+  size_t total_steps = todo.size() + groups.size();
   size_t steps = 0;
   auto progress = [&](const std::string& what) {
     ++steps;
@@ -506,8 +542,93 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
 
     // Probes, among the candidates without outliers that are not dominated (the plan never
     // picks a dominated one, so its loss is the wrong place to calibrate).
-    std::tie(p.p1, p.p2) = probe_candidates(tm, opts.probes);
+    std::tie(p.p1, p.p2) = probe_candidates(tm, opts.block_proxy ? 1 : opts.probes);
     progress(t.name);
+  }
+
+  const std::unique_ptr<Context> ctx = model.new_context(chunks.n_ctx, opts.threads);
+  ctx->set_attention(opts.attention);
+  // A tensor quantized to one of its candidates, for a probe.
+  auto make_probe = [&](const Pending& p, int c, ProbeTensor& out) {
+    const GgufTensor& t = file.tensors()[p.file_index];
+    const CandidateMeasure& cand = p.tm.candidates[static_cast<size_t>(c)];
+    const int64_t n = t.row_length(), rows = t.n_rows();
+    std::vector<float> x(static_cast<size_t>(rows * n));
+    dequantize_rows(t.type->id, t.data, x.data(), rows, n);
+    quantize_and_measure(x.data(), rows, n, {{cand.type, false}}, importance_of(opts.imatrix, t.name, n), pool,
+                         &out.bytes, {});
+    out.view = t;
+    out.view.type = &type_traits(cand.type);
+    out.view.data = out.bytes.data();
+    out.view.nbytes = out.bytes.size();
+  };
+
+  // Stage 2 with the block proxy, per layer: every tensor of the block in its probe type, the
+  // block alone run on its cached input, and the relative perturbation of the state leaving it;
+  // then one full probe of the tensor with the largest perturbation gives the layer's gain (KLD
+  // per unit of perturbation), and every tensor of the layer its predicted KLD at the probe type =
+  // gain * perturbation, so alpha = that / error (beta 1).
+  std::set<size_t> proxied;
+  if (opts.block_proxy) {
+    std::map<int, std::vector<Pending*>> layers;
+    for (auto& [i, p] : pending) {
+      const std::optional<int> l = layer_of(p.tm.name);
+      if (p.p1 < 0 || !l || start_layer.at(&file.tensors()[i]) != *l || *l >= model.n_layer()) continue;
+      layers[*l].push_back(&p);
+    }
+    const int width = model.layer_state_width();
+    total_steps += layers.size();  // one gain probe per layer
+    for (auto& [l, members] : layers) {
+      Pending* cal = nullptr;  // the member with the largest perturbation, and its probe bytes
+      ProbeTensor cal_probe;
+      for (Pending* p : members) {
+        check_cancel();
+        ProbeTensor probe;
+        t0 = std::chrono::steady_clock::now();
+        make_probe(*p, p->p1, probe);
+        m.stage_seconds["probe_quantize"] += seconds_since(t0);
+        t0 = std::chrono::steady_clock::now();
+        const GgufTensor& original = file.tensors()[p->file_index];
+        ctx->override_weight(original, &probe.view);
+        double sum = 0;
+        try {
+          for (int c = 0; c < chunks.n_chunks; ++c) {
+            const auto& in = base.layer_inputs[static_cast<size_t>(c)];
+            ctx->reset();  // a gain probe leaves its last chunk's sequence
+            const std::vector<float>& y =
+                ctx->eval_blocks(l, l + 1, in[static_cast<size_t>(l)].data(), chunks.n_ctx);
+            sum += relative_perturbation(y.data(), in[static_cast<size_t>(l) + 1].data(), chunks.n_ctx, width);
+          }
+        } catch (...) {
+          ctx->override_weight(original, nullptr);
+          throw;
+        }
+        ctx->override_weight(original, nullptr);
+        p->perturbation = sum / chunks.n_chunks;
+        m.stage_seconds["proxy_eval"] += seconds_since(t0);
+        proxied.insert(p->file_index);
+        if (!cal || p->perturbation > cal->perturbation) {
+          cal = p;
+          cal_probe = std::move(probe);  // the view keeps pointing at the moved bytes
+        }
+        progress(fmt::format("block proxy of {}", p->tm.name));
+      }
+      t0 = std::chrono::steady_clock::now();
+      const double k = probe_kld(*ctx, {{&file.tensors()[cal->file_index], &cal_probe.view}}, base, l,
+                                 opts.restart_from_layer, pool);
+      m.stage_seconds["probe_eval"] += seconds_since(t0);
+      ++m.probe_runs;
+      cal->tm.candidates[static_cast<size_t>(cal->p1)].kld = k;
+      const double gain = cal->perturbation > 0 ? std::max(k, 0.0) / cal->perturbation : 0.0;
+      for (Pending* p : members) {
+        const double e = p->tm.candidates[static_cast<size_t>(p->p1)].error;
+        p->tm.block_perturbation = p->perturbation;
+        p->tm.layer_gain = gain;
+        p->tm.beta = 1;
+        p->tm.alpha = e > 0 ? gain * p->perturbation / e : 0.0;
+      }
+      progress(fmt::format("probe of {} (layer {}'s gain)", cal->tm.name, l));
+    }
   }
 
   // Stage 2, per probe group: its tensors quantized together to their probe types, one run from
@@ -515,10 +636,9 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
   // (second order in the logits' change, cross terms of independent quantization noise averaging
   // out), so a group of G tensors of one kind in consecutive layers costs one run instead of G and
   // gives them one shared fit: sum over the group of alpha * error^beta = the measured KLD.
-  const std::unique_ptr<Context> ctx = model.new_context(chunks.n_ctx, opts.threads);
-  ctx->set_attention(opts.attention);
   for (const auto& group : groups) {
     check_cancel();
+    if (std::all_of(group.begin(), group.end(), [&](size_t i) { return proxied.count(i) > 0; })) continue;
     std::vector<Pending*> members;
     int start = model.n_layer();
     bool embedding = false;
@@ -533,29 +653,16 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     double k[2] = {0, 0}, e[2] = {0, 0};
     bool have[2] = {false, false};
     for (int pi = 0; pi < 2 && !members.empty(); ++pi) {
-      std::vector<std::vector<uint8_t>> bytes;
-      std::vector<GgufTensor> probes;
-      bytes.reserve(members.size());
+      std::vector<ProbeTensor> probes;
       probes.reserve(members.size());
       std::vector<std::pair<const GgufTensor*, const GgufTensor*>> overrides;
       t0 = std::chrono::steady_clock::now();
       for (Pending* p : members) {
         const int c = pi == 0 ? p->p1 : p->p2;
         if (c < 0) continue;
-        const GgufTensor& t = file.tensors()[p->file_index];
-        const CandidateMeasure& cand = p->tm.candidates[static_cast<size_t>(c)];
-        const int64_t n = t.row_length(), rows = t.n_rows();
-        std::vector<float> x(static_cast<size_t>(rows * n));
-        dequantize_rows(t.type->id, t.data, x.data(), rows, n);
-        auto& b = bytes.emplace_back();
-        quantize_and_measure(x.data(), rows, n, {{cand.type, false}}, importance_of(opts.imatrix, t.name, n), pool, &b,
-                             {});
-        GgufTensor& probe = probes.emplace_back(t);
-        probe.type = &type_traits(cand.type);
-        probe.data = b.data();
-        probe.nbytes = b.size();
-        overrides.emplace_back(&t, &probe);
-        e[pi] += cand.error;
+        make_probe(*p, c, probes.emplace_back());
+        overrides.emplace_back(&file.tensors()[p->file_index], &probes.back().view);
+        e[pi] += p->tm.candidates[static_cast<size_t>(c)].error;
       }
       m.stage_seconds["probe_quantize"] += seconds_since(t0);
       // A group's second probe is made only when every member has one (the fit compares sums).

@@ -32,7 +32,14 @@
 // group's KLD to the sum of its members' single probes). With MeasureOptions::probe_stride S > 1
 // only layers 0, S, 2S, ... and the last are probed (one tensor per run), and every other layer's
 // tensor takes a fit interpolated between the probed layers of its kind below and above it
-// (interpolate_fits): the probe runs drop to about 1/S. Candidates with
+// (interpolate_fits): the probe runs drop to about 1/S. With MeasureOptions::block_proxy a
+// layer's tensors are not probed to the logits: each one's block alone is rerun on its cached input
+// with the tensor in its probe type, and the relative perturbation of the state leaving the block
+// (mean over tokens of ||y - y_ref||^2 / ||y_ref||^2), times the layer's gain, is its predicted KLD
+// there; the gain is one full probe per layer (of its tensor with the largest perturbation) divided
+// by that tensor's perturbation. The count of full runs then grows with the layers, not with the
+// tensors (SmolLM2: 31 instead of 211), and what each tensor's fit measures is its own output
+// change on real inputs, so a tensor whose weighted error understates it is not missed. Candidates with
 // outlier columns (MeasureOptions::outliers) have their own exact error (the columns merged back)
 // and share the tensor's fit; the probes are made without outliers. The scored
 // positions and log-softmax are llama-perplexity's (second half of each chunk), as `mixq kld`.
@@ -80,7 +87,7 @@ struct MeasureOptions {
   // Rows per tensor the candidates' errors are measured on (evenly spread; 0: every row). The
   // error is a mean over rows, so a few hundred rows estimate it to a few percent, and the same
   // rows serve every type, so the types' order is kept; the probes quantize whole tensors. Default:
-  // every row, the exact path; 256 rows with one probe chunk (`mixq measure --fast`) kept SmolLM2's
+  // every row, the exact path; 256 rows with one probe chunk (in `mixq measure --fast`) kept SmolLM2's
   // plans within 5% of its KLD (docs/BENCHMARKS.md, issue 16).
   int error_rows = 0;
   // Tensors of one kind (blk.*.attn_q, ...) in up to this many consecutive layers are probed in
@@ -96,6 +103,17 @@ struct MeasureOptions {
   // SmolLM2 the sensitivity is not smooth over depth (attn_q/attn_k spike at single layers), and
   // stride 3 (with one chunk and 256 error rows) cost its plans 17-50% more KLD (BENCHMARKS).
   int probe_stride = 1;
+  // The block proxy: a tensor of a layer is not probed to the logits. Its block alone is run on
+  // the cached input with the tensor in its probe type (one block's cost instead of the rest of
+  // the model), and the relative perturbation of the state leaving the block, times the layer's
+  // gain, is its predicted KLD there; the gain (KLD per unit of perturbation) comes from one full
+  // probe per layer, of its tensor with the largest perturbation. Per tensor, not shared over
+  // depth: a tensor whose importance-weighted error understates its output change (SmolLM2's
+  // blk.11.ffn_down) shows it in the perturbation. One probe type per tensor (beta 1); needs
+  // probe_group 1, probe_stride 1 and no shards (a layer's gain needs all its tensors). Default
+  // off (the exact path); `mixq measure --fast` turns it on: on SmolLM2 with one chunk and 256
+  // error rows its plans scored within 5% of the exact path's KLD at 8x less work (BENCHMARKS).
+  bool block_proxy = false;
   // Probes restart from the tensor's layer on the reference run's cached state (false: from the
   // tokens; the same figures, slower: for tests).
   bool restart_from_layer = true;

@@ -83,6 +83,7 @@ nlohmann::ordered_json Measurement::to_json() const {
   j["error_rows"] = error_rows;
   j["probe_group"] = probe_group;
   j["probe_stride"] = probe_stride;
+  if (block_proxy) j["block_proxy"] = true;
   j["probe_runs"] = probe_runs;
   j["scored_tokens"] = scored_tokens;
   j["types"] = types;
@@ -106,6 +107,10 @@ nlohmann::ordered_json Measurement::to_json() const {
       e["group_kld"] = t.group_kld;
     }
     if (t.interpolated()) e["interpolated_from_layers"] = {t.interpolated_from, t.interpolated_to};
+    if (t.proxied()) {
+      e["block_perturbation"] = t.block_perturbation;
+      e["layer_gain"] = t.layer_gain;
+    }
     auto cs = nlohmann::ordered_json::array();
     for (const auto& c : t.candidates) cs.push_back(candidate_json(c));
     e["candidates"] = cs;
@@ -150,6 +155,7 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
   m.probe_runs = j.contains("probe_runs") ? get<int>(j, "probe_runs", origin) : 0;
   m.probe_stride = j.contains("probe_stride") ? get<int>(j, "probe_stride", origin) : 1;
   if (m.probe_stride < 1) throw std::runtime_error(fmt::format("{}: probe_stride below 1", origin));
+  m.block_proxy = j.contains("block_proxy") ? get<bool>(j, "block_proxy", origin) : false;
   if (m.error_rows < 0 || m.probe_group < 1 || m.probe_runs < 0) {
     throw std::runtime_error(fmt::format("{}: error_rows / probe_runs negative or probe_group below 1", origin));
   }
@@ -191,6 +197,13 @@ Measurement Measurement::from_json(const nlohmann::ordered_json& j, const std::s
       }
       t.interpolated_from = f[0].get<int>();
       t.interpolated_to = f[1].get<int>();
+    }
+    if (e.contains("block_perturbation")) {
+      t.block_perturbation = get<double>(e, "block_perturbation", where);
+      t.layer_gain = get<double>(e, "layer_gain", where);
+      if (!(t.block_perturbation >= 0) || !(t.layer_gain >= 0)) {
+        throw std::runtime_error(where + ": 'block_perturbation' or 'layer_gain' is negative");
+      }
     }
     if (!e.contains("candidates") || !e["candidates"].is_array() || e["candidates"].empty()) {
       throw std::runtime_error(where + ": 'candidates' is missing or empty");
@@ -255,7 +268,7 @@ Measurement merge_measurements(const std::vector<Measurement>& parts) {
     if (p.n_shards != m.n_shards) throw differs("shard count");
     if (p.n_ctx != m.n_ctx || p.chunks != m.chunks || p.probes != m.probes || p.types != m.types ||
         p.outliers != m.outliers || p.error_rows != m.error_rows || p.probe_group != m.probe_group ||
-        p.probe_stride != m.probe_stride) {
+        p.probe_stride != m.probe_stride || p.block_proxy != m.block_proxy) {
       throw differs("settings");
     }
     if (p.calibration != m.calibration || p.imatrix != m.imatrix) throw differs("calibration text or imatrix");

@@ -45,6 +45,11 @@ struct TensorMeasure {
   // of its kind below and above (equal when only one side was probed).
   int interpolated_from = -1, interpolated_to = -1;
   bool interpolated() const { return interpolated_from >= 0; }
+  // Fitted by the block proxy (MeasureOptions::block_proxy): the relative perturbation of the
+  // state leaving its block at the probe type, and its layer's gain (KLD per unit of it, from one
+  // full probe); alpha = gain * perturbation / error there. Negative: not proxied.
+  double block_perturbation = -1, layer_gain = -1;
+  bool proxied() const { return block_perturbation >= 0; }
   std::vector<CandidateMeasure> candidates;  // by increasing bytes
 
   int64_t n_elements() const;
@@ -68,6 +73,7 @@ struct Measurement {
   int error_rows = 0;             // rows per tensor the errors were measured on (0: all)
   int probe_group = 1;            // tensors of one kind probed together
   int probe_stride = 1;           // layers probed: 0, S, 2S, ..., the last (the rest interpolated)
+  bool block_proxy = false;       // layers' tensors fitted by the block proxy (measure.h)
   int probe_runs = 0;             // probe forward runs made (each over every chunk)
   int64_t scored_tokens = 0;
   std::vector<std::string> types;  // candidate types
