@@ -2,7 +2,8 @@
 # Quality per byte on the tiny RWKV models (../shared/data/rwkv-tiny, byte-level): perplexity and KL
 # divergence against the F32 model on the wiki evaluation split, for uniform types, the documents'
 # two boundary presets, and mixq's measured plans (imatrix + measurement on the calibration split)
-# at the presets' sizes. Prints a CSV per model and the markdown table rows.
+# at the presets' sizes. Prints a CSV per model and the markdown table rows; draw the KLD-vs-size plot with
+#   bench/plot_rwkv_quality.py OUT.svg .cache/bench/rwkv/*/results.csv
 #   bench/rwkv_quality.sh [EVAL_CHUNKS] [MODELS]      (defaults: 0 = the whole split; "7v0-834K 5v2-730K")
 # Environment: THREADS (2), CTX (512), MEASURE_ARGS (options for mixq measure), MIXQ (the mixq binary,
 # default build/mixq: a copy keeps a long run on one build while the tree is rebuilt).
@@ -44,7 +45,7 @@ for m in $models; do
 import json, os, sys
 model, config, path, pred, j = sys.argv[1:6]
 j = json.loads(j)
-print(f"{model},{config},{os.path.getsize(path)},{j['kld']['mean']:.6f},{j['kld']['error']:.6f},"
+print(f"{model},{config},{os.path.getsize(path)},{j['kld']['mean']:.4g},{j['kld']['error']:.2g},"
       f"{j['ppl_model']['value']:.4f},{j['same_top']['fraction']:.5f},{pred}")
 PY
     tail -1 "$csv"
