@@ -2,9 +2,11 @@
 # Quality per byte on the tiny RWKV models (../shared/data/rwkv-tiny, byte-level): perplexity and KL
 # divergence against the F32 model on the wiki evaluation split, for uniform types, the documents'
 # two boundary presets, and mixq's measured plans (imatrix + measurement on the calibration split)
-# at the presets' sizes. Prints a CSV per model and the markdown table rows.
+# at the presets' sizes. Prints a CSV per model and the markdown table rows; draw the KLD-vs-size plot with
+#   bench/plot_rwkv_quality.py OUT.svg .cache/bench/rwkv/*/results.csv
 #   bench/rwkv_quality.sh [EVAL_CHUNKS] [MODELS]      (defaults: 0 = the whole split; "7v0-834K 5v2-730K")
-# Environment: THREADS (2), CTX (512), MEASURE_ARGS (options for mixq measure).
+# Environment: THREADS (2), CTX (512), MEASURE_ARGS (options for mixq measure), MIXQ (the mixq binary,
+# default build/mixq: a copy keeps a long run on one build while the tree is rebuilt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval_chunks=${1:-0}
@@ -12,7 +14,7 @@ models=${2:-"7v0-834K 5v2-730K"}
 threads=${THREADS:-2}
 ctx=${CTX:-512}
 root=$PWD
-mixq=$root/build/mixq
+mixq=${MIXQ:-$root/build/mixq}
 data=../shared/data
 wiki=$data/wikitext-2-raw/wiki.test.raw
 out=$root/.cache/bench/rwkv
@@ -24,6 +26,7 @@ head -c 516485 "$wiki" > "$calib"
 tail -c +516486 "$wiki" | head -c 774105 > "$evalt"
 sha256sum "$evalt" | grep -q '^725f299f' || { echo "unexpected evaluation split" >&2; exit 1; }
 measure_args=${MEASURE_ARGS:---chunks 8 --probes 2}
+echo "commit $(git rev-parse --short HEAD), $(date -u +%FT%TZ), load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), threads=$threads, -c $ctx, eval chunks ${eval_chunks} (0: all)"
 
 for m in $models; do
@@ -33,7 +36,8 @@ for m in $models; do
   "$mixq" convert "$data/rwkv-tiny/tiny-rwkv-$m-FP32.bin" "$f32" >/dev/null
   csv=$d/results.csv
   echo "model,config,bytes,mean_kld,kld_error,ppl,same_top,predicted_kld" > "$csv"
-  "$mixq" kld "$f32" --save-base "$d/base.kldbase" -f "$evalt" -c "$ctx" --chunks "$eval_chunks" -t "$threads" >/dev/null
+  TIMEFORMAT="$m: F32 base run (perplexity + stored logits): %R s wall, %U s user, %S s sys"
+  time "$mixq" kld "$f32" --save-base "$d/base.kldbase" -f "$evalt" -c "$ctx" --chunks "$eval_chunks" -t "$threads" >/dev/null
   row() {  # config gguf predicted
     local j
     j=$("$mixq" kld "$2" --base-logits "$d/base.kldbase" -f "$evalt" -t "$threads" --json 2>/dev/null)
@@ -41,7 +45,7 @@ for m in $models; do
 import json, os, sys
 model, config, path, pred, j = sys.argv[1:6]
 j = json.loads(j)
-print(f"{model},{config},{os.path.getsize(path)},{j['kld']['mean']:.6f},{j['kld']['error']:.6f},"
+print(f"{model},{config},{os.path.getsize(path)},{j['kld']['mean']:.4g},{j['kld']['error']:.2g},"
       f"{j['ppl_model']['value']:.4f},{j['same_top']['fraction']:.5f},{pred}")
 PY
     tail -1 "$csv"

@@ -1,10 +1,11 @@
-// Runs mixq's LLaMA forward pass on a list of token ids and writes every position's logits
-// (n_tokens x n_vocab float32, little-endian, row-major) to a file. The Python test
-// tests/python/test_engine_reference.py compares them with an independent numpy implementation.
+// Runs mixq's forward pass (any registered architecture) on a list of token ids and writes every
+// position's logits (n_tokens x n_vocab float32, little-endian, row-major) to a file. The Python
+// tests compare them with an independent numpy implementation (test_engine_reference.py, LLaMA)
+// and with llama.cpp's logits (test_rwkv_llama_cpp.py, RWKV).
 //
 //   mixq_engine_logits MODEL.gguf OUT.bin [--f32-attention] [-t N] [--split K] TOKEN_ID...
 //
-// --f32-attention  F32 KV cache and attention (LlamaContext::set_f16_attention(false)).
+// --f32-attention  F32 KV cache and attention (Context::set_attention(AttentionMode::kF32)).
 // -t N             worker threads (default 4).
 // --split K        evaluate the first K tokens in one eval() call and the rest in a second one,
 //                  so the second call attends through the KV cache written by the first.
@@ -19,7 +20,7 @@
 #include <system_error>
 #include <vector>
 
-#include "mixq/engine/llama_model.h"
+#include "mixq/engine/registry.h"
 #include "mixq/io/gguf.h"
 
 namespace {
@@ -95,21 +96,21 @@ int main(int argc, char** argv) {
 
   try {
     const mixq::GgufFile file = mixq::GgufFile::open(positional[0]);
-    const mixq::LlamaModel model(file);
-    const int n_vocab = model.hparams().n_vocab;
+    const auto model = mixq::load_model(file);
+    const int n_vocab = model->n_vocab();
     for (int32_t id : tokens) {
       if (id >= n_vocab) {
         std::fprintf(stderr, "mixq_engine_logits: token id %d out of range (n_vocab = %d)\n", id, n_vocab);
         return 2;
       }
     }
-    mixq::LlamaContext ctx(model, static_cast<int>(n), static_cast<int>(n_threads));
-    if (f32_attention) ctx.set_f16_attention(false);
+    const auto ctx = model->new_context(static_cast<int>(n), static_cast<int>(n_threads));
+    if (f32_attention) ctx->set_attention(mixq::AttentionMode::kF32);
 
     std::vector<float> logits;
     logits.reserve(static_cast<size_t>(n) * static_cast<size_t>(n_vocab));
     auto run = [&](std::vector<int32_t> part) {
-      const std::vector<float>& out = ctx.eval(part, /*all_logits=*/true);
+      const std::vector<float>& out = ctx->eval(part, /*all_logits=*/true);
       const size_t want = part.size() * static_cast<size_t>(n_vocab);
       if (out.size() != want) {
         throw std::runtime_error("eval returned " + std::to_string(out.size()) + " logits, expected " +

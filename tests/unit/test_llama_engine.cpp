@@ -376,5 +376,47 @@ TEST(MatMul, GroupedProductsEqualOneByOne) {
   fs::remove_all(dir);
 }
 
+// Batches of a matrix under kInlineBatchWeights entries run on the calling thread (a 2-thread
+// pool dispatches no loop), larger ones and single tokens above kInlineMacs through the pool; and
+// which thread computes a row never changes the result: every product equals the 1-thread pool's
+// bit for bit. F32 (the tile path) and q8_0 (the integer panel path) weights.
+TEST(MatMul, SmallMatricesInBatchesRunInline) {
+  namespace fs = std::filesystem;
+  const fs::path dir = test::temp_dir() / "inline_batches";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const int n_embd : {64, 256}) {  // 64: every matrix < kInlineBatchWeights; 256: ffn 256 x 512 above it
+    const fs::path f32 = dir / fmt::format("f32-{}.gguf", n_embd), q8 = dir / fmt::format("q8-{}.gguf", n_embd);
+    test::write_synthetic_llama(f32, {.n_layers = 1, .n_embd = n_embd, .n_head = 4, .n_head_kv = 2, .n_ff = 2 * n_embd, .n_vocab = 64});
+    const auto r = test::run_cli(fmt::format("quantize --pure '{}' '{}' q8_0", f32.string(), q8.string()));
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    for (const fs::path& path : {f32, q8}) {
+      const GgufFile f = GgufFile::open(path);
+      const LlamaModel model(f);
+      const GgufTensor& w = *model.layers[0].up;  // n_embd -> 2 n_embd
+      ThreadPool one(1), two(2);
+      MatMul mm1(model, one), mm2(model, two);
+      for (const int nt : {1, 8, 200}) {
+        std::vector<float> x(static_cast<size_t>(nt * n_embd));
+        std::mt19937 rng(static_cast<uint32_t>(nt + n_embd));
+        std::normal_distribution<float> g;
+        for (auto& v : x) v = g(rng);
+        std::vector<float> a(static_cast<size_t>(nt) * static_cast<size_t>(w.n_rows())), b(a.size(), 1.0f);
+        mm1(w, x.data(), nt, a.data());
+        const uint64_t before = two.loops_dispatched();
+        mm2(w, x.data(), nt, b.data());
+        // 64 x 128 (8K entries): inline at every batch size; 256 x 512 (128K entries): one token is
+        // 128K multiply-adds (< kInlineMacs, inline), batches of 8 and 200 go to the pool.
+        static_assert(64 * 128 < kInlineBatchWeights && 256 * 512 >= kInlineBatchWeights && 256 * 512 < kInlineMacs &&
+                      256 * 512 * 8 >= kInlineMacs);
+        const bool expect_inline = n_embd == 64 || nt == 1;
+        EXPECT_EQ(two.loops_dispatched() - before, expect_inline ? 0u : 1u) << path.filename() << " nt=" << nt;
+        EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << path.filename() << " nt=" << nt;
+      }
+    }
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace mixq

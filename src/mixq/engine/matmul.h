@@ -9,7 +9,14 @@
 // - Decode (at most kRowDotMaxTokens tokens) of a type with an in-place kernel (kernels.h, RowDotFn)
 //   reads each row as stored instead: no unpacking, one pass over the weight's bytes.
 // - Products under kInlineMacs multiply-accumulates run on the calling thread alone (a wake-up of
-//   the pool costs more than they do).
+//   the pool costs more than they do); so do batches (more than kRowDotMaxTokens tokens) of a
+//   matrix under kInlineBatchWeights entries. Between the batched products of a recurrent model
+//   (RWKV's WKV steps through the tokens on one thread) the workers have gone to sleep, so each
+//   product pays a full wake-up, and a matrix this small gives each thread a few dozen rows: on
+//   the tiny RWKV-7 (64 x 64 to 64 x 256 matrices) prompts ran no faster with 2 threads than with
+//   one on a quiet machine, and with 40% more CPU time (docs/BENCHMARKS.md, RWKV speed). The
+//   smallest LLaMA matrix measured there (SmolLM2-135M: 576 x 192) stays above it. Which thread
+//   computes a row never changes its value, so these thresholds change no result.
 // - Outlier columns (formats/outliers.h): the quantized rows see the input without the outlier
 //   entries; those go through the F16 columns in F32 after the main product.
 // - An observer sees every (weight, input) pair first (importance matrices); overrides replace a
@@ -37,6 +44,7 @@ using MatmulObserver = std::function<void(const GgufTensor& weight, const float*
 
 inline constexpr int kRowDotMaxTokens = 3;
 inline constexpr int64_t kInlineMacs = int64_t{1} << 18;
+inline constexpr int64_t kInlineBatchWeights = int64_t{1} << 16;
 
 class MatMul {
  public:

@@ -152,6 +152,7 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t)>& fn)
     return;
   }
   error_ = nullptr;
+  loops_dispatched_.fetch_add(1, std::memory_order_relaxed);
   // Item indices live in 32 bits of the claim word: longer loops run as consecutive pieces.
   constexpr int64_t kPiece = int64_t{1} << 31;
   for (int64_t base = 0; base < n && !failed_; base += kPiece) {

@@ -35,6 +35,8 @@ class ThreadPool {
   // claims the next index from an atomic counter). Rethrows the first exception a call threw,
   // after every call of the loop has returned.
   void parallel_for(int64_t n, const std::function<void(int64_t)>& fn);
+  // How many loops were handed to the workers (not run inline: one item, or no workers).
+  uint64_t loops_dispatched() const { return loops_dispatched_.load(std::memory_order_relaxed); }
 
   // How long an idle thread spins before it sleeps (workers between loops, the caller waiting for
   // the last items of a loop).
@@ -58,6 +60,7 @@ class ThreadPool {
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stop_{false};
   std::atomic<bool> failed_{false};
+  std::atomic<uint64_t> loops_dispatched_{0};
   std::mutex error_mu_;
   std::exception_ptr error_;
 };
