@@ -11,6 +11,7 @@
 #include <benchmark/benchmark.h>
 
 #include "mixq/engine/kernels.h"
+#include "mixq/engine/repack.h"
 #include "mixq/formats/type_table.h"
 
 namespace {
@@ -88,6 +89,30 @@ void row_dot(benchmark::State& state, mixq::kernels::RowDotFn fn, mixq::TypeId t
   state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(rb) * kRows);
 }
 
+// The four-row interleaved kernel (engine/repack.h) over the same 64 rows, repacked: 16 groups
+// in one call, as matmul's decode runs a block of rows.
+void row_dot4(benchmark::State& state, mixq::kernels::RowDot4Fn fn, mixq::TypeId type, int64_t n) {
+  const auto& t = mixq::type_traits(type);
+  constexpr int kRows = 64;
+  const size_t rb = t.row_bytes(n);
+  std::vector<uint8_t> bytes(rb * kRows), packed(rb * kRows);
+  for (int r = 0; r < kRows; ++r) {
+    const auto w = gaussian(n, 3 + static_cast<unsigned>(r));
+    t.quantize_row(w.data(), bytes.data() + rb * static_cast<size_t>(r), n, nullptr);
+  }
+  mixq::kernels::repack_rows(type, bytes.data(), kRows, n, packed.data());
+  const auto x = gaussian(n, 9);
+  mixq::kernels::PreparedActs acts;
+  mixq::kernels::prepare_activations(t.act_format, x.data(), 1, n, acts);
+  float y[kRows];
+  for (auto _ : state) {
+    fn(packed.data(), n, kRows / 4, acts.row(0), y);
+    benchmark::DoNotOptimize(y);
+  }
+  state.SetItemsProcessed(state.iterations() * kRows * n);  // multiply-adds
+  state.SetBytesProcessed(state.iterations() * static_cast<int64_t>(rb) * kRows);
+}
+
 // The prefill panel kernel: 32 rows (2 panels) against 4 tokens per call.
 void panel(benchmark::State& state, const mixq::kernels::KernelSet* k, mixq::TypeId type, int64_t n) {
   const auto& t = mixq::type_traits(type);
@@ -135,6 +160,14 @@ const bool registered_row_dot = [] {
       if (const auto fn = mixq::kernels::row_dot_for(*k, t.id)) {
         benchmark::RegisterBenchmark(("row_dot/" + std::string(k->name) + "/" + t.name + "/1536").c_str(), row_dot, fn, t.id,
                                      int64_t{1536});
+      }
+      // The interleaved layouts beside the per-row kernels they replace, at both SmolLM2 widths.
+      if (const auto fn4 = mixq::kernels::row_dot4_for(*k, t.id)) {
+        for (int64_t n : {576, 1536}) {
+          const std::string name = std::string(k->name) + "/" + t.name + "/" + std::to_string(n);
+          if (n != 1536) benchmark::RegisterBenchmark(("row_dot/" + name).c_str(), row_dot, row_dot_for(*k, t.id), t.id, n);
+          benchmark::RegisterBenchmark(("row_dot4/" + name).c_str(), row_dot4, fn4, t.id, n);
+        }
       }
     }
   }

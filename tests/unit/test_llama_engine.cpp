@@ -318,6 +318,85 @@ TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
 }
 
 
+// The interleaved decode copies (Model::repack_for_decode, engine/repack.h) compute the model the
+// file's rows do: q5_0, q8_0 and iq4_nl matrices (an output head of 262 rows, two past its last
+// group of four) repacked, every product of 1 to 3 tokens against the unrepacked model's to the
+// F32 summation order, and the logits of tokens one at a time, and with speculative-style
+// numerics (set_numerics_batch) and a prefill batch, which reads the file's rows.
+TEST(LlamaEngine, RepackedDecodeKeepsTheLogits) {
+  namespace fs = std::filesystem;
+  const kernels::KernelSet& best = kernels::best_kernels();
+  if (kernels::row_dot4_for(best, TypeId::Q5_0) == nullptr) GTEST_SKIP() << "no interleaved kernels on this CPU";
+  const fs::path dir = test::temp_dir() / "repacked_decode";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  test::write_synthetic_llama(dir / "f32.gguf", {.n_layers = 2, .n_embd = 256, .n_head = 4, .n_head_kv = 2, .n_ff = 512, .n_vocab = 262});
+  const fs::path q = dir / "mix.gguf";
+  const auto r = test::run_cli(fmt::format("quantize --pure '{}' '{}' q5_0 --tensor-type attn_v=q8_0 --tensor-type ffn_down=iq4_nl "
+                                           "--output-tensor-type q8_0",
+                                           (dir / "f32.gguf").string(), q.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const GgufFile f = GgufFile::open(q);
+  const LlamaModel plain(f);
+  LlamaModel packed(f);
+  EXPECT_GT(packed.repack_for_decode(best), size_t{0});
+  std::set<std::string> repacked;
+  for (const WeightUse& use : packed.weights()) {
+    if (packed.repacked_of(*use.tensor) != nullptr) repacked.insert(use.tensor->type->name);
+  }
+  EXPECT_EQ(repacked, (std::set<std::string>{"iq4_nl", "q5_0", "q8_0"}));
+  ThreadPool pool(2);
+  MatMul mp(packed, pool), mq(plain, pool);
+  for (const WeightUse& use : packed.weights()) {
+    const GgufTensor& w = *use.tensor;
+    if (w.name == "token_embd.weight") continue;
+    for (int nt = 1; nt <= kRowDotMaxTokens; ++nt) {
+      std::vector<float> x(static_cast<size_t>(nt * w.row_length()));
+      std::mt19937 rng(static_cast<uint32_t>(nt + w.n_rows()));
+      std::normal_distribution<float> g;
+      for (auto& v : x) v = g(rng);
+      std::vector<float> y1(static_cast<size_t>(nt * w.n_rows())), y2(y1.size());
+      mp(w, x.data(), nt, y1.data());
+      mq(w, x.data(), nt, y2.data());
+      double big = 0, diff = 0;
+      for (size_t i = 0; i < y1.size(); ++i) {
+        big = std::max(big, std::fabs(double{y2[i]}));
+        diff = std::max(diff, std::fabs(double{y1[i]} - y2[i]));
+      }
+      EXPECT_LE(diff, 1e-5 * big) << w.name << " (" << w.type->name << ") nt=" << nt;
+    }
+  }
+  const std::vector<int32_t> ids = {1, 17, 261, 33, 5, 99};
+  const auto one_at_a_time = [&](const Model& m, int numerics_batch) {
+    LlamaContext c(static_cast<const LlamaModel&>(m), 16, 2);
+    c.set_kernels(best);
+    std::vector<float> all;
+    if (numerics_batch > 0) {
+      c.set_numerics_batch(numerics_batch);
+      const auto& l = c.eval(ids, true);
+      return std::vector<float>(l.begin(), l.end());
+    }
+    for (int32_t id : ids) {
+      const auto& l = c.eval({id}, false);
+      all.insert(all.end(), l.begin(), l.end());
+    }
+    return all;
+  };
+  const auto a = one_at_a_time(packed, 0), b = one_at_a_time(plain, 0), c = one_at_a_time(packed, 1);
+  ASSERT_EQ(a.size(), b.size());
+  double scale = 0, d = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, std::fabs(double{b[i]}));
+    d = std::max(d, std::fabs(double{a[i]} - b[i]));
+  }
+  EXPECT_GT(scale, 0.1);
+  EXPECT_LE(d, 1e-3 * scale) << "repacked against the file's rows";
+  // A batch with a lone token's numerics takes the same path, to the bit.
+  EXPECT_EQ(a, c);
+  std::printf("repacked decode: max |logit| %.3g, repacked vs file rows %.3g\n", scale, d);
+  fs::remove_all(dir);
+}
+
 // MatMul's grouped products (a layer's Q, K, V; gate and up) are the single products, bit for bit:
 // in the grouped decode loop (types of different activation formats side by side, one and two
 // threads, the inline size and the pooled one), and in the one-by-one fallback (prefill batches).

@@ -97,6 +97,10 @@ void prepare_row(const TypeTraits& type, const void* row, int64_t n, PreparedRow
 // rows (repacked into panels where the set has a panel kernel), which pay for themselves over many
 // tokens.
 using RowDotFn = float (*)(const void* row, int64_t n, const ActRow& a);
+// Rows of n_groups consecutive four-row groups, interleaved as engine/repack.h lays them out
+// (starting at `groups`), against one activation row: y[4 g + r] = dot(row r of group g, a), the
+// reference's integer sums in another F32 order.
+using RowDot4Fn = void (*)(const void* groups, int64_t n, int64_t n_groups, const ActRow& a, float* y);
 // Prefill (many tokens): kPanelRows weight rows' integer views repacked into one panel, so that one
 // 4-byte slice of a token's activation codes, broadcast, meets the same 4 codes of all 16 rows in
 // one 64-byte vector (VNNI: 16 int32 lanes, one per row). Layout: value i of row r at byte
@@ -187,12 +191,20 @@ struct KernelSet {
   const RowDotFn* row_dot;
   // The prefill panel kernel (PanelFn), or null (matmul then runs dot_int8_x4 on the integer views).
   PanelFn panel_int8 = nullptr;
+  // Four-row interleaved decode kernels by type id (engine/repack.h: the layouts; kRowDotSlots
+  // entries, null where a type has none), or null for a set without any.
+  const RowDot4Fn* row_dot4 = nullptr;
 };
 
 // The in-place decode kernel of set k for a weight type, or null.
 inline RowDotFn row_dot_for(const KernelSet& k, TypeId id) {
   const uint32_t i = row_dot_slot(id);
   return k.row_dot != nullptr && i < kRowDotSlots ? k.row_dot[i] : nullptr;
+}
+// The four-row interleaved decode kernel of set k for a weight type (engine/repack.h), or null.
+inline RowDot4Fn row_dot4_for(const KernelSet& k, TypeId id) {
+  const uint32_t i = row_dot_slot(id);
+  return k.row_dot4 != nullptr && i < kRowDotSlots ? k.row_dot4[i] : nullptr;
 }
 inline constexpr int kAttnTile = 64;
 // Queries one attn_tiled call takes at most.

@@ -12,6 +12,7 @@
 // The attention and softmax kernels are the AVX2 set's (this CPU has AVX2 too): with the head
 // sizes of the models here (8 to 64), wider vectors would not shorten their sequential F16 chains.
 #include "mixq/engine/kernels.h"
+#include "mixq/engine/repack.h"
 #include "mixq/util/cpu_features.h"
 
 #include <algorithm>
@@ -271,6 +272,7 @@ const KernelSet* avx512_kernels() {
     k.dot_f32_tile = dot_f32_tile_avx512;
     k.row_dot = avx512_row_dot_table();
     k.panel_int8 = avx512_panel_kernel();
+    k.row_dot4 = avx512_row_dot4_table();
     return &k;
   }();
   return set;

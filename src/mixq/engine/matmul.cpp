@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "mixq/engine/model.h"
+#include "mixq/engine/repack.h"
 
 namespace mixq {
 
@@ -64,9 +65,22 @@ int64_t MatMul::decode_rows_per_block(int64_t rows, bool inline_run) const {
 }
 
 void MatMul::decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, const kernels::PreparedActs& acts, int n_tokens,
-                         int64_t r0, int64_t r1, float* y) {
+                         int64_t r0, int64_t r1, float* y) const {
   const int64_t in = w.row_length(), out = w.n_rows();
   const size_t row_bytes = w.type->row_bytes(in);
+  if (const uint8_t* packed = model_.repacked_of(w)) {
+    // Whole groups of four rows by the interleaved kernel; any other row (past the last group) as
+    // stored in the file, whose bytes the copy leaves as they are.
+    const kernels::RowDot4Fn dot4 = kernels::row_dot4_for(*kernels_, w.type->id);
+    const int64_t g_end = std::min(r1, out / kernels::kRepackRows * kernels::kRepackRows);
+    if (dot4 != nullptr && r0 % kernels::kRepackRows == 0 && g_end > r0) {
+      for (int t = 0; t < n_tokens; ++t) {
+        dot4(packed + static_cast<size_t>(r0) * row_bytes, in, (g_end - r0) / kernels::kRepackRows, acts.row(t),
+             y + static_cast<size_t>(t) * static_cast<size_t>(out) + r0);
+      }
+      r0 = g_end;
+    }
+  }
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + static_cast<size_t>(r) * row_bytes;
     for (int t = 0; t < n_tokens; ++t) {

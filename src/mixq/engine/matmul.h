@@ -90,8 +90,10 @@ class MatMul {
   // The in-place kernel w's product of n_tokens takes, or null (another path).
   kernels::RowDotFn decode_kernel(const GgufTensor& w, int n_tokens) const;
   int64_t decode_rows_per_block(int64_t rows, bool inline_run) const;
-  static void decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, const kernels::PreparedActs& acts, int n_tokens,
-                          int64_t r0, int64_t r1, float* y);
+  // Rows [r0, r1) of w's decode product (r0 a multiple of 4): from the model's interleaved copy
+  // of w where it has one (Model::repacked_of), else row by row as stored.
+  void decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, const kernels::PreparedActs& acts, int n_tokens,
+                   int64_t r0, int64_t r1, float* y) const;
 
   const Model& model_;
   ThreadPool& pool_;

@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "mixq/engine/repack.h"
 #include "mixq/formats/half.h"
 
 namespace mixq {
@@ -81,6 +82,20 @@ void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool e
   }
   const NumericsBatchScope head(*this, count);
   matmul(w, x, count, y);
+}
+
+size_t Model::repack_for_decode(const kernels::KernelSet& k) {
+  size_t bytes = 0;
+  for (const WeightUse& w : weights()) {
+    const GgufTensor& t = *w.tensor;
+    if (repacked_.contains(&t) || t.shape.size() != 2 || !kernels::has_repacked_layout(t.type->id)) continue;
+    if (kernels::row_dot4_for(k, t.type->id) == nullptr || kernels::row_dot_for(k, t.type->id) == nullptr) continue;
+    std::vector<uint8_t> copy(t.type->row_bytes(t.row_length()) * static_cast<size_t>(t.n_rows()));
+    kernels::repack_rows(t.type->id, t.data, t.n_rows(), t.row_length(), copy.data());
+    bytes += copy.size();
+    repacked_.emplace(&t, std::move(copy));
+  }
+  return bytes;
 }
 
 void Model::load_outliers() {

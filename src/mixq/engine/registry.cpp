@@ -1,11 +1,14 @@
 #include "mixq/engine/registry.h"
 
+#include <cstdlib>
 #include <functional>
 #include <stdexcept>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "mixq/engine/kernels.h"
 #include "mixq/engine/llama_model.h"
 #include "mixq/engine/rwkv_model.h"
 
@@ -43,7 +46,13 @@ std::unique_ptr<Model> load_model(const GgufFile& file) {
   }
   const std::string name = arch->as_string();
   for (const auto& a : architectures()) {
-    if (name == a.name) return a.load(file);
+    if (name != a.name) continue;
+    std::unique_ptr<Model> model = a.load(file);
+    // Opt-in (a first step, Model::repack_for_decode): decode copies in the interleaved layouts.
+    if (const char* repack = std::getenv("MIXQ_REPACK"); repack != nullptr && std::string_view(repack) == "1") {
+      model->repack_for_decode(kernels::best_kernels());
+    }
+    return model;
   }
   throw std::runtime_error(fmt::format("{}: architecture '{}' is not supported (supported: {})", file.label(), name,
                                        fmt::join(supported_architectures(), ", ")));
