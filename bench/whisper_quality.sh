@@ -111,6 +111,7 @@ done
 import csv, glob, json, os, sys
 out = sys.argv[1]
 agg = {}
+per = {}  # model file name -> reference text -> (the utterance's mean KLD, its word errors)
 parts = sorted(glob.glob(os.path.join(out, "parts", "*.json"))) + sorted(glob.glob(os.path.join(out, "parts-plans", "*.json")))
 for p in parts:
     data = json.load(open(p))
@@ -119,6 +120,7 @@ for p in parts:
         a = agg.setdefault(name, {"errors": 0, "words": 0, "base_errors": 0, "kld": 0.0, "tokens": 0,
                                         "same": 0.0, "utterances": 0, "runaway": 0, "base_runaway": 0})
         for u in r["per_utterance"]:  # more errors than words: a repetition loop of greedy decoding
+            per.setdefault(name, {})[u["reference"]] = (u["mean_kld"], u["model_errors"])
             a["runaway"] += u["model_errors"] > u["words"]
             a["base_runaway"] += u["base_errors"] > u["words"]
             if u["model_errors"] <= u["words"]:
@@ -158,6 +160,18 @@ for r in sorted(rows, key=lambda r: -r["bytes"]):
     print(f"| {r['config']} | {r['bytes']:,} | {r['utterances']} ({r['tokens']}) | {100 * r['wer']:.2f}% | {r['runaway']} | "
           f"{100 * r['wer_without_runaway']:.2f}% | {r['mean_kld']:.5f} | "
           f"{100 * r['same_top']:.2f}% |")
+# Paired: each measured plan against the files within 1% of its size, utterance by utterance.
+for name in sorted(n for n in per if n.startswith("plan@")):
+    size = os.path.getsize(os.path.join(out, "models", name))
+    for other in sorted(per):
+        if other.startswith("plan@") or abs(os.path.getsize(os.path.join(out, "models", other)) - size) > 0.01 * size:
+            continue
+        common = per[name].keys() & per[other].keys()
+        kld = [(per[name][u][0] > per[other][u][0]) - (per[name][u][0] < per[other][u][0]) for u in common]
+        err = [(per[name][u][1] > per[other][u][1]) - (per[name][u][1] < per[other][u][1]) for u in common]
+        print(f"\n{name[:-4]} vs {other[:-4]}, {len(common)} utterances: lower KLD on {kld.count(-1)}, "
+              f"higher on {kld.count(1)}; fewer word errors on {err.count(-1)}, more on {err.count(1)}, "
+              f"as many on {err.count(0)}")
 PY
 "$py" "$here/bench/plot_whisper_quality.py" "$out/whisper_quality.csv" "$out/whisper_quality.svg"
 echo "wrote $out/whisper_quality.csv and $out/whisper_quality.svg" >&2
