@@ -123,6 +123,9 @@ for p in parts:
             per.setdefault(name, {})[u["reference"]] = (u["mean_kld"], u["model_errors"])
             a["runaway"] += u["model_errors"] > u["words"]
             a["base_runaway"] += u["base_errors"] > u["words"]
+            if u["base_errors"] <= u["words"]:
+                a["base_kept_errors"] = a.get("base_kept_errors", 0) + u["base_errors"]
+                a["base_kept_words"] = a.get("base_kept_words", 0) + u["words"]
             if u["model_errors"] <= u["words"]:
                 a["kept_errors"] = a.get("kept_errors", 0) + u["model_errors"]
                 a["kept_words"] = a.get("kept_words", 0) + u["words"]
@@ -143,7 +146,7 @@ if agg:  # the base's own row: its WER (the same in every model's report), KLD 0
     base = os.path.join(out, "models", "f16.bin")
     rows.append({"config": "f16 (base)", "bytes": os.path.getsize(base), "wer": a["base_errors"] / a["words"],
                  "mean_kld": 0.0, "same_top": 1.0, "utterances": a["utterances"], "tokens": a["tokens"],
-                 "runaway": a["base_runaway"], "wer_without_runaway": a["base_errors"] / a["words"]})
+                 "runaway": a["base_runaway"], "wer_without_runaway": a["base_kept_errors"] / a["base_kept_words"]})
 for name, a in agg.items():
     rows.append({"config": name[:-4], "bytes": os.path.getsize(os.path.join(out, "models", name)),
                  "wer": a["errors"] / a["words"], "mean_kld": a["kld"] / a["tokens"],
