@@ -13,7 +13,11 @@
 # 2-core machine); then `mixq plan --target-size-of FILE` for every file named in MIXQ_PLAN_SIZES
 # (default: the document's mixes and q4_0) and `mixq quantize --plan --imatrix`.
 # MIXQ_GROUPS (default "files plans") chooses which models are evaluated; each group keeps its own
-# parts, so plans can be added to a finished run of the files. MIXQ_PARTS=K stops after K parts.
+# parts, so plans can be added to a finished run of the files. MIXQ_GROUPS=all runs the files and
+# the plans in one pass per part (the base's encoder once per utterance for all of them), into
+# OUT_DIR/parts. MIXQ_PARTS=K stops after K parts. The report sums every part under parts/ and
+# parts-plans/ per model file name (not path), so parts of the same files run from other
+# directories (or split across groups) can be copied in and merged.
 #
 # Runs `mixq kld` once per PART utterances (all models against the F16 base in one pass: its
 # encoder runs once per utterance) and keeps each part's JSON, so an interrupted run resumes where
@@ -60,7 +64,7 @@ make_config() {
 models=()
 for c in "${configs[@]}"; do
   models+=("$m/${c%%|*}.bin")
-  [[ " ${MIXQ_GROUPS:-files plans} " == *" files "* ]] && make_config "${c%%|*}"
+  [[ " ${MIXQ_GROUPS:-files plans} " == *" "@(files|all)" "* ]] && make_config "${c%%|*}"
 done
 
 # mixq's measured plans, at the sizes of the files in MIXQ_PLAN_SIZES.
@@ -90,7 +94,8 @@ for group in ${MIXQ_GROUPS:-files plans}; do
   case $group in
     files) set -- "${models[@]}"; parts=$out/parts ;;
     plans) set -- "${plans[@]}"; parts=$out/parts-plans ;;
-    *) echo "whisper_quality: MIXQ_GROUPS: unknown group '$group' (files, plans)" >&2; exit 1 ;;
+    all) set -- "${models[@]}" "${plans[@]}"; parts=$out/parts ;;
+    *) echo "whisper_quality: MIXQ_GROUPS: unknown group '$group' (files, plans, all)" >&2; exit 1 ;;
   esac
   mkdir -p "$parts"
   for ((start = 0, k = 0; start < total && ${MIXQ_REPORT_ONLY:-0} != 1 && k < ${MIXQ_PARTS:-1000000}; start += part, ++k)); do
@@ -106,15 +111,21 @@ done
 import csv, glob, json, os, sys
 out = sys.argv[1]
 agg = {}
+per = {}  # model file name -> reference text -> (the utterance's mean KLD, its word errors)
 parts = sorted(glob.glob(os.path.join(out, "parts", "*.json"))) + sorted(glob.glob(os.path.join(out, "parts-plans", "*.json")))
 for p in parts:
     data = json.load(open(p))
     for r in data if isinstance(data, list) else [data]:  # one model: one object
-        a = agg.setdefault(r["model"], {"errors": 0, "words": 0, "base_errors": 0, "kld": 0.0, "tokens": 0,
+        name = os.path.basename(r["model"])  # parts run from other directories merge by file name
+        a = agg.setdefault(name, {"errors": 0, "words": 0, "base_errors": 0, "kld": 0.0, "tokens": 0,
                                         "same": 0.0, "utterances": 0, "runaway": 0, "base_runaway": 0})
         for u in r["per_utterance"]:  # more errors than words: a repetition loop of greedy decoding
+            per.setdefault(name, {})[u["reference"]] = (u["mean_kld"], u["model_errors"])
             a["runaway"] += u["model_errors"] > u["words"]
             a["base_runaway"] += u["base_errors"] > u["words"]
+            if u["base_errors"] <= u["words"]:
+                a["base_kept_errors"] = a.get("base_kept_errors", 0) + u["base_errors"]
+                a["base_kept_words"] = a.get("base_kept_words", 0) + u["words"]
             if u["model_errors"] <= u["words"]:
                 a["kept_errors"] = a.get("kept_errors", 0) + u["model_errors"]
                 a["kept_words"] = a.get("kept_words", 0) + u["words"]
@@ -125,15 +136,19 @@ for p in parts:
         a["same"] += r["same_top"]["fraction"] * r["tokens"]
         a["tokens"] += r["tokens"]
         a["utterances"] += r["utterances"]
+# Every model's parts carry the base's own WER on the same lines: one figure if they cover the same lines.
+if len({(a["utterances"], a["tokens"], a["base_errors"], a["words"]) for a in agg.values()}) > 1:
+    print("whisper_quality: the rows cover different utterances (or disagree on the base): "
+          + ", ".join(f"{n} {a['utterances']}" for n, a in agg.items()), file=sys.stderr)
 rows = []
 if agg:  # the base's own row: its WER (the same in every model's report), KLD 0
-    a = next(iter(agg.values()))
+    a = max(agg.values(), key=lambda a: a["utterances"])
     base = os.path.join(out, "models", "f16.bin")
     rows.append({"config": "f16 (base)", "bytes": os.path.getsize(base), "wer": a["base_errors"] / a["words"],
                  "mean_kld": 0.0, "same_top": 1.0, "utterances": a["utterances"], "tokens": a["tokens"],
-                 "runaway": a["base_runaway"], "wer_without_runaway": a["base_errors"] / a["words"]})
-for model, a in agg.items():
-    rows.append({"config": os.path.basename(model)[:-4], "bytes": os.path.getsize(model),
+                 "runaway": a["base_runaway"], "wer_without_runaway": a["base_kept_errors"] / a["base_kept_words"]})
+for name, a in agg.items():
+    rows.append({"config": name[:-4], "bytes": os.path.getsize(os.path.join(out, "models", name)),
                  "wer": a["errors"] / a["words"], "mean_kld": a["kld"] / a["tokens"],
                  "same_top": a["same"] / a["tokens"], "utterances": a["utterances"], "tokens": a["tokens"],
                  "runaway": a["runaway"], "wer_without_runaway": a["kept_errors"] / a["kept_words"]})
@@ -148,6 +163,18 @@ for r in sorted(rows, key=lambda r: -r["bytes"]):
     print(f"| {r['config']} | {r['bytes']:,} | {r['utterances']} ({r['tokens']}) | {100 * r['wer']:.2f}% | {r['runaway']} | "
           f"{100 * r['wer_without_runaway']:.2f}% | {r['mean_kld']:.5f} | "
           f"{100 * r['same_top']:.2f}% |")
+# Paired: each measured plan against the files within 1% of its size, utterance by utterance.
+for name in sorted(n for n in per if n.startswith("plan@")):
+    size = os.path.getsize(os.path.join(out, "models", name))
+    for other in sorted(per):
+        if other.startswith("plan@") or abs(os.path.getsize(os.path.join(out, "models", other)) - size) > 0.01 * size:
+            continue
+        common = per[name].keys() & per[other].keys()
+        kld = [(per[name][u][0] > per[other][u][0]) - (per[name][u][0] < per[other][u][0]) for u in common]
+        err = [(per[name][u][1] > per[other][u][1]) - (per[name][u][1] < per[other][u][1]) for u in common]
+        print(f"\n{name[:-4]} vs {other[:-4]}, {len(common)} utterances: lower KLD on {kld.count(-1)}, "
+              f"higher on {kld.count(1)}; fewer word errors on {err.count(-1)}, more on {err.count(1)}, "
+              f"as many on {err.count(0)}")
 PY
 "$py" "$here/bench/plot_whisper_quality.py" "$out/whisper_quality.csv" "$out/whisper_quality.svg"
 echo "wrote $out/whisper_quality.csv and $out/whisper_quality.svg" >&2
