@@ -474,7 +474,8 @@ TEST(MatMul, SmallMatricesInBatchesRunInline) {
       const LlamaModel model(f);
       const GgufTensor& w = *model.layers[0].up;  // n_embd -> 2 n_embd
       ThreadPool one(1), two(2);
-      MatMul mm1(model, one), mm2(model, two);
+      MatMul mm1(model, one), mm2(model, two), mm_pool(model, two);
+      mm2.set_inline_small_batches(true);  // as RWKV's contexts run; mm_pool as LLaMA's do
       for (const int nt : {1, 8, 200}) {
         std::vector<float> x(static_cast<size_t>(nt * n_embd));
         std::mt19937 rng(static_cast<uint32_t>(nt + n_embd));
@@ -491,6 +492,13 @@ TEST(MatMul, SmallMatricesInBatchesRunInline) {
         const bool expect_inline = n_embd == 64 || nt == 1;
         EXPECT_EQ(two.loops_dispatched() - before, expect_inline ? 0u : 1u) << path.filename() << " nt=" << nt;
         EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << path.filename() << " nt=" << nt;
+        // Without the setting only products under kInlineMacs multiply-adds stay inline.
+        const bool small = int64_t{w.n_rows()} * n_embd * nt < kInlineMacs;
+        std::vector<float> c(a.size(), 2.0f);
+        const uint64_t before_pool = two.loops_dispatched();
+        mm_pool(w, x.data(), nt, c.data());
+        EXPECT_EQ(two.loops_dispatched() - before_pool, small ? 0u : 1u) << path.filename() << " nt=" << nt;
+        EXPECT_EQ(std::memcmp(a.data(), c.data(), a.size() * sizeof(float)), 0) << path.filename() << " nt=" << nt;
       }
     }
   }

@@ -165,7 +165,8 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
     }
   };
   // Products this small cost less than waking the workers: the calling thread does them alone.
-  const bool inline_run = in * out * n_tokens < kInlineMacs || (n_tokens > kRowDotMaxTokens && in * out < kInlineBatchWeights);
+  const bool inline_run = in * out * n_tokens < kInlineMacs ||
+                          (inline_small_batches_ && n_tokens > kRowDotMaxTokens && in * out < kInlineBatchWeights);
   const auto run = [&](int64_t tasks, const std::function<void(int64_t)>& fn) {
     if (inline_run) {
       for (int64_t i = 0; i < tasks; ++i) fn(i);

@@ -9,14 +9,16 @@
 // - Decode (at most kRowDotMaxTokens tokens) of a type with an in-place kernel (kernels.h, RowDotFn)
 //   reads each row as stored instead: no unpacking, one pass over the weight's bytes.
 // - Products under kInlineMacs multiply-accumulates run on the calling thread alone (a wake-up of
-//   the pool costs more than they do); so do batches (more than kRowDotMaxTokens tokens) of a
-//   matrix under kInlineBatchWeights entries. Between the batched products of a recurrent model
-//   (RWKV's WKV steps through the tokens on one thread) the workers have gone to sleep, so each
-//   product pays a full wake-up, and a matrix this small gives each thread a few dozen rows: on
-//   the tiny RWKV-7 (64 x 64 to 64 x 256 matrices) prompts ran no faster with 2 threads than with
-//   one on a quiet machine, and with 40% more CPU time (docs/BENCHMARKS.md, RWKV speed). The
-//   smallest LLaMA matrix measured there (SmolLM2-135M: 576 x 192) stays above it. Which thread
-//   computes a row never changes its value, so these thresholds change no result.
+//   the pool costs more than they do). With set_inline_small_batches (RWKV's contexts), so do
+//   batches (more than kRowDotMaxTokens tokens) of a matrix under kInlineBatchWeights entries:
+//   between the batched products of a recurrent model (RWKV's WKV steps through the tokens on one
+//   thread) the workers have gone to sleep, so each product pays a full wake-up, and a matrix this
+//   small gives each thread a few dozen rows: on the tiny RWKV-7 (64 x 64 to 64 x 256 matrices)
+//   prompts ran no faster with 2 threads than with one on a quiet machine, and with 40% more CPU
+//   time (docs/BENCHMARKS.md, RWKV speed). LLaMA contexts keep the pool for them: between their
+//   products the attention keeps the workers busy, and stories260K's whole-file perplexity (64 x
+//   64 to 64 x 172 matrices) took 1.1-1.4x the wall time with the rule on. Which thread computes a
+//   row never changes its value, so these thresholds change no result.
 // - Outlier columns (formats/outliers.h): the quantized rows see the input without the outlier
 //   entries; those go through the F16 columns in F32 after the main product.
 // - An observer sees every (weight, input) pair first (importance matrices); overrides replace a
@@ -77,6 +79,8 @@ class MatMul {
   // keep their logits bit-identical to evaluating the sequence as the target alone does.
   void set_numerics_batch(int b) { numerics_batch_ = b; }
   int numerics_batch() const { return numerics_batch_; }
+  // Batched products of matrices under kInlineBatchWeights entries on the calling thread (above).
+  void set_inline_small_batches(bool on) { inline_small_batches_ = on; }
   void override_weight(const GgufTensor& original, const GgufTensor* replacement);
   // The tensor read in place of w (w itself unless overridden).
   const GgufTensor& resolve(const GgufTensor& w) const {
@@ -100,6 +104,7 @@ class MatMul {
   const kernels::KernelSet* kernels_;
   MatmulObserver observer_;
   int numerics_batch_ = 0;
+  bool inline_small_batches_ = false;
   std::unordered_map<const GgufTensor*, const GgufTensor*> overrides_;
   struct PreparedSlot {
     kernels::PreparedActs acts;

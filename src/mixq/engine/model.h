@@ -182,6 +182,7 @@ class Context {
   // Evaluate as a batch of b tokens would (MatMul::set_numerics_batch): each token's logits are
   // bit-identical to those it gets in a batch of b; 0 (default) follows each eval's own size.
   void set_numerics_batch(int b) { mm_.set_numerics_batch(b); }
+  void set_inline_small_batches(bool on) { mm_.set_inline_small_batches(on); }
   int numerics_batch() const { return mm_.numerics_batch(); }
   // The kernel set (default: kernels::best_kernels(), which MIXQ_KERNELS can override).
   void set_kernels(const kernels::KernelSet& k) { mm_.set_kernels(k); }

@@ -248,6 +248,7 @@ std::unique_ptr<Context> RwkvModel::new_context(int n_ctx, int n_threads) const 
 
 RwkvContext::RwkvContext(const RwkvModel& model, int n_ctx, int n_threads)
     : Context(model, n_ctx, n_threads), rwkv_(model) {
+  set_inline_small_batches(true);  // matmul.h: the workers sleep through the WKV steps
   ln0_w_ = decoded(model.ln0_w);
   ln0_b_ = decoded(model.ln0_b);
   ln_out_w_ = decoded(model.ln_out_w);
