@@ -24,6 +24,31 @@
 namespace mixq {
 namespace {
 
+// Every matrix product of `model` (the looked-up token embedding aside), 1 to kRowDotMaxTokens
+// tokens of random input: `a` against the reference `b`, to the F32 summation order (relative to
+// the largest output).
+void expect_decode_products_agree(const Model& model, MatMul& a, MatMul& b) {
+  for (const WeightUse& use : model.weights()) {
+    const GgufTensor& w = *use.tensor;
+    if (w.name == "token_embd.weight") continue;  // looked up, not multiplied (untied output)
+    for (int nt = 1; nt <= kRowDotMaxTokens; ++nt) {
+      std::vector<float> x(static_cast<size_t>(nt * w.row_length()));
+      std::mt19937 rng(static_cast<uint32_t>(nt + w.n_rows()));
+      std::normal_distribution<float> g;
+      for (auto& v : x) v = g(rng);
+      std::vector<float> y1(static_cast<size_t>(nt * w.n_rows())), y2(y1.size());
+      a(w, x.data(), nt, y1.data());
+      b(w, x.data(), nt, y2.data());
+      double big = 0, diff = 0;
+      for (size_t i = 0; i < y1.size(); ++i) {
+        big = std::max(big, std::fabs(double{y2[i]}));
+        diff = std::max(diff, std::fabs(double{y1[i]} - y2[i]));
+      }
+      EXPECT_LE(diff, 1e-5 * big) << w.name << " (" << w.type->name << ") nt=" << nt;
+    }
+  }
+}
+
 TEST(LlamaEngine, Stories260KGreedyTextMatchesTheKnownText) {
   const GgufFile f = GgufFile::open(test::stories260K_gguf());
   const LlamaModel model(f);
@@ -258,25 +283,7 @@ TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
     ThreadPool pool(2);
     MatMul fast_mm(model, pool), slow_mm(model, pool);
     slow_mm.set_kernels(unpacking);
-    for (const WeightUse& use : model.weights()) {
-      const GgufTensor& w = *use.tensor;
-      if (w.name == "token_embd.weight") continue;  // looked up, not multiplied (untied output)
-      for (int nt = 1; nt <= kRowDotMaxTokens; ++nt) {
-        std::vector<float> x(static_cast<size_t>(nt * w.row_length()));
-        std::mt19937 rng(static_cast<uint32_t>(nt + w.n_rows()));
-        std::normal_distribution<float> g;
-        for (auto& v : x) v = g(rng);
-        std::vector<float> y1(static_cast<size_t>(nt * w.n_rows())), y2(y1.size());
-        fast_mm(w, x.data(), nt, y1.data());
-        slow_mm(w, x.data(), nt, y2.data());
-        double big = 0, diff = 0;
-        for (size_t i = 0; i < y1.size(); ++i) {
-          big = std::max(big, std::fabs(double{y2[i]}));
-          diff = std::max(diff, std::fabs(double{y1[i]} - y2[i]));
-        }
-        EXPECT_LE(diff, 1e-5 * big) << w.name << " (" << w.type->name << ") nt=" << nt;
-      }
-    }
+    expect_decode_products_agree(model, fast_mm, slow_mm);
     const std::vector<int32_t> ids = {1, 17, 200, 33, 5, 99};
     auto one_at_a_time = [&](const kernels::KernelSet& k) {
       LlamaContext c(model, 16, 1);
@@ -347,25 +354,7 @@ TEST(LlamaEngine, RepackedDecodeKeepsTheLogits) {
   EXPECT_EQ(repacked, (std::set<std::string>{"iq4_nl", "q5_0", "q8_0"}));
   ThreadPool pool(2);
   MatMul mp(packed, pool), mq(plain, pool);
-  for (const WeightUse& use : packed.weights()) {
-    const GgufTensor& w = *use.tensor;
-    if (w.name == "token_embd.weight") continue;
-    for (int nt = 1; nt <= kRowDotMaxTokens; ++nt) {
-      std::vector<float> x(static_cast<size_t>(nt * w.row_length()));
-      std::mt19937 rng(static_cast<uint32_t>(nt + w.n_rows()));
-      std::normal_distribution<float> g;
-      for (auto& v : x) v = g(rng);
-      std::vector<float> y1(static_cast<size_t>(nt * w.n_rows())), y2(y1.size());
-      mp(w, x.data(), nt, y1.data());
-      mq(w, x.data(), nt, y2.data());
-      double big = 0, diff = 0;
-      for (size_t i = 0; i < y1.size(); ++i) {
-        big = std::max(big, std::fabs(double{y2[i]}));
-        diff = std::max(diff, std::fabs(double{y1[i]} - y2[i]));
-      }
-      EXPECT_LE(diff, 1e-5 * big) << w.name << " (" << w.type->name << ") nt=" << nt;
-    }
-  }
+  expect_decode_products_agree(packed, mp, mq);
   const std::vector<int32_t> ids = {1, 17, 261, 33, 5, 99};
   const auto one_at_a_time = [&](const Model& m, int numerics_batch) {
     LlamaContext c(static_cast<const LlamaModel&>(m), 16, 2);
