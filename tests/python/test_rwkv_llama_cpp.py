@@ -117,14 +117,20 @@ def test_quantized_logits_match_llama_cpp(qtype, files, engine_logits_tool, tmp_
     assert k.mean() < 0.01 * k_quant.mean()
 
 
-def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32):
+def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32, random_lora=None, fused=True,
+                           rescale_every=0):
     """RWKV-5.2 (rwkv.cpp's FP32 file, parsed by test_rwkv_reference.read_rwkv_cpp) written as llama.cpp's
     `rwkv6` architecture with the gguf package, independently of mixq: RWKV-6 with its data-dependent
     parts switched off. Token-shift lerps are 1 - rwkv.cpp's mix vectors (RWKV-6 computes
     x + (prev - x) * lerp), the ddlerp LoRA (time_mix_w1/w2, lerp_x) and the decay LoRA are zero, the
     static decay is log(-log(d)) of rwkv.cpp's stored d = exp(-exp(w)), and the value matrix is
     scaled by 8: llama.cpp's rwkv6 GroupNorm uses eps 64e-5 where RWKV-5.2 uses 1e-5, and the
-    wkv output is linear in v, so GroupNorm(8 y, 64e-5) = GroupNorm(y, 1e-5) (x8 is exact in binary)."""
+    wkv output is linear in v, so GroupNorm(8 y, 64e-5) = GroupNorm(y, 1e-5) (x8 is exact in binary).
+
+    random_lora=SEED instead fills the ddlerp LoRA (time_mix_w1/w2, lerp_x) and the decay LoRA with
+    random non-zero values (a real RWKV-6's data-dependent path, on RWKV-5.2's other weights);
+    fused=False writes the five lerps separately (llama.cpp's older form); rescale_every sets
+    rescale_every_n_layers."""
     import gguf
     from test_rwkv_reference import read_rwkv_cpp
 
@@ -132,7 +138,13 @@ def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32):
     H = w["blocks.0.att.time_decay"].shape[0]
     S, X = E // H, lora_dim
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    if random_lora is None:
+        zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    else:
+        # N(0, 0.1): the LoRAs move the logits by up to ~6 (mean ~0.6) while the model stays well
+        # conditioned; at 0.3 two F32 engines (and each against float64) already differ by ~5e-3.
+        rng = np.random.default_rng(random_lora)
+        zeros = lambda *shape: rng.normal(0, 0.1, shape).astype(np.float32)  # noqa: E731
     tf = gguf.GGUFReader(tokens_from).fields["tokenizer.ggml.tokens"]
     g = gguf.GGUFWriter(out, "rwkv6")
     g.add_block_count(n_layer)
@@ -143,7 +155,7 @@ def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32):
     g.add_time_mix_extra_dim(X)
     g.add_time_decay_extra_dim(X)
     g.add_layer_norm_eps(1e-5)
-    g.add_rescale_every_n_layers(0)
+    g.add_rescale_every_n_layers(rescale_every)
     g.add_token_shift_count(2)
     g.add_vocab_size(256)
     g.add_tokenizer_model("rwkv")
@@ -161,8 +173,13 @@ def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32):
         g.add_tensor(b + "time_mix_w1.weight", zeros(5 * X, E))
         g.add_tensor(b + "time_mix_w2.weight", zeros(5, E, X))
         g.add_tensor(b + "time_mix_lerp_x.weight", zeros(1, 1, E))
-        fused = [np.zeros(E)] + [lerp(a + m) for m in ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g")]
-        g.add_tensor(b + "time_mix_lerp_fused.weight", f32(np.stack(fused).reshape(5, 1, 1, E)))  # w k v r g
+        mixes = [zeros(E) if random_lora is not None else np.zeros(E)]
+        mixes += [lerp(a + m) for m in ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g")]
+        if fused:
+            g.add_tensor(b + "time_mix_lerp_fused.weight", f32(np.stack(mixes).reshape(5, 1, 1, E)))  # w k v r g
+        else:
+            for m, v in zip("wkvrg", mixes):
+                g.add_tensor(f"{b}time_mix_lerp_{m}.weight", f32(v.reshape(1, 1, E)))
         g.add_tensor(b + "time_mix_first.weight", f32(w[a + "time_faaaa"].reshape(H, S)))
         g.add_tensor(b + "time_mix_decay.weight", f32(np.log(-np.log(w[a + "time_decay"].reshape(-1)))))
         g.add_tensor(b + "time_mix_decay_w1.weight", zeros(X, E))
