@@ -684,6 +684,13 @@ TEST(RwkvLayout, Rwkv5AsLlamaCppRwkv6) {
       EXPECT_NE(std::find(names.begin(), names.end(), fmt::format("blk.5.{}.weight", m)), names.end()) << m;
     }
   }
+  // Policy rules address the new tensors by llama.cpp's names: the LoRAs are time mixing.
+  for (const char* name : {"blk.3.time_mix_w1.weight", "blk.3.time_mix_decay_w2.weight", "blk.3.time_mix_lerp_fused.weight"}) {
+    EXPECT_EQ(classify_tensor(name, true).component, Component::TimeMix) << name;
+    EXPECT_EQ(classify_tensor(name, true).layer, 3) << name;
+  }
+  EXPECT_EQ(classify_tensor("blk.3.channel_mix_lerp_r.weight", true).component, Component::ChannelMix);
+  EXPECT_EQ(classify_tensor("blk.3.time_mix_gate.weight", true).component, Component::TimeMixGate);
   for (bool one_by_one : {false, true}) {
     const LogitDiff d = compare(prompt_logits(v6, one_by_one).data(), expected);
     std::printf("5v2-730K as rwkv6 (%s): max|diff| %.3g\n", one_by_one ? "token by token" : "one batch", d.max_abs);
