@@ -725,6 +725,19 @@ TEST(RwkvLayout, Rwkv5AsLlamaCppRwkv6) {
   const LogitDiff q = compare(prompt_logits(dir / "v6-q8.gguf").data(), expected);
   std::printf("5v2-730K as rwkv6, q8_0: max|diff| %.3g, KLD %.3g\n", q.max_abs, q.kld);
   EXPECT_LE(q.kld, 1e-3);
+  // A quantized RWKV-5.2 file: the value matrices' x8 does not survive requantization. Refused,
+  // nothing written.
+  const fs::path v5 = dir / "v5.gguf", v5q = dir / "v5-q5_1.gguf";
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP32.bin", v5, std::nullopt, {}});
+  opts.policy.default_type = TypeId::Q5_1;
+  quantize_model(GgufFile::open(v5), v5q, opts);
+  try {
+    convert_to_gguf({v5q, dir / "v6-from-q5_1.gguf", std::nullopt, {}}, RwkvLayout::LlamaCpp);
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("att.value.weight is q5_1: 8 x its values"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "v6-from-q5_1.gguf"));
 }
 
 TEST(RwkvLayout, Rwkv6BadFilesAreClearErrors) {

@@ -185,8 +185,8 @@ size_t convert_rwkv5_to_rwkv6(const GgufFile& in, const std::filesystem::path& o
                       }();
                       if (std::memcmp(back.data(), v.data(), v.size() * sizeof(float)) != 0) {
                         throw std::runtime_error(fmt::format(
-                            "{}: tensor {} is {}: 8 x its values (llama.cpp's rwkv6 GroupNorm eps) is not exact in "
-                            "that type; convert the FP32 or FP16 model",
+                            "{}: tensor {} is {}: 8 x its values (for llama.cpp's rwkv6 GroupNorm eps) are not exact "
+                            "in that type; convert the FP32 or FP16 model, then quantize the rwkv6 file",
                             in.label(), value.name, value.type->name));
                       }
                       return bytes;

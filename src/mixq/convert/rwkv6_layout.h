@@ -10,7 +10,8 @@
 //     exp(-exp(time_mix_decay))), time_mix_first = time_faaaa as [head size, heads];
 //   - time_mix_value x 8: llama.cpp's rwkv6 GroupNorm uses eps 64e-5 where RWKV-5.2 uses 1e-5; the
 //     WKV output is linear in v, so GroupNorm(8 y, 64e-5) = GroupNorm(y, 1e-5), and x 8 is exact in
-//     binary (checked: the scaled matrix decodes to exactly 8 x the original, else an error).
+//     binary (checked: the scaled matrix decodes to exactly 8 x the original, else an error: F32
+//     and F16 pass, requantized block types in general do not, so quantize after converting).
 // Every other tensor keeps its bytes and type under llama.cpp's name; the vocabulary and the
 // general.* keys are copied; the rwkv5.* keys become the rwkv6.* keys llama.cpp's loader reads.
 // docs/BENCHMARKS.md has the checks against rwkv.cpp's expected logits and llama.cpp.
