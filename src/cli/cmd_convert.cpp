@@ -25,7 +25,8 @@ void register_convert(CLI::App& app) {
   add_clean_stale_flag(cmd, opts->clean_stale);
   cmd->add_option("--layout", opts->layout,
                   "RWKV-7: write rwkv.cpp's tensor layout (emb.weight, blocks.N.att.*) or llama.cpp's "
-                  "(token_embd.weight, blk.N.time_mix_*); the engine reads both")
+                  "(token_embd.weight, blk.N.time_mix_*); the engine reads both. RWKV-5.2 with llama.cpp: "
+                  "llama.cpp's rwkv6 architecture (the same model)")
       ->check(CLI::IsMember({"rwkv.cpp", "llama.cpp"}));
   cmd->callback([opts] {
     std::vector<NamedPath> inputs = {{"INPUT", opts->in}, {"--tokenizer", opts->tokenizer}};

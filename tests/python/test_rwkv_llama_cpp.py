@@ -15,6 +15,12 @@ evaluate the same 127 bytes of wiki text as one batch from an empty state.
   two engines is under 1% of the quantization's own (llama.cpp's quantized file against its F32).
 - RWKV-5.2 is an RWKV-6 without its data-dependent parts: written as llama.cpp's `rwkv6` by this
   file's own writer (not mixq's), it gives rwkv.cpp's expected 5v2 logits in llama.cpp.
+- RWKV-6 (issue 11): `mixq convert --layout llama.cpp` of the RWKV-5.2 file writes that rwkv6 file;
+  llama.cpp reproduces the expected logits on it, mixq's logits equal llama.cpp's on it and on its
+  `--compat llama.cpp` quantizations (the same checks as RWKV-7's), and the types mixq chose are
+  llama-quantize's. The data-dependent path (ddlerp and decay LoRAs, llama.cpp's older separate
+  lerps, rescale_every_n_layers) has no real model here: files with random non-zero LoRAs, written
+  by this file's writer (not mixq's), give the same logits in mixq and llama.cpp.
 """
 import os
 import pathlib
@@ -117,14 +123,20 @@ def test_quantized_logits_match_llama_cpp(qtype, files, engine_logits_tool, tmp_
     assert k.mean() < 0.01 * k_quant.mean()
 
 
-def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32):
+def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32, random_lora=None, fused=True,
+                           rescale_every=0):
     """RWKV-5.2 (rwkv.cpp's FP32 file, parsed by test_rwkv_reference.read_rwkv_cpp) written as llama.cpp's
     `rwkv6` architecture with the gguf package, independently of mixq: RWKV-6 with its data-dependent
     parts switched off. Token-shift lerps are 1 - rwkv.cpp's mix vectors (RWKV-6 computes
     x + (prev - x) * lerp), the ddlerp LoRA (time_mix_w1/w2, lerp_x) and the decay LoRA are zero, the
     static decay is log(-log(d)) of rwkv.cpp's stored d = exp(-exp(w)), and the value matrix is
     scaled by 8: llama.cpp's rwkv6 GroupNorm uses eps 64e-5 where RWKV-5.2 uses 1e-5, and the
-    wkv output is linear in v, so GroupNorm(8 y, 64e-5) = GroupNorm(y, 1e-5) (x8 is exact in binary)."""
+    wkv output is linear in v, so GroupNorm(8 y, 64e-5) = GroupNorm(y, 1e-5) (x8 is exact in binary).
+
+    random_lora=SEED instead fills the ddlerp LoRA (time_mix_w1/w2, lerp_x) and the decay LoRA with
+    random non-zero values (a real RWKV-6's data-dependent path, on RWKV-5.2's other weights);
+    fused=False writes the five lerps separately (llama.cpp's older form); rescale_every sets
+    rescale_every_n_layers."""
     import gguf
     from test_rwkv_reference import read_rwkv_cpp
 
@@ -132,7 +144,13 @@ def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32):
     H = w["blocks.0.att.time_decay"].shape[0]
     S, X = E // H, lora_dim
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    if random_lora is None:
+        zeros = lambda *shape: np.zeros(shape, np.float32)  # noqa: E731
+    else:
+        # N(0, 0.1): the LoRAs move the logits by up to ~6 (mean ~0.6) while the model stays well
+        # conditioned; at 0.3 two F32 engines (and each against float64) already differ by ~5e-3.
+        rng = np.random.default_rng(random_lora)
+        zeros = lambda *shape: rng.normal(0, 0.1, shape).astype(np.float32)  # noqa: E731
     tf = gguf.GGUFReader(tokens_from).fields["tokenizer.ggml.tokens"]
     g = gguf.GGUFWriter(out, "rwkv6")
     g.add_block_count(n_layer)
@@ -143,7 +161,7 @@ def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32):
     g.add_time_mix_extra_dim(X)
     g.add_time_decay_extra_dim(X)
     g.add_layer_norm_eps(1e-5)
-    g.add_rescale_every_n_layers(0)
+    g.add_rescale_every_n_layers(rescale_every)
     g.add_token_shift_count(2)
     g.add_vocab_size(256)
     g.add_tokenizer_model("rwkv")
@@ -161,8 +179,13 @@ def write_rwkv6_from_rwkv5(src, out, tokens_from, value_scale=8.0, lora_dim=32):
         g.add_tensor(b + "time_mix_w1.weight", zeros(5 * X, E))
         g.add_tensor(b + "time_mix_w2.weight", zeros(5, E, X))
         g.add_tensor(b + "time_mix_lerp_x.weight", zeros(1, 1, E))
-        fused = [np.zeros(E)] + [lerp(a + m) for m in ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g")]
-        g.add_tensor(b + "time_mix_lerp_fused.weight", f32(np.stack(fused).reshape(5, 1, 1, E)))  # w k v r g
+        mixes = [zeros(E) if random_lora is not None else np.zeros(E)]
+        mixes += [lerp(a + m) for m in ("time_mix_k", "time_mix_v", "time_mix_r", "time_mix_g")]
+        if fused:
+            g.add_tensor(b + "time_mix_lerp_fused.weight", f32(np.stack(mixes).reshape(5, 1, 1, E)))  # w k v r g
+        else:
+            for m, v in zip("wkvrg", mixes):
+                g.add_tensor(f"{b}time_mix_lerp_{m}.weight", f32(v.reshape(1, 1, E)))
         g.add_tensor(b + "time_mix_first.weight", f32(w[a + "time_faaaa"].reshape(H, S)))
         g.add_tensor(b + "time_mix_decay.weight", f32(np.log(-np.log(w[a + "time_decay"].reshape(-1)))))
         g.add_tensor(b + "time_mix_decay_w1.weight", zeros(X, E))
@@ -201,3 +224,108 @@ def test_rwkv5_is_rwkv6_without_data_dependence_in_llama_cpp(files, tmp_path):
           f"(value x8), {diffs[1.0]:.3g} (unscaled)")
     assert diffs[8.0] <= 1e-4
     assert diffs[1.0] > 1e-2
+
+
+# ---------------------------------------------------------------------------------------------
+# RWKV-6: mixq's rwkv6 reader and its RWKV-5.2 -> rwkv6 conversion (issue 11)
+
+RWKV6_QTYPES = ("q8_0", "q5_1")
+
+
+@pytest.fixture(scope="module")
+def files6(tmp_path_factory):
+    d = tmp_path_factory.mktemp("rwkv6-llama-layout")
+    src = require_shared("rwkv-tiny/tiny-rwkv-5v2-730K-FP32.bin")
+    f32 = d / "r6-f32.gguf"
+    run(MIXQ, "convert", src, f32, "--layout", "llama.cpp")
+    out = {"f32": f32}
+    for q in RWKV6_QTYPES:
+        out[q] = d / f"r6-{q}.gguf"
+        run(MIXQ, "quantize", f32, out[q], q, "--compat", "llama.cpp")
+    return out
+
+
+def test_rwkv6_conversion_gives_expected_logits_in_llama_cpp(files6, engine_logits_tool, tmp_path):
+    prog = oracle()
+    expected = np.fromfile(require_shared("rwkv-tiny/expected-logits-5v2-730K.bin"), np.float32)
+    got = llama_cpp_logits(prog, files6["f32"], list(b'"in'), tmp_path)[-1]
+    ours = mixq_logits(files6["f32"], list(b'"in'), engine_logits_tool, tmp_path)[-1]
+    d_llama, d_mixq = np.abs(got - expected).max(), np.abs(ours - expected).max()
+    print(f"\nmixq-converted rwkv6 F32 file vs rwkv.cpp's expected 5v2 logits: llama.cpp max |diff| {d_llama:.3g}, "
+          f"mixq {d_mixq:.3g}")
+    assert d_llama <= 1e-4
+    assert d_mixq <= 1e-4
+
+
+def test_rwkv6_f32_logits_match_llama_cpp(files6, engine_logits_tool, tmp_path):
+    prog = oracle()
+    tokens = text_tokens()
+    a = mixq_logits(files6["f32"], tokens, engine_logits_tool, tmp_path)
+    b = llama_cpp_logits(prog, files6["f32"], tokens, tmp_path)
+    d = np.abs(a - b).max()
+    print(f"\nrwkv6 f32: {N_TOKENS} positions, max |logit diff| {d:.3g}")
+    assert d < 1e-5
+
+
+@pytest.mark.parametrize("qtype", RWKV6_QTYPES)
+def test_rwkv6_quantized_logits_match_llama_cpp(qtype, files6, engine_logits_tool, tmp_path):
+    """Weaker than RWKV-7's check, for a reason: both engines round each product's input to Q8_0 /
+    Q8_1 blocks, the two are never bit-equal upstream (summation orders), and an activation on a
+    rounding boundary rounds differently (docs/BENCHMARKS.md traces the first one, block 1, position
+    14: an exact tie in llama.cpp). RWKV-5.2's slowly decaying state then carries the difference to
+    every later position (~0.05 in the logits), where RWKV-7's soon forgets it. So: the first
+    position agrees to float rounding, and both engines measure the same quantization loss."""
+    prog = oracle()
+    tokens = text_tokens()
+    a = mixq_logits(files6[qtype], tokens, engine_logits_tool, tmp_path)
+    b = llama_cpp_logits(prog, files6[qtype], tokens, tmp_path)
+    f = log_softmax(llama_cpp_logits(prog, files6["f32"], tokens, tmp_path))
+    per_pos = np.abs(a - b).max(axis=1)
+    k_mixq, k_llama = kl(f, log_softmax(a)).mean(), kl(f, log_softmax(b)).mean()
+    top1 = (a.argmax(axis=1) == b.argmax(axis=1)).mean()
+    print(f"\nrwkv6 {qtype}: position 0 max |logit diff| {per_pos[0]:.3g}, all positions {per_pos.max():.3g} (median "
+          f"{np.median(per_pos):.3g}); KL(F32 || quantized) mean: mixq {k_mixq:.3g}, llama.cpp {k_llama:.3g}; "
+          f"same top token at {top1:.1%} of positions")
+    assert per_pos[0] < 1e-5
+    assert abs(k_mixq / k_llama - 1) < 0.2
+    assert top1 >= 0.95
+
+
+@pytest.mark.parametrize("qtype", RWKV6_QTYPES)
+def test_rwkv6_compat_types_are_llama_quantizes(qtype, files6, tmp_path):
+    """mixq's `--compat llama.cpp` types per tensor (the LoRAs, time_mix_first and the lerps stay F32)
+    equal llama-quantize's own on the same file."""
+    import gguf
+
+    oracle()
+    quantize = pathlib.Path(os.environ.get("MIXQ_ORACLE_CACHE", pathlib.Path.home() / ".cache/mixq/oracles"))
+    quantize = quantize / "llama.cpp-build/bin/llama-quantize"
+    if not quantize.exists():
+        pytest.skip(f"{quantize} not found")
+    ref = tmp_path / "lq.gguf"
+    run(quantize, files6["f32"], ref, qtype.upper(), 1)
+    types = lambda p: {t.name: t.tensor_type.name for t in gguf.GGUFReader(p).tensors}  # noqa: E731
+    ours, theirs = types(files6[qtype]), types(ref)
+    assert ours == theirs
+    assert ours["blk.0.time_mix_w2.weight"] == "F32" and ours["blk.0.time_mix_key.weight"] == qtype.upper()
+
+
+@pytest.mark.parametrize("fused,rescale_every", [(True, 6), (False, 0)])
+def test_rwkv6_random_loras_match_llama_cpp(fused, rescale_every, files6, engine_logits_tool, tmp_path):
+    """The data-dependent path, checked against llama.cpp alone: random non-zero ddlerp and decay LoRAs
+    (and lerp_x, the decay mix), fused or separate lerps, with and without rescaling, in a file
+    written by the gguf package. The LoRAs must move llama.cpp's logits (else the check is empty)."""
+    prog = oracle()
+    src = require_shared("rwkv-tiny/tiny-rwkv-5v2-730K-FP32.bin")
+    tokens = text_tokens()
+    out = tmp_path / "r6-random.gguf"
+    write_rwkv6_from_rwkv5(src, out, files6["f32"], random_lora=7, fused=fused, rescale_every=rescale_every)
+    a = mixq_logits(out, tokens, engine_logits_tool, tmp_path)
+    b = llama_cpp_logits(prog, out, tokens, tmp_path)
+    plain = llama_cpp_logits(prog, files6["f32"], tokens, tmp_path)
+    d, effect = np.abs(a - b).max(), np.abs(b - plain).mean()
+    print(f"\nrwkv6 random LoRAs ({'fused' if fused else 'separate'} lerps, rescale every {rescale_every}): "
+          f"{N_TOKENS} positions, max |mixq - llama.cpp| {d:.3g}; the LoRAs move llama.cpp's logits by {effect:.3g} "
+          f"on average")
+    assert effect > 0.1
+    assert d < 1e-4

@@ -280,8 +280,10 @@ TEST(RwkvEngine, BadFilesAreClearErrors) {
   rewrite(v7, out, [](GgufWriter& w) { w.set("rwkv7.vocab_size", GgufValue::u32(300)); }, keep);
   expect("tensor emb.weight has 256 rows but rwkv7.vocab_size is 300");
   // Generations the engine does not run.
-  rewrite(v7, out, [](GgufWriter& w) { w.set("general.architecture", GgufValue::string("rwkv6")); }, keep);
-  expect("architecture 'rwkv6' is not supported (supported: llama, rwkv4, rwkv5, rwkv7)");
+  rewrite(v7, out, [](GgufWriter& w) { w.set("general.architecture", GgufValue::string("rwkv6qwen2")); }, keep);
+  expect("architecture 'rwkv6qwen2' is not supported (supported: llama, rwkv4, rwkv5, rwkv6, rwkv7)");
+  rewrite(v5, out, [](GgufWriter& w) { w.set("general.architecture", GgufValue::string("rwkv6")); }, keep);
+  expect("missing tensor token_embd.weight (rwkv6 files are read in llama.cpp's layout only");
   rewrite(v7, out, [](GgufWriter& w) { w.set("general.architecture", GgufValue::string("rwkv9")); }, keep);
   expect("architecture 'rwkv9' is not supported");
   // A v7 file labelled rwkv5 lacks what RWKV-5 needs.
@@ -634,14 +636,242 @@ TEST(RwkvLayout, LlamaCppLayoutLoadsAndRoundTrips) {
     EXPECT_EQ(p.type == TypeId::Q8_0, matrix) << n;
   }
   EXPECT_LE(compare(prompt_logits(dir / "lc-q8.gguf").data(), expected).kld, 2e-5);
-  // Only RWKV-7 has a llama.cpp layout here.
+  // RWKV-7 converts both ways, RWKV-5.2 into llama.cpp's rwkv6 (below); nothing else.
   try {
-    convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP32.bin", dir / "v5.gguf", std::nullopt, {}}, RwkvLayout::LlamaCpp);
+    convert_to_gguf({rwkv_dir() / "tiny-rwkv-4v0-660K-FP32.bin", dir / "v4.gguf", std::nullopt, {}}, RwkvLayout::LlamaCpp);
     ADD_FAILURE() << "no error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find("converts RWKV-7 files"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("not 'rwkv4'"), std::string::npos) << e.what();
   }
-  EXPECT_FALSE(fs::exists(dir / "v5.gguf"));
+  EXPECT_FALSE(fs::exists(dir / "v4.gguf"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// llama.cpp's rwkv6 architecture: RWKV-5.2 converted into it (convert/rwkv6_layout.h), read by
+// the engine's RWKV-6 graph (engine/rwkv6.cpp). tests/python/test_rwkv_llama_cpp.py runs these
+// files, and RWKV-6 files with non-zero LoRAs, in llama.cpp itself.
+
+TEST(RwkvLayout, Rwkv5AsLlamaCppRwkv6) {
+  MIXQ_REQUIRE_SHARED("rwkv-tiny/tiny-rwkv-5v2-730K-FP16.bin");
+  const auto dir = fresh_dir("rwkv6-layout");
+  const auto expected = test::read_raw<float>(rwkv_dir() / "expected-logits-5v2-730K.bin");
+  const fs::path v6 = dir / "v6.gguf";
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP32.bin", v6, std::nullopt, {}}, RwkvLayout::LlamaCpp);
+  {
+    const GgufFile f = GgufFile::open(v6);
+    EXPECT_EQ(f.find("general.architecture")->as_string(), "rwkv6");
+    EXPECT_EQ(f.find("rwkv6.wkv.head_size")->as_int(), 8);
+    EXPECT_EQ(f.find("rwkv6.time_mix_extra_dim")->as_int(), 32);
+    EXPECT_EQ(f.find("rwkv6.time_decay_extra_dim")->as_int(), 64);
+    EXPECT_EQ(f.find("rwkv6.token_shift_count")->as_int(), 2);
+    EXPECT_EQ(f.find("rwkv5.block_count"), nullptr);
+    EXPECT_EQ(f.find("tokenizer.ggml.model")->as_string(), "rwkv");
+    EXPECT_EQ(f.find_tensor("blk.0.time_mix_lerp_fused.weight")->shape, (std::vector<int64_t>{64, 1, 1, 5}));
+    EXPECT_EQ(f.find_tensor("blk.0.time_mix_w1.weight")->shape, (std::vector<int64_t>{64, 160}));
+    EXPECT_EQ(f.find_tensor("blk.0.time_mix_w2.weight")->shape, (std::vector<int64_t>{32, 64, 5}));
+    EXPECT_EQ(f.find_tensor("blk.0.time_mix_first.weight")->shape, (std::vector<int64_t>{8, 8}));
+    EXPECT_EQ(f.find_tensor("blk.0.time_mix_decay.weight")->shape, (std::vector<int64_t>{64}));
+    const auto model = load_model(f);
+    EXPECT_EQ(model->architecture(), "rwkv6");
+    // Every matrix the graph multiplies by, the LoRAs included, with its block.
+    std::vector<std::string> names;
+    for (const WeightUse& w : model->weights()) {
+      if (w.layer == 5) names.push_back(w.tensor->name);
+    }
+    for (const char* m : {"time_mix_w1", "time_mix_w2", "time_mix_decay_w1", "time_mix_decay_w2", "time_mix_gate",
+                          "time_mix_value", "channel_mix_receptance"}) {
+      EXPECT_NE(std::find(names.begin(), names.end(), fmt::format("blk.5.{}.weight", m)), names.end()) << m;
+    }
+  }
+  // Policy rules address the new tensors by llama.cpp's names: the LoRAs are time mixing.
+  for (const char* name : {"blk.3.time_mix_w1.weight", "blk.3.time_mix_decay_w2.weight", "blk.3.time_mix_lerp_fused.weight"}) {
+    EXPECT_EQ(classify_tensor(name, true).component, Component::TimeMix) << name;
+    EXPECT_EQ(classify_tensor(name, true).layer, 3) << name;
+  }
+  EXPECT_EQ(classify_tensor("blk.3.channel_mix_lerp_r.weight", true).component, Component::ChannelMix);
+  EXPECT_EQ(classify_tensor("blk.3.time_mix_gate.weight", true).component, Component::TimeMixGate);
+  for (bool one_by_one : {false, true}) {
+    const LogitDiff d = compare(prompt_logits(v6, one_by_one).data(), expected);
+    std::printf("5v2-730K as rwkv6 (%s): max|diff| %.3g\n", one_by_one ? "token by token" : "one batch", d.max_abs);
+    EXPECT_LE(d.max_abs, 1e-4);
+  }
+  // FP16 matrices: x8 is exact in F16, so the rwkv6 file is the rwkv5 file's model. The logits are
+  // not bit-equal: F16 products round their inputs to F16 (as ggml does), and RWKV-6's token shift
+  // x + (prev - x) lerp differs from rwkv.cpp's x mix + prev (1 - mix) in the last bit, which moves
+  // some of those roundings.
+  const fs::path v5h = dir / "v5-fp16.gguf", v6h = dir / "v6-fp16.gguf";
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP16.bin", v5h, std::nullopt, {}});
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP16.bin", v6h, std::nullopt, {}}, RwkvLayout::LlamaCpp);
+  EXPECT_EQ(GgufFile::open(v6h).find_tensor("blk.3.time_mix_value.weight")->type->id, TypeId::F16);
+  const auto h5 = prompt_logits(v5h), h6 = prompt_logits(v6h);
+  const LogitDiff h = compare(h6.data(), h5), h5e = compare(h5.data(), expected), h6e = compare(h6.data(), expected);
+  std::printf("5v2-730K FP16 as rwkv6 vs as rwkv5: max|diff| %.3g, KLD %.3g; against the FP32 expected logits: "
+              "KLD %.3g (rwkv6) and %.3g (rwkv5)\n", h.max_abs, h.kld, h6e.kld, h5e.kld);
+  EXPECT_LE(h.max_abs, 0.01);
+  EXPECT_LE(h.kld, 1e-6);
+  // Quantizing touches the matrices llama-quantize does: the LoRAs, time_mix_first and the lerps stay F32.
+  QuantizeOptions opts;
+  opts.policy.default_type = TypeId::Q8_0;
+  opts.threads = 2;
+  const QuantizeReport rep = quantize_model(GgufFile::open(v6), dir / "v6-q8.gguf", opts);
+  for (const TensorPlan& p : rep.plans) {
+    const std::string& n = p.tensor.name;
+    const bool lora_or_small = n.find("time_mix_w") != std::string::npos || n.find("decay") != std::string::npos ||
+                               n.find("lerp") != std::string::npos || n.find("first") != std::string::npos ||
+                               n.find("norm") != std::string::npos || n.find("time_mix_ln") != std::string::npos;
+    EXPECT_EQ(p.type == TypeId::Q8_0, !lora_or_small) << n;
+  }
+  const LogitDiff q = compare(prompt_logits(dir / "v6-q8.gguf").data(), expected);
+  std::printf("5v2-730K as rwkv6, q8_0: max|diff| %.3g, KLD %.3g\n", q.max_abs, q.kld);
+  EXPECT_LE(q.kld, 1e-3);
+  // A quantized RWKV-5.2 file: the value matrices' x8 does not survive requantization. Refused,
+  // nothing written.
+  const fs::path v5 = dir / "v5.gguf", v5q = dir / "v5-q5_1.gguf";
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP32.bin", v5, std::nullopt, {}});
+  opts.policy.default_type = TypeId::Q5_1;
+  quantize_model(GgufFile::open(v5), v5q, opts);
+  try {
+    convert_to_gguf({v5q, dir / "v6-from-q5_1.gguf", std::nullopt, {}}, RwkvLayout::LlamaCpp);
+    ADD_FAILURE() << "no error";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("att.value.weight is q5_1: 8 x its values"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "v6-from-q5_1.gguf"));
+}
+
+TEST(RwkvLayout, Rwkv6BadFilesAreClearErrors) {
+  MIXQ_REQUIRE_SHARED("rwkv-tiny/tiny-rwkv-5v2-730K-FP32.bin");
+  const auto dir = fresh_dir("rwkv6-bad");
+  const fs::path v6 = dir / "v6.gguf", out = dir / "bad.gguf";
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP32.bin", v6, std::nullopt, {}}, RwkvLayout::LlamaCpp);
+  const auto no_meta = [](GgufWriter&) {};
+  const auto keep = [](std::string&, std::vector<int64_t>&) { return true; };
+  auto expect = [&](const std::string& what) {
+    const std::string e = load_error(out);
+    EXPECT_NE(e.find(what), std::string::npos) << e;
+    EXPECT_NE(e.find("bad.gguf"), std::string::npos) << e;
+    fs::remove(out);
+  };
+  const auto drop = [](const char* name) {
+    return [name](std::string& n, std::vector<int64_t>&) { return n != name; };
+  };
+  const auto reshape = [](const char* name, std::vector<int64_t> shape) {
+    return [name, shape](std::string& n, std::vector<int64_t>& s) {
+      if (n == name) s = shape;
+      return true;
+    };
+  };
+  rewrite(v6, out, no_meta, drop("blk.3.time_mix_decay_w2.weight"));
+  expect("missing tensor blk.3.time_mix_decay_w2.weight");
+  rewrite(v6, out, no_meta, drop("blk.4.time_mix_w1.weight"));
+  expect("missing tensor blk.4.time_mix_w1.weight");
+  rewrite(v6, out, no_meta, drop("blk.1.channel_mix_lerp_r.weight"));
+  expect("missing tensor blk.1.channel_mix_lerp_r.weight");
+  rewrite(v6, out, no_meta, drop("blk.2.time_mix_lerp_fused.weight"));
+  expect("missing tensor blk.2.time_mix_lerp_fused.weight (or the five time_mix_lerp_{w,k,v,r,g})");
+  rewrite(v6, out, no_meta, reshape("blk.2.time_mix_w2.weight", {32, 64, 4}));
+  expect("tensor blk.2.time_mix_w2.weight has shape [32, 64, 4], expected [32, 64, 5]");
+  rewrite(v6, out, no_meta, reshape("blk.5.time_mix_lerp_fused.weight", {64, 1, 1, 6}));
+  expect("tensor blk.5.time_mix_lerp_fused.weight has shape [64, 1, 1, 6], expected [64, 1, 1, 5]");
+  rewrite(v6, out, no_meta, reshape("blk.1.time_mix_first.weight", {64}));
+  expect("tensor blk.1.time_mix_first.weight has shape [64], expected [8, 8]");
+  rewrite(v6, out, no_meta, reshape("blk.0.time_mix_w1.weight", {64, 161}));
+  expect("tensor blk.0.time_mix_w1.weight has 161 rows, expected 5 x time_mix_extra_dim");
+  rewrite(v6, out, no_meta, reshape("blk.3.time_mix_decay_w1.weight", {64, 32}));
+  expect("tensor blk.3.time_mix_decay_w1.weight has shape [64, 32], expected [64, 64]");
+  rewrite(v6, out, [](GgufWriter& w) { w.set("rwkv6.time_mix_extra_dim", GgufValue::u32(16)); }, keep);
+  expect("rwkv6.time_mix_extra_dim is 16 but tensor blk.0.time_mix_w1.weight says 32");
+  rewrite(v6, out, [](GgufWriter& w) { w.set("rwkv6.token_shift_count", GgufValue::u32(1)); }, keep);
+  expect("rwkv6.token_shift_count is 1");
+  rewrite(v6, out, [](GgufWriter& w) { w.remove("rwkv6.wkv.head_size"); }, keep);
+  expect("missing metadata key rwkv6.wkv.head_size");
+  rewrite(v6, out, [](GgufWriter& w) { w.set("rwkv6.wkv.head_size", GgufValue::u32(6)); }, keep);
+  expect("rwkv6.wkv.head_size 6 does not divide rwkv6.embedding_length 64");
+}
+
+// A copy of an rwkv6 file whose LoRAs (time_mix_w1/w2, time_mix_decay_w1/w2) and lerp_x hold
+// deterministic non-zero values (|v| <= 0.1), with rescale_every_n_layers set; `w2_from` names a block
+// whose time_mix_w2 values block 2 takes instead of its own (for the override check).
+void with_loras(const fs::path& in, const fs::path& out, int rescale_every, int w2_from = -1) {
+  const GgufFile f = GgufFile::open(in);
+  GgufWriter w(out);
+  w.copy_metadata(f);
+  w.set("rwkv6.rescale_every_n_layers", GgufValue::u32(static_cast<uint32_t>(rescale_every)));
+  const auto filled = [](const GgufTensor& t) {
+    for (const char* m : {"time_mix_w1.", "time_mix_w2.", "time_mix_decay_w1.", "time_mix_decay_w2.", "time_mix_lerp_x."}) {
+      if (t.name.find(m) != std::string::npos) return true;
+    }
+    return false;
+  };
+  for (const GgufTensor& t : f.tensors()) w.add_tensor(t.name, t.shape, filled(t) ? TypeId::F32 : t.type->id);
+  for (const GgufTensor& t : f.tensors()) {
+    if (!filled(t)) {
+      w.write_tensor_data(t.bytes());
+      continue;
+    }
+    std::string name = t.name;
+    if (w2_from >= 0 && name == "blk.2.time_mix_w2.weight") name = fmt::format("blk.{}.time_mix_w2.weight", w2_from);
+    const auto salt = static_cast<double>(std::hash<std::string>{}(name) % 1000);
+    std::vector<float> v(static_cast<size_t>(t.n_elements()));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(0.1 * std::sin(0.7 * static_cast<double>(i) + salt));
+    w.write_tensor_data({reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float)});
+  }
+  w.finish();
+}
+
+TEST(RwkvEngine, Rwkv6DataDependentPath) {
+  MIXQ_REQUIRE_SHARED("rwkv-tiny/tiny-rwkv-5v2-730K-FP32.bin");
+  const auto dir = fresh_dir("rwkv6-lora");
+  const fs::path v6 = dir / "v6.gguf", lora = dir / "lora.gguf", lora0 = dir / "lora-norescale.gguf",
+                 swapped = dir / "lora-swapped.gguf";
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP32.bin", v6, std::nullopt, {}}, RwkvLayout::LlamaCpp);
+  with_loras(v6, lora, 4);
+  with_loras(v6, lora0, 0);
+  with_loras(v6, swapped, 4, 3);
+  const std::string text = "Once upon a time, there was";
+  const std::vector<int32_t> tokens(text.begin(), text.end());
+  const int n = static_cast<int>(tokens.size());
+  const auto logits = [&](const fs::path& p, bool one_by_one) {
+    const GgufFile f = GgufFile::open(p);
+    const auto model = load_model(f);
+    const auto ctx = model->new_context(n, 2);
+    if (!one_by_one) return ctx->eval(tokens, true);
+    std::vector<float> all;
+    for (int32_t t : tokens) {
+      const auto& l = ctx->eval({t}, true);
+      all.insert(all.end(), l.begin(), l.end());
+    }
+    return all;
+  };
+  const auto max_diff = [](const std::vector<float>& a, const std::vector<float>& b) {
+    EXPECT_EQ(a.size(), b.size());
+    double d = 0;
+    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::abs(double(a[i]) - b[i]));
+    return d;
+  };
+  const auto batch = logits(lora, false);
+  // The per-token decay and token-shift LoRAs give the same result a token at a time.
+  EXPECT_LE(max_diff(batch, logits(lora, true)), 1e-5);
+  // The LoRAs and the rescaling change the model (else the checks below are empty).
+  EXPECT_GT(max_diff(batch, logits(v6, false)), 0.1);
+  EXPECT_GT(max_diff(batch, logits(lora0, false)), 0.01);
+  // A block's state from one full eval, restarted with an override of a LoRA matrix (read through
+  // per-mix views of time_mix_w2, which must see the override): equal to a file that holds it.
+  const GgufFile f = GgufFile::open(lora);
+  const auto model = load_model(f);
+  std::vector<float> entering2;
+  const auto base = model->new_context(n, 2);
+  base->set_layer_observer([&](int l, const float* x, int m) {
+    if (l == 2) entering2.assign(x, x + static_cast<size_t>(m) * static_cast<size_t>(model->layer_state_width()));
+  });
+  EXPECT_EQ(base->eval(tokens, true), batch);
+  const auto part = model->new_context(n, 2);
+  part->override_weight(*f.find_tensor("blk.2.time_mix_w2.weight"), f.find_tensor("blk.3.time_mix_w2.weight"));
+  const std::vector<float> probed = part->eval_from_layer(2, entering2.data(), n, true);
+  const auto want = logits(swapped, false);
+  EXPECT_LE(max_diff(probed, want), 1e-5);
+  EXPECT_GT(max_diff(want, batch), 1e-3);
 }
 
 }  // namespace

@@ -37,8 +37,8 @@ fs::path fresh_dir(const std::string& name) {
 
 fs::path rwkv_dir() { return test::shared_data_dir() / "rwkv-tiny"; }
 
-// The models every architecture test runs: stories260K (LLaMA) always, the tiny RWKV-4/5.2/7
-// when the shared data is there (converted into dir).
+// The models every architecture test runs: stories260K (LLaMA) always, the tiny RWKV-4/5.2/7 (and
+// 5.2 as llama.cpp's rwkv6) when the shared data is there (converted into dir).
 std::vector<fs::path> every_architecture(const fs::path& dir) {
   std::vector<fs::path> out{test::stories260K_gguf()};
   if (test::shared_data_dir().empty()) return out;
@@ -48,6 +48,11 @@ std::vector<fs::path> every_architecture(const fs::path& dir) {
     const fs::path dst = dir / fmt::format("rwkv-{}.gguf", ver);
     convert_to_gguf({src, dst, std::nullopt, {}});
     out.push_back(dst);
+    if (std::string(ver) == "5v2-730K") {  // and as llama.cpp's rwkv6 (convert/rwkv6_layout.h)
+      const fs::path v6 = dir / "rwkv6-5v2-730K.gguf";
+      convert_to_gguf({src, v6, std::nullopt, {}}, RwkvLayout::LlamaCpp);
+      out.push_back(v6);
+    }
   }
   return out;
 }

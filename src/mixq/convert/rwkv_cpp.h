@@ -6,7 +6,8 @@
 // the tensors each generation introduced), <arch>.block_count, .embedding_length, .vocab_size,
 // .feed_forward_length, .wkv.head_size (RWKV-5/6), and mixq.source.{format, file_version,
 // data_type}; for a 256-token (byte-level) vocabulary, tokenizer.ggml.model "rwkv" with one token
-// per byte (id = byte value, no BOS). Names are not mapped to llama.cpp's RWKV names: its graphs want fused tensors.
+// per byte (id = byte value, no BOS). Names are not mapped to llama.cpp's RWKV names: its graphs want fused tensors
+// (`mixq convert --layout llama.cpp` does that for RWKV-7 and RWKV-5.2: convert/rwkv_layout.h).
 #pragma once
 
 #include <filesystem>

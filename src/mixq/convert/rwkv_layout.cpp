@@ -7,6 +7,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "mixq/convert/rwkv6_layout.h"
+
 namespace mixq {
 
 namespace {
@@ -47,11 +49,13 @@ constexpr Rename kBlock[] = {
     {"att.key.weight", "time_mix_key.weight"},
     {"att.value.weight", "time_mix_value.weight"},
     {"att.output.weight", "time_mix_output.weight"},
+    {"att.gate.weight", "time_mix_gate.weight"},  // RWKV-5.2 / 6 (rwkv6 layout)
     {"att.ln_x.weight", "time_mix_ln.weight"},
     {"att.ln_x.bias", "time_mix_ln.bias"},
     {"ffn.x_k", "channel_mix_lerp_k.weight"},
     {"ffn.key.weight", "channel_mix_key.weight"},
     {"ffn.value.weight", "channel_mix_value.weight"},
+    {"ffn.receptance.weight", "channel_mix_receptance.weight"},  // RWKV-5.2 / 6 (rwkv6 layout)
 };
 
 // Splits "PREFIX<N>.rest" into N and rest.
@@ -130,9 +134,12 @@ std::string rwkv7_tensor_name(std::string_view rwkvcpp_name, RwkvLayout layout) 
 
 size_t convert_rwkv_layout(const GgufFile& in, const std::filesystem::path& out, RwkvLayout to) {
   const GgufValue* arch = in.find("general.architecture");
-  if (!arch || arch->type() != GgufValueType::STRING || arch->as_string() != "rwkv7") {
-    throw std::runtime_error(fmt::format("{}: --layout converts RWKV-7 files (general.architecture rwkv7), not '{}'",
-                                         in.label(), arch && arch->type() == GgufValueType::STRING ? arch->as_string() : ""));
+  const std::string a = arch && arch->type() == GgufValueType::STRING ? arch->as_string() : "";
+  if (a == "rwkv5" && to == RwkvLayout::LlamaCpp) return convert_rwkv5_to_rwkv6(in, out);
+  if (a != "rwkv7") {
+    throw std::runtime_error(fmt::format("{}: --layout converts RWKV-7 files (general.architecture rwkv7) either way and "
+                                         "RWKV-5.2 files (rwkv5) into llama.cpp's rwkv6, not '{}'{}",
+                                         in.label(), a, a == "rwkv5" ? " into rwkv.cpp's layout (it is in it already)" : ""));
   }
   const RwkvLayout from = rwkv_layout_of(in);
   const int64_t n_embd = int_key(in, "rwkv7.embedding_length"), n_layer = int_key(in, "rwkv7.block_count");

@@ -26,6 +26,7 @@ const std::vector<Architecture>& architectures() {
       {"llama", [](const GgufFile& f) { return std::make_unique<LlamaModel>(f); }},
       {"rwkv4", [](const GgufFile& f) { return std::make_unique<RwkvModel>(f); }},
       {"rwkv5", [](const GgufFile& f) { return std::make_unique<RwkvModel>(f); }},
+      {"rwkv6", [](const GgufFile& f) { return std::make_unique<RwkvModel>(f); }},
       {"rwkv7", [](const GgufFile& f) { return std::make_unique<RwkvModel>(f); }},
   };
   return table;

@@ -19,6 +19,7 @@ class TensorLookup {
   explicit TensorLookup(const GgufFile& f) : f_(f) {}
 
   const GgufTensor* find(const std::string& name) const { return f_.find_tensor(name); }
+  const std::string& label() const { return f_.label(); }
 
   // A tensor of exactly this shape.
   const GgufTensor* require(const std::string& name, std::vector<int64_t> shape) const {
@@ -66,6 +67,79 @@ int64_t metadata_int(const GgufFile& f, const std::string& key) {
   return v->as_int();
 }
 
+// RWKV-6 hyperparameters, as llama_model_rwkv6 reads them: wkv.head_size (required),
+// time_mix_extra_dim / time_decay_extra_dim (here the LoRA tensors' shapes, checked against the
+// keys where present), rescale_every_n_layers (0 when absent), attention.layer_norm_epsilon, and
+// token_shift_count, which llama.cpp's graph asserts is 2.
+void load_rwkv6_hparams(const GgufFile& f, const TensorLookup& T, RwkvHParams& hp) {
+  const int64_t E = hp.n_embd;
+  hp.head_size = static_cast<int>(metadata_int(f, "rwkv6.wkv.head_size"));
+  if (hp.head_size <= 0 || E % hp.head_size != 0) {
+    throw std::runtime_error(fmt::format("{}: rwkv6.wkv.head_size {} does not divide rwkv6.embedding_length {}", f.label(),
+                                         hp.head_size, E));
+  }
+  const int64_t mix_rows = T.rows_of("blk.0.time_mix_w1.weight", E);
+  if (mix_rows % 5 != 0) {
+    throw std::runtime_error(fmt::format("{}: tensor blk.0.time_mix_w1.weight has {} rows, expected 5 x "
+                                         "time_mix_extra_dim (one LoRA per token-shift mix w, k, v, r, g)",
+                                         f.label(), mix_rows));
+  }
+  hp.d_mix = static_cast<int>(mix_rows / 5);
+  hp.d_decay = static_cast<int>(T.rows_of("blk.0.time_mix_decay_w1.weight", E));
+  const auto check_key = [&](const char* key, int64_t want, const char* tensor) {
+    if (const GgufValue* v = f.find(fmt::format("rwkv6.{}", key)); v && v->is_integer() && v->as_int() != want) {
+      throw std::runtime_error(
+          fmt::format("{}: rwkv6.{} is {} but tensor {} says {}", f.label(), key, v->as_int(), tensor, want));
+    }
+  };
+  check_key("time_mix_extra_dim", hp.d_mix, "blk.0.time_mix_w1.weight");
+  check_key("time_decay_extra_dim", hp.d_decay, "blk.0.time_mix_decay_w1.weight");
+  check_key("token_shift_count", 2, "the graph (one attention and one channel-mix shift)");
+  if (const GgufValue* v = f.find("rwkv6.rescale_every_n_layers"); v && v->is_integer()) {
+    if (v->as_int() < 0) {
+      throw std::runtime_error(fmt::format("{}: rwkv6.rescale_every_n_layers is {}", f.label(), v->as_int()));
+    }
+    hp.rescale_every = static_cast<int>(v->as_int());
+  }
+  if (const GgufValue* v = f.find("rwkv6.attention.layer_norm_epsilon"); v && (v->is_float() || v->is_integer())) {
+    hp.norm_eps = static_cast<float>(v->as_float());
+    if (!(hp.norm_eps >= 0.0f)) {
+      throw std::runtime_error(fmt::format("{}: rwkv6.attention.layer_norm_epsilon is {}", f.label(), hp.norm_eps));
+    }
+  }
+}
+
+// One RWKV-6 block's own tensors (llama_model_rwkv6::load_arch_tensors' list); the ones RWKV-5.2
+// shares (LayerNorms, key/value/receptance/gate/output, ln_x, channel-mix key/value) the caller loads.
+void load_rwkv6_layer(const TensorLookup& T, int l, const RwkvHParams& hp, RwkvModel::Layer& L) {
+  const int64_t E = hp.n_embd, S = hp.head_size, H = hp.n_head;
+  const auto N = [&](const char* name) { return fmt::format("blk.{}.{}.weight", l, name); };
+  L.ddlerp_w1 = T.require(N("time_mix_w1"), {E, 5 * int64_t{hp.d_mix}});
+  L.ddlerp_w2 = T.require(N("time_mix_w2"), {hp.d_mix, E, 5});
+  L.lerp_x = T.vector(N("time_mix_lerp_x"), E);
+  if (T.find(N("time_mix_lerp_fused")) != nullptr) {
+    L.lerp_fused = T.require(N("time_mix_lerp_fused"), {E, 1, 1, 5});
+  } else {
+    // llama.cpp's older files: five separate mixes (its loader asserts one form is present).
+    if (T.find(N("time_mix_lerp_w")) == nullptr) {
+      throw std::runtime_error(fmt::format("{}: missing tensor {} (or the five time_mix_lerp_{{w,k,v,r,g}})", T.label(),
+                                           N("time_mix_lerp_fused")));
+    }
+    L.lerp_w = T.vector(N("time_mix_lerp_w"), E);
+    L.lerp_k = T.vector(N("time_mix_lerp_k"), E);
+    L.lerp_v = T.vector(N("time_mix_lerp_v"), E);
+    L.lerp_r = T.vector(N("time_mix_lerp_r"), E);
+    L.lerp_g = T.vector(N("time_mix_lerp_g"), E);
+  }
+  L.att_time_faaaa = T.require(N("time_mix_first"), {S, H});
+  L.att_time_decay = T.vector(N("time_mix_decay"), E);
+  L.decay_w1 = T.require(N("time_mix_decay_w1"), {E, hp.d_decay});
+  L.decay_w2 = T.require(N("time_mix_decay_w2"), {hp.d_decay, E});
+  L.ffn_x_k = T.vector(N("channel_mix_lerp_k"), E);
+  L.ffn_x_r = T.vector(N("channel_mix_lerp_r"), E);
+  L.ffn_receptance = T.require(N("channel_mix_receptance"), {E, E});
+}
+
 std::vector<float> decoded(const GgufTensor* t) {
   if (t == nullptr) return {};
   std::vector<float> v(static_cast<size_t>(t->n_elements()));
@@ -85,15 +159,24 @@ RwkvModel::RwkvModel(const GgufFile& f) : Model(f) {
     hp_.version = 4;
   } else if (a == "rwkv5") {
     hp_.version = 5;
+  } else if (a == "rwkv6") {
+    hp_.version = 6;
   } else if (a == "rwkv7") {
     hp_.version = 7;
   } else {
     throw std::runtime_error(
-        fmt::format("{}: RWKV generation '{}' is not supported (supported: rwkv4, rwkv5 (5.2), rwkv7)", f.label(), a));
+        fmt::format("{}: RWKV generation '{}' is not supported (supported: rwkv4, rwkv5 (5.2), rwkv6, rwkv7)", f.label(), a));
   }
-  // RWKV-7 files may use llama.cpp's names and shapes (convert/rwkv_layout.h): names below are
-  // rwkv.cpp's, N() gives the file's.
-  const RwkvLayout layout = hp_.version == 7 ? rwkv_layout_of(f) : RwkvLayout::RwkvCpp;
+  // RWKV-7 files may use llama.cpp's names and shapes (convert/rwkv_layout.h), RWKV-6 files must:
+  // names below are rwkv.cpp's, N() gives the file's.
+  const RwkvLayout layout = hp_.version == 6 ? RwkvLayout::LlamaCpp
+                            : hp_.version == 7 ? rwkv_layout_of(f)
+                                               : RwkvLayout::RwkvCpp;
+  if (hp_.version == 6 && rwkv_layout_of(f) != RwkvLayout::LlamaCpp) {
+    throw std::runtime_error(fmt::format("{}: missing tensor token_embd.weight (rwkv6 files are read in llama.cpp's "
+                                         "layout only; rwkv.cpp's RWKV-6 names are not supported)",
+                                         f.label()));
+  }
   const auto N = [&](const std::string& rwkvcpp) { return rwkv7_tensor_name(rwkvcpp, layout); };
   const TensorLookup T(f);
   hp_.n_layer = static_cast<int>(metadata_int(f, a + ".block_count"));
@@ -132,6 +215,9 @@ RwkvModel::RwkvModel(const GgufFile& f) : Model(f) {
                                            f.label(), fmt::join(decay->shape, ", "), E));
     }
     hp_.head_size = static_cast<int>(decay->shape[1]);
+  } else if (hp_.version == 6) {
+    load_rwkv6_hparams(f, T, hp_);
+    hp_.n_head = static_cast<int>(E / hp_.head_size);
   } else if (hp_.version == 7) {
     // rwkv.cpp keeps r_k as [head size, heads]; llama.cpp flattens it and records the head size.
     const std::string r_k_name = N("blocks.0.att.r_k");
@@ -196,7 +282,11 @@ RwkvModel::RwkvModel(const GgufFile& f) : Model(f) {
       L.att_time_faaaa = T.require(N(b + "att.time_faaaa"), {1, S, H});
       L.att_gate = T.require(N(b + "att.gate.weight"), {E, E});
     }
-    if (hp_.version == 5 || hp_.version == 7) {
+    if (hp_.version == 6) {
+      L.att_gate = T.require(N(b + "att.gate.weight"), {E, E});
+      load_rwkv6_layer(T, l, hp_, L);
+    }
+    if (hp_.version == 5 || hp_.version == 6 || hp_.version == 7) {
       L.att_ln_x_w = T.vector(N(b + "att.ln_x.weight"), E);
       L.att_ln_x_b = T.vector(N(b + "att.ln_x.bias"), E);
     }
@@ -231,7 +321,8 @@ std::vector<WeightUse> RwkvModel::weights() const {
   for (int l = 0; l < hp_.n_layer; ++l) {
     const Layer& L = layers[static_cast<size_t>(l)];
     for (const GgufTensor* p : {L.att_receptance, L.att_key, L.att_value, L.att_gate, L.att_output, L.w1, L.w2, L.a1,
-                                L.a2, L.v1, L.v2, L.g1, L.g2, L.ffn_receptance, L.ffn_key, L.ffn_value}) {
+                                L.a2, L.v1, L.v2, L.g1, L.g2, L.ddlerp_w1, L.ddlerp_w2, L.decay_w1, L.decay_w2,
+                                L.ffn_receptance, L.ffn_key, L.ffn_value}) {
       if (p != nullptr) out.push_back({p, l});
     }
   }
@@ -264,6 +355,16 @@ RwkvContext::RwkvContext(const RwkvModel& model, int n_ctx, int n_threads)
     v.x_rwkvag = decoded(L.x_rwkvag), v.w0 = decoded(L.w0), v.a0 = decoded(L.a0), v.v0 = decoded(L.v0);
     v.k_k = decoded(L.k_k), v.k_a = decoded(L.k_a), v.r_k = decoded(L.r_k);
     v.ffn_mix_k = decoded(L.ffn_mix_k), v.ffn_mix_r = decoded(L.ffn_mix_r), v.ffn_x_k = decoded(L.ffn_x_k);
+    v.ffn_x_r = decoded(L.ffn_x_r);
+    v.lerp_x = decoded(L.lerp_x);
+    if (L.lerp_fused != nullptr) {
+      v.lerp = decoded(L.lerp_fused);
+    } else {
+      for (const GgufTensor* m : {L.lerp_w, L.lerp_k, L.lerp_v, L.lerp_r, L.lerp_g}) {
+        const auto one = decoded(m);
+        v.lerp.insert(v.lerp.end(), one.begin(), one.end());
+      }
+    }
     vec_.push_back(std::move(v));
   }
   state_.resize(model.layers.size());
@@ -331,7 +432,10 @@ const std::vector<float>& RwkvContext::eval(const std::vector<int32_t>& tokens, 
   const int E = rwkv_.hparams().n_embd;
   x_.resize(static_cast<size_t>(n) * E);
   mm_.get_rows(*rwkv_.emb, tokens.data(), n, x_.data());
-  for (int t = 0; t < n; ++t) rwkv::layer_norm(&x_[static_cast<size_t>(t) * E], ln0_w_.data(), ln0_b_.data(), E, &x_[static_cast<size_t>(t) * E]);
+  const float eps = rwkv_.hparams().norm_eps;
+  for (int t = 0; t < n; ++t) {
+    rwkv::layer_norm(&x_[static_cast<size_t>(t) * E], ln0_w_.data(), ln0_b_.data(), E, &x_[static_cast<size_t>(t) * E], eps);
+  }
   v_first_.assign(x_.size(), 0.0f);
   return run_layers(0, n, all_logits);
 }
@@ -374,7 +478,8 @@ void RwkvContext::norm_and_shift(const std::vector<float>& w, const std::vector<
   const auto E = static_cast<size_t>(rwkv_.hparams().n_embd), un = static_cast<size_t>(n);
   xn_.resize(un * E);
   prev_.resize(un * E);
-  for (size_t t = 0; t < un; ++t) rwkv::layer_norm(&x_[t * E], w.data(), b.data(), static_cast<int>(E), &xn_[t * E]);
+  const float eps = rwkv_.hparams().norm_eps;
+  for (size_t t = 0; t < un; ++t) rwkv::layer_norm(&x_[t * E], w.data(), b.data(), static_cast<int>(E), &xn_[t * E], eps);
   std::copy(carry.begin(), carry.end(), prev_.begin());
   std::copy(xn_.begin(), xn_.end() - static_cast<std::ptrdiff_t>(E), prev_.begin() + static_cast<std::ptrdiff_t>(E));
   std::copy(xn_.end() - static_cast<std::ptrdiff_t>(E), xn_.end(), carry.begin());
@@ -393,7 +498,7 @@ void RwkvContext::group_norm(float* x, int n, const LayerVectors& v, float eps) 
   }
 }
 
-// k = relu(key @ xk)^2, then value @ k; RWKV-4/5 gate it with sigmoid(receptance @ xr), RWKV-7
+// k = relu(key @ xk)^2, then value @ k; RWKV-4/5/6 gate it with sigmoid(receptance @ xr), RWKV-7
 // has no receptance here.
 void RwkvContext::channel_mix(int l, int n) {
   const auto& hp = rwkv_.hparams();
@@ -406,10 +511,15 @@ void RwkvContext::channel_mix(int l, int n) {
   if (hp.version == 7) {
     rwkv::shift_mix_delta(xn_.data(), prev_.data(), v.ffn_x_k.data(), un, E, xk_.data());
   } else {
-    rwkv::shift_mix_lerp(xn_.data(), prev_.data(), v.ffn_mix_k.data(), un, E, xk_.data());
     xr_.resize(un * E);
     r_.resize(un * E);
-    rwkv::shift_mix_lerp(xn_.data(), prev_.data(), v.ffn_mix_r.data(), un, E, xr_.data());
+    if (hp.version == 6) {
+      rwkv::shift_mix_delta(xn_.data(), prev_.data(), v.ffn_x_k.data(), un, E, xk_.data());
+      rwkv::shift_mix_delta(xn_.data(), prev_.data(), v.ffn_x_r.data(), un, E, xr_.data());
+    } else {
+      rwkv::shift_mix_lerp(xn_.data(), prev_.data(), v.ffn_mix_k.data(), un, E, xk_.data());
+      rwkv::shift_mix_lerp(xn_.data(), prev_.data(), v.ffn_mix_r.data(), un, E, xr_.data());
+    }
     mm_.invalidate();
     matmul(*L.ffn_receptance, xr_.data(), n, r_.data());
   }
@@ -448,6 +558,7 @@ const std::vector<float>& RwkvContext::run_layers(int start, int n, bool all_log
     switch (hp.version) {
       case 4: time_mix_v4(l, n); break;
       case 5: time_mix_v5(l, n); break;
+      case 6: time_mix_v6(l, n); break;
       default: time_mix_v7(l, n); break;
     }
     for (size_t i = 0; i < x_.size(); ++i) x_[i] += out_[i];
@@ -455,13 +566,16 @@ const std::vector<float>& RwkvContext::run_layers(int start, int n, bool all_log
     record_shift(l, true);
     channel_mix(l, n);
     for (size_t i = 0; i < x_.size(); ++i) x_[i] += out_[i];
+    if (hp.rescale_every > 0 && (l + 1) % hp.rescale_every == 0) {
+      for (float& x : x_) x *= 0.5f;  // llama.cpp's rwkv6 graph: ggml_scale(cur, 0.5)
+    }
   }
   observe(hp.n_layer, n);
   const int first = all_logits ? 0 : n - 1, count = n - first;
   xn_.resize(static_cast<size_t>(count) * E);
   for (int t = first; t < n; ++t) {
     rwkv::layer_norm(&x_[static_cast<size_t>(t) * E], ln_out_w_.data(), ln_out_b_.data(), static_cast<int>(E),
-                     &xn_[static_cast<size_t>(t - first) * E]);
+                     &xn_[static_cast<size_t>(t - first) * E], hp.norm_eps);
   }
   logits_.resize(static_cast<size_t>(count) * static_cast<size_t>(hp.n_vocab));
   mm_.invalidate();

@@ -2,16 +2,21 @@
 // keep rwkv.cpp's tensor names and layouts (convert/rwkv_cpp.h): "emb.weight",
 // "blocks.N.att.key.weight", "head.weight", ... with general.architecture rwkv4 / rwkv5 / rwkv7;
 // RWKV-7 also in llama.cpp's layout ("token_embd.weight", "blk.N.time_mix_key.weight", ...;
-// convert/rwkv_layout.h). Error messages name the tensors as the file does.
+// convert/rwkv_layout.h). RWKV-6 (general.architecture rwkv6) in llama.cpp's layout only, as its
+// rwkv6 architecture defines it (hyperparameters and tensors as llama_model_rwkv6 loads them; see
+// rwkv6.cpp); `mixq convert --layout llama.cpp` writes RWKV-5.2 files that way. Error messages
+// name the tensors as the file does.
 //
-// Shared by the three generations (this file and rwkv_model.cpp): embedding -> LayerNorm ln0 ->
+// Shared by the four generations (this file and rwkv_model.cpp): embedding -> LayerNorm ln0 ->
 // per block [LayerNorm ln1 -> time mixing -> residual, LayerNorm ln2 -> channel mixing ->
 // residual] -> LayerNorm ln_out -> head. Each block mixes every token with the one before it
 // ("token shift"): the LayerNorm output of the last token of a batch is carried to the next
 // batch. The time-mixing graphs, one per generation, live in rwkv4.cpp, rwkv5.cpp, rwkv7.cpp.
 //
 // Numerics follow rwkv.cpp's (the reference logits come from it): LayerNorm eps 1e-5, per-head
-// GroupNorm eps 1e-5 (RWKV-5.2) or 64e-5 (RWKV-7), the recurrent state in F32. rwkv.cpp files
+// GroupNorm eps 1e-5 (RWKV-5.2) or 64e-5 (RWKV-7), the recurrent state in F32. RWKV-6 follows
+// llama.cpp's graph: LayerNorm eps from rwkv6.attention.layer_norm_epsilon (1e-5 when absent),
+// GroupNorm eps 64e-5, and the residual stream halved after every rescale_every_n_layers blocks. rwkv.cpp files
 // store RWKV-4's decay as -exp(w) and RWKV-5's as exp(-exp(w)) already: the graphs use the stored
 // values as they are.
 //
@@ -34,11 +39,16 @@
 namespace mixq {
 
 struct RwkvHParams {
-  int version = 0;  // 4, 5 (5.2) or 7
+  int version = 0;  // 4, 5 (5.2), 6 or 7
   int n_embd = 0, n_layer = 0, n_vocab = 0, n_ff = 0;
-  int head_size = 0, n_head = 0;  // RWKV-5/7: the channels split into n_head heads of head_size
+  int head_size = 0, n_head = 0;  // RWKV-5/6/7: the channels split into n_head heads of head_size
   // RWKV-7's low-rank widths (decay w, in-context learning rate a, value residual v, gate g).
   int d_w = 0, d_a = 0, d_v = 0, d_g = 0;
+  // RWKV-6's low-rank widths: the token-shift LoRA (time_mix_extra_dim, per mix) and the decay
+  // LoRA (time_decay_extra_dim); the residual stream is halved after every rescale_every blocks
+  // (0: never).
+  int d_mix = 0, d_decay = 0, rescale_every = 0;
+  float norm_eps = 1e-5f;  // the LayerNorms' eps
 };
 
 class RwkvModel : public Model {
@@ -70,8 +80,16 @@ class RwkvModel : public Model {
     // RWKV-7: x_rwkvag [n_embd, 1, 6] (the six token-shift mixes r, w, k, v, a, g), the low-rank
     // pairs w1/w2, a1/a2, v1/v2 (not in block 0), g1/g2 with biases w0, a0, v0, and k_k, k_a, r_k.
     const GgufTensor *x_rwkvag, *w0, *w1, *w2, *a0, *a1, *a2, *v0, *v1, *v2, *g1, *g2, *k_k, *k_a, *r_k;
-    // Channel mixing. RWKV-4/5: time_mix_{k,r} and a receptance; RWKV-7: x_k and no receptance.
-    const GgufTensor *ffn_mix_k, *ffn_mix_r, *ffn_x_k;
+    // RWKV-6 (llama.cpp's names): time_mix_lerp_x and the five token-shift mixes w, k, v, r, g,
+    // either fused ([n_embd, 1, 1, 5]) or as time_mix_lerp_{w,k,v,r,g}; the token-shift LoRA
+    // time_mix_w1 [n_embd, 5 d_mix] / time_mix_w2 [d_mix, n_embd, 5]; the decay LoRA
+    // time_mix_decay_w1 [n_embd, d_decay] / _w2 [d_decay, n_embd]. time_mix_first (the bonus) is
+    // att_time_faaaa, time_mix_decay (log(-log) of the decay) att_time_decay, time_mix_ln ln_x.
+    const GgufTensor *lerp_x, *lerp_fused, *lerp_w, *lerp_k, *lerp_v, *lerp_r, *lerp_g;
+    const GgufTensor *ddlerp_w1, *ddlerp_w2, *decay_w1, *decay_w2;
+    // Channel mixing. RWKV-4/5: time_mix_{k,r} and a receptance; RWKV-7: x_k and no receptance;
+    // RWKV-6: x_k, x_r (channel_mix_lerp_{k,r}: x + (prev - x) * lerp) and a receptance.
+    const GgufTensor *ffn_mix_k, *ffn_mix_r, *ffn_x_k, *ffn_x_r;
     const GgufTensor *ffn_key, *ffn_value, *ffn_receptance;
   };
   const GgufTensor *emb = nullptr, *ln0_w = nullptr, *ln0_b = nullptr;
@@ -104,13 +122,14 @@ class RwkvContext : public Context {
     std::vector<float> att_mix_k, att_mix_v, att_mix_r, att_mix_g, time_first, time_decay, time_faaaa;
     std::vector<float> ln_x_w, ln_x_b;
     std::vector<float> x_rwkvag, w0, a0, v0, k_k, k_a, r_k;
-    std::vector<float> ffn_mix_k, ffn_mix_r, ffn_x_k;
+    std::vector<float> lerp_x, lerp;  // RWKV-6: lerp holds the five mixes w, k, v, r, g (5 x n_embd)
+    std::vector<float> ffn_mix_k, ffn_mix_r, ffn_x_k, ffn_x_r;
   };
   // The recurrent state of one block.
   struct LayerState {
     std::vector<float> att_shift, ffn_shift;  // the previous token's ln1 / ln2 output
     std::vector<float> aa, bb, pp;            // RWKV-4's WKV numerator, denominator, exponent
-    std::vector<float> wkv;                   // RWKV-5/7: n_head matrices head_size x head_size
+    std::vector<float> wkv;                   // RWKV-5/6/7: n_head matrices head_size x head_size
   };
 
   const std::vector<float>& run_layers(int start, int n, bool all_logits);
@@ -126,6 +145,7 @@ class RwkvContext : public Context {
   // Time mixing of block l on xn_ / prev_ into out_ (one file per generation).
   void time_mix_v4(int l, int n);
   void time_mix_v5(int l, int n);
+  void time_mix_v6(int l, int n);
   void time_mix_v7(int l, int n);
   void channel_mix(int l, int n);
   // Per-head GroupNorm of out_-sized rows in place, then ln_x's weight and bias.
@@ -144,7 +164,7 @@ class RwkvContext : public Context {
   // Per-batch buffers (n x n_embd unless noted), kept between calls.
   std::vector<float> x_, v_first_, xn_, prev_, out_, packed_;
   std::vector<float> xr_, xk_, xv_, xg_, xw_, xa_, r_, k_, v_, g_, w_, a_, kk_;
-  std::vector<float> low_, low2_;  // RWKV-7's low-rank intermediates
+  std::vector<float> low_, low2_;  // RWKV-6/7's low-rank intermediates
   std::vector<float> ffn_k_;       // n x n_ff
 };
 

@@ -36,9 +36,10 @@ inline void normalize(const float* x, int n, float eps, float* out) {
   for (int i = 0; i < n; ++i) out[i] = (x[i] - mean) * scale;
 }
 
-// LayerNorm with weight and bias (eps 1e-5, as every RWKV generation uses); out may alias x.
-inline void layer_norm(const float* x, const float* w, const float* b, int n, float* out) {
-  normalize(x, n, 1e-5f, out);
+// LayerNorm with weight and bias (eps 1e-5 in every RWKV generation; llama.cpp's rwkv6 files
+// record theirs); out may alias x.
+inline void layer_norm(const float* x, const float* w, const float* b, int n, float* out, float eps = 1e-5f) {
+  normalize(x, n, eps, out);
   for (int i = 0; i < n; ++i) out[i] = out[i] * w[i] + b[i];
 }
 

@@ -53,6 +53,8 @@ constexpr ComponentRow kComponents[] = {
     {Component::ChannelMixReceptance, "channel_mix_receptance", ".ffn.receptance.", "feed_forward.receptance", nullptr, "channel_mix", "receptance"},
     {Component::ChannelMixKey, "channel_mix_key", ".ffn.key.", "feed_forward.key", nullptr, "channel_mix", "key"},
     {Component::ChannelMixValue, "channel_mix_value", ".ffn.value.", "feed_forward.value", nullptr, "channel_mix", "value"},
+    // The rest of time mixing, among them the low-rank matrices RWKV-6 (time_mix_w1/w2: token
+    // shift, time_mix_decay_w1/w2: decay) and RWKV-7 (time_mix_w1/a1/v1/g1, ...) multiply by.
     {Component::TimeMix, "time_mix", "time_mix", "attention", nullptr, "time_mix"},
     {Component::ChannelMix, "channel_mix", "channel_mix", "feed_forward", nullptr, "channel_mix"},
     // rwkv.cpp names, kept as they are by `mixq convert`
