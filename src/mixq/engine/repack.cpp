@@ -53,6 +53,8 @@ void block_q5_0(legacy::BlockQ5_0* const rows[4], BlockQ5_0x4& x) {
 }
 template <bool kBack>
 void block_q8_0(legacy::BlockQ8_0* const rows[4], BlockQ8_0x4& x) {
+  // Code c stored as c + 128, the same byte as c ^ 0x80: two runs of 16 bytes per row, which
+  // compile to vector moves (prefill unpacks every row of a product).
   for (int r = 0; r < 4; ++r) {
     legacy::BlockQ8_0& b = *rows[r];
     if constexpr (kBack) {
@@ -60,13 +62,14 @@ void block_q8_0(legacy::BlockQ8_0* const rows[4], BlockQ8_0x4& x) {
     } else {
       x.d[r] = b.d;
     }
-    for (int i = 0; i < 32; ++i) {
-      uint8_t& u = x.qs[64 * (i / 16) + 16 * r + i % 16];
-      if constexpr (kBack) {
-        b.qs[i] = static_cast<int8_t>(u - 128);
-      } else {
-        u = static_cast<uint8_t>(b.qs[i] + 128);
-      }
+    for (int h = 0; h < 2; ++h) {
+      uint8_t* u = x.qs + 64 * h + 16 * r;
+      auto* q = reinterpret_cast<uint8_t*>(b.qs) + 16 * h;
+      uint64_t v[2];
+      std::memcpy(v, kBack ? u : q, 16);
+      v[0] ^= 0x8080808080808080ull;
+      v[1] ^= 0x8080808080808080ull;
+      std::memcpy(kBack ? q : u, v, 16);
     }
   }
 }
@@ -87,8 +90,8 @@ void block_iq4_nl(iq4::BlockIQ4NL* const rows[4], BlockIQ4NLx4& x) {
 // Whole groups of four rows to (kBack: from) their interleaved blocks. Packing: src holds n_groups
 // groups of four rows in the file's layout, dst (not overlapping) their interleaved blocks.
 // Unpacking: src holds interleaved groups, dst the rows in the file's layout.
-template <class Block, class Block4, bool kBack>
-void groups(const uint8_t* src, int64_t n_groups, int64_t nb, uint8_t* dst, void (*one)(Block* const[4], Block4&)) {
+template <class Block, class Block4, bool kBack, void (*one)(Block* const[4], Block4&)>
+void groups(const uint8_t* src, int64_t n_groups, int64_t nb, uint8_t* dst) {
   const size_t row_bytes = static_cast<size_t>(nb) * sizeof(Block);
   for (int64_t g = 0; g < n_groups; ++g) {
     uint8_t* rows_at = const_cast<uint8_t*>(kBack ? dst : src) + static_cast<size_t>(4 * g) * row_bytes;
@@ -102,14 +105,11 @@ void groups(const uint8_t* src, int64_t n_groups, int64_t nb, uint8_t* dst, void
 }
 
 // The three operations on one type: pack (src -> dst), pack in place (data), unpack rows [r0, r1).
-template <class Block, class Block4>
+template <class Block, class Block4, void (*to)(Block* const[4], Block4&), void (*back)(Block* const[4], Block4&)>
 struct Converter {
-  void (*to)(Block* const[4], Block4&);
-  void (*back)(Block* const[4], Block4&);
-
   void pack(const uint8_t* src, int64_t n_rows, int64_t nb, uint8_t* dst) const {
     const int64_t n_groups = n_rows / kRepackRows;
-    groups<Block, Block4, false>(src, n_groups, nb, dst, to);
+    groups<Block, Block4, false, to>(src, n_groups, nb, dst);
     const size_t row_bytes = static_cast<size_t>(nb) * sizeof(Block), done = static_cast<size_t>(n_groups) * kRepackRows * row_bytes;
     std::memcpy(dst + done, src + done, static_cast<size_t>(n_rows - n_groups * kRepackRows) * row_bytes);
   }
@@ -119,7 +119,7 @@ struct Converter {
     for (int64_t g = 0; g < n_rows / kRepackRows; ++g) {
       uint8_t* at = data + static_cast<size_t>(g) * group_bytes;
       std::memcpy(scratch.data(), at, group_bytes);
-      groups<Block, Block4, false>(scratch.data(), 1, nb, at, to);
+      groups<Block, Block4, false, to>(scratch.data(), 1, nb, at);
     }
   }
   void unpack(const uint8_t* packed, int64_t n_rows, int64_t nb, int64_t r0, int64_t r1, uint8_t* out) const {
@@ -137,12 +137,12 @@ struct Converter {
       if (r == g0 && r + kRepackRows <= r1) {
         // Whole groups straight to out.
         const int64_t n_groups = (std::min(r1, grouped) - r) / kRepackRows;
-        groups<Block, Block4, true>(src, n_groups, nb, o, back);
+        groups<Block, Block4, true, back>(src, n_groups, nb, o);
         r += n_groups * kRepackRows;
         continue;
       }
       tmp.resize(kRepackRows * row_bytes);
-      groups<Block, Block4, true>(src, 1, nb, tmp.data(), back);
+      groups<Block, Block4, true, back>(src, 1, nb, tmp.data());
       const int64_t stop = std::min(r1, g0 + kRepackRows);
       std::memcpy(o, tmp.data() + static_cast<size_t>(r - g0) * row_bytes, static_cast<size_t>(stop - r) * row_bytes);
       r = stop;
@@ -155,11 +155,11 @@ void dispatch(TypeId id, int64_t n, F&& f) {
   if (n % 32 != 0) throw std::invalid_argument(fmt::format("repack: rows of {} values do not fill blocks of 32", n));
   switch (id) {
     case TypeId::Q5_0:
-      return f(Converter<legacy::BlockQ5_0, BlockQ5_0x4>{block_q5_0<false>, block_q5_0<true>});
+      return f(Converter<legacy::BlockQ5_0, BlockQ5_0x4, block_q5_0<false>, block_q5_0<true>>{});
     case TypeId::Q8_0:
-      return f(Converter<legacy::BlockQ8_0, BlockQ8_0x4>{block_q8_0<false>, block_q8_0<true>});
+      return f(Converter<legacy::BlockQ8_0, BlockQ8_0x4, block_q8_0<false>, block_q8_0<true>>{});
     case TypeId::IQ4_NL:
-      return f(Converter<iq4::BlockIQ4NL, BlockIQ4NLx4>{block_iq4_nl<false>, block_iq4_nl<true>});
+      return f(Converter<iq4::BlockIQ4NL, BlockIQ4NLx4, block_iq4_nl<false>, block_iq4_nl<true>>{});
     default:
       throw std::invalid_argument(fmt::format("repack: type {} has no interleaved layout", type_traits(id).name));
   }
