@@ -28,8 +28,8 @@ struct Layouts {
   std::atomic<size_t> count{0};  // lookups skip the lock while nothing was rewritten
 };
 Layouts& layouts() {
-  static Layouts l;
-  return l;
+  static Layouts* l = new Layouts;  // never destroyed: a mapping may outlive static destruction
+  return *l;
 }
 
 uintptr_t page_size() { return static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE)); }
