@@ -27,13 +27,16 @@
 namespace mixq {
 namespace {
 
-// Every matrix product of `model` (the looked-up token embedding aside), 1 to kRowDotMaxTokens
-// tokens of random input: `a` against the reference `b`, to the F32 summation order (relative to
-// the largest output).
-void expect_decode_products_agree(const Model& model, MatMul& a, MatMul& b) {
+// Every matrix product of `model` (the looked-up token embedding aside, unless it is the tied
+// head), 1 to kRowDotMaxTokens tokens of random input: `a` against the reference `b`, to the F32
+// summation order (relative to the largest output). b_model: b multiplies that model's tensor of
+// the same name (another open of the file: its own bytes and outlier columns); null: the same one.
+void expect_decode_products_agree(const Model& model, MatMul& a, MatMul& b, const Model* b_model = nullptr) {
+  const bool tied = model.file().find_tensor("output.weight") == nullptr;
   for (const WeightUse& use : model.weights()) {
     const GgufTensor& w = *use.tensor;
-    if (w.name == "token_embd.weight") continue;  // looked up, not multiplied (untied output)
+    if (w.name == "token_embd.weight" && !tied) continue;  // looked up, not multiplied (untied output)
+    const GgufTensor& wb = b_model != nullptr ? *b_model->file().find_tensor(w.name) : w;
     for (int nt = 1; nt <= kRowDotMaxTokens; ++nt) {
       std::vector<float> x(static_cast<size_t>(nt * w.row_length()));
       std::mt19937 rng(static_cast<uint32_t>(nt + w.n_rows()));
@@ -41,7 +44,7 @@ void expect_decode_products_agree(const Model& model, MatMul& a, MatMul& b) {
       for (auto& v : x) v = g(rng);
       std::vector<float> y1(static_cast<size_t>(nt * w.n_rows())), y2(y1.size());
       a(w, x.data(), nt, y1.data());
-      b(w, x.data(), nt, y2.data());
+      b(wb, x.data(), nt, y2.data());
       double big = 0, diff = 0;
       for (size_t i = 0; i < y1.size(); ++i) {
         big = std::max(big, std::fabs(double{y2[i]}));
@@ -363,7 +366,7 @@ TEST(LlamaEngine, RepackedDecodeKeepsTheLogits) {
   for (const WeightUse& use : plain.weights()) EXPECT_FALSE(kernels::interleaved(*use.tensor)) << use.tensor->name;
   ThreadPool pool(2);
   MatMul mp(packed, pool), mq(plain, pool);
-  expect_decode_products_agree(packed, mp, mq);
+  expect_decode_products_agree(packed, mp, mq, &plain);
   // Another kernel set (no four-row kernels) on the interleaved bytes unpacks them: bit for bit
   // the file's rows with that set.
   kernels::KernelSet no_dot4 = best;
@@ -416,7 +419,7 @@ TEST(LlamaEngine, RepackedDecodeKeepsTheLogits) {
 // (the panel path), a tied head's embedding rows (get_rows) and its product, every matrix's
 // dequantization, a matrix product observer's inputs (imatrix), and a measurement override (a
 // matrix in the file's layout, from elsewhere, standing for an interleaved one: decode takes the
-// mix). The rewrite costs no resident memory beyond the mapping's (copy-on-write pages replace the
+// mix), with outlier columns beside the matrices too. The rewrite costs no resident memory beyond the mapping's (copy-on-write pages replace the
 // file's).
 TEST(LlamaEngine, InterleavedMatricesReadAsTheFile) {
   namespace fs = std::filesystem;
@@ -470,7 +473,7 @@ TEST(LlamaEngine, InterleavedMatricesReadAsTheFile) {
   mq.get_rows(*fp.find_tensor("token_embd.weight"), ids.data(), static_cast<int>(ids.size()), rows_q.data());
   EXPECT_EQ(rows_p, rows_q);
   // Decode products, the tied head among them.
-  expect_decode_products_agree(*packed, mp, mq);
+  expect_decode_products_agree(*packed, mp, mq, plain.get());
   // An override in the file's layout (another mapping's tensor) for an interleaved matrix: the
   // decode product is the plain model's, bit for bit; restored, the interleaved one again.
   const GgufTensor& wv = *f.find_tensor("blk.0.attn_v.weight");
@@ -500,6 +503,25 @@ TEST(LlamaEngine, InterleavedMatricesReadAsTheFile) {
     std::ifstream i1(o1, std::ios::binary), i2(o2, std::ios::binary);
     const std::vector<char> b1{std::istreambuf_iterator<char>(i1), {}}, b2{std::istreambuf_iterator<char>(i2), {}};
     EXPECT_TRUE(!b1.empty() && b1 == b2) << (keep ? "kept" : "requantized");
+  }
+
+  // Outlier columns (quantize --outliers) beside interleaved matrices: decode products to the
+  // summation order, a prefill batch bit for bit.
+  {
+    const fs::path qo = dir / "outliers.gguf";
+    const auto ro = test::run_cli(fmt::format("quantize --pure '{}' '{}' q8_0 --outliers 4", (dir / "f32.gguf").string(), qo.string()));
+    ASSERT_EQ(ro.exit_code, 0) << ro.output;
+    const GgufFile go = GgufFile::open(qo), gp = GgufFile::open(qo);
+    const std::unique_ptr<Model> po = load_model(go, true), pq = load_model(gp, false);
+    int with_outliers = 0;
+    for (const WeightUse& use : po->weights()) {
+      with_outliers += po->outliers_of(*use.tensor) != nullptr && kernels::interleaved(*use.tensor) ? 1 : 0;
+    }
+    EXPECT_GT(with_outliers, 0);
+    MatMul mo(*po, pool), mr(*pq, pool);
+    expect_decode_products_agree(*po, mo, mr, pq.get());
+    std::vector<float> ignore_a, ignore_b;
+    EXPECT_EQ(prefill(*po, ignore_a), prefill(*pq, ignore_b));
   }
 
   // Resident memory: the mapping touched whole, then rewritten; the process grows by far less than
