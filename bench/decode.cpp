@@ -6,7 +6,8 @@
 //   mixq pp512 t=1: 1234.5 +- 6.7 tok/s
 // Run: build/bench/mixq_bench_decode MODEL [-t THREADS] [-p 512] [-n 128] [-r 3] [-a f16|tiled|f32]
 // tg also prints its process CPU time per token (min of the R runs) on stderr.
-// MIXQ_REPACK=1 in the environment: decode from the interleaved copies (Model::repack_for_decode).
+// MIXQ_REPACK=0 in the environment: decode from the file's layout (default: the interleaved layouts
+// in place, Model::repack_for_decode, where the kernel set has them).
 // (-a: the attention mode, as --attention of the commands; default f16. llama.cpp's CPU flash
 // attention runs its tiled F32 path for prompt batches and its F16 one for single tokens.)
 #include <algorithm>

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mixq's generation with and without the interleaved decode copies (MIXQ_REPACK=0 / 1, the same
+# mixq's generation with and without the interleaved decode layouts (MIXQ_REPACK=0 / 1, the same
 # binary), alternated run by run so both see the same machine load: bench/decode.cpp's tg rate and
 # its process CPU time per token (min of REPS runs), for each file, 1 and 2 threads, ROUNDS rounds.
 #   bench/repack_ab.sh MODEL.gguf ...      (ROUNDS=2 REPS=3 GEN=128 THREADS="1 2" BUILD=build)

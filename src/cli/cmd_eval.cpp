@@ -56,7 +56,8 @@ void register_perplexity(CLI::App& app) {
     checked_threads(o->threads);
     const std::string text = read_text_file(o->file);
     const GgufFile f = GgufFile::open(o->model);
-    const std::unique_ptr<Model> model = load_model(f);
+    // Batches only (chunks of n_ctx): no decode layouts, whose prefill unpacks rows (load_model).
+    const std::unique_ptr<Model> model = load_model(f, false);
     const Tokenizer tok = Tokenizer::from_gguf(f);
     Progress bar("perplexity");
     PerplexityOptions opts{o->n_ctx, o->chunks, o->threads, nullptr};

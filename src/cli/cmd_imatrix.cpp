@@ -33,7 +33,8 @@ void run_imatrix(const ImatrixOpts& o) {
                        "--output-format dat for the legacy format\n", o.out);
   }
   const GgufFile f = GgufFile::open(o.model);
-  const std::unique_ptr<Model> model = load_model(f);
+  // Batches only: no decode layouts, whose prefill unpacks rows (load_model).
+  const std::unique_ptr<Model> model = load_model(f, false);
   const Tokenizer tok = Tokenizer::from_gguf(f);
   ImatrixOptions opts;
   opts.n_ctx = o.n_ctx;

@@ -80,14 +80,15 @@ void run(const Opts& o, bool ctx_given) {
     opts.n_ctx = info.n_ctx;
   }
   const GgufFile mf = GgufFile::open(o.model);
-  const std::unique_ptr<Model> model = load_model(mf);
+  // Batches only: no decode layouts, whose prefill unpacks rows (load_model).
+  const std::unique_ptr<Model> model = load_model(mf, false);
   const Tokenizer tok = Tokenizer::from_gguf(mf);
   std::optional<GgufFile> bf;
   std::unique_ptr<Model> base;
   std::optional<Tokenizer> base_tok;
   if (!o.base.empty()) {
     bf.emplace(GgufFile::open(o.base));
-    base = load_model(*bf);
+    base = load_model(*bf, false);
     base_tok.emplace(Tokenizer::from_gguf(*bf));
   }
 

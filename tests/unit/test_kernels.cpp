@@ -270,7 +270,8 @@ TEST(Kernels, FastPathsMatchTheReferenceOnEveryType) {
 }
 
 // The four-row interleaved layouts (engine/repack.h): repacking is lossless (every row comes back
-// byte for byte, the rows past the last full group stay as they are), and every set's interleaved
+// byte for byte, alone or any range at once, the rows past the last full group stay as they are;
+// in place gives the same bytes), and every set's interleaved
 // kernel gives each row of each full group the reference's dot within the bound of the in-place
 // kernels' test (the same exact integer sums, another F32 order), for row counts that leave 0 to
 // 3 rows after the groups.
@@ -295,6 +296,19 @@ TEST(Kernels, InterleavedRowsMatchTheReferenceOnEveryRepackedType) {
           kernels::unpacked_row(id, packed.data(), rows, n, r, back.data());
           EXPECT_TRUE(std::equal(back.begin(), back.end(), bytes.begin() + static_cast<std::ptrdiff_t>(rb * static_cast<size_t>(r))))
               << t.name << " n=" << n << " rows=" << rows << " row " << r;
+        }
+        // In place: the same bytes; every range of rows unpacked at once: the file's rows.
+        std::vector<uint8_t> in_place = bytes;
+        kernels::repack_rows_in_place(id, in_place.data(), rows, n);
+        EXPECT_EQ(in_place, packed) << t.name << " n=" << n << " rows=" << rows;
+        for (int64_t r0 = 0; r0 <= rows; ++r0) {
+          for (int64_t r1 = r0; r1 <= rows; ++r1) {
+            std::vector<uint8_t> range(rb * static_cast<size_t>(r1 - r0) + 1, 0xa5);
+            kernels::unpack_rows(id, packed.data(), rows, n, r0, r1, range.data());
+            EXPECT_TRUE(std::equal(range.begin(), range.end() - 1, bytes.begin() + static_cast<std::ptrdiff_t>(rb * static_cast<size_t>(r0))))
+                << t.name << " n=" << n << " rows " << r0 << " .. " << r1 << " of " << rows;
+            EXPECT_EQ(range.back(), 0xa5) << "wrote past the range";
+          }
         }
         const int64_t full = rows / kernels::kRepackRows * kernels::kRepackRows;
         EXPECT_TRUE(std::equal(packed.begin() + static_cast<std::ptrdiff_t>(rb * static_cast<size_t>(full)), packed.end(),

@@ -15,8 +15,11 @@
 #include "mixq/engine/kernels.h"
 #include "mixq/engine/llama_model.h"
 #include "mixq/engine/matmul.h"
+#include "mixq/engine/registry.h"
+#include "mixq/engine/repack.h"
 #include "mixq/util/thread_pool.h"
 #include "mixq/engine/tokenizer.h"
+#include "mixq/quantize/quantize_model.h"
 #include "mixq/eval/perplexity.h"
 #include "synthetic_model.h"
 #include "test_support.h"
@@ -24,13 +27,16 @@
 namespace mixq {
 namespace {
 
-// Every matrix product of `model` (the looked-up token embedding aside), 1 to kRowDotMaxTokens
-// tokens of random input: `a` against the reference `b`, to the F32 summation order (relative to
-// the largest output).
-void expect_decode_products_agree(const Model& model, MatMul& a, MatMul& b) {
+// Every matrix product of `model` (the looked-up token embedding aside, unless it is the tied
+// head), 1 to kRowDotMaxTokens tokens of random input: `a` against the reference `b`, to the F32
+// summation order (relative to the largest output). b_model: b multiplies that model's tensor of
+// the same name (another open of the file: its own bytes and outlier columns); null: the same one.
+void expect_decode_products_agree(const Model& model, MatMul& a, MatMul& b, const Model* b_model = nullptr) {
+  const bool tied = model.file().find_tensor("output.weight") == nullptr;
   for (const WeightUse& use : model.weights()) {
     const GgufTensor& w = *use.tensor;
-    if (w.name == "token_embd.weight") continue;  // looked up, not multiplied (untied output)
+    if (w.name == "token_embd.weight" && !tied) continue;  // looked up, not multiplied (untied output)
+    const GgufTensor& wb = b_model != nullptr ? *b_model->file().find_tensor(w.name) : w;
     for (int nt = 1; nt <= kRowDotMaxTokens; ++nt) {
       std::vector<float> x(static_cast<size_t>(nt * w.row_length()));
       std::mt19937 rng(static_cast<uint32_t>(nt + w.n_rows()));
@@ -38,7 +44,7 @@ void expect_decode_products_agree(const Model& model, MatMul& a, MatMul& b) {
       for (auto& v : x) v = g(rng);
       std::vector<float> y1(static_cast<size_t>(nt * w.n_rows())), y2(y1.size());
       a(w, x.data(), nt, y1.data());
-      b(w, x.data(), nt, y2.data());
+      b(wb, x.data(), nt, y2.data());
       double big = 0, diff = 0;
       for (size_t i = 0; i < y1.size(); ++i) {
         big = std::max(big, std::fabs(double{y2[i]}));
@@ -325,11 +331,12 @@ TEST(LlamaEngine, DecodeFastPathKeepsTheLogits) {
 }
 
 
-// The interleaved decode copies (Model::repack_for_decode, engine/repack.h) compute the model the
-// file's rows do: q5_0, q8_0 and iq4_nl matrices (an output head of 262 rows, two past its last
-// group of four) repacked, every product of 1 to 3 tokens against the unrepacked model's to the
-// F32 summation order, and the logits of tokens one at a time, and with speculative-style
-// numerics (set_numerics_batch) and a prefill batch, which reads the file's rows.
+// The interleaved decode layouts in place (Model::repack_for_decode, engine/repack.h) compute the
+// model the file's rows do: q5_0, q8_0 and iq4_nl matrices (an output head of 262 rows, two past
+// its last group of four) interleaved in the mapping of one open of the file, against a model of
+// another open of it: every product of 1 to 3 tokens to the F32 summation order, and the logits of
+// tokens one at a time, and with speculative-style numerics (set_numerics_batch) and a prefill
+// batch, which reads the rows unpacked.
 TEST(LlamaEngine, RepackedDecodeKeepsTheLogits) {
   namespace fs = std::filesystem;
   const kernels::KernelSet& best = kernels::best_kernels();
@@ -343,18 +350,39 @@ TEST(LlamaEngine, RepackedDecodeKeepsTheLogits) {
                                            "--output-tensor-type q8_0",
                                            (dir / "f32.gguf").string(), q.string()));
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  const GgufFile f = GgufFile::open(q);
-  const LlamaModel plain(f);
+  const GgufFile fp = GgufFile::open(q), f = GgufFile::open(q);  // two mappings: one stays as stored
+  const LlamaModel plain(fp);
   LlamaModel packed(f);
-  EXPECT_GT(packed.repack_for_decode(best), size_t{0});
+  const size_t bytes = packed.repack_for_decode(best);
+  EXPECT_GT(bytes, size_t{0});
+  // A second model of the same mapping finds the matrices interleaved and leaves them so.
+  LlamaModel again(f);
+  EXPECT_EQ(again.repack_for_decode(best), bytes);
   std::set<std::string> repacked;
   for (const WeightUse& use : packed.weights()) {
-    if (packed.repacked_of(*use.tensor) != nullptr) repacked.insert(use.tensor->type->name);
+    if (kernels::interleaved(*use.tensor)) repacked.insert(use.tensor->type->name);
   }
   EXPECT_EQ(repacked, (std::set<std::string>{"iq4_nl", "q5_0", "q8_0"}));
+  for (const WeightUse& use : plain.weights()) EXPECT_FALSE(kernels::interleaved(*use.tensor)) << use.tensor->name;
   ThreadPool pool(2);
   MatMul mp(packed, pool), mq(plain, pool);
-  expect_decode_products_agree(packed, mp, mq);
+  expect_decode_products_agree(packed, mp, mq, &plain);
+  // Another kernel set (no four-row kernels) on the interleaved bytes unpacks them: bit for bit
+  // the file's rows with that set.
+  kernels::KernelSet no_dot4 = best;
+  no_dot4.row_dot4 = nullptr;
+  MatMul mp1(packed, pool), mq1(plain, pool);
+  mp1.set_kernels(no_dot4);
+  mq1.set_kernels(no_dot4);
+  for (const WeightUse& use : packed.weights()) {
+    const GgufTensor& w = *use.tensor;
+    if (w.name == "token_embd.weight") continue;
+    const GgufTensor& wq = *fp.find_tensor(w.name);
+    std::vector<float> x(static_cast<size_t>(2 * w.row_length()), 0.25f), y1(static_cast<size_t>(2 * w.n_rows())), y2(y1.size());
+    mp1(w, x.data(), 2, y1.data());
+    mq1(wq, x.data(), 2, y2.data());
+    EXPECT_EQ(y1, y2) << w.name;
+  }
   const std::vector<int32_t> ids = {1, 17, 261, 33, 5, 99};
   const auto one_at_a_time = [&](const Model& m, int numerics_batch) {
     LlamaContext c(static_cast<const LlamaModel&>(m), 16, 2);
@@ -383,6 +411,146 @@ TEST(LlamaEngine, RepackedDecodeKeepsTheLogits) {
   // A batch with a lone token's numerics takes the same path, to the bit.
   EXPECT_EQ(a, c);
   std::printf("repacked decode: max |logit| %.3g, repacked vs file rows %.3g\n", scale, d);
+  fs::remove_all(dir);
+}
+
+// Every reader of an interleaved matrix but the decode kernels sees the file's rows: on a model
+// interleaved in place and one of another open of the file, bit for bit, a prefill batch's logits
+// (the panel path), a tied head's embedding rows (get_rows) and its product, every matrix's
+// dequantization, a matrix product observer's inputs (imatrix), and a measurement override (a
+// matrix in the file's layout, from elsewhere, standing for an interleaved one: decode takes the
+// mix), with outlier columns beside the matrices too. The rewrite costs no resident memory beyond the mapping's (copy-on-write pages replace the
+// file's).
+TEST(LlamaEngine, InterleavedMatricesReadAsTheFile) {
+  namespace fs = std::filesystem;
+  const kernels::KernelSet& best = kernels::best_kernels();
+  if (kernels::row_dot4_for(best, TypeId::Q8_0) == nullptr) GTEST_SKIP() << "no interleaved kernels on this CPU";
+  const fs::path dir = test::temp_dir() / "interleaved_readers";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  test::write_synthetic_llama(dir / "f32.gguf",
+                              {.n_layers = 2, .n_embd = 256, .n_head = 4, .n_head_kv = 2, .n_ff = 512, .n_vocab = 262, .tied = true});
+  const fs::path q = dir / "tied.gguf";
+  const auto r = test::run_cli(fmt::format("quantize --pure '{}' '{}' q8_0 --tensor-type attn_v=q5_0 --tensor-type ffn_down=iq4_nl",
+                                           (dir / "f32.gguf").string(), q.string()));
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const GgufFile fp = GgufFile::open(q), f = GgufFile::open(q);
+  const std::unique_ptr<Model> plain = load_model(fp, false), packed = load_model(f, true);
+  const GgufTensor& embd = *f.find_tensor("token_embd.weight");
+  ASSERT_TRUE(kernels::interleaved(embd)) << "the tied head is a matrix of the graph";
+  for (const WeightUse& use : packed->weights()) {
+    const GgufTensor& t = *use.tensor;
+    const GgufTensor& tp = *fp.find_tensor(t.name);
+    EXPECT_EQ(kernels::interleaved(t), kernels::has_repacked_layout(t.type->id)) << t.name;
+    std::vector<float> x(static_cast<size_t>(t.n_elements())), xp(x.size()), want(x.size());
+    kernels::dequantize_tensor(t, x.data());
+    kernels::dequantize_tensor(tp, xp.data());
+    dequantize_rows(tp.type->id, tp.data, want.data(), tp.n_rows(), tp.row_length());
+    EXPECT_EQ(x, want) << t.name;
+    EXPECT_EQ(xp, want) << t.name;
+    if (kernels::interleaved(t)) EXPECT_NE(std::memcmp(t.data, tp.data, t.nbytes), 0) << t.name << ": not rewritten";
+  }
+  // Prefill (a batch of 9: the panel path) and the embedding rows of a tied head, with every
+  // product's input as an observer sees it.
+  const std::vector<int32_t> ids = {1, 17, 261, 33, 5, 99, 260, 0, 128};
+  const auto prefill = [&](const Model& m, std::vector<float>& observed) {
+    std::unique_ptr<Context> c = m.new_context(16, 2);
+    c->set_matmul_observer([&](const GgufTensor& w, const float* x, int n) {
+      observed.insert(observed.end(), x, x + static_cast<size_t>(n) * static_cast<size_t>(w.row_length()));
+    });
+    const auto& l = c->eval(ids, true);
+    return std::vector<float>(l.begin(), l.end());
+  };
+  std::vector<float> obs_packed, obs_plain;
+  const auto lp = prefill(*packed, obs_packed), lq = prefill(*plain, obs_plain);
+  EXPECT_EQ(lp, lq);
+  EXPECT_EQ(obs_packed, obs_plain);
+  EXPECT_FALSE(obs_packed.empty());
+  ThreadPool pool(2);
+  MatMul mp(*packed, pool), mq(*plain, pool);
+  std::vector<float> rows_p(ids.size() * 256), rows_q(rows_p.size());
+  mp.get_rows(embd, ids.data(), static_cast<int>(ids.size()), rows_p.data());
+  mq.get_rows(*fp.find_tensor("token_embd.weight"), ids.data(), static_cast<int>(ids.size()), rows_q.data());
+  EXPECT_EQ(rows_p, rows_q);
+  // Decode products, the tied head among them.
+  expect_decode_products_agree(*packed, mp, mq, plain.get());
+  // An override in the file's layout (another mapping's tensor) for an interleaved matrix: the
+  // decode product is the plain model's, bit for bit; restored, the interleaved one again.
+  const GgufTensor& wv = *f.find_tensor("blk.0.attn_v.weight");
+  const GgufTensor& wv_plain = *fp.find_tensor("blk.0.attn_v.weight");
+  ASSERT_TRUE(kernels::interleaved(wv));
+  std::vector<float> x(256 * 2), y_over(static_cast<size_t>(2 * wv.n_rows())), y_plain(y_over.size()), y_back(y_over.size()), y_packed(y_over.size());
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.1f * static_cast<float>(i));
+  mp(wv, x.data(), 2, y_packed.data());
+  mp.override_weight(wv, &wv_plain);
+  mp(wv, x.data(), 2, y_over.data());
+  mq(wv_plain, x.data(), 2, y_plain.data());
+  EXPECT_EQ(y_over, y_plain);
+  mp.override_weight(wv, nullptr);
+  mp(wv, x.data(), 2, y_back.data());
+  EXPECT_EQ(y_back, y_packed);
+  // Quantizing from an interleaved mapping (quantize --target-* measures on the file it then
+  // quantizes): the same file as from the stored bytes, kept matrices and requantized ones.
+  for (const bool keep : {true, false}) {
+    QuantizeOptions qo;
+    qo.policy.default_type = keep ? TypeId::Q8_0 : TypeId::Q4_0;
+    qo.policy.pure = true;
+    qo.policy.allow_requantize = true;
+    qo.threads = 1;
+    const fs::path o1 = dir / "from-packed.gguf", o2 = dir / "from-plain.gguf";
+    quantize_model(f, o1, qo);
+    quantize_model(fp, o2, qo);
+    std::ifstream i1(o1, std::ios::binary), i2(o2, std::ios::binary);
+    const std::vector<char> b1{std::istreambuf_iterator<char>(i1), {}}, b2{std::istreambuf_iterator<char>(i2), {}};
+    EXPECT_TRUE(!b1.empty() && b1 == b2) << (keep ? "kept" : "requantized");
+  }
+
+  // Outlier columns (quantize --outliers) beside interleaved matrices: decode products to the
+  // summation order, a prefill batch bit for bit.
+  {
+    const fs::path qo = dir / "outliers.gguf";
+    const auto ro = test::run_cli(fmt::format("quantize --pure '{}' '{}' q8_0 --outliers 4", (dir / "f32.gguf").string(), qo.string()));
+    ASSERT_EQ(ro.exit_code, 0) << ro.output;
+    const GgufFile go = GgufFile::open(qo), gp = GgufFile::open(qo);
+    const std::unique_ptr<Model> po = load_model(go, true), pq = load_model(gp, false);
+    int with_outliers = 0;
+    for (const WeightUse& use : po->weights()) {
+      with_outliers += po->outliers_of(*use.tensor) != nullptr && kernels::interleaved(*use.tensor) ? 1 : 0;
+    }
+    EXPECT_GT(with_outliers, 0);
+    MatMul mo(*po, pool), mr(*pq, pool);
+    expect_decode_products_agree(*po, mo, mr, pq.get());
+    std::vector<float> ignore_a, ignore_b;
+    EXPECT_EQ(prefill(*po, ignore_a), prefill(*pq, ignore_b));
+  }
+
+  // Resident memory: the mapping touched whole, then rewritten; the process grows by far less than
+  // the rewritten bytes (a copy beside the file's would add all of them).
+  const auto rss_kb = [] {
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    }
+    return -1L;
+  };
+  test::write_synthetic_llama(dir / "big.gguf", {.n_layers = 4, .n_embd = 512, .n_head = 4, .n_head_kv = 4, .n_ff = 1024, .n_vocab = 512});
+  const fs::path big = dir / "big-q8_0.gguf";
+  const auto rb = test::run_cli(fmt::format("quantize --pure '{}' '{}' q8_0", (dir / "big.gguf").string(), big.string()));
+  ASSERT_EQ(rb.exit_code, 0) << rb.output;
+  const GgufFile fb = GgufFile::open(big);
+  const std::unique_ptr<Model> mb = load_model(fb, false);
+  uint64_t sum = 0;
+  for (const GgufTensor& t : fb.tensors()) {
+    for (uint64_t i = 0; i < t.nbytes; i += 512) sum += t.data[i];
+  }
+  const long before = rss_kb();
+  const size_t rewritten = mb->repack_for_decode(best);
+  const long after = rss_kb();
+  ASSERT_GT(rewritten, size_t{8} << 20);
+  EXPECT_LT(after - before, static_cast<long>(rewritten / 1024 / 8))
+      << "RSS " << before << " -> " << after << " kB for " << rewritten / 1024 << " kB rewritten (checksum " << sum << ")";
+  std::printf("interleaving %zu kB in place: RSS %ld -> %ld kB\n", rewritten / 1024, before, after);
   fs::remove_all(dir);
 }
 

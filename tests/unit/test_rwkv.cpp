@@ -13,6 +13,7 @@
 #include "mixq/convert/convert.h"
 #include "mixq/convert/rwkv_layout.h"
 #include "mixq/engine/registry.h"
+#include "mixq/engine/repack.h"
 #include "mixq/engine/tokenizer.h"
 #include "mixq/io/gguf.h"
 #include "mixq/io/rwkv_vocab.h"
@@ -165,6 +166,57 @@ TEST(RwkvEngine, MixqQuantizationsOfFp32) {
       EXPECT_LE(d.kld, b.kld);
       EXPECT_LE(std::abs(d.sum), 4 * std::abs(b.upstream_sum) + 0.1);
     }
+  }
+}
+
+// RWKV-7 with its matrices interleaved in place for decode (engine/repack.h; the default where the
+// kernels exist) against another open of the same file in the file's layout: a 12-token batch
+// (prefill, rows unpacked) bit for bit, tokens one at a time to the F32 summation order.
+TEST(RwkvEngine, InterleavedDecodeLayoutsKeepTheLogits) {
+  MIXQ_REQUIRE_SHARED("rwkv-tiny/tiny-rwkv-7v0-834K-FP32.bin");
+  const auto dir = fresh_dir("rwkv-interleaved");
+  const fs::path f32 = dir / "v7.gguf";
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-7v0-834K-FP32.bin", f32, std::nullopt, {}});
+  const GgufFile in = GgufFile::open(f32);
+  for (const TypeId type : {TypeId::Q8_0, TypeId::Q5_0}) {
+    SCOPED_TRACE(type_traits(type).name);
+    QuantizeOptions opts;
+    opts.policy.default_type = type;
+    opts.threads = 2;
+    const fs::path q = dir / fmt::format("v7-{}.gguf", type_traits(type).name);
+    quantize_model(in, q, opts);
+    const GgufFile fa = GgufFile::open(q), fb = GgufFile::open(q);
+    const auto packed = load_model(fa, true), plain = load_model(fb, false);
+    int interleaved = 0;
+    for (const WeightUse& use : packed->weights()) interleaved += kernels::interleaved(*use.tensor) ? 1 : 0;
+    if (kernels::row_dot4_for(kernels::best_kernels(), type) == nullptr) {
+      EXPECT_EQ(interleaved, 0);
+      continue;
+    }
+    EXPECT_GT(interleaved, 0);
+    const std::vector<int32_t> batch = {'"', 'i', 'n', ' ', 't', 'h', 'e', ' ', 'w', 'o', 'r', 'd'};
+    const auto eval = [&](const Model& m, bool one_by_one) {
+      const auto ctx = m.new_context(64, 2);
+      if (!one_by_one) return ctx->eval(batch, true);
+      std::vector<float> all;
+      for (int32_t t : batch) {
+        const auto& l = ctx->eval({t}, false);
+        all.insert(all.end(), l.begin(), l.end());
+      }
+      return all;
+    };
+    EXPECT_EQ(eval(*packed, false), eval(*plain, false));
+    const auto a = eval(*packed, true), b = eval(*plain, true);
+    ASSERT_EQ(a.size(), b.size());
+    double scale = 0, d = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      scale = std::max(scale, std::fabs(double{b[i]}));
+      d = std::max(d, std::fabs(double{a[i]} - b[i]));
+    }
+    EXPECT_GT(scale, 0.1);
+    EXPECT_LE(d, 1e-3 * scale);
+    std::printf("%s: %d matrices interleaved, max |logit| %.3g, one at a time interleaved vs file rows %.3g\n",
+                type_traits(type).name, interleaved, scale, d);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "mixq/engine/repack.h"
 
 namespace mixq {
 
@@ -36,7 +37,7 @@ void rms_norm(const float* x, const float* weight, int n, float eps, float* out)
 // 1-D norm weights as floats (they are F32 in practice, but any type decodes).
 std::vector<float> decode_vector(const GgufTensor& t) {
   std::vector<float> v(static_cast<size_t>(t.n_elements()));
-  dequantize_rows(t.type->id, t.data, v.data(), t.n_rows(), t.row_length());
+  kernels::dequantize_tensor(t, v.data());
   return v;
 }
 

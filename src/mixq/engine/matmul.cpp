@@ -10,6 +10,17 @@
 
 namespace mixq {
 
+namespace {
+
+// Rows [r0, r1) of an interleaved w in the file's layout, in buf.
+const uint8_t* unpacked_rows(const GgufTensor& w, int64_t r0, int64_t r1, std::vector<uint8_t>& buf) {
+  buf.resize(static_cast<size_t>(r1 - r0) * w.type->row_bytes(w.row_length()));
+  kernels::unpack_rows(w.type->id, w.data, w.n_rows(), w.row_length(), r0, r1, buf.data());
+  return buf.data();
+}
+
+}  // namespace
+
 MatMul::MatMul(const Model& model, ThreadPool& pool) : model_(model), pool_(pool), kernels_(&kernels::best_kernels()) {}
 
 void MatMul::override_weight(const GgufTensor& original, const GgufTensor* replacement) {
@@ -39,11 +50,13 @@ void MatMul::get_rows(const GgufTensor& weight, const int32_t* ids, int n, float
   const int64_t e = w.row_length();
   const size_t row = w.type->row_bytes(e);
   const OutlierColumns* oc = model_.outliers_of(w);
+  const bool packed = kernels::interleaved(w);  // a tied head's rows: unpacked one by one
+  std::vector<uint8_t> buf;
   for (int t = 0; t < n; ++t) {
     const int32_t id = ids[t];
     if (id < 0 || id >= w.n_rows()) throw std::runtime_error(fmt::format("eval: token id {} out of range", id));
     float* o = out + static_cast<size_t>(t) * static_cast<size_t>(e);
-    w.type->dequantize_row(w.data + static_cast<size_t>(id) * row, o, e);
+    w.type->dequantize_row(packed ? unpacked_rows(w, id, id + 1, buf) : w.data + static_cast<size_t>(id) * row, o, e);
     if (oc != nullptr) {
       for (int c = 0; c < oc->k(); ++c) {
         o[oc->cols[static_cast<size_t>(c)]] = oc->vals[static_cast<size_t>(id) * static_cast<size_t>(oc->k()) + static_cast<size_t>(c)];
@@ -64,25 +77,32 @@ int64_t MatMul::decode_rows_per_block(int64_t rows, bool inline_run) const {
   return std::max<int64_t>(16, ((rows + wanted - 1) / wanted + 15) / 16 * 16);
 }
 
-void MatMul::decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, const kernels::PreparedActs& acts, int n_tokens,
-                         int64_t r0, int64_t r1, float* y) const {
+void MatMul::decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, bool packed, const kernels::PreparedActs& acts,
+                         int n_tokens, int64_t r0, int64_t r1, float* y) const {
   const int64_t in = w.row_length(), out = w.n_rows();
   const size_t row_bytes = w.type->row_bytes(in);
-  if (const uint8_t* packed = model_.repacked_of(w)) {
-    // Whole groups of four rows by the interleaved kernel; any other row (past the last group) as
-    // stored in the file, whose bytes the copy leaves as they are.
+  const uint8_t* rows = w.data;  // row r at rows + (r - first) * row_bytes
+  int64_t first = 0;
+  if (packed) {
+    // Whole groups of four rows by the interleaved kernel; the rows past the last group are in
+    // the file's layout. Without a four-row kernel (another set): the rows unpacked first.
     const kernels::RowDot4Fn dot4 = kernels::row_dot4_for(*kernels_, w.type->id);
     const int64_t g_end = std::min(r1, out / kernels::kRepackRows * kernels::kRepackRows);
     if (dot4 != nullptr && r0 % kernels::kRepackRows == 0 && g_end > r0) {
       for (int t = 0; t < n_tokens; ++t) {
-        dot4(packed + static_cast<size_t>(r0) * row_bytes, in, (g_end - r0) / kernels::kRepackRows, acts.row(t),
+        dot4(w.data + static_cast<size_t>(r0) * row_bytes, in, (g_end - r0) / kernels::kRepackRows, acts.row(t),
              y + static_cast<size_t>(t) * static_cast<size_t>(out) + r0);
       }
       r0 = g_end;
     }
+    if (r0 < r1) {
+      thread_local std::vector<uint8_t> buf;
+      rows = unpacked_rows(w, r0, r1, buf);
+      first = r0;
+    }
   }
   for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + static_cast<size_t>(r) * row_bytes;
+    const uint8_t* row = rows + static_cast<size_t>(r - first) * row_bytes;
     for (int t = 0; t < n_tokens; ++t) {
       y[static_cast<size_t>(t) * static_cast<size_t>(out) + r] = row_dot(row, in, acts.row(t));
     }
@@ -110,8 +130,12 @@ void MatMul::operator()(std::initializer_list<Product> products, const float* x,
   }
   // Every format's activations first (each format has its own slot, so these stay valid).
   std::vector<const kernels::PreparedActs*> acts;
+  std::vector<char> packed;
   acts.reserve(products.size());
-  for (const Product& p : products) acts.push_back(&prepared(resolve(*p.w).type->act_format, x, n_tokens, p.w->row_length()));
+  for (const Product& p : products) {
+    acts.push_back(&prepared(resolve(*p.w).type->act_format, x, n_tokens, p.w->row_length()));
+    packed.push_back(kernels::interleaved(resolve(*p.w)) ? 1 : 0);
+  }
   const bool inline_run = macs < kInlineMacs;
   row_blocks_.clear();
   int i = 0;
@@ -125,7 +149,8 @@ void MatMul::operator()(std::initializer_list<Product> products, const float* x,
     const RowBlock& b = row_blocks_[static_cast<size_t>(t)];
     const Product& p = ps[b.product];
     const GgufTensor& w = resolve(*p.w);
-    decode_rows(decode_kernel(w, n_tokens), w, *acts[static_cast<size_t>(b.product)], n_tokens, b.r0, b.r1, p.y);
+    const auto i = static_cast<size_t>(b.product);
+    decode_rows(decode_kernel(w, n_tokens), w, packed[i] != 0, *acts[i], n_tokens, b.r0, b.r1, p.y);
   };
   const auto n_tasks = static_cast<int64_t>(row_blocks_.size());
   if (inline_run) {
@@ -141,6 +166,7 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
   const int64_t in = w.row_length(), out = w.n_rows();
   const size_t row_bytes = w.type->row_bytes(in);
   const OutlierColumns* oc = model_.outliers_of(w);
+  const bool packed = kernels::interleaved(w);
   if (oc != nullptr) {
     x_masked_.assign(x, x + static_cast<size_t>(n_tokens) * static_cast<size_t>(in));
     for (int t = 0; t < n_tokens; ++t) {
@@ -175,13 +201,13 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
     }
   };
 
-  // Decode (a few tokens, or numerics_batch_ says so): each row is read once, as stored, by the
-  // type's in-place kernel.
+  // Decode (a few tokens, or numerics_batch_ says so): each row is read once, as stored (four rows
+  // at a time where w is interleaved), by the type's in-place kernel.
   if (const kernels::RowDotFn row_dot = decode_kernel(w, n_tokens)) {
     const int64_t rows_per_block = decode_rows_per_block(out, inline_run);
     run((out + rows_per_block - 1) / rows_per_block, [&](int64_t task) {
       const int64_t r0 = task * rows_per_block, r1 = std::min(out, r0 + rows_per_block);
-      decode_rows(row_dot, w, acts, n_tokens, r0, r1, y);
+      decode_rows(row_dot, w, packed, acts, n_tokens, r0, r1, y);
       add_outliers(r0, r1);
     });
     return;
@@ -194,9 +220,11 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
     run((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
       thread_local std::vector<kernels::PreparedRow> rows(kRowsPerTask);
       thread_local kernels::PackedPanel panels[2];
+      thread_local std::vector<uint8_t> unpacked;
       const int64_t r0 = task * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+      const uint8_t* src = packed ? unpacked_rows(w, r0, r1, unpacked) : w.data + static_cast<size_t>(r0) * row_bytes;
       for (int64_t r = r0; r < r1; ++r) {
-        kernels::prepare_row(*w.type, w.data + static_cast<size_t>(r) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
+        kernels::prepare_row(*w.type, src + static_cast<size_t>(r - r0) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
       }
       int np = 0;
       for (int64_t p0 = r0; p0 < r1; p0 += kernels::kPanelRows, ++np) {
@@ -217,9 +245,11 @@ void MatMul::operator()(const GgufTensor& weight, const float* x, int n_tokens, 
   constexpr int64_t kRowsPerTask = 8;
   run((out + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
     thread_local std::vector<kernels::PreparedRow> rows(kRowsPerTask);
+    thread_local std::vector<uint8_t> unpacked;
     const int64_t r0 = task * kRowsPerTask, r1 = std::min(out, r0 + kRowsPerTask);
+    const uint8_t* src = packed ? unpacked_rows(w, r0, r1, unpacked) : w.data + static_cast<size_t>(r0) * row_bytes;
     for (int64_t r = r0; r < r1; ++r) {
-      kernels::prepare_row(*w.type, w.data + static_cast<size_t>(r) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
+      kernels::prepare_row(*w.type, src + static_cast<size_t>(r - r0) * row_bytes, in, rows[static_cast<size_t>(r - r0)]);
     }
     if (!rows[0].integer && r1 - r0 >= 4) {
       // F32 rows: four at a time against every token (KernelSet::dot_f32_tile).

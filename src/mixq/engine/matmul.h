@@ -94,10 +94,11 @@ class MatMul {
   // The in-place kernel w's product of n_tokens takes, or null (another path).
   kernels::RowDotFn decode_kernel(const GgufTensor& w, int n_tokens) const;
   int64_t decode_rows_per_block(int64_t rows, bool inline_run) const;
-  // Rows [r0, r1) of w's decode product (r0 a multiple of 4): from the model's interleaved copy
-  // of w where it has one (Model::repacked_of), else row by row as stored.
-  void decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, const kernels::PreparedActs& acts, int n_tokens,
-                   int64_t r0, int64_t r1, float* y) const;
+  // Rows [r0, r1) of w's decode product (r0 a multiple of 4): interleaved (packed: w's bytes are
+  // in engine/repack.h's layout) by the set's four-row kernel, else row by row in the file's
+  // layout (unpacked first where w is interleaved but the set has no four-row kernel for it).
+  void decode_rows(kernels::RowDotFn row_dot, const GgufTensor& w, bool packed, const kernels::PreparedActs& acts,
+                   int n_tokens, int64_t r0, int64_t r1, float* y) const;
 
   const Model& model_;
   ThreadPool& pool_;

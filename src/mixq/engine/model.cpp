@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <stdexcept>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -86,14 +87,13 @@ void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool e
 
 size_t Model::repack_for_decode(const kernels::KernelSet& k) {
   size_t bytes = 0;
+  std::unordered_set<const GgufTensor*> seen;
   for (const WeightUse& w : weights()) {
     const GgufTensor& t = *w.tensor;
-    if (repacked_.contains(&t) || t.shape.size() != 2 || !kernels::has_repacked_layout(t.type->id)) continue;
+    if (!seen.insert(&t).second || !kernels::has_repacked_layout(t.type->id)) continue;
     if (kernels::row_dot4_for(k, t.type->id) == nullptr || kernels::row_dot_for(k, t.type->id) == nullptr) continue;
-    std::vector<uint8_t> copy(t.type->row_bytes(t.row_length()) * static_cast<size_t>(t.n_rows()));
-    kernels::repack_rows(t.type->id, t.data, t.n_rows(), t.row_length(), copy.data());
-    bytes += copy.size();
-    repacked_.emplace(&t, std::move(copy));
+    kernels::interleave_in_place(file_, t);
+    if (kernels::interleaved(t)) bytes += t.nbytes;
   }
   return bytes;
 }

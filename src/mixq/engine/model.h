@@ -94,18 +94,14 @@ class Model {
     return it == outliers_.end() ? nullptr : &it->second;
   }
 
-  // Decode copies in engine/repack.h's four-row interleaved layout (opt-in, a first step: the
-  // copy sits beside the file's bytes, so each repacked matrix is held twice). repack_for_decode
-  // copies every matrix of weights() whose type has an interleaved kernel in k (the file's bytes
-  // stay what every other reader sees: prefill, embedding rows, dequantization, measure's
-  // overrides); MatMul's decode path reads the copy where repacked_of gives one. Returns the bytes
-  // copied. load_model calls it when the environment has MIXQ_REPACK=1.
+  // engine/repack.h's four-row interleaved decode layouts, in place: every matrix of weights()
+  // whose type has an interleaved kernel in k is rewritten in the file's private mapping
+  // (kernels::interleave_in_place: no second copy, the resident size stays the file's), once per
+  // mapping however many models load it. Every reader of those bytes asks kernels::interleaved():
+  // MatMul's decode path reads the groups, its prefill, get_rows and dequantize_tensor unpack
+  // rows. Returns the bytes of this model's matrices in the layout (0 for a parse()d file, whose
+  // buffer is not the model's to rewrite). load_model calls it unless MIXQ_REPACK=0.
   size_t repack_for_decode(const kernels::KernelSet& k);
-  const uint8_t* repacked_of(const GgufTensor& w) const {
-    if (repacked_.empty()) return nullptr;
-    const auto it = repacked_.find(&w);
-    return it == repacked_.end() ? nullptr : it->second.data();
-  }
 
  protected:
   // Reads the outlier companions of every matrix in weights(); derived constructors call it last.
@@ -114,7 +110,6 @@ class Model {
  private:
   const GgufFile& file_;
   std::unordered_map<const GgufTensor*, OutlierColumns> outliers_;
-  std::unordered_map<const GgufTensor*, std::vector<uint8_t>> repacked_;
 };
 
 // One sequence's state and scratch, bound to one model.

@@ -40,7 +40,12 @@ std::vector<std::string> supported_architectures() {
   return out;
 }
 
-std::unique_ptr<Model> load_model(const GgufFile& file) {
+bool interleave_by_default() {
+  const char* repack = std::getenv("MIXQ_REPACK");
+  return repack == nullptr || std::string_view(repack) != "0";
+}
+
+std::unique_ptr<Model> load_model(const GgufFile& file, bool interleave) {
   const GgufValue* arch = file.find("general.architecture");
   if (!arch || arch->type() != GgufValueType::STRING) {
     throw std::runtime_error(fmt::format("{}: no general.architecture key", file.label()));
@@ -49,10 +54,7 @@ std::unique_ptr<Model> load_model(const GgufFile& file) {
   for (const auto& a : architectures()) {
     if (name != a.name) continue;
     std::unique_ptr<Model> model = a.load(file);
-    // Opt-in (a first step, Model::repack_for_decode): decode copies in the interleaved layouts.
-    if (const char* repack = std::getenv("MIXQ_REPACK"); repack != nullptr && std::string_view(repack) == "1") {
-      model->repack_for_decode(kernels::best_kernels());
-    }
+    if (interleave) model->repack_for_decode(kernels::best_kernels());
     return model;
   }
   throw std::runtime_error(fmt::format("{}: architecture '{}' is not supported (supported: {})", file.label(), name,

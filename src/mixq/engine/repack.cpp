@@ -1,5 +1,6 @@
 #include "mixq/engine/repack.h"
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
@@ -52,6 +53,8 @@ void block_q5_0(legacy::BlockQ5_0* const rows[4], BlockQ5_0x4& x) {
 }
 template <bool kBack>
 void block_q8_0(legacy::BlockQ8_0* const rows[4], BlockQ8_0x4& x) {
+  // Code c stored as c + 128, the same byte as c ^ 0x80: two runs of 16 bytes per row, which
+  // compile to vector moves (prefill unpacks every row of a product).
   for (int r = 0; r < 4; ++r) {
     legacy::BlockQ8_0& b = *rows[r];
     if constexpr (kBack) {
@@ -59,13 +62,14 @@ void block_q8_0(legacy::BlockQ8_0* const rows[4], BlockQ8_0x4& x) {
     } else {
       x.d[r] = b.d;
     }
-    for (int i = 0; i < 32; ++i) {
-      uint8_t& u = x.qs[64 * (i / 16) + 16 * r + i % 16];
-      if constexpr (kBack) {
-        b.qs[i] = static_cast<int8_t>(u - 128);
-      } else {
-        u = static_cast<uint8_t>(b.qs[i] + 128);
-      }
+    for (int h = 0; h < 2; ++h) {
+      uint8_t* u = x.qs + 64 * h + 16 * r;
+      auto* q = reinterpret_cast<uint8_t*>(b.qs) + 16 * h;
+      uint64_t v[2];
+      std::memcpy(v, kBack ? u : q, 16);
+      v[0] ^= 0x8080808080808080ull;
+      v[1] ^= 0x8080808080808080ull;
+      std::memcpy(kBack ? q : u, v, 16);
     }
   }
 }
@@ -83,55 +87,79 @@ void block_iq4_nl(iq4::BlockIQ4NL* const rows[4], BlockIQ4NLx4& x) {
   }
 }
 
-// One group of four rows (rows: each row's blocks, file layout) to or from its interleaved blocks.
-template <bool kBack, class Block, class Block4>
-void group(Block* const rows[4], Block4* x, int64_t nb, void (*one)(Block* const[4], Block4&)) {
-  for (int64_t b = 0; b < nb; ++b) {
-    Block* blk[4] = {rows[0] + b, rows[1] + b, rows[2] + b, rows[3] + b};
-    one(blk, x[b]);
-  }
-}
-
-template <class Block, class Block4, bool kBack>
-void convert(const void* src, int64_t n_rows, int64_t n, void* dst, int64_t only_row,
-             void (*one)(Block* const[4], Block4&)) {
-  const int64_t nb = n / 32, groups = n_rows / kRepackRows;
+// Whole groups of four rows to (kBack: from) their interleaved blocks. Packing: src holds n_groups
+// groups of four rows in the file's layout, dst (not overlapping) their interleaved blocks.
+// Unpacking: src holds interleaved groups, dst the rows in the file's layout.
+template <class Block, class Block4, bool kBack, void (*one)(Block* const[4], Block4&)>
+void groups(const uint8_t* src, int64_t n_groups, int64_t nb, uint8_t* dst) {
   const size_t row_bytes = static_cast<size_t>(nb) * sizeof(Block);
-  const auto* s = static_cast<const uint8_t*>(src);
-  auto* d = static_cast<uint8_t*>(dst);
-  if constexpr (kBack) {
-    // src: packed; dst: one row (only_row) in the file's layout.
-    const int64_t g = only_row / kRepackRows;
-    if (g >= groups) {
-      std::memcpy(d, s + static_cast<size_t>(only_row) * row_bytes, row_bytes);
-      return;
+  for (int64_t g = 0; g < n_groups; ++g) {
+    uint8_t* rows_at = const_cast<uint8_t*>(kBack ? dst : src) + static_cast<size_t>(4 * g) * row_bytes;
+    auto* x = reinterpret_cast<Block4*>(const_cast<uint8_t*>(kBack ? src : dst) + static_cast<size_t>(4 * g) * row_bytes);
+    for (int64_t b = 0; b < nb; ++b) {
+      Block* blk[4];
+      for (int r = 0; r < 4; ++r) blk[r] = reinterpret_cast<Block*>(rows_at + static_cast<size_t>(r) * row_bytes) + b;
+      one(blk, x[b]);
     }
-    std::vector<Block> tmp(static_cast<size_t>(3 * nb));
-    Block* rows[4];
-    for (int r = 0, k = 0; r < 4; ++r) rows[r] = r == only_row % kRepackRows ? static_cast<Block*>(dst) : tmp.data() + nb * k++;
-    auto* x = reinterpret_cast<Block4*>(const_cast<uint8_t*>(s) + static_cast<size_t>(g) * kRepackRows * row_bytes);
-    group<true>(rows, x, nb, one);
-  } else {
-    for (int64_t g = 0; g < groups; ++g) {
-      Block* rows[4];
-      for (int r = 0; r < 4; ++r) rows[r] = reinterpret_cast<Block*>(const_cast<uint8_t*>(s) + static_cast<size_t>(4 * g + r) * row_bytes);
-      group<false>(rows, reinterpret_cast<Block4*>(d + static_cast<size_t>(4 * g) * row_bytes), nb, one);
-    }
-    const size_t done = static_cast<size_t>(groups) * kRepackRows * row_bytes;
-    std::memcpy(d + done, s + done, static_cast<size_t>(n_rows - groups * kRepackRows) * row_bytes);
   }
 }
 
-template <bool kBack>
-void dispatch(TypeId id, const void* src, int64_t n_rows, int64_t n, void* dst, int64_t only_row) {
+// The three operations on one type: pack (src -> dst), pack in place (data), unpack rows [r0, r1).
+template <class Block, class Block4, void (*to)(Block* const[4], Block4&), void (*back)(Block* const[4], Block4&)>
+struct Converter {
+  void pack(const uint8_t* src, int64_t n_rows, int64_t nb, uint8_t* dst) const {
+    const int64_t n_groups = n_rows / kRepackRows;
+    groups<Block, Block4, false, to>(src, n_groups, nb, dst);
+    const size_t row_bytes = static_cast<size_t>(nb) * sizeof(Block), done = static_cast<size_t>(n_groups) * kRepackRows * row_bytes;
+    std::memcpy(dst + done, src + done, static_cast<size_t>(n_rows - n_groups * kRepackRows) * row_bytes);
+  }
+  void pack_in_place(uint8_t* data, int64_t n_rows, int64_t nb) const {
+    const size_t group_bytes = static_cast<size_t>(nb) * sizeof(Block) * kRepackRows;
+    std::vector<uint8_t> scratch(group_bytes);  // one group: the only memory the repack takes
+    for (int64_t g = 0; g < n_rows / kRepackRows; ++g) {
+      uint8_t* at = data + static_cast<size_t>(g) * group_bytes;
+      std::memcpy(scratch.data(), at, group_bytes);
+      groups<Block, Block4, false, to>(scratch.data(), 1, nb, at);
+    }
+  }
+  void unpack(const uint8_t* packed, int64_t n_rows, int64_t nb, int64_t r0, int64_t r1, uint8_t* out) const {
+    const size_t row_bytes = static_cast<size_t>(nb) * sizeof(Block);
+    const int64_t grouped = n_rows / kRepackRows * kRepackRows;
+    std::vector<uint8_t> tmp;
+    for (int64_t r = r0; r < r1;) {
+      uint8_t* o = out + static_cast<size_t>(r - r0) * row_bytes;
+      if (r >= grouped) {  // past the last group: the file's layout
+        std::memcpy(o, packed + static_cast<size_t>(r) * row_bytes, static_cast<size_t>(r1 - r) * row_bytes);
+        return;
+      }
+      const int64_t g = r / kRepackRows, g0 = g * kRepackRows;
+      const uint8_t* src = packed + static_cast<size_t>(g0) * row_bytes;
+      if (r == g0 && r + kRepackRows <= r1) {
+        // Whole groups straight to out.
+        const int64_t n_groups = (std::min(r1, grouped) - r) / kRepackRows;
+        groups<Block, Block4, true, back>(src, n_groups, nb, o);
+        r += n_groups * kRepackRows;
+        continue;
+      }
+      tmp.resize(kRepackRows * row_bytes);
+      groups<Block, Block4, true, back>(src, 1, nb, tmp.data());
+      const int64_t stop = std::min(r1, g0 + kRepackRows);
+      std::memcpy(o, tmp.data() + static_cast<size_t>(r - g0) * row_bytes, static_cast<size_t>(stop - r) * row_bytes);
+      r = stop;
+    }
+  }
+};
+
+template <class F>
+void dispatch(TypeId id, int64_t n, F&& f) {
   if (n % 32 != 0) throw std::invalid_argument(fmt::format("repack: rows of {} values do not fill blocks of 32", n));
   switch (id) {
     case TypeId::Q5_0:
-      return convert<legacy::BlockQ5_0, BlockQ5_0x4, kBack>(src, n_rows, n, dst, only_row, block_q5_0<kBack>);
+      return f(Converter<legacy::BlockQ5_0, BlockQ5_0x4, block_q5_0<false>, block_q5_0<true>>{});
     case TypeId::Q8_0:
-      return convert<legacy::BlockQ8_0, BlockQ8_0x4, kBack>(src, n_rows, n, dst, only_row, block_q8_0<kBack>);
+      return f(Converter<legacy::BlockQ8_0, BlockQ8_0x4, block_q8_0<false>, block_q8_0<true>>{});
     case TypeId::IQ4_NL:
-      return convert<iq4::BlockIQ4NL, BlockIQ4NLx4, kBack>(src, n_rows, n, dst, only_row, block_iq4_nl<kBack>);
+      return f(Converter<iq4::BlockIQ4NL, BlockIQ4NLx4, block_iq4_nl<false>, block_iq4_nl<true>>{});
     default:
       throw std::invalid_argument(fmt::format("repack: type {} has no interleaved layout", type_traits(id).name));
   }
@@ -142,12 +170,52 @@ void dispatch(TypeId id, const void* src, int64_t n_rows, int64_t n, void* dst, 
 bool has_repacked_layout(TypeId id) { return id == TypeId::Q5_0 || id == TypeId::Q8_0 || id == TypeId::IQ4_NL; }
 
 void repack_rows(TypeId id, const void* src, int64_t n_rows, int64_t n, void* dst) {
-  dispatch<false>(id, src, n_rows, n, dst, 0);
+  dispatch(id, n, [&](const auto& c) { c.pack(static_cast<const uint8_t*>(src), n_rows, n / 32, static_cast<uint8_t*>(dst)); });
+}
+
+void repack_rows_in_place(TypeId id, void* data, int64_t n_rows, int64_t n) {
+  dispatch(id, n, [&](const auto& c) { c.pack_in_place(static_cast<uint8_t*>(data), n_rows, n / 32); });
+}
+
+void unpack_rows(TypeId id, const void* packed, int64_t n_rows, int64_t n, int64_t r0, int64_t r1, void* out) {
+  if (r0 < 0 || r1 > n_rows || r0 > r1) throw std::out_of_range("unpack_rows: rows out of range");
+  dispatch(id, n, [&](const auto& c) { c.unpack(static_cast<const uint8_t*>(packed), n_rows, n / 32, r0, r1, static_cast<uint8_t*>(out)); });
 }
 
 void unpacked_row(TypeId id, const void* packed, int64_t n_rows, int64_t n, int64_t r, void* out) {
   if (r < 0 || r >= n_rows) throw std::out_of_range("unpacked_row: row out of range");
-  dispatch<true>(id, packed, n_rows, n, out, r);
+  unpack_rows(id, packed, n_rows, n, r, r + 1, out);
+}
+
+bool interleaved(const GgufTensor& t) { return tensor_layout(t) == kInterleavedLayout; }
+
+bool interleave_in_place(const GgufFile& file, const GgufTensor& t) {
+  if (t.shape.size() != 2 || !has_repacked_layout(t.type->id) || t.row_length() % 32 != 0) return false;
+  return file.rewrite_tensor(t, kInterleavedLayout, [&](uint8_t* data) {
+    repack_rows_in_place(t.type->id, data, t.n_rows(), t.row_length());
+  });
+}
+
+const uint8_t* file_layout_rows(const GgufTensor& t, int64_t r0, int64_t r1, std::vector<uint8_t>& buf) {
+  const size_t row_bytes = t.type->row_bytes(t.row_length());
+  if (!interleaved(t)) return t.data + static_cast<size_t>(r0) * row_bytes;
+  buf.resize(static_cast<size_t>(r1 - r0) * row_bytes);
+  unpack_rows(t.type->id, t.data, t.n_rows(), t.row_length(), r0, r1, buf.data());
+  return buf.data();
+}
+
+void dequantize_tensor(const GgufTensor& t, float* out) {
+  const int64_t n = t.row_length(), rows = t.n_rows();
+  if (!interleaved(t)) {
+    dequantize_rows(t.type->id, t.data, out, rows, n);
+    return;
+  }
+  std::vector<uint8_t> buf;
+  constexpr int64_t kRows = 64;  // a few rows at a time: no copy of the whole tensor
+  for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+    const int64_t r1 = std::min(rows, r0 + kRows);
+    dequantize_rows(t.type->id, file_layout_rows(t, r0, r1, buf), out + static_cast<size_t>(r0) * static_cast<size_t>(n), r1 - r0, n);
+  }
 }
 
 }  // namespace mixq::kernels

@@ -8,6 +8,7 @@
 #include <fmt/ranges.h>
 
 #include "mixq/convert/rwkv_layout.h"
+#include "mixq/engine/repack.h"
 #include "mixq/engine/rwkv_ops.h"
 
 namespace mixq {
@@ -143,7 +144,7 @@ void load_rwkv6_layer(const TensorLookup& T, int l, const RwkvHParams& hp, RwkvM
 std::vector<float> decoded(const GgufTensor* t) {
   if (t == nullptr) return {};
   std::vector<float> v(static_cast<size_t>(t->n_elements()));
-  dequantize_rows(t->type->id, t->data, v.data(), t->n_rows(), t->row_length());
+  kernels::dequantize_tensor(*t, v.data());
   return v;
 }
 

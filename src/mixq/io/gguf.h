@@ -104,6 +104,10 @@ struct GgufTensor {
   std::span<const uint8_t> bytes() const { return {data, static_cast<size_t>(nbytes)}; }
 };
 
+// The layout of a tensor's bytes: 0 as the file stores them, else the tag GgufFile::rewrite_tensor
+// gave them (engine/repack.h), for as long as the file's mapping lives.
+inline uint8_t tensor_layout(const GgufTensor& t) { return t.data ? MappedFile::layout_at(t.data) : 0; }
+
 inline constexpr uint32_t kGgufDefaultAlignment = 32;
 inline constexpr int kGgufMaxDims = 4;
 // Metadata key listing the mixq extension types a file uses (absent when it uses none).
@@ -132,6 +136,14 @@ class GgufFile {
   // (no effect for parse()d buffers).
   void drop_pages(const GgufTensor& t) const {
     if (mapping_) mapping_->drop_pages(t.data, static_cast<size_t>(t.nbytes));
+  }
+  // Rewrites a tensor's bytes in place (MappedFile::rewrite: private pages, the file unchanged),
+  // tagging them with `layout` (engine/repack.h's decode layouts; tensor_layout() reads the tag).
+  // Const: what the tensor holds is the same, only its layout changes, and every reader of such
+  // tensors asks tensor_layout(). Returns false, calling nothing, for a parse()d buffer (nothing
+  // to make writable) or a tensor rewritten already.
+  bool rewrite_tensor(const GgufTensor& t, uint8_t layout, const std::function<void(uint8_t*)>& fn) const {
+    return mapping_ && t.nbytes > 0 && mapping_->rewrite(t.data, static_cast<size_t>(t.nbytes), layout, fn);
   }
   // Names of mixq extension types used by the tensors (empty for a file llama.cpp can load).
   std::vector<std::string> extension_types_used() const;

@@ -5,14 +5,36 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
+#include <shared_mutex>
 #include <stdexcept>
+#include <unordered_map>
 #include <utility>
 
 #include <fmt/format.h>
 
 namespace mixq {
+
+namespace {
+
+// Layout tags of every live mapping's rewritten ranges, by first byte (addresses are unique among
+// live mappings; a mapping removes its own on release).
+struct Layouts {
+  std::shared_mutex mu;
+  std::unordered_map<uintptr_t, uint8_t> by_start;
+  std::atomic<size_t> count{0};  // lookups skip the lock while nothing was rewritten
+};
+Layouts& layouts() {
+  static Layouts* l = new Layouts;  // never destroyed: a mapping may outlive static destruction
+  return *l;
+}
+
+uintptr_t page_size() { return static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE)); }
+
+}  // namespace
 
 MappedFile::MappedFile(const std::filesystem::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -40,13 +62,15 @@ MappedFile::MappedFile(const std::filesystem::path& path) {
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
-    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)),
+      rewritten_(std::exchange(other.rewritten_, {})) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
     release();
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    rewritten_ = std::exchange(other.rewritten_, {});
   }
   return *this;
 }
@@ -54,14 +78,59 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
 MappedFile::~MappedFile() { release(); }
 
 void MappedFile::drop_pages(const void* p, size_t n) const {
-  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t page = page_size();
   const auto begin = reinterpret_cast<uintptr_t>(p);
   const uintptr_t first = (begin + page - 1) / page * page;  // only whole pages inside the range
   const uintptr_t last = (begin + n) / page * page;
-  if (data_ && last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  if (!data_ || last <= first) return;
+  for (const auto& [b, e] : rewritten_) {
+    if (b < last + page && e + page > first) return;  // a rewritten range's pages stay
+  }
+  ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
+bool MappedFile::rewrite(const void* p, size_t n, uint8_t layout, const std::function<void(uint8_t*)>& fn) {
+  const auto begin = reinterpret_cast<uintptr_t>(p), base = reinterpret_cast<uintptr_t>(data_);
+  if (data_ == nullptr || begin < base || begin + n > base + size_ || layout == 0) {
+    throw std::invalid_argument("MappedFile::rewrite: the range is not inside the mapping");
+  }
+  // One rewrite at a time, process-wide (they happen at load): the check and the rewrite are one.
+  Layouts& l = layouts();
+  const std::unique_lock lock(l.mu);
+  if (l.by_start.contains(begin)) return false;
+  const uintptr_t page = page_size(), first = begin / page * page, last = (begin + n + page - 1) / page * page;
+  if (::mprotect(reinterpret_cast<void*>(first), last - first, PROT_READ | PROT_WRITE) != 0) {
+    throw std::runtime_error(fmt::format("cannot make mapped pages writable: {}", std::strerror(errno)));
+  }
+  try {
+    fn(reinterpret_cast<uint8_t*>(begin));
+  } catch (...) {
+    ::mprotect(reinterpret_cast<void*>(first), last - first, PROT_READ);
+    throw;
+  }
+  ::mprotect(reinterpret_cast<void*>(first), last - first, PROT_READ);
+  rewritten_.emplace_back(begin, begin + n);
+  l.by_start[begin] = layout;
+  l.count = l.by_start.size();
+  return true;
+}
+
+uint8_t MappedFile::layout_at(const void* p) {
+  Layouts& l = layouts();
+  if (l.count.load(std::memory_order_relaxed) == 0) return 0;
+  const std::shared_lock lock(l.mu);
+  const auto it = l.by_start.find(reinterpret_cast<uintptr_t>(p));
+  return it == l.by_start.end() ? 0 : it->second;
 }
 
 void MappedFile::release() {
+  if (!rewritten_.empty()) {
+    Layouts& l = layouts();
+    const std::unique_lock lock(l.mu);
+    for (const auto& r : rewritten_) l.by_start.erase(r.first);
+    l.count = l.by_start.size();
+  }
+  rewritten_.clear();
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
   data_ = nullptr;
   size_ = 0;

@@ -1,10 +1,19 @@
 // A read-only memory mapping of a whole file: tensor data is read in place, never copied.
+//
+// Rewriting in place (rewrite): a range's pages are made writable for one callback, then read-only
+// again. The mapping is private, so the pages written become this process's own (copy-on-write:
+// anonymous memory in place of the file's page cache pages, the same resident size) and the file
+// is never changed. The range keeps a layout tag (the engine's decode layouts, engine/repack.h)
+// that layout_at() answers for its first byte, from any thread, for as long as the mapping lives.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <span>
+#include <utility>
+#include <vector>
 
 namespace mixq {
 
@@ -23,13 +32,24 @@ class MappedFile {
   // Tells the kernel the pages of [p, p + n) are not needed any more: they leave this process's
   // resident memory and are read again from the file if touched. Streaming passes call it so
   // their footprint stays one tensor, not the whole model.
+  // Rewritten ranges keep their pages (dropping them would bring the file's bytes back).
   void drop_pages(const void* p, size_t n) const;
   size_t size() const { return size_; }
+
+  // Calls fn with [p, p + n) (inside the mapping) writable, then records `layout` (non-zero) for
+  // p; returns false, calling nothing, when p has a layout already (rewrites are serialized, so
+  // two loads of one file rewrite a range once). Throws std::runtime_error when the pages cannot
+  // be made writable (the range then keeps the file's bytes).
+  bool rewrite(const void* p, size_t n, uint8_t layout, const std::function<void(uint8_t*)>& fn);
+  // The layout tag recorded for a range starting at p by any live mapping's rewrite, or 0 (the
+  // file's bytes) for any other address.
+  static uint8_t layout_at(const void* p);
 
  private:
   void release();
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  std::vector<std::pair<uintptr_t, uintptr_t>> rewritten_;  // [begin, end) of each rewrite
 };
 
 }  // namespace mixq

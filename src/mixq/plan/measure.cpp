@@ -12,6 +12,7 @@
 
 #include "mixq/calib/imatrix_collect.h"
 #include "mixq/engine/registry.h"
+#include "mixq/engine/repack.h"
 #include "mixq/eval/chunks.h"
 #include "mixq/eval/scores.h"
 #include "mixq/formats/half.h"
@@ -495,7 +496,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     tm.index = static_cast<int>(file_index);
     const int64_t n = t.row_length(), rows = t.n_rows();
     std::vector<float> x(static_cast<size_t>(rows * n));
-    dequantize_rows(t.type->id, t.data, x.data(), rows, n);
+    kernels::dequantize_tensor(t, x.data());  // the model may have interleaved t
     const float* imp = importance_of(opts.imatrix, t.name, n);
     // Outlier candidates: the columns quantize --outliers would keep (chosen once per tensor, on
     // every row).
@@ -554,7 +555,7 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
     const CandidateMeasure& cand = p.tm.candidates[static_cast<size_t>(c)];
     const int64_t n = t.row_length(), rows = t.n_rows();
     std::vector<float> x(static_cast<size_t>(rows * n));
-    dequantize_rows(t.type->id, t.data, x.data(), rows, n);
+    kernels::dequantize_tensor(t, x.data());  // the model may have interleaved t
     quantize_and_measure(x.data(), rows, n, {{cand.type, false}}, importance_of(opts.imatrix, t.name, n), pool,
                          &out.bytes, {});
     out.view = t;
@@ -710,7 +711,10 @@ Measurement measure_model(const GgufFile& file, const Model& model, const Tokeni
 
 Measurement measure_file(const GgufFile& file, const std::string& calibration_text, MeasureOptions opts,
                          int imatrix_chunks, ImportanceMatrix* collected) {
-  const std::unique_ptr<Model> loaded = load_model(file);
+  // Measurement evaluates batches only (prefill's panel path reads rows unpacked): the decode
+  // layouts would buy nothing, so the mapping keeps the file's layout (quantize --target-*
+  // quantizes from this same mapping next, which also copes with interleaved matrices).
+  const std::unique_ptr<Model> loaded = load_model(file, false);
   const Model& model = *loaded;
   const Tokenizer tok = Tokenizer::from_gguf(file);
   ImportanceMatrix local;

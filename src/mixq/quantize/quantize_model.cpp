@@ -10,6 +10,7 @@
 
 #include <re2/re2.h>
 
+#include "mixq/engine/repack.h"
 #include "mixq/formats/half.h"
 #include "mixq/io/outlier_columns.h"
 #include "mixq/policy/presets.h"
@@ -273,7 +274,18 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
   for (size_t i = 0; i < rep.plans.size(); ++i) {
     if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
     const TensorPlan& p = rep.plans[i];
-    const GgufTensor& t = in.tensors()[i];
+    // A matrix a model of this mapping interleaved for decode (engine/repack.h; quantize
+    // --target-* measures on the file it quantizes): read as the file stores it.
+    GgufTensor unpacked;
+    std::vector<uint8_t> unpacked_bytes;
+    if (kernels::interleaved(in.tensors()[i])) {
+      unpacked = in.tensors()[i];
+      unpacked_bytes.resize(static_cast<size_t>(unpacked.nbytes));
+      kernels::unpack_rows(unpacked.type->id, unpacked.data, unpacked.n_rows(), unpacked.row_length(), 0, unpacked.n_rows(),
+                           unpacked_bytes.data());
+      unpacked.data = unpacked_bytes.data();
+    }
+    const GgufTensor& t = unpacked_bytes.empty() ? in.tensors()[i] : unpacked;
     if (p.type == t.type->id) {
       w.write_tensor_data(t.bytes());  // kept as stored: copied straight from the mapping
     } else {
@@ -345,7 +357,7 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
         w.write_tensor_data({reinterpret_cast<const uint8_t*>(vals.data()), vals.size() * sizeof(uint16_t)});
       }
     }
-    in.drop_pages(t);
+    in.drop_pages(in.tensors()[i]);
     if (opts.on_progress) {
       opts.on_progress({i + 1, rep.plans.size(), &p,
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
