@@ -9,11 +9,13 @@
 // with u = time_mix_first, and y -> GroupNorm per head (eps 64e-5, fixed in llama.cpp's graph) with
 // time_mix_ln -> * g -> output @ y. time_mix_w2 [d_mix, n_embd, 5] is five matrices one after
 // another in the file; each product reads its rows in place (a view), so any weight type works.
+#include "mixq/engine/repack.h"
 #include "mixq/engine/rwkv_model.h"
 #include "mixq/engine/rwkv_ops.h"
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 namespace mixq {
 
@@ -36,6 +38,9 @@ void RwkvContext::time_mix_v6(int l, int n) {
   for (float& z : low_) z = std::tanh(z);
   // A product may be overridden (measurement probes): the views read the tensor actually in use.
   const GgufTensor& w2 = mm_.resolve(*L.ddlerp_w2);
+  // The views below read rows in the file's layout: a three-dimensional tensor is never interleaved
+  // in place (kernels::interleave_in_place takes matrices only), and this says so if that changes.
+  if (kernels::interleaved(w2)) throw std::logic_error("rwkv6: time_mix_w2 is interleaved; its views need the file's layout");
   const size_t part_bytes = static_cast<size_t>(w2.type->row_bytes(hp.d_mix)) * E;
   std::vector<float>* mixed[5] = {&xw_, &xk_, &xv_, &xr_, &xg_};
   low2_.resize(un * X);
