@@ -306,6 +306,13 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
       pool.parallel_for(chunks, [&](int64_t c) {
         if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
         const int64_t r0 = c * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
+        // The chunk's rows in one call where that writes the same bytes (TypeTraits::block_local).
+        if (to.block_local && from.id == TypeId::F32 && cols.empty() && !calibrated &&
+            importance_for(opts.imatrix, t, r0) == nullptr) {
+          to.quantize_row(reinterpret_cast<const float*>(t.data + static_cast<size_t>(r0) * in_row),
+                          buffer.data() + static_cast<size_t>(r0) * out_row, n * (r1 - r0), nullptr);
+          return;
+        }
         for (int64_t r = r0; r < r1; ++r) {
           const uint8_t* src = t.data + static_cast<size_t>(r) * in_row;
           const float* x;
