@@ -361,10 +361,19 @@ struct Double16 {
 // The reference's least_squares_scale over 16 transposed blocks for NC candidates at once (their
 // inverse scales is[c]; side by side so that their long add chains overlap): the double sums
 // a = sum w x l and b = sum w l^2 per block.
+// Without importance (kUnit) b is the sum of the 32 squared codes: integers of at most 128^2 =
+// 2^14, so every partial sum, the reference's float lanes and its double sum as well as any other
+// order in float, is an integer below 32 * 2^14 = 2^19 < 2^24 and exact. b is then summed in float
+// in whatever order is cheapest (one chain per lane position, then a tree) and widened once: the
+// same double as the reference's.
 template <bool kUnit, int NC>
 MIXQ_SEARCH_AVX512 inline void sums_16_blocks(const __m512* xt, const __m512* wt, const __m512* wxt, const __m512* is,
                                               __m512 vlo, __m512 vhi, Double16* a, Double16* b) {
-  for (int n = 0; n < NC; ++n) a[n].lo = a[n].hi = b[n].lo = b[n].hi = _mm512_setzero_pd();
+  __m512 sq_unit[NC][2];
+  for (int n = 0; n < NC; ++n) {
+    a[n].lo = a[n].hi = b[n].lo = b[n].hi = _mm512_setzero_pd();
+    sq_unit[n][0] = sq_unit[n][1] = _mm512_setzero_ps();
+  }
   for (int k = 0; k < 8; ++k) {
     for (int n = 0; n < NC; ++n) {
       __m512 sx = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
@@ -372,14 +381,27 @@ MIXQ_SEARCH_AVX512 inline void sums_16_blocks(const __m512* xt, const __m512* wt
         const int i = 8 * c + k;
         const __m512 l = round_for_sums(clamp_ref(_mm512_mul_ps(xt[i], is[n]), vlo, vhi));
         const __m512 px = _mm512_mul_ps(kUnit ? xt[i] : wxt[i], l);
-        const __m512 pq = _mm512_mul_ps(kUnit ? l : _mm512_mul_ps(wt[i], l), l);
         sx = c == 0 ? px : _mm512_add_ps(sx, px);
-        sq = c == 0 ? pq : _mm512_add_ps(sq, pq);
+        if constexpr (kUnit) {
+          sq_unit[n][c & 1] = _mm512_add_ps(sq_unit[n][c & 1], _mm512_mul_ps(l, l));
+        } else {
+          const __m512 pq = _mm512_mul_ps(_mm512_mul_ps(wt[i], l), l);
+          sq = c == 0 ? pq : _mm512_add_ps(sq, pq);
+        }
       }
       a[n].lo = _mm512_add_pd(a[n].lo, lo_pd(sx));
       a[n].hi = _mm512_add_pd(a[n].hi, hi_pd(sx));
-      b[n].lo = _mm512_add_pd(b[n].lo, lo_pd(sq));
-      b[n].hi = _mm512_add_pd(b[n].hi, hi_pd(sq));
+      if constexpr (!kUnit) {
+        b[n].lo = _mm512_add_pd(b[n].lo, lo_pd(sq));
+        b[n].hi = _mm512_add_pd(b[n].hi, hi_pd(sq));
+      }
+    }
+  }
+  if constexpr (kUnit) {
+    for (int n = 0; n < NC; ++n) {
+      const __m512 sq = _mm512_add_ps(sq_unit[n][0], sq_unit[n][1]);
+      b[n].lo = lo_pd(sq);
+      b[n].hi = hi_pd(sq);
     }
   }
 }
@@ -516,8 +538,15 @@ MIXQ_SEARCH_AVX512 void fit_scale_row_avx512(const float* x, const float* w, int
   const int64_t blocks = n / 32;
   thread_local std::vector<BlockSeed> seeds;
   if (static_cast<int64_t>(seeds.size()) < blocks) seeds.resize(static_cast<size_t>(blocks));
-  if (w == nullptr || all_ones(w, n)) {
+  const bool unit = w == nullptr || all_ones(w, n);
+  // The unit-weight path's exact integer sum of squares needs codes of at most 128 in magnitude
+  // (every legacy type's); wider grids would take the weighted path with weights of 1.
+  if (unit && lo >= -128 && hi <= 128) {
     fit_scale_row<true>(x, w, blocks, lo, hi, offsets, n_offsets, refine_rounds, q, d, seeds.data());
+  } else if (w == nullptr) {
+    thread_local std::vector<float> ones;
+    ones.assign(static_cast<size_t>(n), 1.0f);
+    fit_scale_row<false>(x, ones.data(), blocks, lo, hi, offsets, n_offsets, refine_rounds, q, d, seeds.data());
   } else {
     fit_scale_row<false>(x, w, blocks, lo, hi, offsets, n_offsets, refine_rounds, q, d, seeds.data());
   }
