@@ -310,11 +310,12 @@ MIXQ_SEARCH_AVX512 void refine_blocks(const float* x, const float* w, const Bloc
 // double sum over lanes 0..7 (from +0, in lane order) a chain of vertical double adds; the seeds'
 // and rounds' "take it if its gain is larger" are masked moves in the same sequence; each block's
 // refinement stops at its own first round without gain (its lane is frozen while the others
-// continue). Two shortcuts, both exact: the float lane sums start at their first product instead
+// continue). Three shortcuts, all exact: the float lane sums start at their first product instead
 // of at +0 (0 + p is p except that -0 becomes +0, and a lane sum that differs only in the sign of
 // a zero gives the same double sum, which starts at +0 and so never is -0 itself: the sign of a
-// zero term never shows), and the codes that only enter sums are rounded by vroundps (its -0 for
-// values in (-0.5, 0) only changes the sign of zero products, likewise invisible). Blocks whose
+// zero term never shows); the codes that only enter sums are rounded by vrndscaleps (round_for_sums:
+// its -0 for values in (-0.5, 0) only changes the sign of zero products, likewise invisible); and
+// without importance the sum of squared codes is formed in any order (sums_16_blocks). Blocks whose
 // largest magnitude is below 1e-20 get d = 0 and zero codes, as in the reference; their lanes
 // compute a meaningless search (exceptions are masked) that is never used.
 MIXQ_SEARCH_AVX512 inline void transpose_8x8(__m256 r[8]) {
