@@ -31,7 +31,7 @@ results=$(mktemp)
 trap 'rm -f "$out_l" "$out_m" "$results"' EXIT
 
 echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores; load at start:$(uptime | sed 's/.*load average://')"
-echo "model: $model ($(stat -c %s "$model") bytes); mixq $mixq at $(git rev-parse --short HEAD 2>/dev/null || echo '?') (searches: ${MIXQ_KERNELS:-best}); llama-quantize: $llama_quantize"
+echo "model: $model ($(stat -L -c %s "$model") bytes); mixq $mixq at $(git rev-parse --short HEAD 2>/dev/null || echo '?') (searches: ${MIXQ_KERNELS:-best}); llama-quantize: $llama_quantize"
 cat "$model" >/dev/null  # both runs read it from the page cache
 
 # measure OUT COMMAND...: "wall cpu" seconds of COMMAND (cpu = user + system), output discarded.

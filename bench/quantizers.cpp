@@ -2,7 +2,8 @@
 // 4096 N(0, 0.02) values (the shape of the golden vectors), with and without importance weights.
 // quantize/ and quantize_imatrix/ run the searches this CPU runs best (formats/search_isa.h: AVX-512
 // where available); quantize_reference/ the portable reference searches, for the per-type speed-up
-// in one run (both write the same bytes: tests/unit/test_search_simd.cpp).
+// in one run (both write the same bytes: tests/unit/test_search_simd.cpp). quantize_576_*: rows of
+// SmolLM2's width, row by row and (block-local types) in one call.
 // Run: build/bench/mixq_bench_quantizers [--benchmark_filter=q4_K]
 #include <random>
 #include <vector>
@@ -54,6 +55,24 @@ void quantize(benchmark::State& state, mixq::TypeId type, bool with_importance, 
                                             : isa));
 }
 
+// SmolLM2's row width (576 = 18 blocks of 32, no multiple of the legacy search's 16-block groups):
+// 57 rows one call each (quantize_rows, as with importance weights), or, for the block-local
+// types, in one call (as quantize_model hands them a chunk of rows without importance).
+void quantize_576(benchmark::State& state, mixq::TypeId type, bool one_call) {
+  constexpr int64_t kWidth = 576, kRows576 = 57;
+  const auto& t = mixq::type_traits(type);
+  std::vector<uint8_t> q(t.row_bytes(kWidth) * kRows576);
+  for (auto _ : state) {
+    if (one_call) {
+      t.quantize_row(input().data(), q.data(), kWidth * kRows576, nullptr);
+    } else {
+      mixq::quantize_rows(type, input().data(), q.data(), kRows576, kWidth, nullptr);
+    }
+    benchmark::DoNotOptimize(q.data());
+  }
+  state.SetItemsProcessed(state.iterations() * kRows576 * kWidth);
+}
+
 void dequantize(benchmark::State& state, mixq::TypeId type) {
   const auto& t = mixq::type_traits(type);
   std::vector<uint8_t> q(t.row_bytes(kCols) * kRows);
@@ -79,6 +98,10 @@ const bool registered = [] {
     benchmark::RegisterBenchmark(("quantize_reference/" + name).c_str(), quantize, t.id, false,
                                  mixq::search::Isa::scalar);
     benchmark::RegisterBenchmark(("dequantize/" + name).c_str(), dequantize, t.id);
+    if (t.block_size == 32) {
+      benchmark::RegisterBenchmark(("quantize_576_per_row/" + name).c_str(), quantize_576, t.id, false);
+      if (t.block_local) benchmark::RegisterBenchmark(("quantize_576_one_call/" + name).c_str(), quantize_576, t.id, true);
+    }
   }
   return true;
 }();

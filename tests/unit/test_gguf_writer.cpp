@@ -77,6 +77,34 @@ TEST(GgufWriter, CustomAlignmentAndTensorData) {
   EXPECT_EQ(fs::file_size(dir / "t.gguf") % 64, 0u);  // padded after the last tensor, as GGML does
 }
 
+// A tensor written in parts (quantize_model's slices) lays out the same file as written whole.
+TEST(GgufWriter, TensorDataInPartsEqualsWhole) {
+  const auto dir = fresh_dir("writer-parts");
+  std::vector<uint8_t> a(18 * 3), b(4 * 5, 9);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<uint8_t>(i);
+  {
+    GgufWriter w(dir / "whole.gguf", 64);
+    w.add_tensor("a", {32, 3}, TypeId::Q4_0);
+    w.add_tensor("b", {5}, TypeId::F32);
+    w.write_tensor_data(a);
+    w.write_tensor_data(b);
+    w.finish();
+  }
+  {
+    GgufWriter w(dir / "parts.gguf", 64);
+    w.add_tensor("a", {32, 3}, TypeId::Q4_0);
+    w.add_tensor("b", {5}, TypeId::F32);
+    w.write_tensor_part({a.data(), 18});
+    w.write_tensor_part({a.data() + 18, 0});
+    EXPECT_THROW(w.write_tensor_data(b), GgufError);  // "a" is half written
+    w.write_tensor_part({a.data() + 18, 36});
+    EXPECT_THROW(w.write_tensor_part(std::vector<uint8_t>(21)), GgufError);  // past the end of "b"
+    w.write_tensor_part(b);
+    w.finish();
+  }
+  EXPECT_EQ(test::read_raw<uint8_t>(dir / "whole.gguf"), test::read_raw<uint8_t>(dir / "parts.gguf"));
+}
+
 TEST(GgufWriter, SizingOnlyLaysOutTheSameFileAndWritesNothing) {
   const auto dir = fresh_dir("writer-sizing");
   const auto declare = [](GgufWriter& w) {

@@ -125,6 +125,33 @@ TEST(SearchSimd, OddBlockCountsMatchTheReference) {
   search::set_isa(before);
 }
 
+// TypeTraits::block_local: one call over many rows writes what one call per row writes, with either
+// search (quantize_model hands such types whole chunks of rows).
+TEST(SearchSimd, BlockLocalTypesQuantizeManyRowsAsOne) {
+  const search::Isa before = search::isa();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  const int64_t cols = 576, rows = 7;  // 18 blocks a row: 126 blocks in one call
+  std::vector<float> x(static_cast<size_t>(rows * cols));
+  for (auto& v : x) v = normal(rng);
+  for (size_t i = 0; i < x.size(); i += 97) x[i] *= 50.0f;
+  int checked = 0;
+  for (const auto& t : all_types()) {
+    if (!t.block_local) continue;
+    for (const search::Isa isa : {search::Isa::scalar, search::Isa::avx512}) {
+      search::set_isa(isa);
+      const size_t bytes = t.row_bytes(cols) * static_cast<size_t>(rows);
+      std::vector<uint8_t> per_row(bytes), at_once(bytes);
+      quantize_rows(t.id, x.data(), per_row.data(), rows, cols, nullptr);
+      t.quantize_row(x.data(), at_once.data(), rows * cols, nullptr);
+      EXPECT_EQ(per_row, at_once) << t.name << " (" << search::isa_name(isa) << ")";
+      ++checked;
+    }
+  }
+  search::set_isa(before);
+  EXPECT_GE(checked, 6);
+}
+
 TEST(SearchSimd, ForcingTheReferenceSticks) {
   const search::Isa before = search::isa();
   search::set_isa(search::Isa::scalar);

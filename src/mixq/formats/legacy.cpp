@@ -99,12 +99,15 @@ bool fit_scale_rows_avx512(const float* x, int64_t n, const float* importance, i
   // Per thread and reused: rows of one tensor are all the same length.
   thread_local std::vector<float> w, d;
   thread_local std::vector<int> q;
-  w.resize(static_cast<size_t>(blocks * kBlock));
-  q.resize(w.size());
+  if (importance != nullptr) w.resize(static_cast<size_t>(blocks * kBlock));
+  q.resize(static_cast<size_t>(blocks * kBlock));
   d.resize(static_cast<size_t>(blocks));
-  for (int64_t b = 0; b < blocks; ++b) block_weights(importance, b * kBlock, kBlock, w.data() + b * kBlock);
-  search::fit_scale_row_avx512(x, w.data(), blocks * kBlock, lo, hi, offsets.data(), static_cast<int>(offsets.size()),
-                               kRefineRounds, q.data(), d.data());
+  // Without importance every weight is 1 (block_weights): the search is told so by a null w.
+  if (importance != nullptr) {
+    for (int64_t b = 0; b < blocks; ++b) block_weights(importance, b * kBlock, kBlock, w.data() + b * kBlock);
+  }
+  search::fit_scale_row_avx512(x, importance != nullptr ? w.data() : nullptr, blocks * kBlock, lo, hi, offsets.data(),
+                               static_cast<int>(offsets.size()), kRefineRounds, q.data(), d.data());
   for (int64_t b = 0; b < blocks; ++b) store(b, d[static_cast<size_t>(b)], q.data() + b * kBlock);
   return true;
 }

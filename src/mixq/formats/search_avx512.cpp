@@ -140,7 +140,7 @@ MIXQ_SEARCH_AVX512 SeedChoice seed_search_32(const float* x, const float* w, flo
   // each duplicated in both halves of a register so two candidates run side by side.
   __m512 xc[4], wc[4], wxc[4];
   for (int c = 0; c < 4; ++c) {
-    const __m256 x8 = _mm256_loadu_ps(x + 8 * c), w8 = _mm256_loadu_ps(w + 8 * c);
+    const __m256 x8 = _mm256_loadu_ps(x + 8 * c), w8 = kUnit ? x8 : _mm256_loadu_ps(w + 8 * c);
     xc[c] = _mm512_broadcast_f32x8(x8);
     wc[c] = _mm512_broadcast_f32x8(w8);
     wxc[c] = _mm512_broadcast_f32x8(_mm256_mul_ps(w8, x8));
@@ -233,8 +233,9 @@ MIXQ_SEARCH_AVX512 void refine_blocks(const float* x, const float* w, const Bloc
   // Chunk c of the B blocks: values 8c..8c+7 of block k in half k.
   __m512 xc[4], wc[4], wxc[4];
   for (int c = 0; c < 4; ++c) {
-    const __m256 x0 = _mm256_loadu_ps(x + 8 * c), w0 = _mm256_loadu_ps(w + 8 * c);
-    const __m256 x1 = B == 2 ? _mm256_loadu_ps(x + 32 + 8 * c) : x0, w1 = B == 2 ? _mm256_loadu_ps(w + 32 + 8 * c) : w0;
+    const __m256 x0 = _mm256_loadu_ps(x + 8 * c), w0 = kUnit ? x0 : _mm256_loadu_ps(w + 8 * c);
+    const __m256 x1 = B == 2 ? _mm256_loadu_ps(x + 32 + 8 * c) : x0;
+    const __m256 w1 = kUnit ? x1 : B == 2 ? _mm256_loadu_ps(w + 32 + 8 * c) : w0;
     xc[c] = _mm512_insertf32x8(_mm512_castps256_ps512(x0), x1, 1);
     wc[c] = _mm512_insertf32x8(_mm512_castps256_ps512(w0), w1, 1);
     wxc[c] = _mm512_mul_ps(wc[c], xc[c]);
@@ -302,17 +303,233 @@ MIXQ_SEARCH_AVX512 void refine_blocks(const float* x, const float* w, const Bloc
   }
 }
 
+// fit_scale for 16 blocks at once, transposed: block j in lane j of every register, so that each
+// of the reference's operations is one vertical instruction over the 16 blocks and no reduction
+// crosses lanes. The reference's float lane k (values k, k + 8, k + 16, k + 24 of a block,
+// accumulated in that order) is a chain of vertical adds over those four positions, and its
+// double sum over lanes 0..7 (from +0, in lane order) a chain of vertical double adds; the seeds'
+// and rounds' "take it if its gain is larger" are masked moves in the same sequence; each block's
+// refinement stops at its own first round without gain (its lane is frozen while the others
+// continue). Three shortcuts, all exact: the float lane sums start at their first product instead
+// of at +0 (0 + p is p except that -0 becomes +0, and a lane sum that differs only in the sign of
+// a zero gives the same double sum, which starts at +0 and so never is -0 itself: the sign of a
+// zero term never shows); the codes that only enter sums are rounded by vrndscaleps (round_for_sums:
+// its -0 for values in (-0.5, 0) only changes the sign of zero products, likewise invisible); and
+// without importance the sum of squared codes is formed in any order (sums_16_blocks). Blocks whose
+// largest magnitude is below 1e-20 get d = 0 and zero codes, as in the reference; their lanes
+// compute a meaningless search (exceptions are masked) that is never used.
+MIXQ_SEARCH_AVX512 inline void transpose_8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Value i (0..31) of 8 consecutive blocks of 32, lane j = block j: out[i].
+MIXQ_SEARCH_AVX512 inline void transpose_8_blocks(const float* x, __m256* out) {
+  for (int c = 0; c < 4; ++c) {
+    __m256* r = out + 8 * c;
+    for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(x + 32 * j + 8 * c);
+    transpose_8x8(r);
+  }
+}
+
+// Value i (0..31) of 16 consecutive blocks of 32, lane j = block j: out[i].
+MIXQ_SEARCH_AVX512 inline void transpose_16_blocks(const float* x, __m512* out) {
+  __m256 lo[32], hi[32];
+  transpose_8_blocks(x, lo);
+  transpose_8_blocks(x + 8 * 32, hi);
+  for (int i = 0; i < 32; ++i) out[i] = _mm512_insertf32x8(_mm512_castps256_ps512(lo[i]), hi[i], 1);
+}
+
+// Doubles of 16 blocks: blocks 0..7 in lo, 8..15 in hi.
+struct Double16 {
+  __m512d lo, hi;
+};
+
+// The reference's least_squares_scale over 16 transposed blocks for NC candidates at once (their
+// inverse scales is[c]; side by side so that their long add chains overlap): the double sums
+// a = sum w x l and b = sum w l^2 per block.
+// Without importance (kUnit) b is the sum of the 32 squared codes: integers of at most 128^2 =
+// 2^14, so every partial sum, the reference's float lanes and its double sum as well as any other
+// order in float, is an integer below 32 * 2^14 = 2^19 < 2^24 and exact. b is then summed in float
+// in whatever order is cheapest (one chain per lane position, then a tree) and widened once: the
+// same double as the reference's.
+template <bool kUnit, int NC>
+MIXQ_SEARCH_AVX512 inline void sums_16_blocks(const __m512* xt, const __m512* wt, const __m512* wxt, const __m512* is,
+                                              __m512 vlo, __m512 vhi, Double16* a, Double16* b) {
+  __m512 sq_unit[NC][2];
+  for (int n = 0; n < NC; ++n) {
+    a[n].lo = a[n].hi = b[n].lo = b[n].hi = _mm512_setzero_pd();
+    sq_unit[n][0] = sq_unit[n][1] = _mm512_setzero_ps();
+  }
+  for (int k = 0; k < 8; ++k) {
+    for (int n = 0; n < NC; ++n) {
+      __m512 sx = _mm512_setzero_ps(), sq = _mm512_setzero_ps();
+      for (int c = 0; c < 4; ++c) {
+        const int i = 8 * c + k;
+        const __m512 l = round_for_sums(clamp_ref(_mm512_mul_ps(xt[i], is[n]), vlo, vhi));
+        const __m512 px = _mm512_mul_ps(kUnit ? xt[i] : wxt[i], l);
+        sx = c == 0 ? px : _mm512_add_ps(sx, px);
+        if constexpr (kUnit) {
+          sq_unit[n][c & 1] = _mm512_add_ps(sq_unit[n][c & 1], _mm512_mul_ps(l, l));
+        } else {
+          const __m512 pq = _mm512_mul_ps(_mm512_mul_ps(wt[i], l), l);
+          sq = c == 0 ? pq : _mm512_add_ps(sq, pq);
+        }
+      }
+      a[n].lo = _mm512_add_pd(a[n].lo, lo_pd(sx));
+      a[n].hi = _mm512_add_pd(a[n].hi, hi_pd(sx));
+      if constexpr (!kUnit) {
+        b[n].lo = _mm512_add_pd(b[n].lo, lo_pd(sq));
+        b[n].hi = _mm512_add_pd(b[n].hi, hi_pd(sq));
+      }
+    }
+  }
+  if constexpr (kUnit) {
+    for (int n = 0; n < NC; ++n) {
+      const __m512 sq = _mm512_add_ps(sq_unit[n][0], sq_unit[n][1]);
+      b[n].lo = lo_pd(sq);
+      b[n].hi = hi_pd(sq);
+    }
+  }
+}
+
+// The best candidate so far per block (the reference's ScaleCandidate: gain -1, scale 0 at first).
+struct Best16 {
+  Double16 gain, scale;
+};
+
+// One candidate's sums: where its sum of squares is positive (!(b <= 0)), gain a^2 / b and scale
+// a / b, else -1 and 0; taken in the lanes of `lanes` whose gain beats the best (NaN never does).
+// Returns the lanes that took it.
+MIXQ_SEARCH_AVX512 inline __mmask8 take_half(__m512d a, __m512d b, __mmask8 lanes, __m512d& gain, __m512d& scale) {
+  const __m512d zero = _mm512_setzero_pd();
+  const __mmask8 ok = _mm512_cmp_pd_mask(b, zero, _CMP_NLE_UQ);
+  const __m512d g = _mm512_mask_div_pd(_mm512_set1_pd(-1.0), ok, _mm512_mul_pd(a, a), b);
+  const __m512d s = _mm512_mask_div_pd(zero, ok, a, b);
+  const __mmask8 take = lanes & _mm512_cmp_pd_mask(g, gain, _CMP_GT_OQ);
+  gain = _mm512_mask_mov_pd(gain, take, g);
+  scale = _mm512_mask_mov_pd(scale, take, s);
+  return take;
+}
+MIXQ_SEARCH_AVX512 inline __mmask16 take16(const Double16& a, const Double16& b, __mmask16 lanes, Best16& best) {
+  const __mmask8 lo = take_half(a.lo, b.lo, static_cast<__mmask8>(lanes), best.gain.lo, best.scale.lo);
+  const __mmask8 hi = take_half(a.hi, b.hi, static_cast<__mmask8>(lanes >> 8), best.gain.hi, best.scale.hi);
+  return static_cast<__mmask16>(lo | static_cast<unsigned>(hi) << 8);
+}
+
+// float(1.0 / scale) per block, as the reference's refinement rounds compute their inverse scale.
+MIXQ_SEARCH_AVX512 inline __m512 inverse_scale16(const Double16& scale) {
+  const __m512d one = _mm512_set1_pd(1.0);
+  const __m256 lo = _mm512_cvtpd_ps(_mm512_div_pd(one, scale.lo)), hi = _mm512_cvtpd_ps(_mm512_div_pd(one, scale.hi));
+  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                            int n_offsets, int refine_rounds, int* q, float* d) {
+  const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+  __m512 xt[32], wt[kUnit ? 1 : 32], wxt[kUnit ? 1 : 32];
+  transpose_16_blocks(x, xt);
+  if constexpr (!kUnit) {
+    transpose_16_blocks(w, wt);
+    for (int i = 0; i < 32; ++i) wxt[i] = _mm512_mul_ps(wt[i], xt[i]);
+  }
+  // The first value of largest magnitude (NaNs never compare larger), as the reference's scan.
+  __m512 amax = _mm512_setzero_ps(), extreme = _mm512_setzero_ps();
+  for (int i = 0; i < 32; ++i) {
+    const __m512 ax = _mm512_abs_ps(xt[i]);
+    const __mmask16 larger = _mm512_cmp_ps_mask(ax, amax, _CMP_GT_OQ);
+    amax = _mm512_mask_mov_ps(amax, larger, ax);
+    extreme = _mm512_mask_mov_ps(extreme, larger, xt[i]);
+  }
+  const __mmask16 tiny = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-20f), _CMP_LT_OQ);
+  const __m512 vlo = _mm512_set1_ps(flo), vhi = _mm512_set1_ps(fhi);
+  Best16 best;
+  best.gain.lo = best.gain.hi = _mm512_set1_pd(-1.0);
+  best.scale.lo = best.scale.hi = _mm512_setzero_pd();
+  // The seeds in the reference's order, two at a time (an odd count's last one alone).
+  __m512 seeds[16];
+  int n = 0;
+  for (const int end : {lo, hi}) {
+    for (int o = 0; o < n_offsets; ++o) {
+      const float num = end < 0 ? static_cast<float>(end) - offsets[o] : static_cast<float>(end) + offsets[o];
+      seeds[n++] = _mm512_div_ps(_mm512_set1_ps(num), extreme);
+    }
+  }
+  int s = 0;
+  for (; s + 1 < n; s += 2) {
+    Double16 a[2], b[2];
+    sums_16_blocks<kUnit, 2>(xt, wt, wxt, seeds + s, vlo, vhi, a, b);
+    take16(a[0], b[0], 0xffff, best);
+    take16(a[1], b[1], 0xffff, best);
+  }
+  if (s < n) {
+    Double16 a, b;
+    sums_16_blocks<kUnit, 1>(xt, wt, wxt, seeds + s, vlo, vhi, &a, &b);
+    take16(a, b, 0xffff, best);
+  }
+  // Rounds while the scale is not 0 (a NaN scale is not 0, as in the reference), each block
+  // leaving at its first round without gain.
+  const __m512d zero = _mm512_setzero_pd();
+  __mmask16 running = static_cast<__mmask16>(
+      ~tiny & (_mm512_cmp_pd_mask(best.scale.lo, zero, _CMP_NEQ_UQ) |
+               static_cast<unsigned>(_mm512_cmp_pd_mask(best.scale.hi, zero, _CMP_NEQ_UQ)) << 8));
+  for (int round = 0; round < refine_rounds && running != 0; ++round) {
+    const __m512 is = inverse_scale16(best.scale);
+    Double16 a, b;
+    sums_16_blocks<kUnit, 1>(xt, wt, wxt, &is, vlo, vhi, &a, &b);
+    running = take16(a, b, running, best);
+  }
+  alignas(64) float s32[16];
+  _mm256_store_ps(s32, _mm512_cvtpd_ps(best.scale.lo));
+  _mm256_store_ps(s32 + 8, _mm512_cvtpd_ps(best.scale.hi));
+  for (int j = 0; j < 16; ++j) {
+    if ((tiny >> j) & 1) {
+      std::memset(q + 32 * j, 0, 32 * sizeof(int));
+      d[j] = 0;
+      continue;
+    }
+    d[j] = round_fp16(s32[j]);
+    const __m512 id = _mm512_set1_ps(d[j] != 0 ? 1.0f / d[j] : 0.0f);
+    for (int h = 0; h < 2; ++h) {
+      const __m512 v = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j + 16 * h), id), vlo, vhi));
+      _mm512_storeu_si512(q + 32 * j + 16 * h, _mm512_cvttps_epi32(v));
+    }
+  }
+}
+
 template <bool kUnit>
 MIXQ_SEARCH_AVX512 void fit_scale_row(const float* x, const float* w, int64_t blocks, int lo, int hi,
                                       const float* offsets, int n_offsets, int refine_rounds, int* q, float* d,
                                       BlockSeed* seeds) {
-  // All seeds first: independent blocks whose long reductions overlap, then the rounds in pairs.
-  for (int64_t b = 0; b < blocks; ++b) seeds[b] = seed_block<kUnit>(x + 32 * b, w + 32 * b, lo, hi, offsets, n_offsets);
-  int64_t b = 0;
-  for (; b + 1 < blocks; b += 2) {
-    refine_blocks<2, kUnit>(x + 32 * b, w + 32 * b, seeds + b, lo, hi, refine_rounds, q + 32 * b, d + b);
+  // Groups of 16 blocks transposed; the rest: all seeds first (independent blocks whose long
+  // reductions overlap), then the rounds in pairs. Without importance w is not read (may be null).
+  int64_t b0 = 0;
+  for (; b0 + 16 <= blocks; b0 += 16) {
+    fit_scale_16_blocks<kUnit>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets, refine_rounds,
+                              q + 32 * b0, d + b0);
   }
-  if (b < blocks) refine_blocks<1, kUnit>(x + 32 * b, w + 32 * b, seeds + b, lo, hi, refine_rounds, q + 32 * b, d + b);
+  const auto wb = [&](int64_t b) { return kUnit ? nullptr : w + 32 * b; };
+  for (int64_t b = b0; b < blocks; ++b) seeds[b] = seed_block<kUnit>(x + 32 * b, wb(b), lo, hi, offsets, n_offsets);
+  int64_t b = b0;
+  for (; b + 1 < blocks; b += 2) {
+    refine_blocks<2, kUnit>(x + 32 * b, wb(b), seeds + b, lo, hi, refine_rounds, q + 32 * b, d + b);
+  }
+  if (b < blocks) refine_blocks<1, kUnit>(x + 32 * b, wb(b), seeds + b, lo, hi, refine_rounds, q + 32 * b, d + b);
 }
 
 }  // namespace
@@ -322,8 +539,15 @@ MIXQ_SEARCH_AVX512 void fit_scale_row_avx512(const float* x, const float* w, int
   const int64_t blocks = n / 32;
   thread_local std::vector<BlockSeed> seeds;
   if (static_cast<int64_t>(seeds.size()) < blocks) seeds.resize(static_cast<size_t>(blocks));
-  if (all_ones(w, n)) {
+  const bool unit = w == nullptr || all_ones(w, n);
+  // The unit-weight path's exact integer sum of squares needs codes of at most 128 in magnitude
+  // (every legacy type's); wider grids would take the weighted path with weights of 1.
+  if (unit && lo >= -128 && hi <= 128) {
     fit_scale_row<true>(x, w, blocks, lo, hi, offsets, n_offsets, refine_rounds, q, d, seeds.data());
+  } else if (w == nullptr) {
+    thread_local std::vector<float> ones;
+    ones.assign(static_cast<size_t>(n), 1.0f);
+    fit_scale_row<false>(x, ones.data(), blocks, lo, hi, offsets, n_offsets, refine_rounds, q, d, seeds.data());
   } else {
     fit_scale_row<false>(x, w, blocks, lo, hi, offsets, n_offsets, refine_rounds, q, d, seeds.data());
   }

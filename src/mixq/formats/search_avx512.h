@@ -6,7 +6,8 @@
 
 namespace mixq::search {
 
-// legacy.cpp fit_scale over a row of n values (n a multiple of 32; w: n weights): block b decoded
+// legacy.cpp fit_scale over a row of n values (n a multiple of 32; w: n weights, or null for all
+// ones): block b decoded
 // as d[b] * q, q in [lo, hi]; the seeds are (end -/+ offset) / extreme for end in {lo, hi} and the
 // n_offsets offsets (2 * n_offsets <= 8), then refine_rounds of least squares. d[b] is f16-rounded.
 void fit_scale_row_avx512(const float* x, const float* w, int64_t n, int lo, int hi, const float* offsets,

@@ -80,6 +80,11 @@ struct TypeTraits {
   std::optional<TypeId> more_precise;
   // What llama-quantize substitutes when rows do not fill this type's blocks, or none.
   std::optional<TypeId> llamacpp_fallback;
+  // Every block is quantized on its own: without importance weights, quantize_row over k
+  // consecutive rows of n values (one call, k * n values) writes the same bytes as k calls of n,
+  // so a caller may hand it many rows at once (the AVX-512 legacy search takes 16 blocks at a
+  // time; rows of 576 values leave 2 of their 18 blocks to the slower path otherwise).
+  bool block_local = false;
 
   bool is_extension() const { return static_cast<uint32_t>(id) >= kFirstExtensionTypeId; }
   bool can_quantize() const { return quantize_row != nullptr; }

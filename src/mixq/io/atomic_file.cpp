@@ -171,10 +171,10 @@ void AtomicFile::fail(const std::string& what, int err) {
   throw std::runtime_error(msg);
 }
 
-void AtomicFile::flush_buffer() {
+void AtomicFile::write_all(const char* p, size_t size) {
   size_t done = 0;
-  while (done < used_) {
-    const ssize_t n = ::write(fd_, buffer_.data() + done, used_ - done);
+  while (done < size) {
+    const ssize_t n = ::write(fd_, p + done, size - done);
     if (n < 0) {
       if (errno == EINTR) continue;
       fail("write failed", errno);
@@ -182,12 +182,23 @@ void AtomicFile::flush_buffer() {
     if (n == 0) fail("write failed", EIO);
     done += static_cast<size_t>(n);
   }
+}
+
+void AtomicFile::flush_buffer() {
+  write_all(buffer_.data(), used_);
   used_ = 0;
 }
 
 void AtomicFile::write(const void* data, size_t n) {
   if (committed_ || fd_ < 0) throw std::logic_error("AtomicFile: write after commit");
   const char* p = static_cast<const char*>(data);
+  // A span at least as large as the buffer goes to the file straight from the caller's memory
+  // (after what is buffered): no copy through the buffer for tensor data.
+  if (n >= buffer_.size()) {
+    flush_buffer();
+    write_all(p, n);
+    return;
+  }
   while (n > 0) {
     const size_t take = std::min(n, buffer_.size() - used_);
     std::memcpy(buffer_.data() + used_, p, take);

@@ -53,6 +53,7 @@ class AtomicFile {
 
  private:
   void flush_buffer();
+  void write_all(const char* p, size_t n);
   [[noreturn]] void fail(const std::string& what, int err);
   void discard() noexcept;
 

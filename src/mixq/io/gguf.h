@@ -189,6 +189,9 @@ class GgufWriter {
   void add_tensor(std::string name, std::vector<int64_t> shape, TypeId type);
   // Writes the data of the next declared tensor; the first call writes the header.
   void write_tensor_data(std::span<const uint8_t> data);
+  // The same in consecutive parts (a tensor quantized slice by slice): the tensor is complete,
+  // and padded, once its parts add up to its size; a part past its end throws.
+  void write_tensor_part(std::span<const uint8_t> data);
   // Flushes, syncs and renames the temporary file into place.
   void finish();
 
@@ -229,6 +232,7 @@ class GgufWriter {
   std::vector<Pending> tensors_;
   uint64_t data_size_ = 0;
   size_t next_tensor_ = 0;
+  uint64_t part_written_ = 0;  // bytes of the next tensor written by write_tensor_part so far
   std::unique_ptr<AtomicFile> file_;
   uint64_t position_ = 0;
   uint64_t data_start_ = 0;

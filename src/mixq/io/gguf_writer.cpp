@@ -219,10 +219,29 @@ void GgufWriter::write_header() {
   data_start_ = position_;
 }
 
+void GgufWriter::write_tensor_part(std::span<const uint8_t> data) {
+  if (!header_written_) write_header();
+  if (next_tensor_ >= tensors_.size()) throw GgufError("more tensor data written than tensors declared");
+  const Pending& t = tensors_[next_tensor_];
+  if (part_written_ + data.size() > t.nbytes) {
+    throw GgufError(fmt::format("tensor '{}': {} bytes given in parts, {} expected", t.name,
+                                part_written_ + data.size(), t.nbytes));
+  }
+  if (part_written_ == 0) pad_to(data_start_ + t.offset);
+  write_bytes(data.data(), data.size());
+  part_written_ += data.size();
+  if (part_written_ == t.nbytes) {
+    pad_to(align_up(position_, alignment_));
+    part_written_ = 0;
+    ++next_tensor_;
+  }
+}
+
 void GgufWriter::write_tensor_data(std::span<const uint8_t> data) {
   if (!header_written_) write_header();
   if (next_tensor_ >= tensors_.size()) throw GgufError("more tensor data written than tensors declared");
   const Pending& t = tensors_[next_tensor_];
+  if (part_written_ != 0) throw GgufError(fmt::format("tensor '{}': written in parts and whole", t.name));
   if (data.size() != t.nbytes) {
     throw GgufError(fmt::format("tensor '{}': {} bytes given, {} expected", t.name, data.size(), t.nbytes));
   }

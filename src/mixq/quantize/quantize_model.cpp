@@ -21,6 +21,7 @@ namespace mixq {
 namespace {
 
 constexpr int64_t kChunkValues = 1 << 16;  // values per parallel work item
+constexpr int64_t kSliceBytes = 4 << 20;   // output bytes quantized before they are written
 
 int64_t meta_int(const GgufFile& f, const std::string& key, int64_t fallback) {
   const GgufValue* v = f.find(key);
@@ -314,44 +315,60 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
           for (size_t k = 0; k < cols.size(); ++k) vals[static_cast<size_t>(r) * cols.size() + k] = fp32_to_fp16(all[r * n + cols[k]]);
         }
       }
-      buffer.resize(static_cast<size_t>(rows) * out_row);
-      pool.parallel_for(chunks, [&](int64_t c) {
-        if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
-        const int64_t r0 = c * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
-        for (int64_t r = r0; r < r1; ++r) {
-          const uint8_t* src = t.data + static_cast<size_t>(r) * in_row;
-          const float* x;
-          thread_local std::vector<float> row;  // inputs that are not F32 are widened row by row
-          if (from.id == TypeId::F32) {
-            x = reinterpret_cast<const float*>(src);  // aligned: GGUF data offsets are multiples of 32
-          } else if (!widened.empty()) {
-            x = widened.data() + r * n;
-          } else {
-            row.resize(static_cast<size_t>(n));
-            from.dequantize_row(src, row.data(), n);
-            x = row.data();
+      // Quantized and written slice by slice: a buffer of a few MB stays in the cache for the
+      // copy into the file and is faulted in once, not once per tensor size.
+      const int64_t slice_chunks =
+          std::max<int64_t>(1, kSliceBytes / static_cast<int64_t>(static_cast<size_t>(rows_per_chunk) * out_row));
+      for (int64_t c0 = 0; c0 < chunks; c0 += slice_chunks) {
+        const int64_t c1 = std::min(chunks, c0 + slice_chunks);
+        const int64_t row0 = c0 * rows_per_chunk, row1 = std::min(rows, c1 * rows_per_chunk);
+        buffer.resize(std::max(buffer.size(), static_cast<size_t>(row1 - row0) * out_row));
+        pool.parallel_for(c1 - c0, [&](int64_t cc) {
+          if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
+          const int64_t c = c0 + cc;
+          const int64_t r0 = c * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
+          // The chunk's rows in one call where that writes the same bytes (TypeTraits::block_local).
+          if (to.block_local && from.id == TypeId::F32 && cols.empty() && !calibrated &&
+              importance_for(opts.imatrix, t, r0) == nullptr) {
+            to.quantize_row(reinterpret_cast<const float*>(t.data + static_cast<size_t>(r0) * in_row),
+                            buffer.data() + static_cast<size_t>(r0 - row0) * out_row, n * (r1 - r0), nullptr);
+            return;
           }
-          const float* imp = importance_for(opts.imatrix, t, r);
-          if (!cols.empty()) {
-            thread_local std::vector<float> masked, masked_imp;
-            masked.assign(x, x + n);
-            for (int32_t j : cols) masked[static_cast<size_t>(j)] = 0.0f;
-            x = masked.data();
-            if (imp != nullptr) {
-              masked_imp.assign(imp, imp + n);
-              for (int32_t j : cols) masked_imp[static_cast<size_t>(j)] = 0.0f;
-              imp = masked_imp.data();
+          for (int64_t r = r0; r < r1; ++r) {
+            const uint8_t* src = t.data + static_cast<size_t>(r) * in_row;
+            const float* x;
+            thread_local std::vector<float> row;  // inputs that are not F32 are widened row by row
+            if (from.id == TypeId::F32) {
+              x = reinterpret_cast<const float*>(src);  // aligned: GGUF data offsets are multiples of 32
+            } else if (!widened.empty()) {
+              x = widened.data() + r * n;
+            } else {
+              row.resize(static_cast<size_t>(n));
+              from.dequantize_row(src, row.data(), n);
+              x = row.data();
+            }
+            const float* imp = importance_for(opts.imatrix, t, r);
+            if (!cols.empty()) {
+              thread_local std::vector<float> masked, masked_imp;
+              masked.assign(x, x + n);
+              for (int32_t j : cols) masked[static_cast<size_t>(j)] = 0.0f;
+              x = masked.data();
+              if (imp != nullptr) {
+                masked_imp.assign(imp, imp + n);
+                for (int32_t j : cols) masked_imp[static_cast<size_t>(j)] = 0.0f;
+                imp = masked_imp.data();
+              }
+            }
+            uint8_t* dst = buffer.data() + static_cast<size_t>(r - row0) * out_row;
+            if (calibrated) {
+              to.quantize_row_calib(x, dst, n, imp, opts.calibration);
+            } else {
+              to.quantize_row(x, dst, n, imp);
             }
           }
-          uint8_t* dst = buffer.data() + static_cast<size_t>(r) * out_row;
-          if (calibrated) {
-            to.quantize_row_calib(x, dst, n, imp, opts.calibration);
-          } else {
-            to.quantize_row(x, dst, n, imp);
-          }
-        }
-      });
-      w.write_tensor_data(buffer);
+        });
+        w.write_tensor_part({buffer.data(), static_cast<size_t>(row1 - row0) * out_row});
+      }
       if (!cols.empty()) {
         w.write_tensor_data({reinterpret_cast<const uint8_t*>(cols.data()), cols.size() * sizeof(int32_t)});
         w.write_tensor_data({reinterpret_cast<const uint8_t*>(vals.data()), vals.size() * sizeof(uint16_t)});
