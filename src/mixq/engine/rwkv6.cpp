@@ -23,8 +23,7 @@ void RwkvContext::time_mix_v6(int l, int n) {
   const auto& hp = rwkv_.hparams();
   const RwkvModel::Layer& L = rwkv_.layers[static_cast<size_t>(l)];
   const LayerVectors& vec = vec_[static_cast<size_t>(l)];
-  LayerState& s = state_[static_cast<size_t>(l)];
-  const auto E = static_cast<size_t>(hp.n_embd), un = static_cast<size_t>(n), S = static_cast<size_t>(hp.head_size);
+  const auto E = static_cast<size_t>(hp.n_embd), un = static_cast<size_t>(n);
   const auto X = static_cast<size_t>(hp.d_mix);
   const size_t NE = un * E;
   for (auto* b : {&xw_, &xk_, &xv_, &xr_, &xg_, &xa_, &r_, &w_, &k_, &v_, &g_}) b->resize(NE);
@@ -73,28 +72,7 @@ void RwkvContext::time_mix_v6(int l, int n) {
 
   float* y = xr_.data();  // spent after the receptance product
   std::fill(xr_.begin(), xr_.end(), 0.0f);
-  const float* u = vec.time_faaaa.data();
-  // Heads never interact: each task runs its head through every token.
-  pool_.parallel_for(hp.n_head, [&](int64_t h) {
-    float* state = s.wkv.data() + static_cast<size_t>(h) * S * S;
-    for (size_t t = 0; t < un; ++t) {
-      const size_t base = t * E + static_cast<size_t>(h) * S;
-      for (size_t i = 0; i < S; ++i) {
-        const float k = k_[base + i], r = r_[base + i], wi = w_[base + i];
-        const float ui = u[static_cast<size_t>(h) * S + i];
-        float* row = state + i * S;
-        for (size_t j = 0; j < S; ++j) {
-          const float kv = v_[base + j] * k;
-          const float prev_s = row[j];
-          y[base + j] += (kv * ui + prev_s) * r;
-          row[j] = prev_s * wi + kv;
-        }
-      }
-      if (LayerState* rec = record_slot(l, t)) {
-        std::copy(state, state + S * S, rec->wkv.data() + static_cast<size_t>(h) * S * S);
-      }
-    }
-  });
+  wkv5_heads(l, n, w_.data(), E, y);  // the RWKV-5.2 recurrence with the per-token decay
   group_norm(y, n, vec, 64e-5f);
   for (size_t i = 0; i < NE; ++i) y[i] *= g_[i];
   out_.resize(NE);

@@ -146,6 +146,8 @@ class RwkvContext : public Context {
   void time_mix_v4(int l, int n);
   void time_mix_v5(int l, int n);
   void time_mix_v6(int l, int n);
+  // The RWKV-5.2 / RWKV-6 WKV recurrence of layer l over n tokens (r_, k_, v_; rwkv5.cpp), into y.
+  void wkv5_heads(int l, int n, const float* decay, size_t decay_token_stride, float* y);
   void time_mix_v7(int l, int n);
   void channel_mix(int l, int n);
   // Per-head GroupNorm of out_-sized rows in place, then ln_x's weight and bias.
