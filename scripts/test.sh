@@ -26,6 +26,7 @@ export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=87
 # the suite takes without sanitizers; 2-3x that under ASan), and RwkvCli.EveryCommandRuns (a
 # measurement, 57 s under ASan) and Speculative.SampledTokensFollowTheTargetDistribution (26 s),
 # to keep CI under 25 minutes on two cores. Their code paths (engine, quantizers, plan, the
-# speculative loop) are covered by the other tests here.
+# speculative loop) are covered by the other tests here. Also engine_without_interleaving: the
+# engine's tests a second time with MIXQ_REPACK=0 (390 s under ASan), each of which runs here once.
 ctest --test-dir build-asan --output-on-failure -j 2 \
-  -E '^Measure\.|SmolLM2|^RwkvCli\.EveryCommandRuns$|^Speculative\.SampledTokensFollowTheTargetDistribution$'
+  -E '^Measure\.|SmolLM2|^RwkvCli\.EveryCommandRuns$|^Speculative\.SampledTokensFollowTheTargetDistribution$|^engine_without_interleaving$'
