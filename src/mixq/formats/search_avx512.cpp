@@ -624,6 +624,38 @@ MIXQ_SEARCH_AVX512 inline Fit16 evaluate16(const Transposed16& x, const Transpos
   return f;
 }
 
+// evaluate16 at two inverse scales in one pass: each lane's two pairs of sums are formed by the
+// same operations in the same order as two evaluate16 calls would, so the results are identical;
+// the two independent addition chains only overlap in time.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 inline void evaluate16x2(const Transposed16& x, const Transposed16& w, const Transposed16& wx,
+                                            __m512 iscale0, __m512 iscale1, __m512 lo, __m512 hi, Fit16& f0,
+                                            Fit16& f1) {
+  __m512 sxq0 = _mm512_setzero_ps(), sqq0 = _mm512_setzero_ps();
+  __m512 sxq1 = _mm512_setzero_ps(), sqq1 = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    const __m512 q0 = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], iscale0), lo, hi));
+    const __m512 q1 = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], iscale1), lo, hi));
+    const __m512 a = kUnit ? x.v[i] : wx.v[i];
+    sxq0 = _mm512_add_ps(sxq0, _mm512_mul_ps(a, q0));
+    sxq1 = _mm512_add_ps(sxq1, _mm512_mul_ps(a, q1));
+    sqq0 = _mm512_add_ps(sqq0, _mm512_mul_ps(kUnit ? q0 : _mm512_mul_ps(w.v[i], q0), q0));
+    sqq1 = _mm512_add_ps(sqq1, _mm512_mul_ps(kUnit ? q1 : _mm512_mul_ps(w.v[i], q1), q1));
+  }
+  Fit16* const out[2] = {&f0, &f1};
+  const __m512 sx[2] = {sxq0, sxq1}, sq[2] = {sqq0, sqq1};
+  for (int k = 0; k < 2; ++k) {
+    const __mmask16 pos = _mm512_cmp_ps_mask(sq[k], _mm512_setzero_ps(), _CMP_GT_OQ);
+    const __m512d s[2] = {lo_pd(sx[k]), hi_pd(sx[k])}, t[2] = {lo_pd(sq[k]), hi_pd(sq[k])};
+    for (int h = 0; h < 2; ++h) {
+      const auto m = static_cast<__mmask8>(pos >> (8 * h));
+      out[k]->gain[h] = _mm512_maskz_div_pd(m, _mm512_mul_pd(s[h], s[h]), t[h]);
+    }
+    out[k]->sxq = sx[k];
+    out[k]->sqq = sq[k];
+  }
+}
+
 // Lanes of `use` take f's values.
 MIXQ_SEARCH_AVX512 inline void take(Fit16& best, const Fit16& f, __mmask16 use) {
   for (int h = 0; h < 2; ++h) {
@@ -665,29 +697,45 @@ MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed1
   const __m512i centre = _mm512_inserti64x4(_mm512_castsi256_si512(lround_pd(_mm512_div_pd(ideal[0], dd))),
                                             lround_pd(_mm512_div_pd(ideal[1], dd)), 1);
   const __m512 vd = _mm512_set1_ps(d);
-  __m512 best_err = _mm512_set1_ps(INFINITY);
-  for (int delta = -1; delta <= 1; ++delta) {
-    const __m512i sc = _mm512_add_epi32(centre, _mm512_set1_epi32(delta));
-    const __mmask16 valid = _mm512_cmp_epi32_mask(sc, _mm512_set1_epi32(-scale_max), _MM_CMPINT_NLT) &
-                            _mm512_cmp_epi32_mask(sc, _mm512_set1_epi32(scale_max), _MM_CMPINT_LE);
-    const __m512 D = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(sc));
-    const __mmask16 nonzero = _mm512_cmp_ps_mask(D, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-    const __m512 inv = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0f), D);
-    __m512 err = _mm512_setzero_ps();
-    Transposed16 q;
-    for (int i = 0; i < 16; ++i) {
+  // The three candidate scales (centre - 1, centre, centre + 1) are tried in one pass: each
+  // lane's error for each candidate is the same chain of operations in the same order as a pass
+  // per candidate would form, so only the independent chains overlap; the choice is then made in
+  // the reference's order (a later candidate wins only with a strictly lower error).
+  __m512i sc[3];
+  __mmask16 valid[3];
+  __m512 D[3], inv[3], err[3];
+  for (int k = 0; k < 3; ++k) {
+    sc[k] = _mm512_add_epi32(centre, _mm512_set1_epi32(k - 1));
+    valid[k] = _mm512_cmp_epi32_mask(sc[k], _mm512_set1_epi32(-scale_max), _MM_CMPINT_NLT) &
+               _mm512_cmp_epi32_mask(sc[k], _mm512_set1_epi32(scale_max), _MM_CMPINT_LE);
+    D[k] = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(sc[k]));
+    const __mmask16 nonzero = _mm512_cmp_ps_mask(D[k], _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    inv[k] = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0f), D[k]);
+    err[k] = _mm512_setzero_ps();
+  }
+  Transposed16 q[3];
+  for (int i = 0; i < 16; ++i) {
+    for (int k = 0; k < 3; ++k) {
       // -0 codes (round_for_sums) change neither the error (diff is x, or a zero whose square is
       // +0) nor the stored code (converted to 0) nor the super-scale sums (zero terms).
-      q.v[i] = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], inv), lo, hi));
-      const __m512 diff = _mm512_sub_ps(x.v[i], _mm512_mul_ps(D, q.v[i]));
-      err = _mm512_add_ps(err, _mm512_mul_ps(kUnit ? diff : _mm512_mul_ps(w.v[i], diff), diff));
+      q[k].v[i] = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], inv[k]), lo, hi));
+      const __m512 diff = _mm512_sub_ps(x.v[i], _mm512_mul_ps(D[k], q[k].v[i]));
+      err[k] = _mm512_add_ps(err[k], _mm512_mul_ps(kUnit ? diff : _mm512_mul_ps(w.v[i], diff), diff));
     }
-    const __mmask16 use = valid & _mm512_cmp_ps_mask(err, best_err, _CMP_LT_OQ);
-    best_err = _mm512_mask_mov_ps(best_err, use, err);
-    out.sc = delta == -1 ? _mm512_mask_mov_epi32(_mm512_setzero_si512(), use, sc) : _mm512_mask_mov_epi32(out.sc, use, sc);
-    for (int i = 0; i < 16; ++i) {
-      out.codes.v[i] = delta == -1 ? _mm512_maskz_mov_ps(use, q.v[i]) : _mm512_mask_mov_ps(out.codes.v[i], use, q.v[i]);
-    }
+  }
+  // Sequentially: use_k = valid_k & (err_k < best so far), best starting at +inf. The lane's
+  // final pick is the last candidate whose use bit is set (none: scale 0, codes 0).
+  __m512 best_err = _mm512_set1_ps(INFINITY);
+  __mmask16 use[3];
+  for (int k = 0; k < 3; ++k) {
+    use[k] = valid[k] & _mm512_cmp_ps_mask(err[k], best_err, _CMP_LT_OQ);
+    best_err = _mm512_mask_mov_ps(best_err, use[k], err[k]);
+  }
+  out.sc = _mm512_mask_mov_epi32(
+      _mm512_mask_mov_epi32(_mm512_maskz_mov_epi32(use[0], sc[0]), use[1], sc[1]), use[2], sc[2]);
+  for (int i = 0; i < 16; ++i) {
+    out.codes.v[i] = _mm512_mask_mov_ps(
+        _mm512_mask_mov_ps(_mm512_maskz_mov_ps(use[0], q[0].v[i]), use[1], q[1].v[i]), use[2], q[2].v[i]);
   }
   alignas(64) float e[16];
   _mm512_store_ps(e, best_err);
@@ -738,12 +786,24 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
   best.sxq = best.sqq = _mm512_setzero_ps();
   __m512d scale[2];  // the ideal scale of each sub-block
   if (active != 0) {
-    for (const float end : {flo, fhi}) {
-      for (int s = 0; s < n_seeds; ++s) {
-        const float target = end < 0 ? end - seed_offsets[s] : end + seed_offsets[s];
-        const Fit16 f = evaluate16<kUnit>(x, w, wx, _mm512_div_ps(_mm512_set1_ps(target), extreme), lo, hi);
-        take(best, f, active & gain_above(f, best));
-      }
+    // The seeds in the reference's order (the low end's, then the high end's), evaluated two at a
+    // time (their sums are independent) and taken one at a time, in that order.
+    const int n_targets = 2 * n_seeds;
+    const auto iscale_of = [&](int t) {
+      const float end = t < n_seeds ? flo : fhi, off = seed_offsets[t % n_seeds];
+      const float target = end < 0 ? end - off : end + off;
+      return _mm512_div_ps(_mm512_set1_ps(target), extreme);
+    };
+    int t = 0;
+    for (; t + 1 < n_targets; t += 2) {
+      Fit16 f0, f1;
+      evaluate16x2<kUnit>(x, w, wx, iscale_of(t), iscale_of(t + 1), lo, hi, f0, f1);
+      take(best, f0, active & gain_above(f0, best));
+      take(best, f1, active & gain_above(f1, best));
+    }
+    if (t < n_targets) {
+      const Fit16 f = evaluate16<kUnit>(x, w, wx, iscale_of(t), lo, hi);
+      take(best, f, active & gain_above(f, best));
     }
     const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
     __mmask16 running = active;
