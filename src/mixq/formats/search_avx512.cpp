@@ -744,15 +744,34 @@ MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed1
 }
 
 
+// The super-scales already tried in one super-block (f16 bits).
+struct Tried {
+  uint16_t bits[8];
+  int n = 0;
+  bool contains(uint16_t v) const {
+    for (int k = 0; k < n; ++k) {
+      if (bits[k] == v) return true;
+    }
+    return false;
+  }
+};
+
 // The reference's try_d: the f16 super-scale nearest `candidate`, if usable, with its integer
 // scales; kept (in chosen, best_d) when its error is lower.
+//
+// A super-scale already tried is skipped: choose_scales16 depends only on the super-block, the
+// ideal scales (fixed once the super-scale search starts) and d, so trying it again would give
+// the same error, which was not below the chosen error then and, the chosen error only ever
+// decreasing, is not below it now; the reference's retry changes nothing (chosen, best_d stay).
 template <bool kUnit>
 MIXQ_SEARCH_AVX512 void try_super_scale(const Transposed16& x, const Transposed16& w, const __m512d ideal[2],
                                         double candidate, int scale_max, __m512 lo, __m512 hi, Choice16& trial,
-                                        Choice16& chosen, uint16_t& best_d) {
+                                        Choice16& chosen, uint16_t& best_d, Tried& tried) {
   const uint16_t bits = fp32_to_fp16(static_cast<float>(candidate));
   const float d = fp16_to_fp32(bits);
   if (!(d > 0) || !std::isfinite(d)) return;
+  if (tried.contains(bits)) return;
+  if (tried.n < 8) tried.bits[tried.n++] = bits;
   choose_scales16<kUnit>(x, w, ideal, d, scale_max, lo, hi, trial);
   if (trial.err < chosen.err) {
     chosen = trial;
@@ -837,9 +856,10 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
   chosen.sc = _mm512_setzero_si512();
   for (auto& v : chosen.codes.v) v = _mm512_setzero_ps();
   uint16_t best_d = 0;
+  Tried tried;
   const auto m = static_cast<double>(scale_max);
   for (const double top : {m, m - 0.5, m - 1.0}) {
-    try_super_scale<kUnit>(x, w, scale, max_abs / top, scale_max, lo, hi, trial, chosen, best_d);
+    try_super_scale<kUnit>(x, w, scale, max_abs / top, scale_max, lo, hi, trial, chosen, best_d, tried);
   }
   for (int round = 0; round < super_rounds; ++round) {
     // num = sum w x (sc * code), den = sum w (sc * code)^2 in the reference's order: sub-block by
@@ -900,7 +920,7 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
     }
     if (den <= 0) break;
     const uint16_t before = best_d;
-    try_super_scale<kUnit>(x, w, scale, num / den, scale_max, lo, hi, trial, chosen, best_d);
+    try_super_scale<kUnit>(x, w, scale, num / den, scale_max, lo, hi, trial, chosen, best_d, tried);
     if (best_d == before) break;
   }
 
