@@ -785,8 +785,14 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
                                               int super_rounds, uint16_t* d_out, int8_t* sc_out, int8_t* codes_out) {
   Transposed16 x, w, wx;
   transpose_load(x_in, x);
-  transpose_load(w_in, w);
-  for (int i = 0; i < 16; ++i) wx.v[i] = _mm512_mul_ps(w.v[i], x.v[i]);
+  if constexpr (kUnit) {
+    // Every weight 1: w * x is x exactly, and every use of w or wx below reads x or nothing
+    // instead (kUnit), except the super-scale sums' wx: x there.
+    for (int i = 0; i < 16; ++i) wx.v[i] = x.v[i];
+  } else {
+    transpose_load(w_in, w);
+    for (int i = 0; i < 16; ++i) wx.v[i] = _mm512_mul_ps(w.v[i], x.v[i]);
+  }
   const auto flo = static_cast<float>(code_lo), fhi = static_cast<float>(code_hi);
   const __m512 lo = _mm512_set1_ps(flo), hi = _mm512_set1_ps(fhi);
 
@@ -880,7 +886,12 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
     const __mmask16 sc_nonzero = _mm512_cmp_epi32_mask(chosen.sc, _mm512_setzero_si512(), _MM_CMPINT_NE);
     for (int i = 0; i < 16; ++i) {
       const __m512d q[2] = {lo_pd(chosen.codes.v[i]), hi_pd(chosen.codes.v[i])};
-      const __m512d wxd[2] = {lo_pd(wx.v[i]), hi_pd(wx.v[i])}, wd[2] = {lo_pd(w.v[i]), hi_pd(w.v[i])};
+      const __m512d wxd[2] = {lo_pd(wx.v[i]), hi_pd(wx.v[i])};
+      __m512d wd[2] = {_mm512_set1_pd(1.0), _mm512_set1_pd(1.0)};  // kUnit: w is not loaded
+      if (!kUnit) {
+        wd[0] = lo_pd(w.v[i]);
+        wd[1] = hi_pd(w.v[i]);
+      }
       // Lanes whose terms are not zero: their float factors' exponents bound L from below.
       const __mmask16 used =
           sc_nonzero & _mm512_cmp_ps_mask(chosen.codes.v[i], _mm512_setzero_ps(), _CMP_NEQ_UQ);
@@ -892,7 +903,9 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
       }
       for (int h = 0; h < 2; ++h) {
         const __m512d sq = _mm512_mul_pd(sc[h], q[h]);
-        const __m512d n = _mm512_mul_pd(wxd[h], sq), d = _mm512_mul_pd(_mm512_mul_pd(wd[h], sq), sq);
+        // kUnit: 1.0 * sq is sq exactly.
+        const __m512d n = _mm512_mul_pd(wxd[h], sq),
+                      d = _mm512_mul_pd(kUnit ? sq : _mm512_mul_pd(wd[h], sq), sq);
         _mm512_store_pd(&tn[i][8 * h], n);
         _mm512_store_pd(&td[i][8 * h], d);
         vnum = _mm512_add_pd(vnum, n);
