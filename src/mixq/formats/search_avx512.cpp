@@ -438,15 +438,25 @@ MIXQ_SEARCH_AVX512 inline __m512 inverse_scale16(const Double16& scale) {
   return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
 }
 
+// One group of 16 blocks in fit_scale_16_blocks: its transposed values and its search state.
 template <bool kUnit>
-MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
-                                            int n_offsets, int refine_rounds, int* q, float* d) {
-  const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+struct Group16 {
   __m512 xt[32], wt[kUnit ? 1 : 32], wxt[kUnit ? 1 : 32];
+  __m512 vlo, vhi;
+  Best16 best;
+  __mmask16 tiny, running;
+};
+
+// The seeds of a group, and the blocks that enter the rounds.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void group_seeds(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                    int n_offsets, Group16<kUnit>& g) {
+  const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+  __m512* const xt = g.xt;
   transpose_16_blocks(x, xt);
   if constexpr (!kUnit) {
-    transpose_16_blocks(w, wt);
-    for (int i = 0; i < 32; ++i) wxt[i] = _mm512_mul_ps(wt[i], xt[i]);
+    transpose_16_blocks(w, g.wt);
+    for (int i = 0; i < 32; ++i) g.wxt[i] = _mm512_mul_ps(g.wt[i], xt[i]);
   }
   // The first value of largest magnitude (NaNs never compare larger), as the reference's scan.
   __m512 amax = _mm512_setzero_ps(), extreme = _mm512_setzero_ps();
@@ -456,9 +466,10 @@ MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int 
     amax = _mm512_mask_mov_ps(amax, larger, ax);
     extreme = _mm512_mask_mov_ps(extreme, larger, xt[i]);
   }
-  const __mmask16 tiny = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-20f), _CMP_LT_OQ);
-  const __m512 vlo = _mm512_set1_ps(flo), vhi = _mm512_set1_ps(fhi);
-  Best16 best;
+  g.tiny = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-20f), _CMP_LT_OQ);
+  g.vlo = _mm512_set1_ps(flo);
+  g.vhi = _mm512_set1_ps(fhi);
+  Best16& best = g.best;
   best.gain.lo = best.gain.hi = _mm512_set1_pd(-1.0);
   best.scale.lo = best.scale.hi = _mm512_setzero_pd();
   // The seeds in the reference's order, two at a time (an odd count's last one alone).
@@ -473,32 +484,40 @@ MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int 
   int s = 0;
   for (; s + 1 < n; s += 2) {
     Double16 a[2], b[2];
-    sums_16_blocks<kUnit, 2>(xt, wt, wxt, seeds + s, vlo, vhi, a, b);
+    sums_16_blocks<kUnit, 2>(xt, g.wt, g.wxt, seeds + s, g.vlo, g.vhi, a, b);
     take16(a[0], b[0], 0xffff, best);
     take16(a[1], b[1], 0xffff, best);
   }
   if (s < n) {
     Double16 a, b;
-    sums_16_blocks<kUnit, 1>(xt, wt, wxt, seeds + s, vlo, vhi, &a, &b);
+    sums_16_blocks<kUnit, 1>(xt, g.wt, g.wxt, seeds + s, g.vlo, g.vhi, &a, &b);
     take16(a, b, 0xffff, best);
   }
   // Rounds while the scale is not 0 (a NaN scale is not 0, as in the reference), each block
   // leaving at its first round without gain.
   const __m512d zero = _mm512_setzero_pd();
-  __mmask16 running = static_cast<__mmask16>(
-      ~tiny & (_mm512_cmp_pd_mask(best.scale.lo, zero, _CMP_NEQ_UQ) |
-               static_cast<unsigned>(_mm512_cmp_pd_mask(best.scale.hi, zero, _CMP_NEQ_UQ)) << 8));
-  for (int round = 0; round < refine_rounds && running != 0; ++round) {
-    const __m512 is = inverse_scale16(best.scale);
-    Double16 a, b;
-    sums_16_blocks<kUnit, 1>(xt, wt, wxt, &is, vlo, vhi, &a, &b);
-    running = take16(a, b, running, best);
-  }
+  g.running = static_cast<__mmask16>(
+      ~g.tiny & (_mm512_cmp_pd_mask(best.scale.lo, zero, _CMP_NEQ_UQ) |
+                 static_cast<unsigned>(_mm512_cmp_pd_mask(best.scale.hi, zero, _CMP_NEQ_UQ)) << 8));
+}
+
+// One least-squares round of a group's running blocks.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void group_round(Group16<kUnit>& g) {
+  const __m512 is = inverse_scale16(g.best.scale);
+  Double16 a, b;
+  sums_16_blocks<kUnit, 1>(g.xt, g.wt, g.wxt, &is, g.vlo, g.vhi, &a, &b);
+  g.running = take16(a, b, g.running, g.best);
+}
+
+// The group's d and codes from its best scales.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void group_finish(const float* x, const Group16<kUnit>& g, int* q, float* d) {
   alignas(64) float s32[16];
-  _mm256_store_ps(s32, _mm512_cvtpd_ps(best.scale.lo));
-  _mm256_store_ps(s32 + 8, _mm512_cvtpd_ps(best.scale.hi));
+  _mm256_store_ps(s32, _mm512_cvtpd_ps(g.best.scale.lo));
+  _mm256_store_ps(s32 + 8, _mm512_cvtpd_ps(g.best.scale.hi));
   for (int j = 0; j < 16; ++j) {
-    if ((tiny >> j) & 1) {
+    if ((g.tiny >> j) & 1) {
       std::memset(q + 32 * j, 0, 32 * sizeof(int));
       d[j] = 0;
       continue;
@@ -506,10 +525,33 @@ MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int 
     d[j] = round_fp16(s32[j]);
     const __m512 id = _mm512_set1_ps(d[j] != 0 ? 1.0f / d[j] : 0.0f);
     for (int h = 0; h < 2; ++h) {
-      const __m512 v = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j + 16 * h), id), vlo, vhi));
+      const __m512 v = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j + 16 * h), id), g.vlo, g.vhi));
       _mm512_storeu_si512(q + 32 * j + 16 * h, _mm512_cvttps_epi32(v));
     }
   }
+}
+
+// fit_scale for G (1 or 2) consecutive groups of 16 blocks: each group's computation is exactly
+// the one-group search; with two, their rounds alternate (group 0's round r, then group 1's), so
+// one group's round can start while the other's ends in its chain of divisions.
+template <bool kUnit, int G>
+MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                            int n_offsets, int refine_rounds, int* q, float* d) {
+  Group16<kUnit> g[G];
+  for (int k = 0; k < G; ++k) {
+    group_seeds<kUnit>(x + 512 * k, kUnit ? nullptr : w + 512 * k, lo, hi, offsets, n_offsets, g[k]);
+  }
+  for (int round = 0; round < refine_rounds; ++round) {
+    bool any = false;
+    for (int k = 0; k < G; ++k) {
+      if (g[k].running != 0) {
+        group_round<kUnit>(g[k]);
+        any = true;
+      }
+    }
+    if (!any) break;
+  }
+  for (int k = 0; k < G; ++k) group_finish<kUnit>(x + 512 * k, g[k], q + 512 * k, d + 16 * k);
 }
 
 template <bool kUnit>
@@ -519,8 +561,12 @@ MIXQ_SEARCH_AVX512 void fit_scale_row(const float* x, const float* w, int64_t bl
   // Groups of 16 blocks transposed; the rest: all seeds first (independent blocks whose long
   // reductions overlap), then the rounds in pairs. Without importance w is not read (may be null).
   int64_t b0 = 0;
+  for (; b0 + 32 <= blocks; b0 += 32) {
+    fit_scale_16_blocks<kUnit, 2>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets,
+                                  refine_rounds, q + 32 * b0, d + b0);
+  }
   for (; b0 + 16 <= blocks; b0 += 16) {
-    fit_scale_16_blocks<kUnit>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets, refine_rounds,
+    fit_scale_16_blocks<kUnit, 1>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets, refine_rounds,
                               q + 32 * b0, d + b0);
   }
   const auto wb = [&](int64_t b) { return kUnit ? nullptr : w + 32 * b; };
