@@ -438,15 +438,25 @@ MIXQ_SEARCH_AVX512 inline __m512 inverse_scale16(const Double16& scale) {
   return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
 }
 
+// One group of 16 blocks in fit_scale_16_blocks: its transposed values and its search state.
 template <bool kUnit>
-MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
-                                            int n_offsets, int refine_rounds, int* q, float* d) {
-  const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+struct Group16 {
   __m512 xt[32], wt[kUnit ? 1 : 32], wxt[kUnit ? 1 : 32];
+  __m512 vlo, vhi;
+  Best16 best;
+  __mmask16 tiny, running;
+};
+
+// The seeds of a group, and the blocks that enter the rounds.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void group_seeds(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                    int n_offsets, Group16<kUnit>& g) {
+  const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
+  __m512* const xt = g.xt;
   transpose_16_blocks(x, xt);
   if constexpr (!kUnit) {
-    transpose_16_blocks(w, wt);
-    for (int i = 0; i < 32; ++i) wxt[i] = _mm512_mul_ps(wt[i], xt[i]);
+    transpose_16_blocks(w, g.wt);
+    for (int i = 0; i < 32; ++i) g.wxt[i] = _mm512_mul_ps(g.wt[i], xt[i]);
   }
   // The first value of largest magnitude (NaNs never compare larger), as the reference's scan.
   __m512 amax = _mm512_setzero_ps(), extreme = _mm512_setzero_ps();
@@ -456,9 +466,10 @@ MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int 
     amax = _mm512_mask_mov_ps(amax, larger, ax);
     extreme = _mm512_mask_mov_ps(extreme, larger, xt[i]);
   }
-  const __mmask16 tiny = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-20f), _CMP_LT_OQ);
-  const __m512 vlo = _mm512_set1_ps(flo), vhi = _mm512_set1_ps(fhi);
-  Best16 best;
+  g.tiny = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-20f), _CMP_LT_OQ);
+  g.vlo = _mm512_set1_ps(flo);
+  g.vhi = _mm512_set1_ps(fhi);
+  Best16& best = g.best;
   best.gain.lo = best.gain.hi = _mm512_set1_pd(-1.0);
   best.scale.lo = best.scale.hi = _mm512_setzero_pd();
   // The seeds in the reference's order, two at a time (an odd count's last one alone).
@@ -473,32 +484,40 @@ MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int 
   int s = 0;
   for (; s + 1 < n; s += 2) {
     Double16 a[2], b[2];
-    sums_16_blocks<kUnit, 2>(xt, wt, wxt, seeds + s, vlo, vhi, a, b);
+    sums_16_blocks<kUnit, 2>(xt, g.wt, g.wxt, seeds + s, g.vlo, g.vhi, a, b);
     take16(a[0], b[0], 0xffff, best);
     take16(a[1], b[1], 0xffff, best);
   }
   if (s < n) {
     Double16 a, b;
-    sums_16_blocks<kUnit, 1>(xt, wt, wxt, seeds + s, vlo, vhi, &a, &b);
+    sums_16_blocks<kUnit, 1>(xt, g.wt, g.wxt, seeds + s, g.vlo, g.vhi, &a, &b);
     take16(a, b, 0xffff, best);
   }
   // Rounds while the scale is not 0 (a NaN scale is not 0, as in the reference), each block
   // leaving at its first round without gain.
   const __m512d zero = _mm512_setzero_pd();
-  __mmask16 running = static_cast<__mmask16>(
-      ~tiny & (_mm512_cmp_pd_mask(best.scale.lo, zero, _CMP_NEQ_UQ) |
-               static_cast<unsigned>(_mm512_cmp_pd_mask(best.scale.hi, zero, _CMP_NEQ_UQ)) << 8));
-  for (int round = 0; round < refine_rounds && running != 0; ++round) {
-    const __m512 is = inverse_scale16(best.scale);
-    Double16 a, b;
-    sums_16_blocks<kUnit, 1>(xt, wt, wxt, &is, vlo, vhi, &a, &b);
-    running = take16(a, b, running, best);
-  }
+  g.running = static_cast<__mmask16>(
+      ~g.tiny & (_mm512_cmp_pd_mask(best.scale.lo, zero, _CMP_NEQ_UQ) |
+                 static_cast<unsigned>(_mm512_cmp_pd_mask(best.scale.hi, zero, _CMP_NEQ_UQ)) << 8));
+}
+
+// One least-squares round of a group's running blocks.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void group_round(Group16<kUnit>& g) {
+  const __m512 is = inverse_scale16(g.best.scale);
+  Double16 a, b;
+  sums_16_blocks<kUnit, 1>(g.xt, g.wt, g.wxt, &is, g.vlo, g.vhi, &a, &b);
+  g.running = take16(a, b, g.running, g.best);
+}
+
+// The group's d and codes from its best scales.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 void group_finish(const float* x, const Group16<kUnit>& g, int* q, float* d) {
   alignas(64) float s32[16];
-  _mm256_store_ps(s32, _mm512_cvtpd_ps(best.scale.lo));
-  _mm256_store_ps(s32 + 8, _mm512_cvtpd_ps(best.scale.hi));
+  _mm256_store_ps(s32, _mm512_cvtpd_ps(g.best.scale.lo));
+  _mm256_store_ps(s32 + 8, _mm512_cvtpd_ps(g.best.scale.hi));
   for (int j = 0; j < 16; ++j) {
-    if ((tiny >> j) & 1) {
+    if ((g.tiny >> j) & 1) {
       std::memset(q + 32 * j, 0, 32 * sizeof(int));
       d[j] = 0;
       continue;
@@ -506,10 +525,33 @@ MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int 
     d[j] = round_fp16(s32[j]);
     const __m512 id = _mm512_set1_ps(d[j] != 0 ? 1.0f / d[j] : 0.0f);
     for (int h = 0; h < 2; ++h) {
-      const __m512 v = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j + 16 * h), id), vlo, vhi));
+      const __m512 v = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j + 16 * h), id), g.vlo, g.vhi));
       _mm512_storeu_si512(q + 32 * j + 16 * h, _mm512_cvttps_epi32(v));
     }
   }
+}
+
+// fit_scale for G (1 or 2) consecutive groups of 16 blocks: each group's computation is exactly
+// the one-group search; with two, their rounds alternate (group 0's round r, then group 1's), so
+// one group's round can start while the other's ends in its chain of divisions.
+template <bool kUnit, int G>
+MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
+                                            int n_offsets, int refine_rounds, int* q, float* d) {
+  Group16<kUnit> g[G];
+  for (int k = 0; k < G; ++k) {
+    group_seeds<kUnit>(x + 512 * k, kUnit ? nullptr : w + 512 * k, lo, hi, offsets, n_offsets, g[k]);
+  }
+  for (int round = 0; round < refine_rounds; ++round) {
+    bool any = false;
+    for (int k = 0; k < G; ++k) {
+      if (g[k].running != 0) {
+        group_round<kUnit>(g[k]);
+        any = true;
+      }
+    }
+    if (!any) break;
+  }
+  for (int k = 0; k < G; ++k) group_finish<kUnit>(x + 512 * k, g[k], q + 512 * k, d + 16 * k);
 }
 
 template <bool kUnit>
@@ -519,8 +561,12 @@ MIXQ_SEARCH_AVX512 void fit_scale_row(const float* x, const float* w, int64_t bl
   // Groups of 16 blocks transposed; the rest: all seeds first (independent blocks whose long
   // reductions overlap), then the rounds in pairs. Without importance w is not read (may be null).
   int64_t b0 = 0;
+  for (; b0 + 32 <= blocks; b0 += 32) {
+    fit_scale_16_blocks<kUnit, 2>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets,
+                                  refine_rounds, q + 32 * b0, d + b0);
+  }
   for (; b0 + 16 <= blocks; b0 += 16) {
-    fit_scale_16_blocks<kUnit>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets, refine_rounds,
+    fit_scale_16_blocks<kUnit, 1>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets, refine_rounds,
                               q + 32 * b0, d + b0);
   }
   const auto wb = [&](int64_t b) { return kUnit ? nullptr : w + 32 * b; };
@@ -624,6 +670,38 @@ MIXQ_SEARCH_AVX512 inline Fit16 evaluate16(const Transposed16& x, const Transpos
   return f;
 }
 
+// evaluate16 at two inverse scales in one pass: each lane's two pairs of sums are formed by the
+// same operations in the same order as two evaluate16 calls would, so the results are identical;
+// the two independent addition chains only overlap in time.
+template <bool kUnit>
+MIXQ_SEARCH_AVX512 inline void evaluate16x2(const Transposed16& x, const Transposed16& w, const Transposed16& wx,
+                                            __m512 iscale0, __m512 iscale1, __m512 lo, __m512 hi, Fit16& f0,
+                                            Fit16& f1) {
+  __m512 sxq0 = _mm512_setzero_ps(), sqq0 = _mm512_setzero_ps();
+  __m512 sxq1 = _mm512_setzero_ps(), sqq1 = _mm512_setzero_ps();
+  for (int i = 0; i < 16; ++i) {
+    const __m512 q0 = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], iscale0), lo, hi));
+    const __m512 q1 = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], iscale1), lo, hi));
+    const __m512 a = kUnit ? x.v[i] : wx.v[i];
+    sxq0 = _mm512_add_ps(sxq0, _mm512_mul_ps(a, q0));
+    sxq1 = _mm512_add_ps(sxq1, _mm512_mul_ps(a, q1));
+    sqq0 = _mm512_add_ps(sqq0, _mm512_mul_ps(kUnit ? q0 : _mm512_mul_ps(w.v[i], q0), q0));
+    sqq1 = _mm512_add_ps(sqq1, _mm512_mul_ps(kUnit ? q1 : _mm512_mul_ps(w.v[i], q1), q1));
+  }
+  Fit16* const out[2] = {&f0, &f1};
+  const __m512 sx[2] = {sxq0, sxq1}, sq[2] = {sqq0, sqq1};
+  for (int k = 0; k < 2; ++k) {
+    const __mmask16 pos = _mm512_cmp_ps_mask(sq[k], _mm512_setzero_ps(), _CMP_GT_OQ);
+    const __m512d s[2] = {lo_pd(sx[k]), hi_pd(sx[k])}, t[2] = {lo_pd(sq[k]), hi_pd(sq[k])};
+    for (int h = 0; h < 2; ++h) {
+      const auto m = static_cast<__mmask8>(pos >> (8 * h));
+      out[k]->gain[h] = _mm512_maskz_div_pd(m, _mm512_mul_pd(s[h], s[h]), t[h]);
+    }
+    out[k]->sxq = sx[k];
+    out[k]->sqq = sq[k];
+  }
+}
+
 // Lanes of `use` take f's values.
 MIXQ_SEARCH_AVX512 inline void take(Fit16& best, const Fit16& f, __mmask16 use) {
   for (int h = 0; h < 2; ++h) {
@@ -665,29 +743,45 @@ MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed1
   const __m512i centre = _mm512_inserti64x4(_mm512_castsi256_si512(lround_pd(_mm512_div_pd(ideal[0], dd))),
                                             lround_pd(_mm512_div_pd(ideal[1], dd)), 1);
   const __m512 vd = _mm512_set1_ps(d);
-  __m512 best_err = _mm512_set1_ps(INFINITY);
-  for (int delta = -1; delta <= 1; ++delta) {
-    const __m512i sc = _mm512_add_epi32(centre, _mm512_set1_epi32(delta));
-    const __mmask16 valid = _mm512_cmp_epi32_mask(sc, _mm512_set1_epi32(-scale_max), _MM_CMPINT_NLT) &
-                            _mm512_cmp_epi32_mask(sc, _mm512_set1_epi32(scale_max), _MM_CMPINT_LE);
-    const __m512 D = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(sc));
-    const __mmask16 nonzero = _mm512_cmp_ps_mask(D, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-    const __m512 inv = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0f), D);
-    __m512 err = _mm512_setzero_ps();
-    Transposed16 q;
-    for (int i = 0; i < 16; ++i) {
+  // The three candidate scales (centre - 1, centre, centre + 1) are tried in one pass: each
+  // lane's error for each candidate is the same chain of operations in the same order as a pass
+  // per candidate would form, so only the independent chains overlap; the choice is then made in
+  // the reference's order (a later candidate wins only with a strictly lower error).
+  __m512i sc[3];
+  __mmask16 valid[3];
+  __m512 D[3], inv[3], err[3];
+  for (int k = 0; k < 3; ++k) {
+    sc[k] = _mm512_add_epi32(centre, _mm512_set1_epi32(k - 1));
+    valid[k] = _mm512_cmp_epi32_mask(sc[k], _mm512_set1_epi32(-scale_max), _MM_CMPINT_NLT) &
+               _mm512_cmp_epi32_mask(sc[k], _mm512_set1_epi32(scale_max), _MM_CMPINT_LE);
+    D[k] = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(sc[k]));
+    const __mmask16 nonzero = _mm512_cmp_ps_mask(D[k], _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    inv[k] = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0f), D[k]);
+    err[k] = _mm512_setzero_ps();
+  }
+  Transposed16 q[3];
+  for (int i = 0; i < 16; ++i) {
+    for (int k = 0; k < 3; ++k) {
       // -0 codes (round_for_sums) change neither the error (diff is x, or a zero whose square is
       // +0) nor the stored code (converted to 0) nor the super-scale sums (zero terms).
-      q.v[i] = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], inv), lo, hi));
-      const __m512 diff = _mm512_sub_ps(x.v[i], _mm512_mul_ps(D, q.v[i]));
-      err = _mm512_add_ps(err, _mm512_mul_ps(kUnit ? diff : _mm512_mul_ps(w.v[i], diff), diff));
+      q[k].v[i] = round_for_sums(clamp_ref(_mm512_mul_ps(x.v[i], inv[k]), lo, hi));
+      const __m512 diff = _mm512_sub_ps(x.v[i], _mm512_mul_ps(D[k], q[k].v[i]));
+      err[k] = _mm512_add_ps(err[k], _mm512_mul_ps(kUnit ? diff : _mm512_mul_ps(w.v[i], diff), diff));
     }
-    const __mmask16 use = valid & _mm512_cmp_ps_mask(err, best_err, _CMP_LT_OQ);
-    best_err = _mm512_mask_mov_ps(best_err, use, err);
-    out.sc = delta == -1 ? _mm512_mask_mov_epi32(_mm512_setzero_si512(), use, sc) : _mm512_mask_mov_epi32(out.sc, use, sc);
-    for (int i = 0; i < 16; ++i) {
-      out.codes.v[i] = delta == -1 ? _mm512_maskz_mov_ps(use, q.v[i]) : _mm512_mask_mov_ps(out.codes.v[i], use, q.v[i]);
-    }
+  }
+  // Sequentially: use_k = valid_k & (err_k < best so far), best starting at +inf. The lane's
+  // final pick is the last candidate whose use bit is set (none: scale 0, codes 0).
+  __m512 best_err = _mm512_set1_ps(INFINITY);
+  __mmask16 use[3];
+  for (int k = 0; k < 3; ++k) {
+    use[k] = valid[k] & _mm512_cmp_ps_mask(err[k], best_err, _CMP_LT_OQ);
+    best_err = _mm512_mask_mov_ps(best_err, use[k], err[k]);
+  }
+  out.sc = _mm512_mask_mov_epi32(
+      _mm512_mask_mov_epi32(_mm512_maskz_mov_epi32(use[0], sc[0]), use[1], sc[1]), use[2], sc[2]);
+  for (int i = 0; i < 16; ++i) {
+    out.codes.v[i] = _mm512_mask_mov_ps(
+        _mm512_mask_mov_ps(_mm512_maskz_mov_ps(use[0], q[0].v[i]), use[1], q[1].v[i]), use[2], q[2].v[i]);
   }
   alignas(64) float e[16];
   _mm512_store_ps(e, best_err);
@@ -696,15 +790,34 @@ MIXQ_SEARCH_AVX512 void choose_scales16(const Transposed16& x, const Transposed1
 }
 
 
+// The super-scales already tried in one super-block (f16 bits).
+struct Tried {
+  uint16_t bits[8];
+  int n = 0;
+  bool contains(uint16_t v) const {
+    for (int k = 0; k < n; ++k) {
+      if (bits[k] == v) return true;
+    }
+    return false;
+  }
+};
+
 // The reference's try_d: the f16 super-scale nearest `candidate`, if usable, with its integer
 // scales; kept (in chosen, best_d) when its error is lower.
+//
+// A super-scale already tried is skipped: choose_scales16 depends only on the super-block, the
+// ideal scales (fixed once the super-scale search starts) and d, so trying it again would give
+// the same error, which was not below the chosen error then and, the chosen error only ever
+// decreasing, is not below it now; the reference's retry changes nothing (chosen, best_d stay).
 template <bool kUnit>
 MIXQ_SEARCH_AVX512 void try_super_scale(const Transposed16& x, const Transposed16& w, const __m512d ideal[2],
                                         double candidate, int scale_max, __m512 lo, __m512 hi, Choice16& trial,
-                                        Choice16& chosen, uint16_t& best_d) {
+                                        Choice16& chosen, uint16_t& best_d, Tried& tried) {
   const uint16_t bits = fp32_to_fp16(static_cast<float>(candidate));
   const float d = fp16_to_fp32(bits);
   if (!(d > 0) || !std::isfinite(d)) return;
+  if (tried.contains(bits)) return;
+  if (tried.n < 8) tried.bits[tried.n++] = bits;
   choose_scales16<kUnit>(x, w, ideal, d, scale_max, lo, hi, trial);
   if (trial.err < chosen.err) {
     chosen = trial;
@@ -718,8 +831,14 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
                                               int super_rounds, uint16_t* d_out, int8_t* sc_out, int8_t* codes_out) {
   Transposed16 x, w, wx;
   transpose_load(x_in, x);
-  transpose_load(w_in, w);
-  for (int i = 0; i < 16; ++i) wx.v[i] = _mm512_mul_ps(w.v[i], x.v[i]);
+  if constexpr (kUnit) {
+    // Every weight 1: w * x is x exactly, and every use of w or wx below reads x or nothing
+    // instead (kUnit), except the super-scale sums' wx: x there.
+    for (int i = 0; i < 16; ++i) wx.v[i] = x.v[i];
+  } else {
+    transpose_load(w_in, w);
+    for (int i = 0; i < 16; ++i) wx.v[i] = _mm512_mul_ps(w.v[i], x.v[i]);
+  }
   const auto flo = static_cast<float>(code_lo), fhi = static_cast<float>(code_hi);
   const __m512 lo = _mm512_set1_ps(flo), hi = _mm512_set1_ps(fhi);
 
@@ -738,12 +857,24 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
   best.sxq = best.sqq = _mm512_setzero_ps();
   __m512d scale[2];  // the ideal scale of each sub-block
   if (active != 0) {
-    for (const float end : {flo, fhi}) {
-      for (int s = 0; s < n_seeds; ++s) {
-        const float target = end < 0 ? end - seed_offsets[s] : end + seed_offsets[s];
-        const Fit16 f = evaluate16<kUnit>(x, w, wx, _mm512_div_ps(_mm512_set1_ps(target), extreme), lo, hi);
-        take(best, f, active & gain_above(f, best));
-      }
+    // The seeds in the reference's order (the low end's, then the high end's), evaluated two at a
+    // time (their sums are independent) and taken one at a time, in that order.
+    const int n_targets = 2 * n_seeds;
+    const auto iscale_of = [&](int t) {
+      const float end = t < n_seeds ? flo : fhi, off = seed_offsets[t % n_seeds];
+      const float target = end < 0 ? end - off : end + off;
+      return _mm512_div_ps(_mm512_set1_ps(target), extreme);
+    };
+    int t = 0;
+    for (; t + 1 < n_targets; t += 2) {
+      Fit16 f0, f1;
+      evaluate16x2<kUnit>(x, w, wx, iscale_of(t), iscale_of(t + 1), lo, hi, f0, f1);
+      take(best, f0, active & gain_above(f0, best));
+      take(best, f1, active & gain_above(f1, best));
+    }
+    if (t < n_targets) {
+      const Fit16 f = evaluate16<kUnit>(x, w, wx, iscale_of(t), lo, hi);
+      take(best, f, active & gain_above(f, best));
     }
     const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
     __mmask16 running = active;
@@ -777,9 +908,10 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
   chosen.sc = _mm512_setzero_si512();
   for (auto& v : chosen.codes.v) v = _mm512_setzero_ps();
   uint16_t best_d = 0;
+  Tried tried;
   const auto m = static_cast<double>(scale_max);
   for (const double top : {m, m - 0.5, m - 1.0}) {
-    try_super_scale<kUnit>(x, w, scale, max_abs / top, scale_max, lo, hi, trial, chosen, best_d);
+    try_super_scale<kUnit>(x, w, scale, max_abs / top, scale_max, lo, hi, trial, chosen, best_d, tried);
   }
   for (int round = 0; round < super_rounds; ++round) {
     // num = sum w x (sc * code), den = sum w (sc * code)^2 in the reference's order: sub-block by
@@ -800,7 +932,12 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
     const __mmask16 sc_nonzero = _mm512_cmp_epi32_mask(chosen.sc, _mm512_setzero_si512(), _MM_CMPINT_NE);
     for (int i = 0; i < 16; ++i) {
       const __m512d q[2] = {lo_pd(chosen.codes.v[i]), hi_pd(chosen.codes.v[i])};
-      const __m512d wxd[2] = {lo_pd(wx.v[i]), hi_pd(wx.v[i])}, wd[2] = {lo_pd(w.v[i]), hi_pd(w.v[i])};
+      const __m512d wxd[2] = {lo_pd(wx.v[i]), hi_pd(wx.v[i])};
+      __m512d wd[2] = {_mm512_set1_pd(1.0), _mm512_set1_pd(1.0)};  // kUnit: w is not loaded
+      if (!kUnit) {
+        wd[0] = lo_pd(w.v[i]);
+        wd[1] = hi_pd(w.v[i]);
+      }
       // Lanes whose terms are not zero: their float factors' exponents bound L from below.
       const __mmask16 used =
           sc_nonzero & _mm512_cmp_ps_mask(chosen.codes.v[i], _mm512_setzero_ps(), _CMP_NEQ_UQ);
@@ -812,7 +949,9 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
       }
       for (int h = 0; h < 2; ++h) {
         const __m512d sq = _mm512_mul_pd(sc[h], q[h]);
-        const __m512d n = _mm512_mul_pd(wxd[h], sq), d = _mm512_mul_pd(_mm512_mul_pd(wd[h], sq), sq);
+        // kUnit: 1.0 * sq is sq exactly.
+        const __m512d n = _mm512_mul_pd(wxd[h], sq),
+                      d = _mm512_mul_pd(kUnit ? sq : _mm512_mul_pd(wd[h], sq), sq);
         _mm512_store_pd(&tn[i][8 * h], n);
         _mm512_store_pd(&td[i][8 * h], d);
         vnum = _mm512_add_pd(vnum, n);
@@ -840,7 +979,7 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
     }
     if (den <= 0) break;
     const uint16_t before = best_d;
-    try_super_scale<kUnit>(x, w, scale, num / den, scale_max, lo, hi, trial, chosen, best_d);
+    try_super_scale<kUnit>(x, w, scale, num / den, scale_max, lo, hi, trial, chosen, best_d, tried);
     if (best_d == before) break;
   }
 
