@@ -452,7 +452,9 @@ TEST(LlamaEngine, InterleavedMatricesReadAsTheFile) {
     dequantize_rows(tp.type->id, tp.data, want.data(), tp.n_rows(), tp.row_length());
     EXPECT_EQ(x, want) << t.name;
     EXPECT_EQ(xp, want) << t.name;
-    if (kernels::interleaved(t)) EXPECT_NE(std::memcmp(t.data, tp.data, t.nbytes), 0) << t.name << ": not rewritten";
+    if (kernels::interleaved(t)) {
+      EXPECT_NE(std::memcmp(t.data, tp.data, t.nbytes), 0) << t.name << ": not rewritten";
+    }
   }
   // Prefill (a batch of 9: the panel path) and the embedding rows of a tied head, with every
   // product's input as an observer sees it.
