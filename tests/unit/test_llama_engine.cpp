@@ -404,12 +404,7 @@ TEST(LlamaEngine, RepackedDecodeKeepsTheLogits) {
     return all;
   };
   const auto a = one_at_a_time(packed, 0), b = one_at_a_time(plain, 0), c = one_at_a_time(packed, 1);
-  ASSERT_EQ(a.size(), b.size());
-  double scale = 0, d = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    scale = std::max(scale, std::fabs(double{b[i]}));
-    d = std::max(d, std::fabs(double{a[i]} - b[i]));
-  }
+  const auto [scale, d] = test::logit_gap(a, b);
   EXPECT_GT(scale, 0.1);
   EXPECT_LE(d, 1e-3 * scale) << "repacked against the file's rows";
   // A batch with a lone token's numerics takes the same path, to the bit.

@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 
 #include <cstdlib>
@@ -59,6 +61,21 @@ inline std::vector<float> gaussian(size_t n, float sigma, unsigned seed) {
   std::vector<float> x(n);
   for (auto& v : x) v = dist(rng);
   return x;
+}
+
+// Two logit vectors of the same model side by side: the largest |b| (the scale) and the largest
+// |a - b|, in double.
+struct LogitGap {
+  double scale = 0, max_diff = 0;
+};
+inline LogitGap logit_gap(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  LogitGap g;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) {
+    g.scale = std::max(g.scale, std::fabs(double{b[i]}));
+    g.max_diff = std::max(g.max_diff, std::fabs(double{a[i]} - b[i]));
+  }
+  return g;
 }
 
 struct CliResult {
