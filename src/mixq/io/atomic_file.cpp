@@ -10,8 +10,13 @@
 #include <cctype>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
+#include <condition_variable>
+#include <mutex>
 #include <stdexcept>
+#include <system_error>
+#include <thread>
 
 #include <fmt/format.h>
 
@@ -20,6 +25,11 @@ namespace mixq {
 namespace fs = std::filesystem;
 
 namespace {
+
+// The write buffer: 4 MB (the GGUF writer's slices), aligned for direct I/O. 4096 covers the
+// logical block size of every common disk.
+constexpr size_t kDirectAlign = 4096;
+constexpr size_t kBufferBytes = size_t{4} << 20;
 
 // The registry lives in static storage and is read by a signal handler, so it holds plain
 // character arrays and atomics only: no allocation, no locks.
@@ -122,6 +132,81 @@ OutputTarget classify_output(const fs::path& requested) {
   return {OutputKind::Replace, resolve_links(requested), {}};
 }
 
+// The writer thread of direct mode. One buffer at a time is pending; the caller waits only when
+// it has filled the other one before this one is written. A failed write is kept (errno) and
+// reported by the caller at its next hand-over or at commit.
+struct AtomicFile::Writer {
+  explicit Writer(int fd) : fd(fd), thread([this] { run(); }) {}
+  ~Writer() {
+    {
+      std::lock_guard lock(m);
+      stop = true;
+    }
+    cv.notify_all();
+    thread.join();
+  }
+  // Waits until nothing is pending; returns the errno of a failed write (0: none).
+  int wait_idle() {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return pending == nullptr; });
+    return err;
+  }
+  void hand_over(const char* p, size_t n) {
+    {
+      std::lock_guard lock(m);
+      pending = p;
+      pending_n = n;
+    }
+    cv.notify_all();
+  }
+  void run() {
+    std::unique_lock lock(m);
+    for (;;) {
+      cv.wait(lock, [&] { return pending != nullptr || stop; });
+      if (pending == nullptr) return;
+      const char* p = pending;
+      const size_t size = pending_n;
+      lock.unlock();
+      const int e = write_whole(p, size);
+      lock.lock();
+      if (e != 0 && err == 0) err = e;
+      pending = nullptr;
+      cv.notify_all();
+    }
+  }
+  int write_whole(const char* p, size_t size) {
+    if (err != 0) return 0;  // the file is lost already; the caller reports the first error
+    size_t done = 0;
+    while (done < size) {
+      const ssize_t n = ::write(fd, p + done, size - done);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        // As in write_all: an alignment the file system needs beyond ours. Only whole buffers
+        // were written directly, so the buffered writes continue at the file's end.
+        if (errno == EINVAL) {
+          const int flags = ::fcntl(fd, F_GETFL);
+          if (flags >= 0 && (flags & O_DIRECT) && ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) == 0) continue;
+        }
+        return errno;
+      }
+      if (n == 0) return EIO;
+      done += static_cast<size_t>(n);
+    }
+    return 0;
+  }
+
+  int fd;
+  std::mutex m;
+  std::condition_variable cv;
+  const char* pending = nullptr;
+  size_t pending_n = 0;
+  int err = 0;
+  bool stop = false;
+  std::thread thread;  // last: starts once the members above exist
+};
+
+void AtomicFile::WriterDeleter::operator()(Writer* w) const { delete w; }
+
 AtomicFile::AtomicFile(const fs::path& target) : requested_(target) {
   const OutputTarget t = classify_output(target);
   target_ = t.path;
@@ -148,7 +233,37 @@ AtomicFile::AtomicFile(const fs::path& target) : requested_(target) {
       if (err != EEXIST || attempt > 100) fail("cannot create the temporary file " + writing_.string(), err);
     }
   }
-  buffer_.resize(1 << 20);
+  // Direct I/O for the temporary file where the file system takes it (not for devices and FIFOs).
+  if (!through_) {
+    const int flags = ::fcntl(fd_, F_GETFL);
+    direct_ = flags >= 0 && ::fcntl(fd_, F_SETFL, flags | O_DIRECT) == 0;
+  }
+  storage_ = {static_cast<char*>(std::aligned_alloc(kDirectAlign, (direct_ ? 2 : 1) * kBufferBytes)), std::free};
+  if (!storage_) fail("out of memory for its write buffer", ENOMEM);
+  buffer_ = storage_.get();
+  if (direct_) {
+    try {
+      writer_.reset(new Writer(fd_));
+    } catch (const std::system_error&) {
+      // No thread to be had: the caller writes each buffer itself.
+    }
+  }
+}
+
+
+// Waits for the writer's last buffer and ends the thread; a failed write fails the file.
+void AtomicFile::drain() {
+  if (!writer_) return;
+  const int err = writer_->wait_idle();
+  writer_.reset();
+  if (err != 0) fail("write failed", err);
+}
+
+void AtomicFile::stop_direct() {
+  if (!direct_) return;
+  direct_ = false;
+  const int flags = ::fcntl(fd_, F_GETFL);
+  if (flags < 0 || ::fcntl(fd_, F_SETFL, flags & ~O_DIRECT) != 0) fail("cannot switch off direct I/O", errno);
 }
 
 AtomicFile::~AtomicFile() {
@@ -156,6 +271,7 @@ AtomicFile::~AtomicFile() {
 }
 
 void AtomicFile::discard() noexcept {
+  writer_.reset();  // before the descriptor closes: the writer may be writing to it
   if (fd_ >= 0) ::close(fd_);
   fd_ = -1;
   if (!through_ && slot_ >= 0) ::unlink(writing_.c_str());
@@ -177,6 +293,13 @@ void AtomicFile::write_all(const char* p, size_t size) {
     const ssize_t n = ::write(fd_, p + done, size - done);
     if (n < 0) {
       if (errno == EINTR) continue;
+      // A file system that took O_DIRECT at fcntl but not this write (an alignment it needs
+      // beyond ours): the same bytes through the page cache. Only whole blocks were written
+      // directly so far, so the file's end stays where the buffered writes continue.
+      if (direct_ && errno == EINVAL) {
+        stop_direct();
+        continue;
+      }
       fail("write failed", errno);
     }
     if (n == 0) fail("write failed", EIO);
@@ -185,32 +308,44 @@ void AtomicFile::write_all(const char* p, size_t size) {
 }
 
 void AtomicFile::flush_buffer() {
-  write_all(buffer_.data(), used_);
+  if (writer_ && used_ > 0) {
+    // Hand this buffer to the writer once it is done with the other one; fill the other.
+    if (const int err = writer_->wait_idle(); err != 0) fail("write failed", err);
+    writer_->hand_over(buffer_, used_);
+    buffer_ = buffer_ == storage_.get() ? storage_.get() + kBufferBytes : storage_.get();
+    used_ = 0;
+    return;
+  }
+  write_all(buffer_, used_);
   used_ = 0;
 }
 
 void AtomicFile::write(const void* data, size_t n) {
   if (committed_ || fd_ < 0) throw std::logic_error("AtomicFile: write after commit");
   const char* p = static_cast<const char*>(data);
-  // A span at least as large as the buffer goes to the file straight from the caller's memory
-  // (after what is buffered): no copy through the buffer for tensor data.
-  if (n >= buffer_.size()) {
+  // Without direct I/O, a span at least as large as the buffer goes to the file straight from
+  // the caller's memory (after what is buffered). With it, everything passes the aligned buffer,
+  // which is written whole (kBufferBytes, a multiple of the alignment, at aligned offsets).
+  if (!direct_ && n >= kBufferBytes) {
     flush_buffer();
     write_all(p, n);
     return;
   }
   while (n > 0) {
-    const size_t take = std::min(n, buffer_.size() - used_);
-    std::memcpy(buffer_.data() + used_, p, take);
+    const size_t take = std::min(n, kBufferBytes - used_);
+    std::memcpy(buffer_ + used_, p, take);
     used_ += take;
     p += take;
     n -= take;
-    if (used_ == buffer_.size()) flush_buffer();
+    if (used_ == kBufferBytes) flush_buffer();
   }
 }
 
 void AtomicFile::commit() {
   if (committed_ || fd_ < 0) throw std::logic_error("AtomicFile: commit twice");
+  // The last partial block goes through the page cache (direct writes are whole blocks).
+  drain();
+  stop_direct();
   flush_buffer();
   if (!through_ && ::fsync(fd_) != 0) fail("sync failed", errno);
   const int fd = fd_;

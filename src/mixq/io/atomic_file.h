@@ -5,6 +5,12 @@
 //    `.NAME.mixq-tmp-PID-N` and created with O_EXCL (never shared, never through a planted link),
 //    then flushed, fsync'ed, closed (checked), renamed over the target, and the directory fsync'ed.
 //    Readers see the old file or the complete new one, never a part.
+//  * The temporary file is written with direct I/O (O_DIRECT, whole aligned blocks from an aligned
+//    buffer) where its file system takes it, the last partial block without: the data has to
+//    reach the disk before the rename anyway, and copying it into the page cache first cost more
+//    CPU than quantizing a Q8_0 model (docs/BENCHMARKS.md). A writer thread writes one buffer
+//    while the caller fills the other, so the caller does not wait for the disk. Where O_DIRECT
+//    is refused (tmpfs, some network file systems) the same bytes go through the page cache.
 //  * A symlink target is followed to the file it names; the link itself stays.
 //  * A target that exists and is a character device or a FIFO (/dev/null, a pipe) is written
 //    through: there is nothing to replace, and replacing it would destroy it. Directories, sockets
@@ -24,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -50,10 +57,19 @@ class AtomicFile {
   // The file being written: the temporary file, or the target when written through.
   const std::filesystem::path& writing_path() const { return writing_; }
   bool writes_through() const { return through_; }
+  // Whether the file is being written with direct I/O (false once it fell back to the cache).
+  bool writes_directly() const { return direct_; }
 
  private:
   void flush_buffer();
   void write_all(const char* p, size_t n);
+  void stop_direct();
+  void drain();
+
+  struct Writer;  // direct mode: writes one buffer while the caller fills the other
+  struct WriterDeleter {
+    void operator()(Writer* w) const;
+  };
   [[noreturn]] void fail(const std::string& what, int err);
   void discard() noexcept;
 
@@ -61,8 +77,11 @@ class AtomicFile {
   int fd_ = -1;
   int slot_ = -1;
   bool through_ = false, committed_ = false;
-  std::vector<char> buffer_;
+  bool direct_ = false;  // O_DIRECT is set on fd_: every write is whole aligned blocks of buffer_
+  std::unique_ptr<char, void (*)(void*)> storage_{nullptr, nullptr};
+  char* buffer_ = nullptr;  // kBufferBytes, aligned to kDirectAlign (two of them with a writer)
   size_t used_ = 0;
+  std::unique_ptr<Writer, WriterDeleter> writer_;
 };
 
 // Writes `bytes` to `path` through an AtomicFile.
