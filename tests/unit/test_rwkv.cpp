@@ -786,6 +786,54 @@ TEST(RwkvLayout, Rwkv5AsLlamaCppRwkv6) {
   EXPECT_FALSE(fs::exists(dir / "v6-from-q5_1.gguf"));
 }
 
+// RWKV-5.2 converted into rwkv6 has all-zero LoRAs, which the engine skips: the logits over 200
+// bytes of text (one batch, then one token at a time) are the very ones of the full computation,
+// which an observer forces (it must see every product, and sees the LoRAs: 4 per block). In F32
+// and in q8_0, where the zero matrices are quantized too. A LoRA whose output matrix is not all
+// zeros is never skipped: Rwkv6DataDependentPath.
+TEST(RwkvLayout, ZeroLorasOfAConvertedFileAreSkippedExactly) {
+  MIXQ_REQUIRE_SHARED("rwkv-tiny/tiny-rwkv-5v2-730K-FP32.bin");
+  const auto dir = fresh_dir("rwkv6-zero-lora");
+  const fs::path v6 = dir / "v6.gguf", q8 = dir / "v6-q8_0.gguf";
+  convert_to_gguf({rwkv_dir() / "tiny-rwkv-5v2-730K-FP32.bin", v6, std::nullopt, {}}, RwkvLayout::LlamaCpp);
+  QuantizeOptions opts;
+  opts.policy.default_type = TypeId::Q8_0;
+  opts.policy.pure = true;  // the LoRAs too (llama-quantize's rules keep them F32)
+  quantize_model(GgufFile::open(v6), q8, opts);
+  std::vector<int32_t> text;
+  for (const unsigned char c : std::string("The quick brown fox jumps over the lazy dog, then rests; ")) text.push_back(c);
+  while (text.size() < 200) text.insert(text.end(), text.begin(), text.begin() + 57);
+  text.resize(200);
+  for (const fs::path& file : {v6, q8}) {
+    SCOPED_TRACE(file.filename().string());
+    const GgufFile f = GgufFile::open(file);
+    const auto model = load_model(f);
+    const auto run = [&](bool observe, bool one_by_one, int& lora_products) {
+      lora_products = 0;
+      const auto ctx = model->new_context(256, 2);
+      if (observe) {
+        ctx->set_matmul_observer([&](const GgufTensor& w, const float*, int) {
+          if (w.name.find("time_mix_w") != std::string::npos || w.name.find("decay_w") != std::string::npos) ++lora_products;
+        });
+      }
+      if (!one_by_one) return ctx->eval(text, true);
+      std::vector<float> all;
+      for (int32_t t : text) {
+        const auto& l = ctx->eval({t}, true);
+        all.insert(all.end(), l.begin(), l.end());
+      }
+      return all;
+    };
+    for (bool one_by_one : {false, true}) {
+      int seen_skipped = 0, seen_full = 0;
+      const auto skipped = run(false, one_by_one, seen_skipped), full = run(true, one_by_one, seen_full);
+      EXPECT_EQ(skipped, full);
+      EXPECT_GT(seen_full, 0);
+      EXPECT_EQ(seen_full % 4, 0);
+    }
+  }
+}
+
 TEST(RwkvLayout, Rwkv6BadFilesAreClearErrors) {
   MIXQ_REQUIRE_SHARED("rwkv-tiny/tiny-rwkv-5v2-730K-FP32.bin");
   const auto dir = fresh_dir("rwkv6-bad");

@@ -72,6 +72,7 @@ class MatMul {
   void set_kernels(const kernels::KernelSet& k) { kernels_ = &k; }
   const kernels::KernelSet& kernel_set() const { return *kernels_; }
   void set_observer(MatmulObserver obs) { observer_ = std::move(obs); }
+  bool has_observer() const { return static_cast<bool>(observer_); }
   // Which path a product takes depends on its batch size (above), and the paths round
   // differently. With b > 0 every product takes the path a batch of b tokens would, so each
   // token's result is the one it gets in a batch of b (b = 1: exactly a lone token's); 0 (the

@@ -9,6 +9,9 @@
 // with u = time_mix_first, and y -> GroupNorm per head (eps 64e-5, fixed in llama.cpp's graph) with
 // time_mix_ln -> * g -> output @ y. time_mix_w2 [d_mix, n_embd, 5] is five matrices one after
 // another in the file; each product reads its rows in place (a view), so any weight type works.
+// A LoRA whose output matrix is all zeros (RWKV-5.2 converted into this layout: `convert --layout
+// llama.cpp`) adds exactly zero to finite inputs, so its two products are skipped (1.8x the CPU
+// time otherwise on the tiny model), except while an observer collects every product's inputs.
 #include "mixq/engine/repack.h"
 #include "mixq/engine/rwkv_model.h"
 #include "mixq/engine/rwkv_ops.h"
@@ -19,29 +22,67 @@
 
 namespace mixq {
 
+namespace {
+bool all_zero(const GgufTensor& t) {
+  std::vector<float> values(static_cast<size_t>(t.n_elements()));
+  kernels::dequantize_tensor(t, values.data());
+  return std::all_of(values.begin(), values.end(), [](float v) { return v == 0.0f; });
+}
+}  // namespace
+
+// The model's own tensors are looked at once; an override (a measurement probe's matrix, whose
+// memory may later hold another) every time it is read.
+bool RwkvContext::zero_matrix(const GgufTensor& original) {
+  const GgufTensor& used = mm_.resolve(original);
+  if (&used != &original) return all_zero(used);
+  const auto [it, fresh] = zero_matrices_.try_emplace(&original, false);
+  if (fresh) it->second = all_zero(original);
+  return it->second;
+}
+
 void RwkvContext::time_mix_v6(int l, int n) {
+  const auto& hp = rwkv_.hparams();
+  const RwkvModel::Layer& L = rwkv_.layers[static_cast<size_t>(l)];
+  const LayerVectors& vec = vec_[static_cast<size_t>(l)];
+  const auto E = static_cast<size_t>(hp.n_embd), un = static_cast<size_t>(n);
+  const size_t NE = un * E;
+  for (auto* b : {&xw_, &xk_, &xv_, &xr_, &xg_, &xa_, &r_, &w_, &k_, &v_, &g_}) b->resize(NE);
+  const float *x = xn_.data(), *prev = prev_.data();
+
+  // A product may be overridden (measurement probes): the views read the tensor actually in use.
+  const GgufTensor& w2 = mm_.resolve(*L.ddlerp_w2);
+  std::vector<float>* mixed[5] = {&xw_, &xk_, &xv_, &xr_, &xg_};
+  if (!mm_.has_observer() && zero_matrix(*L.ddlerp_w2)) {
+    // x_m = x + sx * (lerp_m + 0): the LoRA's products are +-0 for finite inputs.
+    for (size_t m = 0; m < 5; ++m) {
+      float* xm = mixed[m]->data();
+      const float* lerp = vec.lerp.data() + m * E;
+      for (size_t at = 0; at < NE; ++at) xm[at] = (0.0f + lerp[at % E]) * (prev[at] - x[at]) + x[at];
+    }
+  } else {
+    ddlerp_lora(l, n, w2, mixed);
+  }
+  time_mix_v6_rest(l, n);
+}
+
+void RwkvContext::ddlerp_lora(int l, int n, const GgufTensor& w2, std::vector<float>* const* mixed) {
   const auto& hp = rwkv_.hparams();
   const RwkvModel::Layer& L = rwkv_.layers[static_cast<size_t>(l)];
   const LayerVectors& vec = vec_[static_cast<size_t>(l)];
   const auto E = static_cast<size_t>(hp.n_embd), un = static_cast<size_t>(n);
   const auto X = static_cast<size_t>(hp.d_mix);
   const size_t NE = un * E;
-  for (auto* b : {&xw_, &xk_, &xv_, &xr_, &xg_, &xa_, &r_, &w_, &k_, &v_, &g_}) b->resize(NE);
   const float *x = xn_.data(), *prev = prev_.data();
-
   // The data-dependent token shift: xxx (in xa_), its LoRA's five parts, each part's product.
   for (size_t at = 0; at < NE; ++at) xa_[at] = (prev[at] - x[at]) * vec.lerp_x[at % E] + x[at];
   low_.resize(un * 5 * X);
   mm_.invalidate();
   matmul(*L.ddlerp_w1, xa_.data(), n, low_.data());
   for (float& z : low_) z = std::tanh(z);
-  // A product may be overridden (measurement probes): the views read the tensor actually in use.
-  const GgufTensor& w2 = mm_.resolve(*L.ddlerp_w2);
   // The views below read rows in the file's layout: a three-dimensional tensor is never interleaved
   // in place (kernels::interleave_in_place takes matrices only), and this says so if that changes.
   if (kernels::interleaved(w2)) throw std::logic_error("rwkv6: time_mix_w2 is interleaved; its views need the file's layout");
   const size_t part_bytes = static_cast<size_t>(w2.type->row_bytes(hp.d_mix)) * E;
-  std::vector<float>* mixed[5] = {&xw_, &xk_, &xv_, &xr_, &xg_};
   low2_.resize(un * X);
   for (size_t m = 0; m < 5; ++m) {
     GgufTensor part = w2;
@@ -55,7 +96,14 @@ void RwkvContext::time_mix_v6(int l, int n) {
     const float* lerp = vec.lerp.data() + m * E;
     for (size_t at = 0; at < NE; ++at) xm[at] = (xm[at] + lerp[at % E]) * (prev[at] - x[at]) + x[at];
   }
+}
 
+void RwkvContext::time_mix_v6_rest(int l, int n) {
+  const auto& hp = rwkv_.hparams();
+  const RwkvModel::Layer& L = rwkv_.layers[static_cast<size_t>(l)];
+  const LayerVectors& vec = vec_[static_cast<size_t>(l)];
+  const auto E = static_cast<size_t>(hp.n_embd), un = static_cast<size_t>(n);
+  const size_t NE = un * E;
   mm_.invalidate();
   matmul(*L.att_receptance, xr_.data(), n, r_.data());
   matmul(*L.att_key, xk_.data(), n, k_.data());
@@ -63,11 +111,15 @@ void RwkvContext::time_mix_v6(int l, int n) {
   matmul(*L.att_gate, xg_.data(), n, g_.data());
   for (float& gi : g_) gi = gi / (1.0f + std::exp(-gi));  // silu, as ggml_silu
   // The decay: its LoRA on xw, then exp(-exp(.)).
-  low_.resize(un * static_cast<size_t>(hp.d_decay));
-  matmul(*L.decay_w1, xw_.data(), n, low_.data());
-  for (float& z : low_) z = std::tanh(z);
-  mm_.invalidate();
-  matmul(*L.decay_w2, low_.data(), n, w_.data());
+  if (!mm_.has_observer() && zero_matrix(*L.decay_w2)) {
+    std::fill(w_.begin(), w_.end(), 0.0f);  // the LoRA's +-0 (finite inputs)
+  } else {
+    low_.resize(un * static_cast<size_t>(hp.d_decay));
+    matmul(*L.decay_w1, xw_.data(), n, low_.data());
+    for (float& z : low_) z = std::tanh(z);
+    mm_.invalidate();
+    matmul(*L.decay_w2, low_.data(), n, w_.data());
+  }
   for (size_t at = 0; at < NE; ++at) w_[at] = std::exp(-std::exp(w_[at] + vec.time_decay[at % E]));
 
   float* y = xr_.data();  // spent after the receptance product

@@ -31,6 +31,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "mixq/engine/model.h"
@@ -149,6 +150,9 @@ class RwkvContext : public Context {
   // The RWKV-5.2 / RWKV-6 WKV recurrence of layer l over n tokens (r_, k_, v_; rwkv5.cpp), into y.
   void wkv5_heads(int l, int n, const float* decay, size_t decay_token_stride, float* y);
   void time_mix_v7(int l, int n);
+  // RWKV-6's parts: the data-dependent token shift's LoRA (into the five mixed inputs), the rest.
+  void ddlerp_lora(int l, int n, const GgufTensor& w2, std::vector<float>* const* mixed);
+  void time_mix_v6_rest(int l, int n);
   void channel_mix(int l, int n);
   // Per-head GroupNorm of out_-sized rows in place, then ln_x's weight and bias.
   void group_norm(float* x, int n, const LayerVectors& v, float eps) const;
@@ -167,6 +171,10 @@ class RwkvContext : public Context {
   std::vector<float> x_, v_first_, xn_, prev_, out_, packed_;
   std::vector<float> xr_, xk_, xv_, xg_, xw_, xa_, r_, k_, v_, g_, w_, a_, kk_;
   std::vector<float> low_, low2_;  // RWKV-6/7's low-rank intermediates
+  // RWKV-6: whether a LoRA's output matrix (as read: overrides included) holds only zeros, by its
+  // data; such a LoRA adds nothing and is skipped unless an observer wants its inputs.
+  bool zero_matrix(const GgufTensor& original);
+  std::unordered_map<const GgufTensor*, bool> zero_matrices_;
   std::vector<float> ffn_k_;       // n x n_ff
 };
 
