@@ -74,6 +74,17 @@ std::vector<float> prompt_logits(const fs::path& gguf, bool one_by_one = false) 
   return last;
 }
 
+// Every position's logits of `tokens`: one batch, or one token at a time.
+std::vector<float> all_logits(Context& ctx, const std::vector<int32_t>& tokens, bool one_by_one) {
+  if (!one_by_one) return ctx.eval(tokens, true);
+  std::vector<float> all;
+  for (int32_t t : tokens) {
+    const auto& l = ctx.eval({t}, true);
+    all.insert(all.end(), l.begin(), l.end());
+  }
+  return all;
+}
+
 TEST(RwkvEngine, Fp32MatchesRwkvCpp) {
   MIXQ_REQUIRE_SHARED("rwkv-tiny/tiny-rwkv-7v0-834K-FP32.bin");
   const auto dir = fresh_dir("rwkv-fp32");
@@ -197,13 +208,7 @@ TEST(RwkvEngine, InterleavedDecodeLayoutsKeepTheLogits) {
     const std::vector<int32_t> batch = {'"', 'i', 'n', ' ', 't', 'h', 'e', ' ', 'w', 'o', 'r', 'd'};
     const auto eval = [&](const Model& m, bool one_by_one) {
       const auto ctx = m.new_context(64, 2);
-      if (!one_by_one) return ctx->eval(batch, true);
-      std::vector<float> all;
-      for (int32_t t : batch) {
-        const auto& l = ctx->eval({t}, false);
-        all.insert(all.end(), l.begin(), l.end());
-      }
-      return all;
+      return all_logits(*ctx, batch, one_by_one);
     };
     EXPECT_EQ(eval(*packed, false), eval(*plain, false));
     const auto [scale, d] = test::logit_gap(eval(*packed, true), eval(*plain, true));
@@ -816,13 +821,7 @@ TEST(RwkvLayout, ZeroLorasOfAConvertedFileAreSkippedExactly) {
           if (w.name.find("time_mix_w") != std::string::npos || w.name.find("decay_w") != std::string::npos) ++lora_products;
         });
       }
-      if (!one_by_one) return ctx->eval(text, true);
-      std::vector<float> all;
-      for (int32_t t : text) {
-        const auto& l = ctx->eval({t}, true);
-        all.insert(all.end(), l.begin(), l.end());
-      }
-      return all;
+      return all_logits(*ctx, text, one_by_one);
     };
     for (bool one_by_one : {false, true}) {
       int seen_skipped = 0, seen_full = 0;
@@ -930,13 +929,7 @@ TEST(RwkvEngine, Rwkv6DataDependentPath) {
     const GgufFile f = GgufFile::open(p);
     const auto model = load_model(f);
     const auto ctx = model->new_context(n, 2);
-    if (!one_by_one) return ctx->eval(tokens, true);
-    std::vector<float> all;
-    for (int32_t t : tokens) {
-      const auto& l = ctx->eval({t}, true);
-      all.insert(all.end(), l.begin(), l.end());
-    }
-    return all;
+    return all_logits(*ctx, tokens, one_by_one);
   };
   const auto max_diff = [](const std::vector<float>& a, const std::vector<float>& b) {
     EXPECT_EQ(a.size(), b.size());
