@@ -45,65 +45,47 @@ void RwkvContext::time_mix_v6(int l, int n) {
   const RwkvModel::Layer& L = rwkv_.layers[static_cast<size_t>(l)];
   const LayerVectors& vec = vec_[static_cast<size_t>(l)];
   const auto E = static_cast<size_t>(hp.n_embd), un = static_cast<size_t>(n);
+  const auto X = static_cast<size_t>(hp.d_mix);
   const size_t NE = un * E;
   for (auto* b : {&xw_, &xk_, &xv_, &xr_, &xg_, &xa_, &r_, &w_, &k_, &v_, &g_}) b->resize(NE);
   const float *x = xn_.data(), *prev = prev_.data();
 
+  // The data-dependent token shift: xxx (in xa_), its LoRA's five parts, each part's product
+  // (+-0 where the LoRA's output matrix is all zeros: not computed then).
+  const bool ddlerp = mm_.has_observer() || !zero_matrix(*L.ddlerp_w2);
   // A product may be overridden (measurement probes): the views read the tensor actually in use.
   const GgufTensor& w2 = mm_.resolve(*L.ddlerp_w2);
-  std::vector<float>* mixed[5] = {&xw_, &xk_, &xv_, &xr_, &xg_};
-  if (!mm_.has_observer() && zero_matrix(*L.ddlerp_w2)) {
-    // x_m = x + sx * (lerp_m + 0): the LoRA's products are +-0 for finite inputs.
-    for (size_t m = 0; m < 5; ++m) {
-      float* xm = mixed[m]->data();
-      const float* lerp = vec.lerp.data() + m * E;
-      for (size_t at = 0; at < NE; ++at) xm[at] = (0.0f + lerp[at % E]) * (prev[at] - x[at]) + x[at];
-    }
-  } else {
-    ddlerp_lora(l, n, w2, mixed);
-  }
-  time_mix_v6_rest(l, n);
-}
-
-void RwkvContext::ddlerp_lora(int l, int n, const GgufTensor& w2, std::vector<float>* const* mixed) {
-  const auto& hp = rwkv_.hparams();
-  const RwkvModel::Layer& L = rwkv_.layers[static_cast<size_t>(l)];
-  const LayerVectors& vec = vec_[static_cast<size_t>(l)];
-  const auto E = static_cast<size_t>(hp.n_embd), un = static_cast<size_t>(n);
-  const auto X = static_cast<size_t>(hp.d_mix);
-  const size_t NE = un * E;
-  const float *x = xn_.data(), *prev = prev_.data();
-  // The data-dependent token shift: xxx (in xa_), its LoRA's five parts, each part's product.
-  for (size_t at = 0; at < NE; ++at) xa_[at] = (prev[at] - x[at]) * vec.lerp_x[at % E] + x[at];
-  low_.resize(un * 5 * X);
-  mm_.invalidate();
-  matmul(*L.ddlerp_w1, xa_.data(), n, low_.data());
-  for (float& z : low_) z = std::tanh(z);
-  // The views below read rows in the file's layout: a three-dimensional tensor is never interleaved
-  // in place (kernels::interleave_in_place takes matrices only), and this says so if that changes.
-  if (kernels::interleaved(w2)) throw std::logic_error("rwkv6: time_mix_w2 is interleaved; its views need the file's layout");
-  const size_t part_bytes = static_cast<size_t>(w2.type->row_bytes(hp.d_mix)) * E;
-  low2_.resize(un * X);
-  for (size_t m = 0; m < 5; ++m) {
-    GgufTensor part = w2;
-    part.shape = {hp.d_mix, hp.n_embd};
-    part.data = w2.data + m * part_bytes;
-    part.nbytes = part_bytes;
-    for (size_t t = 0; t < un; ++t) std::copy_n(&low_[(t * 5 + m) * X], X, &low2_[t * X]);
+  if (ddlerp) {
+    for (size_t at = 0; at < NE; ++at) xa_[at] = (prev[at] - x[at]) * vec.lerp_x[at % E] + x[at];
+    low_.resize(un * 5 * X);
     mm_.invalidate();
+    matmul(*L.ddlerp_w1, xa_.data(), n, low_.data());
+    for (float& z : low_) z = std::tanh(z);
+    // The views below read rows in the file's layout: a three-dimensional tensor is never
+    // interleaved in place (kernels::interleave_in_place takes matrices only), and this says so if
+    // that changes.
+    if (kernels::interleaved(w2)) throw std::logic_error("rwkv6: time_mix_w2 is interleaved; its views need the file's layout");
+    low2_.resize(un * X);
+  }
+  const size_t part_bytes = static_cast<size_t>(w2.type->row_bytes(hp.d_mix)) * E;
+  std::vector<float>* mixed[5] = {&xw_, &xk_, &xv_, &xr_, &xg_};
+  for (size_t m = 0; m < 5; ++m) {
     float* xm = mixed[m]->data();
-    matmul(part, low2_.data(), n, xm);
+    if (ddlerp) {
+      GgufTensor part = w2;
+      part.shape = {hp.d_mix, hp.n_embd};
+      part.data = w2.data + m * part_bytes;
+      part.nbytes = part_bytes;
+      for (size_t t = 0; t < un; ++t) std::copy_n(&low_[(t * 5 + m) * X], X, &low2_[t * X]);
+      mm_.invalidate();
+      matmul(part, low2_.data(), n, xm);
+    } else {
+      std::fill(xm, xm + NE, 0.0f);
+    }
     const float* lerp = vec.lerp.data() + m * E;
     for (size_t at = 0; at < NE; ++at) xm[at] = (xm[at] + lerp[at % E]) * (prev[at] - x[at]) + x[at];
   }
-}
 
-void RwkvContext::time_mix_v6_rest(int l, int n) {
-  const auto& hp = rwkv_.hparams();
-  const RwkvModel::Layer& L = rwkv_.layers[static_cast<size_t>(l)];
-  const LayerVectors& vec = vec_[static_cast<size_t>(l)];
-  const auto E = static_cast<size_t>(hp.n_embd), un = static_cast<size_t>(n);
-  const size_t NE = un * E;
   mm_.invalidate();
   matmul(*L.att_receptance, xr_.data(), n, r_.data());
   matmul(*L.att_key, xk_.data(), n, k_.data());

@@ -150,9 +150,6 @@ class RwkvContext : public Context {
   // The RWKV-5.2 / RWKV-6 WKV recurrence of layer l over n tokens (r_, k_, v_; rwkv5.cpp), into y.
   void wkv5_heads(int l, int n, const float* decay, size_t decay_token_stride, float* y);
   void time_mix_v7(int l, int n);
-  // RWKV-6's parts: the data-dependent token shift's LoRA (into the five mixed inputs), the rest.
-  void ddlerp_lora(int l, int n, const GgufTensor& w2, std::vector<float>* const* mixed);
-  void time_mix_v6_rest(int l, int n);
   void channel_mix(int l, int n);
   // Per-head GroupNorm of out_-sized rows in place, then ln_x's weight and bias.
   void group_norm(float* x, int n, const LayerVectors& v, float eps) const;

@@ -31,6 +31,28 @@ namespace {
 constexpr size_t kDirectAlign = 4096;
 constexpr size_t kBufferBytes = size_t{4} << 20;
 
+// Writes all `size` bytes to fd; 0 or the errno of the failure. A write refused with EINVAL while
+// O_DIRECT is set (an alignment the file system needs beyond ours) continues through the page
+// cache: only whole aligned buffers were written directly before it, so the file's end is where
+// the buffered writes go on.
+int write_fully(int fd, const char* p, size_t size) {
+  size_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::write(fd, p + done, size - done);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EINVAL) {
+        const int flags = ::fcntl(fd, F_GETFL);
+        if (flags >= 0 && (flags & O_DIRECT) && ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) == 0) continue;
+      }
+      return errno;
+    }
+    if (n == 0) return EIO;
+    done += static_cast<size_t>(n);
+  }
+  return 0;
+}
+
 // The registry lives in static storage and is read by a signal handler, so it holds plain
 // character arrays and atomics only: no allocation, no locks.
 constexpr int kSlots = 256;
@@ -167,32 +189,12 @@ struct AtomicFile::Writer {
       const char* p = pending;
       const size_t size = pending_n;
       lock.unlock();
-      const int e = write_whole(p, size);
+      const int e = err != 0 ? 0 : write_fully(fd, p, size);  // after a failure the file is lost
       lock.lock();
-      if (e != 0 && err == 0) err = e;
+      if (e != 0) err = e;
       pending = nullptr;
       cv.notify_all();
     }
-  }
-  int write_whole(const char* p, size_t size) {
-    if (err != 0) return 0;  // the file is lost already; the caller reports the first error
-    size_t done = 0;
-    while (done < size) {
-      const ssize_t n = ::write(fd, p + done, size - done);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        // As in write_all: an alignment the file system needs beyond ours. Only whole buffers
-        // were written directly, so the buffered writes continue at the file's end.
-        if (errno == EINVAL) {
-          const int flags = ::fcntl(fd, F_GETFL);
-          if (flags >= 0 && (flags & O_DIRECT) && ::fcntl(fd, F_SETFL, flags & ~O_DIRECT) == 0) continue;
-        }
-        return errno;
-      }
-      if (n == 0) return EIO;
-      done += static_cast<size_t>(n);
-    }
-    return 0;
   }
 
   int fd;
@@ -250,7 +252,6 @@ AtomicFile::AtomicFile(const fs::path& target) : requested_(target) {
   }
 }
 
-
 // Waits for the writer's last buffer and ends the thread; a failed write fails the file.
 void AtomicFile::drain() {
   if (!writer_) return;
@@ -288,23 +289,13 @@ void AtomicFile::fail(const std::string& what, int err) {
 }
 
 void AtomicFile::write_all(const char* p, size_t size) {
-  size_t done = 0;
-  while (done < size) {
-    const ssize_t n = ::write(fd_, p + done, size - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      // A file system that took O_DIRECT at fcntl but not this write (an alignment it needs
-      // beyond ours): the same bytes through the page cache. Only whole blocks were written
-      // directly so far, so the file's end stays where the buffered writes continue.
-      if (direct_ && errno == EINVAL) {
-        stop_direct();
-        continue;
-      }
-      fail("write failed", errno);
-    }
-    if (n == 0) fail("write failed", EIO);
-    done += static_cast<size_t>(n);
-  }
+  if (const int err = write_fully(fd_, p, size); err != 0) fail("write failed", err);
+}
+
+bool AtomicFile::writes_directly() const {
+  if (fd_ < 0) return false;
+  const int flags = ::fcntl(fd_, F_GETFL);
+  return flags >= 0 && (flags & O_DIRECT) != 0;
 }
 
 void AtomicFile::flush_buffer() {

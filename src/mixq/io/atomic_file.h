@@ -58,7 +58,7 @@ class AtomicFile {
   const std::filesystem::path& writing_path() const { return writing_; }
   bool writes_through() const { return through_; }
   // Whether the file is being written with direct I/O (false once it fell back to the cache).
-  bool writes_directly() const { return direct_; }
+  bool writes_directly() const;
 
  private:
   void flush_buffer();
@@ -77,7 +77,7 @@ class AtomicFile {
   int fd_ = -1;
   int slot_ = -1;
   bool through_ = false, committed_ = false;
-  bool direct_ = false;  // O_DIRECT is set on fd_: every write is whole aligned blocks of buffer_
+  bool direct_ = false;  // opened for direct I/O: every write but the last is a whole aligned buffer_
   std::unique_ptr<char, void (*)(void*)> storage_{nullptr, nullptr};
   char* buffer_ = nullptr;  // kBufferBytes, aligned to kDirectAlign (two of them with a writer)
   size_t used_ = 0;
