@@ -88,6 +88,16 @@ float fit_scale(const float* x, const float* w, int lo, int hi, std::span<const 
   return d;
 }
 
+// The block weights of a row for the AVX-512 search (null without importance: the search is told
+// that every weight is 1 by a null w), per thread and reused: rows of one tensor are all alike.
+const float* row_block_weights(const float* importance, int64_t blocks) {
+  if (importance == nullptr) return nullptr;
+  thread_local std::vector<float> w;
+  w.resize(static_cast<size_t>(blocks * kBlock));
+  for (int64_t b = 0; b < blocks; ++b) block_weights(importance, b * kBlock, kBlock, w.data() + b * kBlock);
+  return w.data();
+}
+
 // The AVX-512 search (search_avx512.cpp: the same result as fit_scale, block by block), where
 // this CPU runs it: store(b, d, codes) receives each block. False when it does not run here.
 template <typename Store>
@@ -96,17 +106,11 @@ bool fit_scale_rows_avx512(const float* x, int64_t n, const float* importance, i
   if (search::isa() != search::Isa::avx512) return false;
   static_assert(kBlock == 32);
   const int64_t blocks = n / kBlock;
-  // Per thread and reused: rows of one tensor are all the same length.
-  thread_local std::vector<float> w, d;
+  thread_local std::vector<float> d;
   thread_local std::vector<int> q;
-  if (importance != nullptr) w.resize(static_cast<size_t>(blocks * kBlock));
   q.resize(static_cast<size_t>(blocks * kBlock));
   d.resize(static_cast<size_t>(blocks));
-  // Without importance every weight is 1 (block_weights): the search is told so by a null w.
-  if (importance != nullptr) {
-    for (int64_t b = 0; b < blocks; ++b) block_weights(importance, b * kBlock, kBlock, w.data() + b * kBlock);
-  }
-  search::fit_scale_row_avx512(x, importance != nullptr ? w.data() : nullptr, blocks * kBlock, lo, hi, offsets.data(),
+  search::fit_scale_row_avx512(x, row_block_weights(importance, blocks), blocks * kBlock, lo, hi, offsets.data(),
                                static_cast<int>(offsets.size()), kRefineRounds, q.data(), d.data());
   for (int64_t b = 0; b < blocks; ++b) store(b, d[static_cast<size_t>(b)], q.data() + b * kBlock);
   return true;
@@ -341,10 +345,15 @@ void dequantize_row_q5_1(const void* src, float* y, int64_t n) {
 
 void quantize_row_q8_0(const float* x, void* dst, int64_t n, const float* importance) {
   auto* out = blocks<BlockQ8_0>(dst);
-  if (fit_scale_rows_avx512(x, n, importance, -128, 127, kQ8Offsets, [&](int64_t b, float d, const int* q) {
-        out[b].d = fp32_to_fp16(d);
-        search::pack_bytes_32_avx512(q, out[b].qs);
-      })) {
+  if (search::isa() == search::Isa::avx512) {
+    // The codes go straight into the blocks; the scales after them.
+    const int64_t nb = n / kBlock;
+    thread_local std::vector<float> d;
+    d.resize(static_cast<size_t>(nb));
+    search::fit_scale_row_bytes_avx512(x, row_block_weights(importance, nb), nb * kBlock, -128, 127, kQ8Offsets.data(),
+                                       static_cast<int>(kQ8Offsets.size()), kRefineRounds, out[0].qs,
+                                       sizeof(BlockQ8_0), d.data());
+    for (int64_t b = 0; b < nb; ++b) out[b].d = fp32_to_fp16(d[static_cast<size_t>(b)]);
     return;
   }
   float w[kBlock];

@@ -99,6 +99,24 @@ MIXQ_SEARCH_AVX512 inline __m512d sum_lanes_of_8_candidates(const __m512 s[4]) {
   return a;
 }
 
+// Per lane of n transposed values v[0..n): the largest magnitude (NaNs skipped, 0 if none is
+// larger) and the first value of that magnitude, as a sequential "if (|v| > amax)" scan finds them
+// wherever that magnitude is positive (with amax 0 the scan keeps extreme 0; callers treat such
+// lanes as empty and never read their extreme). The maximum is a tree of independent vmaxps (the
+// second operand is returned on NaN, so a NaN magnitude never wins) and the first index of it is
+// found by a backward scan of independent comparisons: no chain of compare-and-move latencies.
+template <int N>
+MIXQ_SEARCH_AVX512 inline void first_extreme_transposed(const __m512* v, __m512& amax, __m512& extreme) {
+  static_assert(N % 4 == 0);
+  __m512 m[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  for (int i = 0; i < N; ++i) m[i % 4] = _mm512_max_ps(_mm512_abs_ps(v[i]), m[i % 4]);
+  amax = _mm512_max_ps(_mm512_max_ps(m[0], m[1]), _mm512_max_ps(m[2], m[3]));
+  extreme = _mm512_setzero_ps();
+  for (int i = N - 1; i >= 0; --i) {
+    extreme = _mm512_mask_mov_ps(extreme, _mm512_cmp_ps_mask(_mm512_abs_ps(v[i]), amax, _CMP_EQ_OQ), v[i]);
+  }
+}
+
 // Index of the first value of largest magnitude among 32 (NaNs skipped), and that magnitude.
 MIXQ_SEARCH_AVX512 inline float first_extreme_32(const float* x, int& index) {
   const __m512 x0 = _mm512_loadu_ps(x), x1 = _mm512_loadu_ps(x + 16);
@@ -209,6 +227,30 @@ MIXQ_SEARCH_AVX512 inline BlockSeed seed_block(const float* x, const float* w, i
   return s;
 }
 
+// Where the legacy search's codes go: block b's 32 codes as ints at q + 32 b, or, with q8 set, as
+// bytes at q8 + b * stride (q8_0 writes them straight into its blocks, after each block's scale).
+struct Codes {
+  int* q = nullptr;
+  int8_t* q8 = nullptr;
+  ptrdiff_t stride = 0;
+  Codes at(int64_t b) const { return {q != nullptr ? q + 32 * b : nullptr, q8 != nullptr ? q8 + b * stride : nullptr, stride}; }
+};
+
+// Block b's codes for its final scale d (all 0 for a tiny block, as the reference's).
+MIXQ_SEARCH_AVX512 inline void store_codes(const float* x, float d, bool tiny, __m512 vlo, __m512 vhi, const Codes& out,
+                                           int64_t b) {
+  const __m512 id = _mm512_set1_ps(!tiny && d != 0 ? 1.0f / d : 0.0f);
+  for (int h = 0; h < 2; ++h) {
+    const __m512i c = tiny ? _mm512_setzero_si512()
+                           : _mm512_cvttps_epi32(round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 16 * h), id), vlo, vhi)));
+    if (out.q8 != nullptr) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out.q8 + b * out.stride + 16 * h), _mm512_cvtepi32_epi8(c));
+    } else {
+      _mm512_storeu_si512(out.q + 32 * b + 16 * h, c);
+    }
+  }
+}
+
 // The codes of B blocks (block k in half k) for their inverse scales is[k].
 template <int B>
 MIXQ_SEARCH_AVX512 inline void codes_for(const __m512* xc, const float* is, __m512 vlo, __m512 vhi, __m512* l) {
@@ -218,7 +260,7 @@ MIXQ_SEARCH_AVX512 inline void codes_for(const __m512* xc, const float* is, __m5
 
 template <int B, bool kUnit>
 MIXQ_SEARCH_AVX512 void refine_blocks(const float* x, const float* w, const BlockSeed* seeds, int lo, int hi,
-                                      int refine_rounds, int* q, float* d) {
+                                      int refine_rounds, const Codes& q, float* d) {
   const auto flo = static_cast<float>(lo), fhi = static_cast<float>(hi);
   double gain[2] = {-1, -1}, scale[2] = {0, 0};
   float iscale[2] = {0, 0};
@@ -289,17 +331,8 @@ MIXQ_SEARCH_AVX512 void refine_blocks(const float* x, const float* w, const Bloc
   }
 
   for (int k = 0; k < B; ++k) {
-    if (tiny[k]) {
-      std::memset(q + 32 * k, 0, 32 * sizeof(int));
-      d[k] = 0;
-      continue;
-    }
-    d[k] = round_fp16(static_cast<float>(scale[k]));
-    const __m512 id = _mm512_set1_ps(d[k] != 0 ? 1.0f / d[k] : 0.0f);
-    for (int h = 0; h < 2; ++h) {
-      const __m512 v = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * k + 16 * h), id), vlo, vhi));
-      _mm512_storeu_si512(q + 32 * k + 16 * h, _mm512_cvttps_epi32(v));
-    }
+    d[k] = tiny[k] ? 0.0f : round_fp16(static_cast<float>(scale[k]));
+    store_codes(x + 32 * k, d[k], tiny[k], vlo, vhi, q, k);
   }
 }
 
@@ -384,7 +417,8 @@ MIXQ_SEARCH_AVX512 inline void sums_16_blocks(const __m512* xt, const __m512* wt
         const __m512 px = _mm512_mul_ps(kUnit ? xt[i] : wxt[i], l);
         sx = c == 0 ? px : _mm512_add_ps(sx, px);
         if constexpr (kUnit) {
-          sq_unit[n][c & 1] = _mm512_add_ps(sq_unit[n][c & 1], _mm512_mul_ps(l, l));
+          // Exact either way (see above), so one fused instruction: l * l + sum has no rounding.
+          sq_unit[n][c & 1] = _mm512_fmadd_ps(l, l, sq_unit[n][c & 1]);
         } else {
           const __m512 pq = _mm512_mul_ps(_mm512_mul_ps(wt[i], l), l);
           sq = c == 0 ? pq : _mm512_add_ps(sq, pq);
@@ -459,13 +493,8 @@ MIXQ_SEARCH_AVX512 void group_seeds(const float* x, const float* w, int lo, int 
     for (int i = 0; i < 32; ++i) g.wxt[i] = _mm512_mul_ps(g.wt[i], xt[i]);
   }
   // The first value of largest magnitude (NaNs never compare larger), as the reference's scan.
-  __m512 amax = _mm512_setzero_ps(), extreme = _mm512_setzero_ps();
-  for (int i = 0; i < 32; ++i) {
-    const __m512 ax = _mm512_abs_ps(xt[i]);
-    const __mmask16 larger = _mm512_cmp_ps_mask(ax, amax, _CMP_GT_OQ);
-    amax = _mm512_mask_mov_ps(amax, larger, ax);
-    extreme = _mm512_mask_mov_ps(extreme, larger, xt[i]);
-  }
+  __m512 amax, extreme;
+  first_extreme_transposed<32>(xt, amax, extreme);
   g.tiny = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-20f), _CMP_LT_OQ);
   g.vlo = _mm512_set1_ps(flo);
   g.vhi = _mm512_set1_ps(fhi);
@@ -512,22 +541,14 @@ MIXQ_SEARCH_AVX512 void group_round(Group16<kUnit>& g) {
 
 // The group's d and codes from its best scales.
 template <bool kUnit>
-MIXQ_SEARCH_AVX512 void group_finish(const float* x, const Group16<kUnit>& g, int* q, float* d) {
+MIXQ_SEARCH_AVX512 void group_finish(const float* x, const Group16<kUnit>& g, const Codes& q, float* d) {
   alignas(64) float s32[16];
   _mm256_store_ps(s32, _mm512_cvtpd_ps(g.best.scale.lo));
   _mm256_store_ps(s32 + 8, _mm512_cvtpd_ps(g.best.scale.hi));
   for (int j = 0; j < 16; ++j) {
-    if ((g.tiny >> j) & 1) {
-      std::memset(q + 32 * j, 0, 32 * sizeof(int));
-      d[j] = 0;
-      continue;
-    }
-    d[j] = round_fp16(s32[j]);
-    const __m512 id = _mm512_set1_ps(d[j] != 0 ? 1.0f / d[j] : 0.0f);
-    for (int h = 0; h < 2; ++h) {
-      const __m512 v = round_magic(clamp_ref(_mm512_mul_ps(_mm512_loadu_ps(x + 32 * j + 16 * h), id), g.vlo, g.vhi));
-      _mm512_storeu_si512(q + 32 * j + 16 * h, _mm512_cvttps_epi32(v));
-    }
+    const bool tiny = ((g.tiny >> j) & 1) != 0;
+    d[j] = tiny ? 0.0f : round_fp16(s32[j]);
+    store_codes(x + 32 * j, d[j], tiny, g.vlo, g.vhi, q, j);
   }
 }
 
@@ -536,7 +557,7 @@ MIXQ_SEARCH_AVX512 void group_finish(const float* x, const Group16<kUnit>& g, in
 // one group's round can start while the other's ends in its chain of divisions.
 template <bool kUnit, int G>
 MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int lo, int hi, const float* offsets,
-                                            int n_offsets, int refine_rounds, int* q, float* d) {
+                                            int n_offsets, int refine_rounds, const Codes& q, float* d) {
   Group16<kUnit> g[G];
   for (int k = 0; k < G; ++k) {
     group_seeds<kUnit>(x + 512 * k, kUnit ? nullptr : w + 512 * k, lo, hi, offsets, n_offsets, g[k]);
@@ -551,37 +572,38 @@ MIXQ_SEARCH_AVX512 void fit_scale_16_blocks(const float* x, const float* w, int 
     }
     if (!any) break;
   }
-  for (int k = 0; k < G; ++k) group_finish<kUnit>(x + 512 * k, g[k], q + 512 * k, d + 16 * k);
+  for (int k = 0; k < G; ++k) group_finish<kUnit>(x + 512 * k, g[k], q.at(16 * k), d + 16 * k);
 }
 
 template <bool kUnit>
 MIXQ_SEARCH_AVX512 void fit_scale_row(const float* x, const float* w, int64_t blocks, int lo, int hi,
-                                      const float* offsets, int n_offsets, int refine_rounds, int* q, float* d,
+                                      const float* offsets, int n_offsets, int refine_rounds, const Codes& q, float* d,
                                       BlockSeed* seeds) {
   // Groups of 16 blocks transposed; the rest: all seeds first (independent blocks whose long
   // reductions overlap), then the rounds in pairs. Without importance w is not read (may be null).
   int64_t b0 = 0;
   for (; b0 + 32 <= blocks; b0 += 32) {
+    if (b0 + 64 <= blocks) {
+      for (int l = 0; l < 64; ++l) _mm_prefetch(reinterpret_cast<const char*>(x + 32 * (b0 + 32) + 16 * l), _MM_HINT_T0);
+    }
     fit_scale_16_blocks<kUnit, 2>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets,
-                                  refine_rounds, q + 32 * b0, d + b0);
+                                  refine_rounds, q.at(b0), d + b0);
   }
   for (; b0 + 16 <= blocks; b0 += 16) {
     fit_scale_16_blocks<kUnit, 1>(x + 32 * b0, kUnit ? nullptr : w + 32 * b0, lo, hi, offsets, n_offsets, refine_rounds,
-                              q + 32 * b0, d + b0);
+                              q.at(b0), d + b0);
   }
   const auto wb = [&](int64_t b) { return kUnit ? nullptr : w + 32 * b; };
   for (int64_t b = b0; b < blocks; ++b) seeds[b] = seed_block<kUnit>(x + 32 * b, wb(b), lo, hi, offsets, n_offsets);
   int64_t b = b0;
   for (; b + 1 < blocks; b += 2) {
-    refine_blocks<2, kUnit>(x + 32 * b, wb(b), seeds + b, lo, hi, refine_rounds, q + 32 * b, d + b);
+    refine_blocks<2, kUnit>(x + 32 * b, wb(b), seeds + b, lo, hi, refine_rounds, q.at(b), d + b);
   }
-  if (b < blocks) refine_blocks<1, kUnit>(x + 32 * b, wb(b), seeds + b, lo, hi, refine_rounds, q + 32 * b, d + b);
+  if (b < blocks) refine_blocks<1, kUnit>(x + 32 * b, wb(b), seeds + b, lo, hi, refine_rounds, q.at(b), d + b);
 }
 
-}  // namespace
-
-MIXQ_SEARCH_AVX512 void fit_scale_row_avx512(const float* x, const float* w, int64_t n, int lo, int hi,
-                                             const float* offsets, int n_offsets, int refine_rounds, int* q, float* d) {
+MIXQ_SEARCH_AVX512 void fit_scale_row_codes(const float* x, const float* w, int64_t n, int lo, int hi, const float* offsets,
+                                            int n_offsets, int refine_rounds, const Codes& q, float* d) {
   const int64_t blocks = n / 32;
   thread_local std::vector<BlockSeed> seeds;
   if (static_cast<int64_t>(seeds.size()) < blocks) seeds.resize(static_cast<size_t>(blocks));
@@ -599,6 +621,18 @@ MIXQ_SEARCH_AVX512 void fit_scale_row_avx512(const float* x, const float* w, int
   }
 }
 
+}  // namespace
+
+void fit_scale_row_avx512(const float* x, const float* w, int64_t n, int lo, int hi, const float* offsets, int n_offsets,
+                          int refine_rounds, int* q, float* d) {
+  fit_scale_row_codes(x, w, n, lo, hi, offsets, n_offsets, refine_rounds, Codes{q, nullptr, 0}, d);
+}
+
+void fit_scale_row_bytes_avx512(const float* x, const float* w, int64_t n, int lo, int hi, const float* offsets,
+                                int n_offsets, int refine_rounds, int8_t* q8, ptrdiff_t stride, float* d) {
+  fit_scale_row_codes(x, w, n, lo, hi, offsets, n_offsets, refine_rounds, Codes{nullptr, q8, stride}, d);
+}
+
 MIXQ_SEARCH_AVX512 void pack_nibbles_32_avx512(const int* q, int bias, uint8_t* nibbles, uint8_t* high_bits) {
   const __m512i b = _mm512_set1_epi32(bias), low4 = _mm512_set1_epi32(0xf);
   const __m512i c0 = _mm512_add_epi32(_mm512_loadu_si512(q), b), c1 = _mm512_add_epi32(_mm512_loadu_si512(q + 16), b);
@@ -610,11 +644,6 @@ MIXQ_SEARCH_AVX512 void pack_nibbles_32_avx512(const int* q, int bias, uint8_t* 
                           static_cast<uint32_t>(_mm512_test_epi32_mask(c1, bit4)) << 16;
     for (int k = 0; k < 4; ++k) high_bits[k] = static_cast<uint8_t>(bits >> (8 * k));
   }
-}
-
-MIXQ_SEARCH_AVX512 void pack_bytes_32_avx512(const int* q, int8_t* bytes) {
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(bytes), _mm512_cvtepi32_epi8(_mm512_loadu_si512(q)));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(bytes + 16), _mm512_cvtepi32_epi8(_mm512_loadu_si512(q + 16)));
 }
 
 namespace {
@@ -844,13 +873,8 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
 
   // fit_sub_block for all 16 sub-blocks: the first value of largest magnitude, the seeds, the
   // least-squares refinement (each lane leaves at its first round without gain, as its loop does).
-  __m512 amax = _mm512_setzero_ps(), extreme = _mm512_setzero_ps();
-  for (int i = 0; i < 16; ++i) {
-    const __m512 a = _mm512_abs_ps(x.v[i]);
-    const __mmask16 m = _mm512_cmp_ps_mask(a, amax, _CMP_GT_OQ);
-    amax = _mm512_mask_mov_ps(amax, m, a);
-    extreme = _mm512_mask_mov_ps(extreme, m, x.v[i]);
-  }
+  __m512 amax, extreme;
+  first_extreme_transposed<16>(x.v, amax, extreme);
   const __mmask16 active = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-30f), _CMP_GE_OQ);
   Fit16 best;
   best.gain[0] = best.gain[1] = _mm512_setzero_pd();
@@ -1479,11 +1503,12 @@ MIXQ_SEARCH_AVX512 float iq4_fit_group_avx512(const float* x, const float* w, co
 #else
 
 void fit_scale_row_avx512(const float*, const float*, int64_t, int, int, const float*, int, int, int*, float*) {}
+void fit_scale_row_bytes_avx512(const float*, const float*, int64_t, int, int, const float*, int, int, int8_t*, ptrdiff_t,
+                                float*) {}
 float iq4_fit_group_avx512(const float*, const float*, const float*, int, int, const float*, int, int) { return 0; }
 void symmetric_super_block_avx512(const float*, const float*, int, int, int, const float*, int, int, int, uint16_t*,
                                   int8_t*, int8_t*) {}
 void pack_nibbles_32_avx512(const int*, int, uint8_t*, uint8_t*) {}
-void pack_bytes_32_avx512(const int*, int8_t*) {}
 void affine_super_block_32_avx512(const float*, const float*, const AffineSearchParams&, uint16_t*, uint16_t*, uint8_t*,
                                   uint8_t*, uint8_t*) {}
 

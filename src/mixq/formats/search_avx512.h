@@ -2,6 +2,7 @@
 // reference (named beside it) bit for bit; call only where search::avx512_available().
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 namespace mixq::search {
@@ -12,12 +13,14 @@ namespace mixq::search {
 // n_offsets offsets (2 * n_offsets <= 8), then refine_rounds of least squares. d[b] is f16-rounded.
 void fit_scale_row_avx512(const float* x, const float* w, int64_t n, int lo, int hi, const float* offsets,
                           int n_offsets, int refine_rounds, int* q, float* d);
+// The same search writing block b's 32 codes as bytes at q8 + b * stride (q8_0's layout: each
+// block's codes follow its scale), without the ints in between.
+void fit_scale_row_bytes_avx512(const float* x, const float* w, int64_t n, int lo, int hi, const float* offsets,
+                                int n_offsets, int refine_rounds, int8_t* q8, ptrdiff_t stride, float* d);
 
 // The legacy layouts' packing of 32 codes (plus bias): value j's low nibble in nibbles[j % 16]
-// (low half for j < 16), bit 4 of value j in bit j of the little-endian high_bits (when not null);
-// or the codes as bytes.
+// (low half for j < 16), bit 4 of value j in bit j of the little-endian high_bits (when not null).
 void pack_nibbles_32_avx512(const int* q, int bias, uint8_t* nibbles, uint8_t* high_bits);
-void pack_bytes_32_avx512(const int* q, int8_t* bytes);
 
 // iq4.cpp fit_group: the least-squares scale of 32 values on the IQ4 grid. nearest_value[512] is
 // iq4.cpp's table of the nearest grid value per half-unit slot; the seeds map the extreme value to

@@ -13,10 +13,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <condition_variable>
+#include <deque>
 #include <mutex>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -27,9 +29,12 @@ namespace fs = std::filesystem;
 namespace {
 
 // The write buffer: 4 MB (the GGUF writer's slices), aligned for direct I/O. 4096 covers the
-// logical block size of every common disk.
+// logical block size of every common disk. Direct mode fills a ring of kRing of them: the quantizer
+// produces in bursts (a slice after each parallel loop) and the disk writes steadily, so two
+// buffers left the disk idle between bursts and the quantizer waiting on it within them.
 constexpr size_t kDirectAlign = 4096;
 constexpr size_t kBufferBytes = size_t{4} << 20;
+constexpr size_t kRing = 4;
 
 // Writes all `size` bytes to fd; 0 or the errno of the failure. A write refused with EINVAL while
 // O_DIRECT is set (an alignment the file system needs beyond ours) continues through the page
@@ -154,9 +159,10 @@ OutputTarget classify_output(const fs::path& requested) {
   return {OutputKind::Replace, resolve_links(requested), {}};
 }
 
-// The writer thread of direct mode. One buffer at a time is pending; the caller waits only when
-// it has filled the other one before this one is written. A failed write is kept (errno) and
-// reported by the caller at its next hand-over or at commit.
+// The writer thread of direct mode: writes the buffers handed over, in order. The caller fills
+// the ring's next buffer while up to kRing - 1 earlier ones wait or are written, and waits only when
+// that buffer itself is still queued (the disk is slower than the caller, or a write stalls). A
+// failed write is kept (errno) and reported by the caller at its next hand-over or at commit.
 struct AtomicFile::Writer {
   explicit Writer(int fd) : fd(fd), thread([this] { run(); }) {}
   ~Writer() {
@@ -167,32 +173,31 @@ struct AtomicFile::Writer {
     cv.notify_all();
     thread.join();
   }
-  // Waits until nothing is pending; returns the errno of a failed write (0: none).
-  int wait_idle() {
+  // Waits until at most `outstanding` buffers are queued or being written; returns the errno of a
+  // failed write (0: none).
+  int wait_below(size_t outstanding) {
     std::unique_lock lock(m);
-    cv.wait(lock, [&] { return pending == nullptr; });
+    cv.wait(lock, [&] { return queue.size() <= outstanding; });
     return err;
   }
   void hand_over(const char* p, size_t n) {
     {
       std::lock_guard lock(m);
-      pending = p;
-      pending_n = n;
+      queue.emplace_back(p, n);
     }
     cv.notify_all();
   }
   void run() {
     std::unique_lock lock(m);
     for (;;) {
-      cv.wait(lock, [&] { return pending != nullptr || stop; });
-      if (pending == nullptr) return;
-      const char* p = pending;
-      const size_t size = pending_n;
+      cv.wait(lock, [&] { return !queue.empty() || stop; });
+      if (queue.empty()) return;
+      const auto [p, size] = queue.front();
       lock.unlock();
       const int e = err != 0 ? 0 : write_fully(fd, p, size);  // after a failure the file is lost
       lock.lock();
       if (e != 0) err = e;
-      pending = nullptr;
+      queue.pop_front();  // only now is its buffer free again
       cv.notify_all();
     }
   }
@@ -200,8 +205,7 @@ struct AtomicFile::Writer {
   int fd;
   std::mutex m;
   std::condition_variable cv;
-  const char* pending = nullptr;
-  size_t pending_n = 0;
+  std::deque<std::pair<const char*, size_t>> queue;  // the front one is being written
   int err = 0;
   bool stop = false;
   std::thread thread;  // last: starts once the members above exist
@@ -240,7 +244,7 @@ AtomicFile::AtomicFile(const fs::path& target) : requested_(target) {
     const int flags = ::fcntl(fd_, F_GETFL);
     direct_ = flags >= 0 && ::fcntl(fd_, F_SETFL, flags | O_DIRECT) == 0;
   }
-  storage_ = {static_cast<char*>(std::aligned_alloc(kDirectAlign, (direct_ ? 2 : 1) * kBufferBytes)), std::free};
+  storage_ = {static_cast<char*>(std::aligned_alloc(kDirectAlign, (direct_ ? kRing : 1) * kBufferBytes)), std::free};
   if (!storage_) fail("out of memory for its write buffer", ENOMEM);
   buffer_ = storage_.get();
   if (direct_) {
@@ -255,7 +259,7 @@ AtomicFile::AtomicFile(const fs::path& target) : requested_(target) {
 // Waits for the writer's last buffer and ends the thread; a failed write fails the file.
 void AtomicFile::drain() {
   if (!writer_) return;
-  const int err = writer_->wait_idle();
+  const int err = writer_->wait_below(0);
   writer_.reset();
   if (err != 0) fail("write failed", err);
 }
@@ -300,10 +304,11 @@ bool AtomicFile::writes_directly() const {
 
 void AtomicFile::flush_buffer() {
   if (writer_ && used_ > 0) {
-    // Hand this buffer to the writer once it is done with the other one; fill the other.
-    if (const int err = writer_->wait_idle(); err != 0) fail("write failed", err);
+    // Hand this buffer over and fill the ring's next one once the writer is done with it.
     writer_->hand_over(buffer_, used_);
-    buffer_ = buffer_ == storage_.get() ? storage_.get() + kBufferBytes : storage_.get();
+    buffer_ += kBufferBytes;
+    if (buffer_ == storage_.get() + kRing * kBufferBytes) buffer_ = storage_.get();
+    if (const int err = writer_->wait_below(kRing - 1); err != 0) fail("write failed", err);
     used_ = 0;
     return;
   }

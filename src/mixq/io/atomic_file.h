@@ -66,7 +66,7 @@ class AtomicFile {
   void stop_direct();
   void drain();
 
-  struct Writer;  // direct mode: writes one buffer while the caller fills the other
+  struct Writer;  // direct mode: writes the ring's full buffers while the caller fills the next
   struct WriterDeleter {
     void operator()(Writer* w) const;
   };
@@ -79,7 +79,7 @@ class AtomicFile {
   bool through_ = false, committed_ = false;
   bool direct_ = false;  // opened for direct I/O: every write but the last is a whole aligned buffer_
   std::unique_ptr<char, void (*)(void*)> storage_{nullptr, nullptr};
-  char* buffer_ = nullptr;  // kBufferBytes, aligned to kDirectAlign (two of them with a writer)
+  char* buffer_ = nullptr;  // kBufferBytes, aligned to kDirectAlign (a ring of them with a writer)
   size_t used_ = 0;
   std::unique_ptr<Writer, WriterDeleter> writer_;
 };
