@@ -15,14 +15,19 @@
 namespace mixq {
 namespace {
 
+// Spinning workers and (spin 0, as the quantizer's pool) workers that sleep between every loop.
 TEST(ThreadPool, EveryIndexRunsOnceInEveryLoop) {
-  for (int threads : {1, 2, 4}) {
-    ThreadPool pool(threads);
-    for (int loop = 0; loop < 2000; ++loop) {
-      const int64_t n = loop % 37;  // 0 and 1 included
-      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
-      pool.parallel_for(n, [&](int64_t i) { hits[static_cast<size_t>(i)].fetch_add(1); });
-      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << threads << " " << loop << " " << i;
+  for (int spin : {ThreadPool::kSpinMicros, 0}) {
+    for (int threads : {1, 2, 4}) {
+      ThreadPool pool(threads, spin);
+      for (int loop = 0; loop < 2000; ++loop) {
+        const int64_t n = loop % 37;  // 0 and 1 included
+        std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+        pool.parallel_for(n, [&](int64_t i) { hits[static_cast<size_t>(i)].fetch_add(1); });
+        for (int64_t i = 0; i < n; ++i) {
+          ASSERT_EQ(hits[static_cast<size_t>(i)].load(), 1) << spin << " " << threads << " " << loop << " " << i;
+        }
+      }
     }
   }
 }

@@ -82,7 +82,9 @@ class GgufValue {
   GgufValueType elem_type_ = GgufValueType::UINT8;
   uint64_t bits_ = 0;  // integers (two's complement), bool, and float/double bit patterns
   std::string str_;
-  std::vector<GgufValue> arr_;
+  // Immutable once built and shared by copies: a writer copying a tokenizer's metadata (arrays of
+  // 50k-150k strings) copies pointers, not the arrays.
+  std::shared_ptr<const std::vector<GgufValue>> arr_;
 };
 
 struct GgufKeyValue {

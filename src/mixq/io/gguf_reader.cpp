@@ -11,6 +11,7 @@
 #include <bit>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -66,7 +67,7 @@ class GgufParser {
       if (key.empty()) fail(fmt::format("metadata key #{} is empty", i), at);
       // The index find() uses, built here so lookups work during the parse.
       if (!f.key_index_.emplace(key, f.kv_.size()).second) fail(fmt::format("duplicate metadata key '{}'", key), at);
-      need(4, "value type of '" + key + "'");
+      need(4, [&] { return "value type of '" + key + "'"; });
       const uint32_t type = read_u32();
       GgufValue v = read_value(type, key, 0);
       f.kv_.push_back({std::move(key), std::move(v)});
@@ -121,9 +122,21 @@ class GgufParser {
 
   size_t remaining() const { return b_.size() - pos_; }
 
-  void need(uint64_t n, const std::string& what) const {
+  // What is being read, for an error message: a string, or a callable that builds it, so that
+  // the 100k+ elements of a tokenizer's arrays are read without building 100k+ descriptions.
+  template <typename What>
+  static std::string describe(const What& what) {
+    if constexpr (std::is_invocable_v<const What&>) {
+      return what();
+    } else {
+      return std::string(what);
+    }
+  }
+
+  template <typename What>
+  void need(uint64_t n, const What& what) const {
     if (n > remaining()) {
-      fail(fmt::format("file ends inside {} (needs {} more bytes, {} left)", what, n, remaining()), pos_,
+      fail(fmt::format("file ends inside {} (needs {} more bytes, {} left)", describe(what), n, remaining()), pos_,
            kTruncatedHint);
     }
   }
@@ -138,11 +151,12 @@ class GgufParser {
   uint32_t read_u32() { return read_scalar<uint32_t>(); }
   uint64_t read_u64() { return read_scalar<uint64_t>(); }
 
-  std::string read_string(const std::string& what) {
-    need(8, "the length of " + what);
+  template <typename What>
+  std::string read_string(const What& what) {
+    need(8, [&] { return "the length of " + describe(what); });
     const size_t at = pos_;
     const uint64_t len = read_u64();
-    if (len > kMaxStringBytes) fail(fmt::format("{} claims {} bytes", what, len), at);
+    if (len > kMaxStringBytes) fail(fmt::format("{} claims {} bytes", describe(what), len), at);
     need(len, what);
     std::string s(reinterpret_cast<const char*>(b_.data() + pos_), static_cast<size_t>(len));
     pos_ += len;
@@ -167,7 +181,7 @@ class GgufParser {
     if (min == 0) fail(fmt::format("metadata key '{}' has unknown value type {}", key, type), at - 4);
     if (static_cast<GgufValueType>(type) != GgufValueType::ARRAY &&
         static_cast<GgufValueType>(type) != GgufValueType::STRING) {
-      need(min, "the value of '" + key + "'");
+      need(min, [&] { return "the value of '" + key + "'"; });
     }
     switch (static_cast<GgufValueType>(type)) {
       case GgufValueType::UINT8: return GgufValue::u8(read_scalar<uint8_t>());
@@ -185,10 +199,10 @@ class GgufParser {
         if (v > 1) fail(fmt::format("metadata key '{}': bool value {} is neither 0 nor 1", key, v), at);
         return GgufValue::boolean(v != 0);
       }
-      case GgufValueType::STRING: return GgufValue::string(read_string("the value of '" + key + "'"));
+      case GgufValueType::STRING: return GgufValue::string(read_string([&] { return "the value of '" + key + "'"; }));
       case GgufValueType::ARRAY: {
         if (depth >= kMaxArrayDepth) fail(fmt::format("metadata key '{}' nests arrays too deeply", key), at);
-        need(12, "the array header of '" + key + "'");
+        need(12, [&] { return "the array header of '" + key + "'"; });
         const uint32_t elem_type = read_u32();
         const uint64_t elem_min = min_encoded_size(elem_type);
         if (elem_min == 0) fail(fmt::format("metadata key '{}' is an array of unknown type {}", key, elem_type), at);
@@ -209,16 +223,16 @@ class GgufParser {
   GgufTensor read_tensor_info(uint64_t index, std::unordered_set<std::string>& names, uint32_t alignment) {
     const size_t at = pos_;
     GgufTensor t;
-    t.name = read_string(fmt::format("the name of tensor #{}", index));
+    t.name = read_string([&] { return fmt::format("the name of tensor #{}", index); });
     if (t.name.empty()) fail(fmt::format("tensor #{} has an empty name", index), at);
     if (!names.insert(t.name).second) fail(fmt::format("duplicate tensor name '{}'", t.name), at);
-    need(4, "the dimension count of '" + t.name + "'");
+    need(4, [&] { return "the dimension count of '" + t.name + "'"; });
     const uint32_t n_dims = read_u32();
     if (n_dims < 1 || n_dims > kGgufMaxDims) {
       fail(fmt::format("tensor '{}' has {} dimensions (GGUF allows 1 to {})", t.name, n_dims, kGgufMaxDims),
            pos_ - 4);
     }
-    need(8ull * n_dims + 12, "the shape, type and offset of '" + t.name + "'");
+    need(8ull * n_dims + 12, [&] { return "the shape, type and offset of '" + t.name + "'"; });
     int64_t n_elements = 1;
     for (uint32_t d = 0; d < n_dims; ++d) {
       const uint64_t ne = read_u64();

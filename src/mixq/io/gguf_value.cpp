@@ -78,7 +78,7 @@ GgufValue GgufValue::array(GgufValueType elem_type, std::vector<GgufValue> elems
   GgufValue r;
   r.type_ = GgufValueType::ARRAY;
   r.elem_type_ = elem_type;
-  r.arr_ = std::move(elems);
+  r.arr_ = std::make_shared<const std::vector<GgufValue>>(std::move(elems));
   return r;
 }
 
@@ -135,7 +135,7 @@ const std::string& GgufValue::as_string() const {
 
 const std::vector<GgufValue>& GgufValue::as_array() const {
   if (type_ != GgufValueType::ARRAY) throw GgufError(fmt::format("expected an array, found {}", gguf_value_type_name(type_)));
-  return arr_;
+  return *arr_;
 }
 
 std::string GgufValue::to_string(size_t max_elems) const {
@@ -157,12 +157,13 @@ std::string GgufValue::to_string(size_t max_elems) const {
     case GgufValueType::FLOAT64: return fmt::format("{}", as_float());
     case GgufValueType::UINT64: return fmt::format("{}", bits_);
     case GgufValueType::ARRAY: {
-      std::string s = fmt::format("[{} x {}: ", arr_.size(), gguf_value_type_name(elem_type_));
-      for (size_t i = 0; i < arr_.size() && i < max_elems; ++i) {
+      const std::vector<GgufValue>& a = *arr_;
+      std::string s = fmt::format("[{} x {}: ", a.size(), gguf_value_type_name(elem_type_));
+      for (size_t i = 0; i < a.size() && i < max_elems; ++i) {
         if (i) s += ", ";
-        s += arr_[i].to_string(max_elems);
+        s += a[i].to_string(max_elems);
       }
-      if (arr_.size() > max_elems) s += ", ...";
+      if (a.size() > max_elems) s += ", ...";
       return s + "]";
     }
     default: return fmt::format("{}", as_int());
@@ -170,7 +171,9 @@ std::string GgufValue::to_string(size_t max_elems) const {
 }
 
 bool GgufValue::operator==(const GgufValue& o) const {
-  return type_ == o.type_ && elem_type_ == o.elem_type_ && bits_ == o.bits_ && str_ == o.str_ && arr_ == o.arr_;
+  if (type_ != o.type_ || elem_type_ != o.elem_type_ || bits_ != o.bits_ || str_ != o.str_) return false;
+  if (type_ != GgufValueType::ARRAY || arr_ == o.arr_) return true;
+  return *arr_ == *o.arr_;
 }
 
 int64_t GgufTensor::n_elements() const {

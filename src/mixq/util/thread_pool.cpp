@@ -24,10 +24,11 @@ void cpu_relax() {
 #endif
 }
 
-// Spins until done() or kSpinMicros have passed; returns done().
+// Spins until done() or `micros` have passed; returns done().
 template <class Pred>
-bool spin_until(Pred done) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
+bool spin_until(int micros, Pred done) {
+  if (micros <= 0) return done();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(micros);
   for (int i = 0;; ++i) {
     if (done()) return true;
     cpu_relax();
@@ -43,7 +44,7 @@ int resolve_threads(int n) {
   return hw > 0 ? static_cast<int>(hw) : 1;
 }
 
-ThreadPool::ThreadPool(int n_threads) {
+ThreadPool::ThreadPool(int n_threads, int spin_micros) : spin_micros_(spin_micros) {
   const int n = resolve_threads(n_threads);
   if (n > kMaxThreads) {
     throw std::runtime_error(fmt::format("{} threads requested: at most {} (use -t N with a smaller N)", n, kMaxThreads));
@@ -108,7 +109,7 @@ void ThreadPool::worker_loop() {
   uint32_t seen = 0;
   for (;;) {
     const auto ready = [&] { return stop_.load() || generation_.load() != seen; };
-    if (!spin_until(ready)) {
+    if (!spin_until(spin_micros_, ready)) {
       std::unique_lock lock(mu_);
       ++sleepers_;
       wake_.wait(lock, ready);
@@ -139,7 +140,7 @@ void ThreadPool::run_loop(int64_t n, const std::function<void(int64_t)>& fn) {
   }
   run_items(g);
   const auto all_done = [&] { return finished_.load(std::memory_order_acquire) == n; };
-  if (!spin_until(all_done)) {
+  if (!spin_until(spin_micros_, all_done)) {
     std::unique_lock lock(mu_);
     done_.wait(lock, all_done);
   }

@@ -24,7 +24,9 @@ class ThreadPool {
   // n_threads <= 0: all hardware threads. The calling thread takes part in every loop, so a pool
   // of n threads starts n - 1 workers. Throws std::runtime_error for more than kMaxThreads, or
   // when the system cannot start a thread (after stopping the ones it started).
-  explicit ThreadPool(int n_threads = 0);
+  // spin_micros: how long an idle thread spins before it sleeps (kSpinMicros by default; 0 for
+  // loops that come far apart, where a spinning worker only takes a core from other threads).
+  explicit ThreadPool(int n_threads = 0, int spin_micros = kSpinMicros);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -38,8 +40,8 @@ class ThreadPool {
   // How many loops were handed to the workers (not run inline: one item, or no workers).
   uint64_t loops_dispatched() const { return loops_dispatched_.load(std::memory_order_relaxed); }
 
-  // How long an idle thread spins before it sleeps (workers between loops, the caller waiting for
-  // the last items of a loop).
+  // How long an idle thread spins by default before it sleeps (workers between loops, the caller
+  // waiting for the last items of a loop).
   static constexpr int kSpinMicros = 200;
 
  private:
@@ -47,6 +49,7 @@ class ThreadPool {
   void run_items(uint32_t generation);
   void run_loop(int64_t n, const std::function<void(int64_t)>& fn);
 
+  int spin_micros_;
   std::vector<std::thread> workers_;
   std::mutex mu_;
   std::condition_variable wake_, done_;
