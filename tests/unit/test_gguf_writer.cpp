@@ -2,8 +2,14 @@
 // and no file left behind when writing does not finish.
 #include <cmath>
 #include <limits>
+#include <vector>
+#include <string>
+#include <sstream>
+#include <random>
+#include <fstream>
 
 #include "mixq/io/gguf.h"
+#include "mixq/io/mapped_file.h"
 #include "test_support.h"
 
 namespace mixq {
@@ -173,6 +179,61 @@ TEST(GgufWriter, UnfinishedWriteLeavesNoFile) {
   GgufWriter w(dir / "v.gguf");
   w.add_tensor("a", {8}, TypeId::F32);
   EXPECT_THROW(w.finish(), GgufError);  // 0 of 1 tensors written
+}
+
+// The mapping's resident bytes (the Rss line of /proc/self/smaps for the mapping at `base`).
+size_t resident_bytes_of_mapping(const void* base) {
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool ours = false;
+  while (std::getline(smaps, line)) {
+    if (line.find('-') != std::string::npos && line.find(' ') > line.find('-')) {
+      unsigned long long start = 0;
+      std::istringstream(line.substr(0, line.find('-'))) >> std::hex >> start;
+      ours = start == reinterpret_cast<uintptr_t>(base);
+    } else if (ours && line.rfind("Rss:", 0) == 0) {
+      return std::stoull(line.substr(4)) * 1024;
+    }
+  }
+  return 0;
+}
+
+// copy_out gives the bytes the mapping holds (read from the file, or from memory for a rewritten
+// range and for memory outside the mapping), and reading the whole file through it leaves the
+// mapping's pages untouched: none of them becomes resident.
+TEST(MappedFile, CopyOutReadsWhatTheMappingHoldsWithoutFaultingItIn) {
+  const auto dir = fresh_dir("mapped-copy-out");
+  std::vector<uint8_t> bytes((5 << 20) + 123);
+  std::mt19937 rng(3);
+  for (auto& b : bytes) b = static_cast<uint8_t>(rng());
+  {
+    std::ofstream f(dir / "data.bin", std::ios::binary);
+    f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  }
+  MappedFile m(dir / "data.bin");
+  const uint8_t* base = m.bytes().data();
+  std::vector<uint8_t> out(bytes.size());
+  m.copy_out(base, bytes.size(), out.data());
+  EXPECT_EQ(out, bytes);
+  if (fs::exists("/proc/self/smaps")) {
+    EXPECT_EQ(resident_bytes_of_mapping(base), 0u);
+  }
+
+  // A rewritten range (the engine's decode layouts) is read from memory, the rest from the file.
+  const size_t at = 10000, n = 3000;
+  ASSERT_TRUE(m.rewrite(base + at, n, 1, [&](uint8_t* p) {
+    for (size_t i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(~p[i]);
+  }));
+  for (const auto& [from, len] : std::vector<std::pair<size_t, size_t>>{{0, 0}, {9000, 5000}, {at, n}, {at + 1, 10},
+                                                                       {20000, 4096}, {bytes.size() - 7, 7}}) {
+    std::vector<uint8_t> got(len, 0xAA);
+    m.copy_out(base + from, len, got.data());
+    EXPECT_TRUE(std::equal(got.begin(), got.end(), base + from)) << from << " + " << len;
+  }
+  // Memory outside the mapping.
+  std::vector<uint8_t> other = {1, 2, 3}, got(3);
+  m.copy_out(other.data(), other.size(), got.data());
+  EXPECT_EQ(got, other);
 }
 
 TEST(GgufWriter, LlamaCppFileRewritesIdentically) {

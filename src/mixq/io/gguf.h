@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -136,6 +137,15 @@ class GgufFile {
   const GgufTensor* find_tensor(std::string_view name) const;
   // Releases a tensor's pages from resident memory after a streaming pass has used them
   // (no effect for parse()d buffers).
+  // Copies [p, p + n) of a tensor's bytes into dst (MappedFile::copy_out: read from the file, the
+  // mapping's pages untouched; a memcpy for parse()d buffers and memory outside the file).
+  void copy_out(const uint8_t* p, size_t n, void* dst) const {
+    if (mapping_) {
+      mapping_->copy_out(p, n, dst);
+    } else if (n > 0) {
+      std::memcpy(dst, p, n);
+    }
+  }
   void drop_pages(const GgufTensor& t) const {
     if (mapping_) mapping_->drop_pages(t.data, static_cast<size_t>(t.nbytes));
   }

@@ -57,19 +57,22 @@ MappedFile::MappedFile(const std::filesystem::path& path) {
       throw std::runtime_error(fmt::format("cannot map '{}': {}", path.string(), std::strerror(err)));
     }
     data_ = static_cast<const uint8_t*>(p);
+    fd_ = fd;
+    return;
   }
-  ::close(fd);  // the mapping keeps the file alive
+  ::close(fd);
 }
 
 MappedFile::MappedFile(MappedFile&& other) noexcept
     : data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)),
-      rewritten_(std::exchange(other.rewritten_, {})) {}
+      fd_(std::exchange(other.fd_, -1)), rewritten_(std::exchange(other.rewritten_, {})) {}
 
 MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
   if (this != &other) {
     release();
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    fd_ = std::exchange(other.fd_, -1);
     rewritten_ = std::exchange(other.rewritten_, {});
   }
   return *this;
@@ -132,8 +135,27 @@ void MappedFile::release() {
   }
   rewritten_.clear();
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (fd_ >= 0) ::close(fd_);
   data_ = nullptr;
   size_ = 0;
+  fd_ = -1;
+}
+
+void MappedFile::copy_out(const void* p, size_t n, void* dst) const {
+  const auto begin = reinterpret_cast<uintptr_t>(p), base = reinterpret_cast<uintptr_t>(data_);
+  bool from_file = fd_ >= 0 && data_ != nullptr && begin >= base && begin - base <= size_ && n <= size_ - (begin - base);
+  for (const auto& [b, e] : rewritten_) {
+    if (b < begin + n && e > begin) from_file = false;
+  }
+  auto* out = static_cast<uint8_t*>(dst);
+  size_t done = 0;
+  while (from_file && done < n) {
+    const ssize_t r = ::pread(fd_, out + done, n - done, static_cast<off_t>(begin - base + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) break;  // the rest through the mapping, as any reader of it would see it
+    done += static_cast<size_t>(r);
+  }
+  if (done < n) std::memcpy(out + done, static_cast<const uint8_t*>(p) + done, n - done);
 }
 
 }  // namespace mixq

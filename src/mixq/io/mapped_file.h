@@ -35,6 +35,11 @@ class MappedFile {
   // Rewritten ranges keep their pages (dropping them would bring the file's bytes back).
   void drop_pages(const void* p, size_t n) const;
   size_t size() const { return size_; }
+  // Copies [p, p + n) into dst. Inside the mapping the bytes are read from the file (pread), not
+  // through the mapping: a pass that reads each byte once (quantizing) then neither faults the
+  // pages in nor has to unmap them again, which costs more than the copy. Rewritten ranges and
+  // memory outside the mapping are copied with memcpy.
+  void copy_out(const void* p, size_t n, void* dst) const;
 
   // Calls fn with [p, p + n) (inside the mapping) writable, then records `layout` (non-zero) for
   // p; returns false, calling nothing, when p has a layout already (rewrites are serialized, so
@@ -49,6 +54,7 @@ class MappedFile {
   void release();
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;  // the file, open while mapped (copy_out reads it)
   std::vector<std::pair<uintptr_t, uintptr_t>> rewritten_;  // [begin, end) of each rewrite
 };
 

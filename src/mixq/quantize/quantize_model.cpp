@@ -349,21 +349,30 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
           if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
           const int64_t c = c0 + item - copy - drop;
           const int64_t r0 = c * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
+          // The chunk's stored rows, read from the file into this thread's buffer (GgufFile::copy_out:
+          // faulting the mapping's pages in and unmapping them again costs more than the copy).
+          thread_local std::vector<float> input;  // floats: F32 rows are read in place from it
+          const uint8_t* stored = nullptr;
+          if (widened.empty()) {
+            const size_t bytes = static_cast<size_t>(r1 - r0) * in_row;
+            input.resize((bytes + sizeof(float) - 1) / sizeof(float));
+            in.copy_out(t.data + static_cast<size_t>(r0) * in_row, bytes, input.data());
+            stored = reinterpret_cast<const uint8_t*>(input.data());
+          }
           // The chunk's rows in one call where that writes the same bytes (TypeTraits::block_local).
           if (to.block_local && from.id == TypeId::F32 && cols.empty() && !calibrated &&
               importance_for(opts.imatrix, t, r0) == nullptr) {
-            to.quantize_row(reinterpret_cast<const float*>(t.data + static_cast<size_t>(r0) * in_row),
-                            buffer.data() + static_cast<size_t>(r0 - row0) * out_row, n * (r1 - r0), nullptr);
+            to.quantize_row(input.data(), buffer.data() + static_cast<size_t>(r0 - row0) * out_row, n * (r1 - r0), nullptr);
             return;
           }
           for (int64_t r = r0; r < r1; ++r) {
-            const uint8_t* src = t.data + static_cast<size_t>(r) * in_row;
+            const uint8_t* src = stored != nullptr ? stored + static_cast<size_t>(r - r0) * in_row : nullptr;
             const float* x;
             thread_local std::vector<float> row;  // inputs that are not F32 are widened row by row
-            if (from.id == TypeId::F32) {
-              x = reinterpret_cast<const float*>(src);  // aligned: GGUF data offsets are multiples of 32
-            } else if (!widened.empty()) {
+            if (!widened.empty()) {
               x = widened.data() + r * n;
+            } else if (from.id == TypeId::F32) {
+              x = reinterpret_cast<const float*>(src);
             } else {
               row.resize(static_cast<size_t>(n));
               from.dequantize_row(src, row.data(), n);
