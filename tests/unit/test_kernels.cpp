@@ -19,6 +19,7 @@
 #include "mixq/formats/kquants/kquants.h"
 #include "mixq/formats/legacy.h"
 #include "mixq/formats/type_table.h"
+#include "mixq/util/thread_pool.h"
 
 namespace mixq {
 namespace {
@@ -352,6 +353,27 @@ TEST(Kernels, InterleavedRowsMatchTheReferenceOnEveryRepackedType) {
 // of every (row, token), on every integer type: 29 rows (a full panel and a partial one, whose
 // padding rows must not be written), 7 tokens (a tile of 4 and a remainder of 3), one and two
 // panels per call, and a pair of panels that group differently (q4_K's 32s beside q6_K's 16s).
+// In place on a pool: a matrix of several runs of groups (about 1 MB each) split across threads,
+// with a partial last group, gives repack_rows' bytes.
+TEST(Kernels, InPlaceRepackOnAPoolEqualsTheCopy) {
+  ThreadPool pool(3, 0);
+  for (const TypeId id : {TypeId::Q5_0, TypeId::Q8_0, TypeId::IQ4_NL}) {
+    const TypeTraits& t = type_traits(id);
+    const int64_t n = 4096, rows = 4 * 500 + 3;
+    const size_t rb = t.row_bytes(n);
+    std::vector<uint8_t> bytes(rb * static_cast<size_t>(rows)), packed(bytes.size());
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto w = random_row(n, 11 + static_cast<uint32_t>(r), 0.0f);
+      t.quantize_row(w.data(), bytes.data() + rb * static_cast<size_t>(r), n, nullptr);
+    }
+    ASSERT_GT(bytes.size(), size_t{3} << 20) << "several runs";
+    kernels::repack_rows(id, bytes.data(), rows, n, packed.data());
+    std::vector<uint8_t> in_place = bytes;
+    kernels::repack_rows_in_place(id, in_place.data(), rows, n, &pool);
+    EXPECT_EQ(in_place, packed) << t.name;
+  }
+}
+
 TEST(Kernels, PanelKernelsMatchTheReferenceOnEveryType) {
   constexpr int kRows = 29, kTokens = 7, P = kernels::kPanelRows;
   int checked = 0;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 #include <unordered_set>
 
@@ -88,11 +89,15 @@ void Context::head_matmul(const GgufTensor& w, const float* x, int count, bool e
 size_t Model::repack_for_decode(const kernels::KernelSet& k) {
   size_t bytes = 0;
   std::unordered_set<const GgufTensor*> seen;
+  // Every hardware thread for the rewrite: a burst at load, before any context (and its thread
+  // count) exists; created only when some matrix has a layout here.
+  std::optional<ThreadPool> pool;
   for (const WeightUse& w : weights()) {
     const GgufTensor& t = *w.tensor;
     if (!seen.insert(&t).second || !kernels::has_repacked_layout(t.type->id)) continue;
     if (kernels::row_dot4_for(k, t.type->id) == nullptr || kernels::row_dot_for(k, t.type->id) == nullptr) continue;
-    kernels::interleave_in_place(file_, t);
+    if (!pool) pool.emplace(0, 0);
+    kernels::interleave_in_place(file_, t, &*pool);
     if (kernels::interleaved(t)) bytes += t.nbytes;
   }
   return bytes;

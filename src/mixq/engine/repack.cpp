@@ -9,6 +9,7 @@
 
 #include "mixq/formats/iq4.h"
 #include "mixq/formats/legacy.h"
+#include "mixq/io/mapped_file.h"
 
 namespace mixq::kernels {
 namespace {
@@ -113,13 +114,27 @@ struct Converter {
     const size_t row_bytes = static_cast<size_t>(nb) * sizeof(Block), done = static_cast<size_t>(n_groups) * kRepackRows * row_bytes;
     std::memcpy(dst + done, src + done, static_cast<size_t>(n_rows - n_groups * kRepackRows) * row_bytes);
   }
-  void pack_in_place(uint8_t* data, int64_t n_rows, int64_t nb) const {
+  void pack_in_place(uint8_t* data, int64_t n_rows, int64_t nb, ThreadPool* pool) const {
     const size_t group_bytes = static_cast<size_t>(nb) * sizeof(Block) * kRepackRows;
-    std::vector<uint8_t> scratch(group_bytes);  // one group: the only memory the repack takes
-    for (int64_t g = 0; g < n_rows / kRepackRows; ++g) {
-      uint8_t* at = data + static_cast<size_t>(g) * group_bytes;
-      std::memcpy(scratch.data(), at, group_bytes);
-      groups<Block, Block4, false, to>(scratch.data(), 1, nb, at);
+    const int64_t n_groups = n_rows / kRepackRows;
+    // Runs of about 1 MB: one group of scratch per run is the only memory the repack takes.
+    const int64_t per_run = std::max<int64_t>(1, static_cast<int64_t>((size_t{1} << 20) / group_bytes));
+    const int64_t runs = (n_groups + per_run - 1) / per_run;
+    const auto run = [&](int64_t k) {
+      const int64_t g0 = k * per_run, g1 = std::min(n_groups, g0 + per_run);
+      populate_for_writing(data + static_cast<size_t>(g0) * group_bytes, static_cast<size_t>(g1 - g0) * group_bytes);
+      thread_local std::vector<uint8_t> scratch;
+      scratch.resize(group_bytes);
+      for (int64_t g = g0; g < g1; ++g) {
+        uint8_t* at = data + static_cast<size_t>(g) * group_bytes;
+        std::memcpy(scratch.data(), at, group_bytes);
+        groups<Block, Block4, false, to>(scratch.data(), 1, nb, at);
+      }
+    };
+    if (pool != nullptr && runs > 1) {
+      pool->parallel_for(runs, run);
+    } else {
+      for (int64_t k = 0; k < runs; ++k) run(k);
     }
   }
   void unpack(const uint8_t* packed, int64_t n_rows, int64_t nb, int64_t r0, int64_t r1, uint8_t* out) const {
@@ -173,8 +188,8 @@ void repack_rows(TypeId id, const void* src, int64_t n_rows, int64_t n, void* ds
   dispatch(id, n, [&](const auto& c) { c.pack(static_cast<const uint8_t*>(src), n_rows, n / 32, static_cast<uint8_t*>(dst)); });
 }
 
-void repack_rows_in_place(TypeId id, void* data, int64_t n_rows, int64_t n) {
-  dispatch(id, n, [&](const auto& c) { c.pack_in_place(static_cast<uint8_t*>(data), n_rows, n / 32); });
+void repack_rows_in_place(TypeId id, void* data, int64_t n_rows, int64_t n, ThreadPool* pool) {
+  dispatch(id, n, [&](const auto& c) { c.pack_in_place(static_cast<uint8_t*>(data), n_rows, n / 32, pool); });
 }
 
 void unpack_rows(TypeId id, const void* packed, int64_t n_rows, int64_t n, int64_t r0, int64_t r1, void* out) {
@@ -189,10 +204,10 @@ void unpacked_row(TypeId id, const void* packed, int64_t n_rows, int64_t n, int6
 
 bool interleaved(const GgufTensor& t) { return tensor_layout(t) == kInterleavedLayout; }
 
-bool interleave_in_place(const GgufFile& file, const GgufTensor& t) {
+bool interleave_in_place(const GgufFile& file, const GgufTensor& t, ThreadPool* pool) {
   if (t.shape.size() != 2 || !has_repacked_layout(t.type->id) || t.row_length() % 32 != 0) return false;
   return file.rewrite_tensor(t, kInterleavedLayout, [&](uint8_t* data) {
-    repack_rows_in_place(t.type->id, data, t.n_rows(), t.row_length());
+    repack_rows_in_place(t.type->id, data, t.n_rows(), t.row_length(), pool);
   });
 }
 

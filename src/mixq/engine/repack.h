@@ -28,6 +28,7 @@
 #include "mixq/engine/kernels.h"
 #include "mixq/formats/type_table.h"
 #include "mixq/io/gguf.h"
+#include "mixq/util/thread_pool.h"
 
 namespace mixq::kernels {
 
@@ -40,8 +41,11 @@ bool has_repacked_layout(TypeId id);
 // src: n_rows rows of n values of type id, as in the file; dst (the same byte count, not
 // overlapping src): the repacked matrix described above. n must fill whole blocks.
 void repack_rows(TypeId id, const void* src, int64_t n_rows, int64_t n, void* dst);
-// The same, data becoming its own repacked matrix (one group of four rows of scratch).
-void repack_rows_in_place(TypeId id, void* data, int64_t n_rows, int64_t n);
+// The same, data becoming its own repacked matrix (one group of four rows of scratch per thread).
+// With a pool, runs of groups go to its threads; each run's pages are made the process's own first
+// (populate_for_writing: data may be a private file mapping, whose pages would otherwise be copied
+// one fault at a time).
+void repack_rows_in_place(TypeId id, void* data, int64_t n_rows, int64_t n, ThreadPool* pool = nullptr);
 // Rows [r0, r1) of a repacked matrix back in the file's layout ((r1 - r0) * row_bytes(n) to out).
 void unpack_rows(TypeId id, const void* packed, int64_t n_rows, int64_t n, int64_t r0, int64_t r1, void* out);
 // Row r of a repacked matrix back in the file's layout (row_bytes(n) bytes to out).
@@ -49,9 +53,10 @@ void unpacked_row(TypeId id, const void* packed, int64_t n_rows, int64_t n, int6
 
 // Whether t's bytes are interleaved (interleave_in_place rewrote them, by any model of its file).
 bool interleaved(const GgufTensor& t);
-// Interleaves a matrix of `file` in place (a 2-D matrix of a type with a layout); false when it
-// was not rewritten: no layout for it, a parse()d buffer, or interleaved already.
-bool interleave_in_place(const GgufFile& file, const GgufTensor& t);
+// Interleaves a matrix of `file` in place (a 2-D matrix of a type with a layout), on the pool's
+// threads where one is given; false when it was not rewritten: no layout for it, a parse()d
+// buffer, or interleaved already.
+bool interleave_in_place(const GgufFile& file, const GgufTensor& t, ThreadPool* pool = nullptr);
 // Rows [r0, r1) of t in the file's layout: t's own bytes, or (interleaved) unpacked into buf.
 const uint8_t* file_layout_rows(const GgufTensor& t, int64_t r0, int64_t r1, std::vector<uint8_t>& buf);
 // Every value of t (n_elements floats), whatever its layout.

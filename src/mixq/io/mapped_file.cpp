@@ -32,9 +32,22 @@ Layouts& layouts() {
   return *l;
 }
 
+// MADV_POPULATE_WRITE (Linux 5.14), spelled out for older headers.
+#ifdef MADV_POPULATE_WRITE
+constexpr int kPopulateWrite = MADV_POPULATE_WRITE;
+#else
+constexpr int kPopulateWrite = 23;
+#endif
+
 uintptr_t page_size() { return static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE)); }
 
 }  // namespace
+
+void populate_for_writing(void* p, size_t n) {
+  const uintptr_t page = page_size(), begin = reinterpret_cast<uintptr_t>(p);
+  const uintptr_t first = begin / page * page, last = (begin + n + page - 1) / page * page;
+  if (n > 0) ::madvise(reinterpret_cast<void*>(first), last - first, kPopulateWrite);
+}
 
 MappedFile::MappedFile(const std::filesystem::path& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
