@@ -883,21 +883,23 @@ MIXQ_SEARCH_AVX512 void symmetric_super_block(const float* x_in, const float* w_
   if (active != 0) {
     // The seeds in the reference's order (the low end's, then the high end's), evaluated two at a
     // time (their sums are independent) and taken one at a time, in that order.
+    // (An array, not a lambda: clang does not give a lambda its enclosing function's target.)
     const int n_targets = 2 * n_seeds;
-    const auto iscale_of = [&](int t) {
+    __m512 iscale[16];
+    for (int t = 0; t < n_targets; ++t) {
       const float end = t < n_seeds ? flo : fhi, off = seed_offsets[t % n_seeds];
       const float target = end < 0 ? end - off : end + off;
-      return _mm512_div_ps(_mm512_set1_ps(target), extreme);
-    };
+      iscale[t] = _mm512_div_ps(_mm512_set1_ps(target), extreme);
+    }
     int t = 0;
     for (; t + 1 < n_targets; t += 2) {
       Fit16 f0, f1;
-      evaluate16x2<kUnit>(x, w, wx, iscale_of(t), iscale_of(t + 1), lo, hi, f0, f1);
+      evaluate16x2<kUnit>(x, w, wx, iscale[t], iscale[t + 1], lo, hi, f0, f1);
       take(best, f0, active & gain_above(f0, best));
       take(best, f1, active & gain_above(f1, best));
     }
     if (t < n_targets) {
-      const Fit16 f = evaluate16<kUnit>(x, w, wx, iscale_of(t), lo, hi);
+      const Fit16 f = evaluate16<kUnit>(x, w, wx, iscale[t], lo, hi);
       take(best, f, active & gain_above(f, best));
     }
     const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
