@@ -135,8 +135,6 @@ class GgufFile {
   const GgufValue* find(std::string_view key) const;
   const std::vector<GgufTensor>& tensors() const { return tensors_; }
   const GgufTensor* find_tensor(std::string_view name) const;
-  // Releases a tensor's pages from resident memory after a streaming pass has used them
-  // (no effect for parse()d buffers).
   // Copies [p, p + n) of a tensor's bytes into dst (MappedFile::copy_out: read from the file, the
   // mapping's pages untouched; a memcpy for parse()d buffers and memory outside the file).
   void copy_out(const uint8_t* p, size_t n, void* dst) const {
@@ -146,6 +144,8 @@ class GgufFile {
       std::memcpy(dst, p, n);
     }
   }
+  // Releases a tensor's pages from resident memory after a streaming pass has used them
+  // (no effect for parse()d buffers).
   void drop_pages(const GgufTensor& t) const {
     if (mapping_) mapping_->drop_pages(t.data, static_cast<size_t>(t.nbytes));
   }

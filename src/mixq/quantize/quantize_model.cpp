@@ -273,21 +273,15 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
   // Loops here come milliseconds apart: a worker spinning between them would only keep the
   // output's writer thread from a core (ThreadPool's spin is for token generation's loops).
   ThreadPool pool(opts.threads, 0);
-  // Work a loop leaves is done by extra items of the next loop while the other threads quantize,
-  // not between loops where every other thread would wait for it: copying the loop's slice into
-  // the output (the slices alternate between two buffers), and releasing the input pages of the
-  // tensors done (unmapping them costs about a tenth of a Q8_0 run).
+  // Each slice is copied into the output by one more item of the next slice's loop while the
+  // other threads quantize, not between loops where every other thread would wait for the copy
+  // (the slices alternate between two buffers).
   std::vector<uint8_t> buffers[2];
   size_t slices = 0;
   std::span<const uint8_t> pending;  // the last slice, not yet in the output
-  std::vector<size_t> done;          // tensors whose input pages are still mapped
   const auto write_pending = [&] {
     if (!pending.empty()) w.write_tensor_part(pending);
     pending = {};
-  };
-  const auto drop_done = [&] {
-    for (const size_t k : done) in.drop_pages(in.tensors()[k]);
-    done.clear();
   };
   for (size_t i = 0; i < rep.plans.size(); ++i) {
     if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
@@ -342,12 +336,11 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
         const int64_t row0 = c0 * rows_per_chunk, row1 = std::min(rows, c1 * rows_per_chunk);
         std::vector<uint8_t>& buffer = buffers[slices++ % 2];
         buffer.resize(std::max(buffer.size(), static_cast<size_t>(row1 - row0) * out_row));
-        const int64_t copy = pending.empty() ? 0 : 1, drop = done.empty() ? 0 : 1;
-        pool.parallel_for(copy + drop + (c1 - c0), [&](int64_t item) {
+        const int64_t copy = pending.empty() ? 0 : 1;
+        pool.parallel_for(copy + (c1 - c0), [&](int64_t item) {
           if (item < copy) return write_pending();
-          if (item < copy + drop) return drop_done();
           if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
-          const int64_t c = c0 + item - copy - drop;
+          const int64_t c = c0 + item - copy;
           const int64_t r0 = c * rows_per_chunk, r1 = std::min(rows, r0 + rows_per_chunk);
           // The chunk's stored rows, read from the file into this thread's buffer (GgufFile::copy_out:
           // faulting the mapping's pages in and unmapping them again costs more than the copy).
@@ -406,7 +399,9 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
         w.write_tensor_data({reinterpret_cast<const uint8_t*>(vals.data()), vals.size() * sizeof(uint16_t)});
       }
     }
-    done.push_back(i);
+    // Only pages read through the mapping are resident (a tensor kept as stored, outlier columns):
+    // quantized rows come in by copy_out.
+    in.drop_pages(in.tensors()[i]);
     if (opts.on_progress) {
       opts.on_progress({i + 1, rep.plans.size(), &p,
                         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()});
@@ -414,7 +409,6 @@ QuantizeReport quantize_model(const GgufFile& in, const std::filesystem::path& o
   }
   if (opts.cancel && opts.cancel->load()) throw QuantizeCancelled();
   write_pending();
-  drop_done();
   w.finish();
   rep.output_file_bytes = w.bytes_written();  // the target may be a FIFO or a device
   rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
